@@ -1,0 +1,44 @@
+"""Leader election for Python services on PostgreSQL LISTEN/NOTIFY and the Bully algorithm."""
+
+from . import election_manager
+from .decorators import Gate, Periodic, current_leadership, every, leader_only, on_deposed, on_elected
+from .errors import (
+    ConfigurationError,
+    GroupStateError,
+    LeadershipLost,
+    NotifelectError,
+    NotLeaderError,
+    SchemaError,
+    StaleLeaderError,
+)
+from .group import ElectionGroup, LeaderInfo, Leadership
+from .schema import Names
+from .settings import RetryPolicy, Settings
+from .transport import MemoryBus
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigurationError",
+    "ElectionGroup",
+    "Gate",
+    "GroupStateError",
+    "LeaderInfo",
+    "Leadership",
+    "LeadershipLost",
+    "MemoryBus",
+    "Names",
+    "NotLeaderError",
+    "NotifelectError",
+    "Periodic",
+    "RetryPolicy",
+    "SchemaError",
+    "Settings",
+    "StaleLeaderError",
+    "current_leadership",
+    "election_manager",
+    "every",
+    "leader_only",
+    "on_deposed",
+    "on_elected",
+]

@@ -1,0 +1,228 @@
+"""Names and DDL of the database objects, the one source for the CLI and the Alembic revisions.
+
+Every object name is ``<prefix><base>``. The prefix comes from ``NOTIFELECT_PREFIX`` unless
+given explicitly. Names are validated (so that they stay within PostgreSQL's 63-byte limit
+and need no guessing about case folding) and always emitted as quoted identifiers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+
+from .errors import ConfigurationError
+
+#: Version of the schema this code expects; bumped with every Alembic revision.
+SCHEMA_VERSION = 1
+
+PREFIX_ENV = "NOTIFELECT_PREFIX"
+_PREFIX_RULE = re.compile(r"[a-z0-9_]{0,30}")
+_NAMESPACE_MAX = 200
+_MAX_IDENTIFIER = 63
+
+
+def validate_prefix(prefix: str) -> str:
+    """Return ``prefix`` if it is usable in object names, else raise ConfigurationError."""
+    if not isinstance(prefix, str) or not _PREFIX_RULE.fullmatch(prefix):
+        raise ConfigurationError(
+            f"invalid prefix {prefix!r}: a prefix is 0-30 characters of lowercase ASCII "
+            "letters, digits and underscores (it becomes part of SQL identifiers)"
+        )
+    return prefix
+
+
+def validate_namespace(namespace: str) -> str:
+    """Return ``namespace`` if it can name an election group, else raise ConfigurationError.
+
+    Namespaces travel only as bound parameters and inside JSON, so any printable text is
+    safe; the rule keeps them short enough for a notification payload and free of control
+    characters that would garble logs.
+    """
+    if not isinstance(namespace, str) or not namespace:
+        raise ConfigurationError("invalid namespace: it must be a non-empty string")
+    if len(namespace.encode()) > _NAMESPACE_MAX:
+        raise ConfigurationError(
+            f"invalid namespace {namespace[:40]!r}...: at most {_NAMESPACE_MAX} bytes of UTF-8"
+        )
+    if any(not ch.isprintable() for ch in namespace):
+        raise ConfigurationError(
+            f"invalid namespace {namespace!r}: control and non-printable characters are not allowed"
+        )
+    return namespace
+
+
+def quote_ident(name: str) -> str:
+    """Quote an identifier for SQL (doubling embedded quotes)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_literal(text: str) -> str:
+    """Quote a string literal for SQL (doubling embedded quotes); used only in DDL comments."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+@dataclass(frozen=True)
+class Names:
+    """Names of all database objects for one prefix."""
+
+    prefix: str = ""
+
+    def __post_init__(self) -> None:
+        validate_prefix(self.prefix)
+        for name in (self.sequence, self.channel, self.term, self.leader, self.member):
+            if len(name.encode()) > _MAX_IDENTIFIER:  # pragma: no cover - prefix rule prevents it
+                raise ConfigurationError(f"object name {name!r} exceeds 63 bytes")
+
+    @classmethod
+    def from_env(cls, prefix: str | None = None) -> Names:
+        """Names for an explicit prefix, else for ``$NOTIFELECT_PREFIX``, else unprefixed."""
+        return cls(os.environ.get(PREFIX_ENV, "") if prefix is None else prefix)
+
+    @property
+    def sequence(self) -> str:
+        return f"{self.prefix}seq_notifelect"
+
+    @property
+    def channel(self) -> str:
+        return f"{self.prefix}ch_notifelect"
+
+    @property
+    def term(self) -> str:
+        return f"{self.prefix}notifelect_term"
+
+    @property
+    def leader(self) -> str:
+        return f"{self.prefix}notifelect_leader"
+
+    @property
+    def member(self) -> str:
+        return f"{self.prefix}notifelect_member"
+
+    @property
+    def history(self) -> str:
+        return f"{self.prefix}notifelect_history"
+
+    @property
+    def version(self) -> str:
+        return f"{self.prefix}notifelect_version"
+
+    @property
+    def status_view(self) -> str:
+        return f"{self.prefix}notifelect_status"
+
+    def tables(self) -> tuple[str, ...]:
+        return (self.version, self.term, self.leader, self.member, self.history)
+
+    def claim_key(self, namespace: str) -> int:
+        """The advisory-lock key of a group: a stable signed 64-bit hash of prefix and name."""
+        digest = hashlib.blake2b(
+            f"notifelect\0{self.prefix}\0{namespace}".encode(), digest_size=8
+        ).digest()
+        return int.from_bytes(digest, "big", signed=True)
+
+
+def install_statements(names: Names) -> list[str]:
+    """Idempotent DDL creating (or upgrading in place) every object of the schema.
+
+    A database that has only the 0.0.3 sequence keeps it and gains the tables.
+    """
+    q = quote_ident
+    return [
+        f"CREATE SEQUENCE IF NOT EXISTS {q(names.sequence)}",
+        f"CREATE TABLE IF NOT EXISTS {q(names.version)} (\n"
+        "    version integer NOT NULL\n"
+        ")",
+        f"CREATE TABLE IF NOT EXISTS {q(names.term)} (\n"
+        "    namespace text PRIMARY KEY,\n"
+        "    term bigint NOT NULL\n"
+        ")",
+        f"CREATE TABLE IF NOT EXISTS {q(names.leader)} (\n"
+        "    namespace text PRIMARY KEY,\n"
+        "    term bigint NOT NULL,\n"
+        "    node bigint NOT NULL,\n"
+        "    priority integer NOT NULL,\n"
+        "    host text NOT NULL,\n"
+        "    pid integer NOT NULL,\n"
+        "    backend_pid integer NOT NULL,\n"
+        "    since timestamptz NOT NULL,\n"
+        "    renewed_at timestamptz NOT NULL,\n"
+        "    released boolean NOT NULL\n"
+        ")",
+        f"CREATE TABLE IF NOT EXISTS {q(names.member)} (\n"
+        "    namespace text NOT NULL,\n"
+        "    node bigint NOT NULL,\n"
+        "    priority integer NOT NULL,\n"
+        "    host text NOT NULL,\n"
+        "    pid integer NOT NULL,\n"
+        "    backend_pid integer NOT NULL,\n"
+        "    backend_start timestamptz NOT NULL,\n"
+        "    joined_at timestamptz NOT NULL,\n"
+        "    PRIMARY KEY (namespace, node)\n"
+        ")",
+        f"CREATE TABLE IF NOT EXISTS {q(names.history)} (\n"
+        "    namespace text NOT NULL,\n"
+        "    term bigint NOT NULL,\n"
+        "    node bigint NOT NULL,\n"
+        "    host text NOT NULL,\n"
+        "    pid integer NOT NULL,\n"
+        "    started_at timestamptz NOT NULL,\n"
+        "    ended_at timestamptz,\n"
+        "    reason text,\n"
+        "    PRIMARY KEY (namespace, term)\n"
+        ")",
+        f"INSERT INTO {q(names.version)} (version) SELECT {SCHEMA_VERSION} "
+        f"WHERE NOT EXISTS (SELECT FROM {q(names.version)})",
+        f"UPDATE {q(names.version)} SET version = {SCHEMA_VERSION} WHERE version < {SCHEMA_VERSION}",
+        status_view_statement(names),
+    ]
+
+
+def status_view_statement(names: Names) -> str:
+    """The view that answers "who leads, since when, who else is there" from psql."""
+    q = quote_ident
+    return (
+        f"CREATE OR REPLACE VIEW {q(names.status_view)} AS\n"
+        "SELECT m.namespace, m.node, m.priority, m.host, m.pid,\n"
+        "       (l.node IS NOT NULL AND l.node = m.node AND NOT l.released) AS is_leader,\n"
+        "       CASE WHEN l.node = m.node AND NOT l.released THEN l.term END AS term,\n"
+        "       CASE WHEN l.node = m.node AND NOT l.released THEN l.since END AS leader_since,\n"
+        "       CASE WHEN l.node = m.node AND NOT l.released THEN l.renewed_at END AS renewed_at,\n"
+        "       m.joined_at, m.backend_pid\n"
+        f"FROM {q(names.member)} m\n"
+        f"LEFT JOIN {q(names.leader)} l ON l.namespace = m.namespace\n"
+        "WHERE EXISTS (SELECT FROM pg_stat_activity a\n"
+        "              WHERE a.pid = m.backend_pid AND a.backend_start = m.backend_start)"
+    )
+
+
+def uninstall_statements(names: Names) -> list[str]:
+    """Idempotent DDL removing every object of the schema, and nothing else."""
+    q = quote_ident
+    return [
+        f"DROP VIEW IF EXISTS {q(names.status_view)}",
+        *(f"DROP TABLE IF EXISTS {q(table)}" for table in reversed(names.tables())),
+        f"DROP SEQUENCE IF EXISTS {q(names.sequence)}",
+    ]
+
+
+def required_relations(names: Names) -> list[str]:
+    """Quoted names of the relations a running node needs, for ``to_regclass`` checks."""
+    return [
+        quote_ident(name)
+        for name in (names.sequence, names.version, names.term, names.leader, names.member, names.history)
+    ]
+
+
+def missing_schema_message(names: Names, found: int | None) -> str:
+    """The error text for a missing or outdated schema, naming both fixes."""
+    prefix_hint = f" with NOTIFELECT_PREFIX={names.prefix}" if names.prefix else ""
+    if found is None:
+        what = f"the notifelect schema (sequence {names.sequence!r} and its tables) is not installed"
+    else:
+        what = f"the notifelect schema is at version {found}, this code needs {SCHEMA_VERSION}"
+    return (
+        f"{what} in this database; run 'python -m notifelect install'{prefix_hint} "
+        "or 'alembic upgrade head' (see README, 'Schema')"
+    )

@@ -1,0 +1,122 @@
+"""Settings of an election group, validated at construction."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+from .errors import ConfigurationError
+from .schema import Names, validate_namespace, validate_prefix
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How a node reconnects after losing its database connection.
+
+    Waits grow exponentially from ``initial`` to ``maximum`` seconds with random jitter of up
+    to ``jitter`` seconds; ``attempts`` = None retries forever (the default for a service).
+    """
+
+    initial: float = 0.05
+    maximum: float = 5.0
+    jitter: float = 0.1
+    attempts: int | None = None
+
+    def __post_init__(self) -> None:
+        _positive("retry.initial", self.initial)
+        _positive("retry.maximum", self.maximum)
+        if self.jitter < 0 or not math.isfinite(self.jitter):
+            raise ConfigurationError(f"retry.jitter must be >= 0 seconds, got {self.jitter!r}")
+        if self.maximum < self.initial:
+            raise ConfigurationError(
+                f"retry.maximum ({self.maximum}) must be >= retry.initial ({self.initial})"
+            )
+        if self.attempts is not None and self.attempts < 1:
+            raise ConfigurationError(f"retry.attempts must be >= 1 or None, got {self.attempts!r}")
+
+
+def _positive(name: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigurationError(f"{name} must be a finite number of seconds, got {value!r}")
+    if value <= 0:
+        raise ConfigurationError(f"{name} must be > 0 seconds, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Tuning of one election group. All durations are in seconds.
+
+    - ``namespace``: the election group's name; nodes elect one leader per namespace.
+    - ``election_interval``: how often the leader sends a heartbeat and renews its lease in
+      the database. Steady-state traffic is one notification per interval per group.
+    - ``election_timeout``: how long a candidate waits for a higher-ranked node to answer
+      before it claims leadership. Bounds cold-start and fallback election time.
+    - ``lease``: how long a leader may act after its last confirmation by the database.
+      A paused or cut-off leader stops acting when it ends; a new leader after a fenced or
+      unclean loss never starts before the old lease has run out.
+    - ``leader_timeout``: how long followers tolerate silence from the leader before they
+      check the database and, if its lease is stale, fence it out.
+    - ``priority``: higher priority wins before the sequence number is compared.
+    - ``preempt``: a higher-ranked newcomer takes over from a running leader (Bully); set
+      False to keep the incumbent until it leaves.
+    - ``fence``: terminate the backend of a leader that is paused or cut off
+      (``pg_terminate_backend``); without permission, or when False, the group waits until
+      the old leader resumes and notices its expired lease.
+    - ``strict_takeover``: after any unclean loss (also a crash) wait out the old lease
+      before acting, instead of trusting PostgreSQL's release of the claim.
+    - ``prefix``: prefix of every database object name (default ``$NOTIFELECT_PREFIX``).
+    - ``retry``: reconnect policy.
+    """
+
+    namespace: str = "default"
+    election_interval: float = 0.5
+    election_timeout: float = 0.05
+    lease: float = 2.0
+    leader_timeout: float = 2.0
+    priority: int = 0
+    preempt: bool = True
+    fence: bool = True
+    strict_takeover: bool = False
+    prefix: str | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+    def __post_init__(self) -> None:
+        validate_namespace(self.namespace)
+        if self.prefix is not None:
+            validate_prefix(self.prefix)
+        for name in ("election_interval", "election_timeout", "lease", "leader_timeout"):
+            _positive(name, getattr(self, name))
+        if isinstance(self.priority, bool) or not isinstance(self.priority, int):
+            raise ConfigurationError(f"priority must be an int, got {self.priority!r}")
+        if not -(2**31) <= self.priority < 2**31:
+            raise ConfigurationError(f"priority must fit in 32 bits, got {self.priority}")
+        if self.lease <= self.election_interval:
+            raise ConfigurationError(
+                f"lease ({self.lease}) must be longer than election_interval "
+                f"({self.election_interval}): the leader renews its lease once per interval"
+            )
+        if self.leader_timeout < 2 * self.election_interval:
+            raise ConfigurationError(
+                f"leader_timeout ({self.leader_timeout}) must be at least twice "
+                f"election_interval ({self.election_interval}) so one late heartbeat is tolerated"
+            )
+        if self.election_timeout >= self.leader_timeout:
+            raise ConfigurationError(
+                f"election_timeout ({self.election_timeout}) must be shorter than "
+                f"leader_timeout ({self.leader_timeout})"
+            )
+
+    @property
+    def names(self) -> Names:
+        """Database object names for this group's prefix."""
+        return Names.from_env(self.prefix)
+
+    @property
+    def coordinator_wait(self) -> float:
+        """How long a node that stood down waits for the winner's announcement."""
+        return max(4 * self.election_timeout, 0.5)
+
+    def replace(self, **changes: object) -> Settings:
+        """A copy with some settings changed (validated again)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

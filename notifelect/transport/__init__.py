@@ -1,0 +1,14 @@
+"""Transports: where election traffic meets PostgreSQL (or memory, for tests)."""
+
+from .base import Granted, LeaderRecord, LeaseLostError, Member, Transport
+from .memory import MemoryBus, MemoryTransport
+
+__all__ = [
+    "Granted",
+    "LeaderRecord",
+    "LeaseLostError",
+    "Member",
+    "MemoryBus",
+    "MemoryTransport",
+    "Transport",
+]

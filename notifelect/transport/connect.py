@@ -1,0 +1,73 @@
+"""Turn what users hand to ElectionGroup (engine, DSN, connection) into asyncpg connections."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+
+from ..errors import ConfigurationError
+
+Connect = Callable[[], Awaitable["asyncpg.Connection[Any]"]]
+
+_ASYNC_HINT = (
+    "use a SQLAlchemy AsyncEngine on the asyncpg driver, e.g. "
+    "create_async_engine('postgresql+asyncpg://user@host/db'), or a DSN string"
+)
+
+
+def connector_for(engine: Any) -> tuple[Connect | None, asyncpg.Connection[Any] | None]:
+    """Return (connect, borrowed): a factory of dedicated connections, or a borrowed one."""
+    if isinstance(engine, asyncpg.Connection):
+        return None, engine
+    if isinstance(engine, str):
+        return _dsn_connector(engine), None
+    try:
+        from sqlalchemy.engine import Engine
+        from sqlalchemy.ext.asyncio import AsyncEngine
+    except ImportError:  # pragma: no cover - SQLAlchemy is a dependency
+        raise ConfigurationError(f"cannot use {type(engine).__name__}: {_ASYNC_HINT}") from None
+    if isinstance(engine, Engine):
+        raise ConfigurationError(
+            f"ElectionGroup got a synchronous Engine ({engine.url.drivername}); {_ASYNC_HINT}"
+        )
+    if isinstance(engine, AsyncEngine):
+        dialect = engine.dialect
+        if dialect.name != "postgresql" or dialect.driver != "asyncpg":
+            raise ConfigurationError(
+                f"ElectionGroup needs PostgreSQL through asyncpg, got an AsyncEngine for "
+                f"{engine.url.drivername!r}; {_ASYNC_HINT}"
+            )
+        return _engine_connector(engine), None
+    raise ConfigurationError(f"ElectionGroup cannot use a {type(engine).__name__}; {_ASYNC_HINT}")
+
+
+def _dsn_connector(dsn: str) -> Connect:
+    scheme, sep, rest = dsn.partition("://")
+    if not sep:
+        raise ConfigurationError(f"not a DSN: {dsn!r}; expected postgresql://user@host/db")
+    base, _, driver = scheme.partition("+")
+    if base not in ("postgresql", "postgres") or driver not in ("", "asyncpg"):
+        raise ConfigurationError(
+            f"ElectionGroup needs a PostgreSQL DSN for asyncpg, got scheme {scheme!r}; {_ASYNC_HINT}"
+        )
+    plain = f"postgresql://{rest}"
+
+    async def connect() -> asyncpg.Connection[Any]:
+        return await asyncpg.connect(plain)
+
+    return connect
+
+
+def _engine_connector(engine: Any) -> Connect:
+    async def connect() -> asyncpg.Connection[Any]:
+        # A connection from the engine's pool honours its URL, connect_args and connect
+        # events; detaching it means it is closed by us and never returned to the pool
+        # with our LISTEN or advisory lock on it, and frees its slot in the pool.
+        fairy = await engine.raw_connection()
+        conn: asyncpg.Connection[Any] = fairy.driver_connection
+        fairy.detach()
+        return conn
+
+    return connect

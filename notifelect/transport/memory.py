@@ -1,0 +1,202 @@
+"""An in-process transport: a message bus and claim table shared by nodes in one event loop.
+
+It keeps the guarantees the PostgreSQL transport gives (one claim holder per group, terms
+that only grow, a dead session's claim is freed) so that the election, and users' own
+leader-only code, can be tested without a database::
+
+    bus = MemoryBus()
+    group = ElectionGroup.in_memory(bus, "reports")
+
+``bus.disconnect(node)`` simulates a lost connection (the claim is freed at once, like a
+terminated backend); ``bus.pause(node)`` makes a node's session silent while it keeps the
+claim, like a stopped process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from .base import Granted, LeaderRecord, LeaseLostError, LostHandler, Member, PayloadHandler, Transport
+
+
+@dataclass
+class _Group:
+    holder: MemoryTransport | None = None
+    term: int = 0
+    record: LeaderRecord | None = None
+    renewed_at: float = 0.0
+    freed: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class MemoryBus:
+    """Shared state of all memory transports that talk to each other."""
+
+    def __init__(self, *, lease: float = 2.0, leader_timeout: float = 2.0) -> None:
+        self._next_node = 0
+        self._groups: dict[str, _Group] = {}
+        self._open: dict[int, MemoryTransport] = {}
+        self.lease = lease
+        self.leader_timeout = leader_timeout
+        self.delivered = 0
+
+    def transport(self, namespace: str, member: Member | None = None) -> MemoryTransport:
+        return MemoryTransport(self, namespace, member or Member())
+
+    def group(self, namespace: str) -> _Group:
+        return self._groups.setdefault(namespace, _Group())
+
+    def next_node(self) -> int:
+        self._next_node += 1
+        return self._next_node
+
+    def broadcast(self, payload: str) -> None:
+        loop = asyncio.get_running_loop()
+        for transport in list(self._open.values()):
+            if not transport.paused:
+                self.delivered += 1
+                loop.call_soon(transport.deliver, payload)
+
+    def holder(self, namespace: str) -> int | None:
+        """Node id holding the claim of ``namespace``, if any."""
+        holder = self.group(namespace).holder
+        return None if holder is None else holder.node
+
+    def disconnect(self, node: int) -> None:
+        """Drop ``node``'s session as a terminated backend would."""
+        transport = self._open.get(node)
+        if transport is not None:
+            transport.drop(notify=True)
+
+    def pause(self, node: int, paused: bool = True) -> None:
+        """Silence (or resume) ``node``: it neither sends nor receives, but keeps its claim."""
+        self._open[node].paused = paused
+
+    def register(self, transport: MemoryTransport) -> None:
+        assert transport.node is not None
+        self._open[transport.node] = transport
+
+    def unregister(self, transport: MemoryTransport) -> None:
+        if transport.node is not None and self._open.get(transport.node) is transport:
+            del self._open[transport.node]
+        for group in self._groups.values():
+            if group.holder is transport:
+                group.holder = None
+                group.freed.set()
+
+    def members(self, namespace: str) -> list[MemoryTransport]:
+        return [t for t in self._open.values() if t.namespace == namespace]
+
+
+class MemoryTransport(Transport):
+    def __init__(self, bus: MemoryBus, namespace: str, member: Member) -> None:
+        self.bus = bus
+        self.namespace = namespace
+        self.member = member
+        self.node: int | None = None
+        self.paused = False
+        self._open = False
+        self._on_payload: PayloadHandler | None = None
+        self._on_lost: LostHandler | None = None
+
+    async def open(self, on_payload: PayloadHandler, on_lost: LostHandler) -> int:
+        if self.node is None:
+            self.node = self.bus.next_node()
+        self._on_payload, self._on_lost = on_payload, on_lost
+        self._open = True
+        self.bus.register(self)
+        return self.node
+
+    def deliver(self, payload: str) -> None:
+        if self._open and not self.paused and self._on_payload is not None:
+            self._on_payload(payload)
+
+    def drop(self, *, notify: bool) -> None:
+        if not self._open:
+            return
+        self._open = False
+        self.bus.unregister(self)
+        if notify and self._on_lost is not None:
+            self._on_lost(None)
+
+    def _require(self) -> _Group:
+        if not self._open:
+            raise ConnectionError("the memory transport is closed")
+        return self.bus.group(self.namespace)
+
+    async def publish(self, payload: str) -> None:
+        self._require()
+        if not self.paused:
+            self.bus.broadcast(payload)
+
+    async def claim(self, *, fence: bool) -> Granted | None:
+        group = self._require()
+        fenced = False
+        if group.holder is not None and group.holder is not self:
+            stale = time.monotonic() - group.renewed_at >= self.bus.leader_timeout
+            if not (fence and stale):
+                return None
+            group.holder.drop(notify=True)
+            fenced = True
+        group.holder = self
+        group.freed.clear()
+        if fenced and group.record is not None and not group.record.released:
+            remaining = group.renewed_at + self.bus.lease - time.monotonic()
+            if remaining > 0:
+                await asyncio.sleep(remaining)
+            if group.holder is not self:  # dropped while waiting
+                raise ConnectionError("the memory transport is closed")
+        confirmed_at = time.monotonic()
+        group.term += 1
+        assert self.node is not None
+        group.record = LeaderRecord(
+            node=self.node,
+            priority=self.member.priority,
+            term=group.term,
+            host=self.member.host,
+            pid=self.member.pid,
+            since=datetime.now(UTC),
+            released=False,
+        )
+        group.renewed_at = confirmed_at
+        return Granted(group.term, confirmed_at)
+
+    async def renew(self, term: int) -> int | None:
+        group = self._require()
+        if self.paused:
+            await asyncio.Future()  # a paused session never answers
+        if group.holder is not self or group.term != term:
+            raise LeaseLostError(f"term {term} is no longer current")
+        group.renewed_at = time.monotonic()
+        return await self.successor()
+
+    async def release(self, term: int, reason: str) -> None:
+        group = self._require()
+        if group.holder is self:
+            if group.record is not None and group.record.term == term:
+                group.record = LeaderRecord(**{**group.record.__dict__, "released": True})
+            group.holder = None
+            group.freed.set()
+
+    async def successor(self) -> int | None:
+        others = [t for t in self.bus.members(self.namespace) if t is not self and t.node]
+        if not others:
+            return None
+        best = max(others, key=lambda t: (t.member.priority, t.node or 0))
+        return best.node
+
+    async def leader(self) -> LeaderRecord | None:
+        return self._require().record
+
+    async def watch(self) -> None:
+        group = self._require()
+        while group.holder is not None:
+            await group.freed.wait()
+
+    async def close(self) -> None:
+        self.drop(notify=False)
+
+    def abort(self) -> None:
+        self.drop(notify=True)
