@@ -1,7 +1,15 @@
 """Leader election for Python services on PostgreSQL LISTEN/NOTIFY and the Bully algorithm."""
 
 from . import election_manager
-from .decorators import Gate, Periodic, current_leadership, every, leader_only, on_deposed, on_elected
+from .decorators import (
+    Gate,
+    Periodic,
+    current_leadership,
+    every,
+    leader_only,
+    on_deposed,
+    on_elected,
+)
 from .errors import (
     ConfigurationError,
     GroupStateError,

@@ -61,7 +61,8 @@ def connection_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def connect(args: argparse.Namespace) -> asyncpg.Connection[Any]:
-    return await asyncpg.connect(**connection_kwargs(args), timeout=10)
+    conn: asyncpg.Connection[Any] = await asyncpg.connect(**connection_kwargs(args), timeout=10)
+    return conn
 
 
 def command(name: str) -> Callable[[Command], Command]:

@@ -165,8 +165,10 @@ def on_elected(
 ) -> Any:
     """Function form of :meth:`ElectionGroup.on_elected`."""
     _require_group(group, "on_elected")
-    return group.on_elected(fn, resign_on_error=resign_on_error) if fn else group.on_elected(
-        resign_on_error=resign_on_error
+    return (
+        group.on_elected(fn, resign_on_error=resign_on_error)
+        if fn
+        else group.on_elected(resign_on_error=resign_on_error)
     )
 
 
@@ -187,7 +189,11 @@ class Periodic(Generic[R_co]):
     """A job run on the leader every ``interval`` seconds; calling it runs it once, gated."""
 
     def __init__(
-        self, group: ElectionGroup, job: Callable[[], Awaitable[R_co]], interval: float, delay: float
+        self,
+        group: ElectionGroup,
+        job: Callable[[], Awaitable[R_co]],
+        interval: float,
+        delay: float,
     ) -> None:
         self.group = group
         self.job = job
@@ -195,7 +201,7 @@ class Periodic(Generic[R_co]):
         self.initial_delay = delay
         self.runs = 0
         self.failures = 0
-        functools.update_wrapper(self, job)  # type: ignore[arg-type]
+        functools.update_wrapper(self, job)
 
     async def __call__(self) -> R_co | None:
         if _admit(self.group, getattr(self.job, "__qualname__", "job"), False) is None:

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, stop_never
-from tenacity.wait import wait_exponential_jitter
+from tenacity.wait import wait_exponential, wait_random
 
 from . import messages, protocol
 from .errors import (
@@ -175,7 +175,7 @@ class ElectionGroup:
         self._life = _Life.NEW
         self._node: int | None = None
         self._proto: protocol.State | None = None
-        self._events: asyncio.Queue[protocol.Event | _Control] = asyncio.Queue()
+        self._events: asyncio.Queue[protocol.Event | _Control | _Lost] = asyncio.Queue()
         self._timers: dict[protocol.Timer, asyncio.TimerHandle] = {}
         self._driver: asyncio.Task[None] | None = None
         self._claimer: asyncio.Task[None] | None = None
@@ -243,7 +243,9 @@ class ElectionGroup:
         info = self._leader_info
         if info is not None and info.node == proto.leader.node:
             return info
-        return LeaderInfo(proto.leader.node, proto.leader.priority, proto.leader_term or 0, None, None, None)
+        return LeaderInfo(
+            proto.leader.node, proto.leader.priority, proto.leader_term or 0, None, None, None
+        )
 
     @property
     def is_open(self) -> bool:
@@ -302,17 +304,27 @@ class ElectionGroup:
 
     @overload
     def leader_only(
-        self, *, raise_if_not_leader: bool = False, finish_on_loss: bool = False
+        self, /, *, raise_if_not_leader: bool = False, finish_on_loss: bool = False
     ) -> Gate: ...
 
-    def leader_only(self, fn: Any = None, /, **options: Any) -> Any:
+    def leader_only(
+        self,
+        fn: Any = None,
+        /,
+        *,
+        raise_if_not_leader: bool = False,
+        finish_on_loss: bool = False,
+    ) -> Any:
         """Gate a coroutine function (or a plain function) to run on the leader only.
 
         See :func:`notifelect.leader_only`.
         """
         from .decorators import leader_only
 
-        return leader_only(self, fn, **options) if fn is not None else leader_only(self, **options)
+        gate = leader_only(
+            self, raise_if_not_leader=raise_if_not_leader, finish_on_loss=finish_on_loss
+        )
+        return gate if fn is None else gate(fn)
 
     def on_elected(
         self, fn: ElectedCallback | None = None, /, *, resign_on_error: bool = True
@@ -511,13 +523,11 @@ class ElectionGroup:
         try:
             for effect in effects:
                 await self._perform(effect)
-        except (ConnectionError, OSError, LeaseLostError) as exc:
+        except Exception as exc:
+            # Whatever failed, the node cannot vouch for its state: start afresh.
+            if not (_is_connection_error(exc) or isinstance(exc, LeaseLostError)):
+                log.exception("notifelect: unexpected error in the election of %r", self.name)
             self._lost_during_io(exc)
-        except Exception as exc:  # asyncpg errors on a dying connection
-            if _is_connection_error(exc):
-                self._lost_during_io(exc)
-            else:
-                raise
         after = (self._proto.role, self._proto.leader, self._proto.leader_term)
         if after != before:
             self._notify_change()
@@ -600,13 +610,14 @@ class ElectionGroup:
         return True
 
     async def _guarded(self, aw: Awaitable[R]) -> R | None:
+        """Await a database read; on any failure drop the connection (to reconnect)."""
         try:
             return await aw
         except Exception as exc:
-            if _is_connection_error(exc):
-                self._lost_during_io(exc)
-                return None
-            raise
+            if not _is_connection_error(exc):
+                log.exception("notifelect: unexpected error in the election of %r", self.name)
+            self._lost_during_io(exc)
+            return None
 
     async def _announce(self, kind: Kind, term: int) -> None:
         sent_at = time.monotonic()
@@ -737,7 +748,7 @@ class ElectionGroup:
         self._notify_change()
         if self._lease_timer is not None:
             self._lease_timer.cancel()
-        cancelled = [t for t in self._tasks]
+        cancelled = list(self._tasks)
         cancelled += [c.task for c in list(self._calls) if c.cancel_on_loss]
         finishing = [c.task for c in list(self._calls) if not c.cancel_on_loss]
         for task in cancelled:
@@ -827,9 +838,8 @@ class _Lost:
 
 def _retrying(policy: RetryPolicy) -> AsyncRetrying:
     return AsyncRetrying(
-        wait=wait_exponential_jitter(
-            initial=policy.initial, max=policy.maximum, jitter=policy.jitter
-        ),
+        wait=wait_exponential(multiplier=policy.initial, max=policy.maximum)
+        + wait_random(0, policy.jitter),
         stop=stop_never if policy.attempts is None else stop_after_attempt(policy.attempts),
         retry=retry_if_exception(lambda exc: not isinstance(exc, SchemaError | ConfigurationError)),
         reraise=True,
@@ -855,8 +865,8 @@ def _is_connection_error(exc: BaseException) -> bool:
 
 
 def _postgres_transport(engine: Any, settings: Settings, member: Member) -> Transport:
-    from .transport.postgres import PostgresTransport
     from .transport.connect import connector_for
+    from .transport.postgres import PostgresTransport
 
     connect, borrowed = connector_for(engine)
     return PostgresTransport(

@@ -112,7 +112,7 @@ def parse(payload: str, namespace: str, secret: bytes | None = None) -> Message 
         if not isinstance(sig, str) or not hmac.compare_digest(sig, _sign(body, secret)):
             return Rejected("bad signature")
     try:
-        kind = Kind(body.get("k"))
+        kind = Kind(str(body.get("k")))
         node = _int(body, "n", required=True)
         priority = _int(body, "p", required=True, signed=True)
         term = _int(body, "t", required=kind in (Kind.COORDINATOR, Kind.HEARTBEAT, Kind.RESIGN))
@@ -120,5 +120,6 @@ def parse(payload: str, namespace: str, secret: bytes | None = None) -> Message 
         successor = _int(body, "u", required=False)
     except (ValueError, TypeError) as exc:
         return Rejected(f"malformed: {exc}")
-    assert node is not None and priority is not None
+    assert node is not None
+    assert priority is not None
     return Message(kind, namespace, Rank(priority, node), term, standby, successor)

@@ -160,15 +160,7 @@ class Lost:
 
 
 Event = (
-    Start
-    | Receive
-    | TimerFired
-    | ClaimGranted
-    | ClaimRefused
-    | ClaimFreed
-    | Stop
-    | Abdicate
-    | Lost
+    Start | Receive | TimerFired | ClaimGranted | ClaimRefused | ClaimFreed | Stop | Abdicate | Lost
 )
 
 

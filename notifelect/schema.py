@@ -131,9 +131,7 @@ def install_statements(names: Names) -> list[str]:
     q = quote_ident
     return [
         f"CREATE SEQUENCE IF NOT EXISTS {q(names.sequence)}",
-        f"CREATE TABLE IF NOT EXISTS {q(names.version)} (\n"
-        "    version integer NOT NULL\n"
-        ")",
+        f"CREATE TABLE IF NOT EXISTS {q(names.version)} (\n    version integer NOT NULL\n)",
         f"CREATE TABLE IF NOT EXISTS {q(names.term)} (\n"
         "    namespace text PRIMARY KEY,\n"
         "    term bigint NOT NULL\n"
@@ -174,7 +172,8 @@ def install_statements(names: Names) -> list[str]:
         ")",
         f"INSERT INTO {q(names.version)} (version) SELECT {SCHEMA_VERSION} "
         f"WHERE NOT EXISTS (SELECT FROM {q(names.version)})",
-        f"UPDATE {q(names.version)} SET version = {SCHEMA_VERSION} WHERE version < {SCHEMA_VERSION}",
+        f"UPDATE {q(names.version)} SET version = {SCHEMA_VERSION}"
+        f" WHERE version < {SCHEMA_VERSION}",
         status_view_statement(names),
     ]
 
@@ -211,7 +210,14 @@ def required_relations(names: Names) -> list[str]:
     """Quoted names of the relations a running node needs, for ``to_regclass`` checks."""
     return [
         quote_ident(name)
-        for name in (names.sequence, names.version, names.term, names.leader, names.member, names.history)
+        for name in (
+            names.sequence,
+            names.version,
+            names.term,
+            names.leader,
+            names.member,
+            names.history,
+        )
     ]
 
 
@@ -219,7 +225,9 @@ def missing_schema_message(names: Names, found: int | None) -> str:
     """The error text for a missing or outdated schema, naming both fixes."""
     prefix_hint = f" with NOTIFELECT_PREFIX={names.prefix}" if names.prefix else ""
     if found is None:
-        what = f"the notifelect schema (sequence {names.sequence!r} and its tables) is not installed"
+        what = (
+            f"the notifelect schema (sequence {names.sequence!r} and its tables) is not installed"
+        )
     else:
         what = f"the notifelect schema is at version {found}, this code needs {SCHEMA_VERSION}"
     return (

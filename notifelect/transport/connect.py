@@ -50,7 +50,8 @@ def _dsn_connector(dsn: str) -> Connect:
     base, _, driver = scheme.partition("+")
     if base not in ("postgresql", "postgres") or driver not in ("", "asyncpg"):
         raise ConfigurationError(
-            f"ElectionGroup needs a PostgreSQL DSN for asyncpg, got scheme {scheme!r}; {_ASYNC_HINT}"
+            f"ElectionGroup needs a PostgreSQL DSN for asyncpg, got scheme {scheme!r}; "
+            f"{_ASYNC_HINT}"
         )
     plain = f"postgresql://{rest}"
 

@@ -19,7 +19,15 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from .base import Granted, LeaderRecord, LeaseLostError, LostHandler, Member, PayloadHandler, Transport
+from .base import (
+    Granted,
+    LeaderRecord,
+    LeaseLostError,
+    LostHandler,
+    Member,
+    PayloadHandler,
+    Transport,
+)
 
 
 @dataclass

@@ -150,8 +150,8 @@ class PostgresTransport(Transport):
         if version != SCHEMA_VERSION:
             raise SchemaError(missing_schema_message(self._names, version))
 
-    def _notified(self, conn: object, pid: int, channel: str, payload: str) -> None:
-        if self._on_payload is not None:
+    def _notified(self, conn: object, pid: int, channel: str, payload: object) -> None:
+        if self._on_payload is not None and isinstance(payload, str):
             self._on_payload(payload)
 
     def _terminated(self, conn: object) -> None:
@@ -237,9 +237,7 @@ class PostgresTransport(Transport):
         except BaseException:
             with contextlib.suppress(Exception):
                 if not conn.is_closed():
-                    await asyncio.shield(
-                        conn.execute("SELECT pg_advisory_unlock($1)", self._key)
-                    )
+                    await asyncio.shield(conn.execute("SELECT pg_advisory_unlock($1)", self._key))
             raise
         return Granted(term, confirmed_at)
 
@@ -298,6 +296,7 @@ class PostgresTransport(Transport):
             (self._key >> 32) & 0xFFFFFFFF,
             self._key & 0xFFFFFFFF,
         )
+        assert row is not None
         holder, age = row["holder"], row["age"]
         if holder is None:
             return bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", self._key))
@@ -338,9 +337,8 @@ class PostgresTransport(Transport):
             self._namespace,
             self._node,
             term,
-            timeout=self._lease / 2,
         )
-        if not row["ok"]:
+        if row is None or not row["ok"]:
             raise LeaseLostError(f"term {term} is no longer current")
         standby: int | None = row["standby"]
         return standby

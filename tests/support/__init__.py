@@ -1,0 +1,1 @@
+"""Test support: PostgreSQL servers for tests and small helpers."""

@@ -1,0 +1,155 @@
+"""PostgreSQL servers for tests: the shared one, and throwaway ones tests may break.
+
+The shared server is ``$NOTIFELECT_TEST_DSN`` or, when unset, an embedded PostgreSQL from
+the ``pgserver`` package started in a temporary directory. A :class:`ThrowawayPostgres` is
+a private server on a free TCP port of 127.0.0.1, from the same binaries, that a test may
+restart, stop or kill.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+_SYSTEM_USER = "pgserver"  # the unprivileged user pgserver itself runs PostgreSQL as
+
+
+def with_database(dsn: str, database: str) -> str:
+    """``dsn`` pointing at another database."""
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(path="/" + database))
+
+
+def sqlalchemy_url(dsn: str) -> str:
+    """A SQLAlchemy URL for the asyncpg driver from a libpq-style DSN."""
+    parts = urlsplit(dsn)
+    query = dict(parse_qsl(parts.query))
+    return urlunsplit(parts._replace(scheme="postgresql+asyncpg", query=urlencode(query)))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _bin_dir() -> Path:
+    import pgserver
+
+    return Path(pgserver.__file__).parent / "pginstall" / "bin"
+
+
+def _run_as() -> dict[str, Any]:
+    """subprocess arguments that drop root privileges (PostgreSQL refuses to run as root)."""
+    if os.geteuid() != 0:
+        return {}
+    try:
+        entry = pwd.getpwnam(_SYSTEM_USER)
+    except KeyError:
+        subprocess.run(["useradd", "-M", "-s", "/bin/false", _SYSTEM_USER], check=True)
+        entry = pwd.getpwnam(_SYSTEM_USER)
+    return {"user": entry.pw_uid, "group": entry.pw_gid}
+
+
+class ThrowawayPostgres:
+    """A private PostgreSQL on 127.0.0.1:<free port>; trust auth, superuser ``postgres``."""
+
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = Path(root or tempfile.mkdtemp(prefix="notifelect-pg-"))
+        self.root.chmod(0o777)
+        self.data = self.root / "data"
+        self.port = free_port()
+        self.log = self.root / "postgres.log"
+        self._bin = _bin_dir()
+        self._as = _run_as()
+
+    @property
+    def dsn(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(self._bin / "pg_ctl"), "-D", str(self.data), *args],
+            check=check,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            **self._as,
+        )
+
+    def start(self) -> ThrowawayPostgres:
+        if not self.data.exists():
+            self.data.mkdir()
+            if self._as:
+                os.chown(self.data, self._as["user"], self._as["group"])
+            subprocess.run(
+                [str(self._bin / "initdb"), "-D", str(self.data), "-U", "postgres",
+                 "--auth=trust", "--no-sync", "-E", "UTF8"],
+                check=True, capture_output=True, text=True, timeout=120, **self._as,
+            )  # fmt: skip
+            with open(self.data / "postgresql.conf", "a") as conf:
+                conf.write(
+                    "\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
+                    "max_connections = 200\nlisten_addresses = '127.0.0.1'\n"
+                    f"port = {self.port}\nunix_socket_directories = '{self.root}'\n"
+                )
+        self._ctl("-l", str(self.log), "-w", "-t", "60", "start")
+        return self
+
+    def stop(self, mode: str = "fast") -> None:
+        self._ctl("-m", mode, "-w", "-t", "60", "stop", check=False)
+
+    def restart(self, mode: str = "fast") -> None:
+        self.stop(mode)
+        self._ctl("-l", str(self.log), "-w", "-t", "60", "start")
+
+    def postmaster_pid(self) -> int | None:
+        pidfile = self.data / "postmaster.pid"
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            return int(pidfile.read_text().split()[0])
+        return None
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), 1),
+            ):
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"PostgreSQL on port {self.port} not ready after {timeout}s")
+
+    def destroy(self) -> None:
+        self.stop("immediate")
+        pid = self.postmaster_pid()
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def libpq_env(dsn: str) -> dict[str, str]:
+    """PG* environment variables equivalent to ``dsn`` (for code that calls connect())."""
+    parts = urlsplit(dsn)
+    query = dict(parse_qsl(parts.query))
+    env = {
+        "PGHOST": query.get("host") or parts.hostname or "",
+        "PGPORT": str(parts.port or query.get("port") or 5432),
+        "PGUSER": parts.username or "",
+        "PGDATABASE": parts.path.lstrip("/"),
+    }
+    if parts.password:
+        env["PGPASSWORD"] = parts.password
+    return {k: v for k, v in env.items() if v}

@@ -1,0 +1,168 @@
+"""The pure protocol, driven by a simulated group with a fake clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from notifelect import protocol as p
+from notifelect.messages import Kind, Message, Rank
+from tests.support.sim import CONFIG, Sim, kinds
+
+
+def settle(sim: Sim, seconds: float = 1.0) -> None:
+    sim.run(sim.now + seconds)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 25])
+def test_cold_start_elects_exactly_the_highest(n: int) -> None:
+    sim = Sim()
+    for node in range(1, n + 1):
+        sim.add(node)
+    settle(sim)
+    assert sim.leaders() == [n]
+    assert sim.max_acting == 1
+    # The winner claims once the election timeout passes: well under a second.
+    assert sim.elected_log[0][0] < 0.1
+
+
+def test_priority_beats_sequence() -> None:
+    sim = Sim()
+    sim.add(1, priority=5)
+    for node in range(2, 6):
+        sim.add(node)
+    settle(sim)
+    assert sim.leaders() == [1]
+
+
+def test_clean_resign_hands_over_to_named_successor_at_once() -> None:
+    sim = Sim()
+    for node in range(1, 6):
+        sim.add(node)
+    settle(sim)
+    sim.stop(5)
+    t0 = sim.now
+    settle(sim, 0.1)
+    assert sim.leaders() == [4]
+    handover = next(t for t, node, _ in sim.elected_log if node == 4) - t0
+    assert handover < 0.01  # a few message delays, no election timeout
+    assert sim.max_acting == 1
+
+
+def test_resign_effects_are_ordered_work_then_claim_then_message() -> None:
+    sim = Sim()
+    sim.add(1)
+    settle(sim)
+    state, effects = p.step(sim.states[1], p.Stop(successor=2), sim.now)
+    order = [type(e).__name__ for e in effects if not isinstance(e, p.CancelTimer | p.Watch)]
+    assert order == ["Deposed", "Release", "Send"]
+    send = next(e for e in effects if isinstance(e, p.Send))
+    assert send.message.kind is Kind.RESIGN
+    assert send.message.successor == 2
+    assert state.role is p.Role.STOPPED
+
+
+def test_crash_is_noticed_by_the_standby_without_waiting_for_heartbeats() -> None:
+    sim = Sim()
+    for node in range(1, 6):
+        sim.add(node)
+    settle(sim)
+    assert sim.watchers == {4}  # named standby in the leader's announcement
+    sim.crash(5)
+    t0 = sim.now
+    settle(sim, 0.1)
+    assert sim.leaders() == [4]
+    assert next(t for t, node, _ in sim.elected_log if node == 4) - t0 < 0.01
+
+
+def test_paused_leader_is_fenced_after_leader_timeout() -> None:
+    sim = Sim()
+    for node in range(1, 4):
+        sim.add(node)
+    settle(sim)
+    sim.pause(3)
+    t0 = sim.now
+    settle(sim, CONFIG.leader_timeout + 1.0)
+    assert sim.leaders() == [2]
+    took = next(t for t, node, _ in sim.elected_log if node == 2) - t0
+    # Detection runs from the last heartbeat heard, which came up to one interval before.
+    lower = CONFIG.leader_timeout - CONFIG.heartbeat_interval
+    assert lower <= took < CONFIG.leader_timeout + CONFIG.election_timeout + 0.01
+    assert sim.max_acting == 1
+
+
+def test_higher_newcomer_preempts_and_incumbent_keeps_without_preempt() -> None:
+    sim = Sim()
+    sim.add(1)
+    settle(sim)
+    sim.add(2)
+    settle(sim)
+    assert sim.leaders() == [2]
+    assert sim.max_acting == 1
+
+    keep = Sim(config=p.Config(0.05, 2.0, 0.5, 0.5, preempt=False))
+    keep.add(1)
+    settle(keep)
+    keep.add(2)
+    settle(keep, 3)
+    assert keep.leaders() == [1]
+
+
+def test_steady_state_traffic_is_one_heartbeat_per_interval() -> None:
+    sim = Sim()
+    for node in range(1, 11):
+        sim.add(node)
+    settle(sim)
+    before = len(sim.sent)
+    settle(sim, 10.0)
+    sent = sim.sent[before:]
+    assert set(kinds(sent)) == {Kind.HEARTBEAT}
+    assert len(sent) <= 10.0 / CONFIG.heartbeat_interval + 1
+
+
+def test_forged_and_foreign_messages_do_not_create_a_leader() -> None:
+    sim = Sim()
+    for node in range(1, 4):
+        sim.add(node)
+    settle(sim)
+    forged = Message(Kind.COORDINATOR, "sim", Rank(99, 99), term=999, standby=1)
+    other = Message(Kind.ELECTION, "elsewhere", Rank(99, 98))
+    for node in (1, 2, 3):
+        sim.inject(node, forged)
+        sim.inject(node, other)
+    settle(sim, 5.0)
+    assert sim.leaders() == [3]
+    assert sim.max_acting == 1
+
+
+def test_stale_timer_and_claim_events_are_ignored() -> None:
+    state = p.initial_state("x", Rank(0, 1), CONFIG)
+    for event in (p.TimerFired(p.Timer.HEARTBEAT), p.ClaimRefused(), p.ClaimFreed()):
+        new, effects = p.step(state, event, 0.0)
+        assert new == state
+        assert effects == []
+    # A claim granted after the node stopped is handed back at once.
+    _, effects = p.step(state, p.ClaimGranted(7), 0.0)
+    assert effects == [p.Release(7)]
+
+
+def test_connection_loss_deposes_without_release() -> None:
+    sim = Sim()
+    sim.add(1)
+    settle(sim)
+    state, effects = p.step(sim.states[1], p.Lost("connection lost"), sim.now)
+    assert state.role is p.Role.STOPPED
+    assert any(isinstance(e, p.Deposed) for e in effects)
+    assert not any(isinstance(e, p.Release | p.Send) for e in effects)
+
+
+def test_abdicating_leader_stays_out_then_returns() -> None:
+    sim = Sim()
+    sim.add(1)
+    sim.add(2)
+    settle(sim)
+    assert sim.leaders() == [2]
+    sim._push(sim.now, 2, p.Abdicate("failed", 1, sim.now + 2.0))
+    settle(sim, 0.5)
+    assert sim.leaders() == [1]  # 2 does not challenge while abstaining
+    settle(sim, 3.0)
+    assert sim.max_acting == 1
