@@ -128,6 +128,86 @@ def install_statements(names: Names) -> list[str]:
 
     A database that has only the 0.0.3 sequence keeps it and gains the tables.
     """
+    return [
+        statement
+        for version in range(1, SCHEMA_VERSION + 1)
+        for statement in statements_for_version(names, version)
+    ]
+
+
+#: Key of the transaction-level advisory lock that serialises schema changes (the CLI's
+#: install/uninstall and the Alembic revisions): CREATE ... IF NOT EXISTS is not race-free.
+DDL_LOCK_KEY = 0x6E6F_7469_6665_6C65  # "notifele"
+
+
+def ddl_lock_statement() -> str:
+    """SQL that takes the schema-change lock until the end of the current transaction."""
+    return f"SELECT pg_advisory_xact_lock({DDL_LOCK_KEY})"
+
+
+def statements_for_version(names: Names, version: int) -> list[str]:
+    """Idempotent DDL taking the schema from ``version - 1`` to ``version`` and recording it.
+
+    Version 1 starts from nothing or from the 0.0.3 objects (just the sequence, which is
+    kept with its value). :func:`install_statements` is these lists for every version in
+    order; each Alembic revision runs the list of the version it creates.
+    """
+    if version == 1:
+        return _version_1(names)
+    raise ConfigurationError(
+        f"no schema version {version}: this notifelect knows versions 1 to {SCHEMA_VERSION}"
+    )
+
+
+def downgrade_statements(names: Names, version: int) -> list[str]:
+    """DDL taking the schema from ``version`` back to ``version - 1``.
+
+    Going below version 1 removes every object, exactly as :func:`uninstall_statements`.
+    """
+    if version == 1:
+        return uninstall_statements(names)
+    raise ConfigurationError(
+        f"no schema version {version}: this notifelect knows versions 1 to {SCHEMA_VERSION}"
+    )
+
+
+def record_version_statements(names: Names, version: int) -> list[str]:
+    """Idempotent DML recording ``version`` in the version table (never lowering it)."""
+    q = quote_ident
+    return [
+        f"INSERT INTO {q(names.version)} (version) SELECT {version} "
+        f"WHERE NOT EXISTS (SELECT FROM {q(names.version)})",
+        f"UPDATE {q(names.version)} SET version = {version} WHERE version < {version}",
+    ]
+
+
+def alembic_version_table(names: Names) -> str:
+    """Version table of the standalone Alembic environment (``alembic.ini`` of a checkout).
+
+    It is notifelect's own, so that running that environment against an application's
+    database never touches the application's ``alembic_version``.
+    """
+    return f"{names.prefix}notifelect_alembic_version"
+
+
+def object_base_names() -> tuple[str, ...]:
+    """Unprefixed names of every relation notifelect creates.
+
+    The tables, the sequence, the view and the standalone Alembic version table.
+    """
+    bare = Names("")
+    return (*bare.tables(), bare.sequence, bare.status_view, alembic_version_table(bare))
+
+
+def is_schema_object(name: str) -> bool:
+    """Whether ``name`` is a relation of the notifelect schema under any valid prefix."""
+    for base in object_base_names():
+        if name.endswith(base) and _PREFIX_RULE.fullmatch(name[: len(name) - len(base)]):
+            return True
+    return False
+
+
+def _version_1(names: Names) -> list[str]:
     q = quote_ident
     return [
         f"CREATE SEQUENCE IF NOT EXISTS {q(names.sequence)}",
@@ -170,10 +250,7 @@ def install_statements(names: Names) -> list[str]:
         "    reason text,\n"
         "    PRIMARY KEY (namespace, term)\n"
         ")",
-        f"INSERT INTO {q(names.version)} (version) SELECT {SCHEMA_VERSION} "
-        f"WHERE NOT EXISTS (SELECT FROM {q(names.version)})",
-        f"UPDATE {q(names.version)} SET version = {SCHEMA_VERSION}"
-        f" WHERE version < {SCHEMA_VERSION}",
+        *record_version_statements(names, 1),
         status_view_statement(names),
     ]
 

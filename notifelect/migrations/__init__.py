@@ -1,0 +1,93 @@
+"""notifelect's schema as Alembic revisions, for a checkout and for applications' histories.
+
+The revisions live in ``notifelect/migrations/versions`` (shipped in the wheel) on the
+branch labelled ``notifelect``. An application that keeps its schema in Alembic adds them
+to its own history::
+
+    # alembic.ini of the application
+    version_locations = %(here)s/migrations/versions notifelect:migrations/versions
+    path_separator = space
+
+and runs ``alembic upgrade heads``. Each revision runs the DDL of
+:func:`notifelect.schema.statements_for_version`, the same that ``python -m notifelect
+install`` runs, so both ways produce the same objects.
+
+Object names take the prefix from ``-x notifelect_prefix=...`` on the Alembic command
+line, else from a ``notifelect_prefix`` option in the ini section, else from
+``$NOTIFELECT_PREFIX``, else none: the same rule as the CLI's ``--prefix``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..schema import (
+    Names,
+    ddl_lock_statement,
+    downgrade_statements,
+    is_schema_object,
+    statements_for_version,
+)
+
+#: The ``version_locations`` entry that adds notifelect's revisions to an Alembic history.
+VERSIONS_LOCATION = "notifelect:migrations/versions"
+
+#: Branch label of notifelect's revisions (``alembic upgrade notifelect@head``).
+BRANCH_LABEL = "notifelect"
+
+#: Name of the ``-x`` argument and of the ini option that set the object-name prefix.
+PREFIX_OPTION = "notifelect_prefix"
+
+__all__ = [
+    "BRANCH_LABEL",
+    "PREFIX_OPTION",
+    "VERSIONS_LOCATION",
+    "configured_names",
+    "downgrade_schema",
+    "include_name",
+    "upgrade_schema",
+]
+
+
+def configured_names() -> Names:
+    """Object names for the prefix of the running Alembic command.
+
+    Only valid while Alembic runs an environment (inside ``env.py`` or a revision).
+    """
+    from alembic import context
+
+    prefix = context.get_x_argument(as_dictionary=True).get(PREFIX_OPTION)
+    if prefix is None:
+        prefix = context.config.get_main_option(PREFIX_OPTION) or None
+    return Names.from_env(prefix)
+
+
+def upgrade_schema(version: int) -> None:
+    """Body of the revision that creates schema ``version``: idempotent, serialised DDL."""
+    from alembic import op
+
+    names = configured_names()
+    op.execute(ddl_lock_statement())
+    for statement in statements_for_version(names, version):
+        op.execute(statement)
+
+
+def downgrade_schema(version: int) -> None:
+    """Body of the revision's downgrade: back from schema ``version`` to ``version - 1``."""
+    from alembic import op
+
+    names = configured_names()
+    op.execute(ddl_lock_statement())
+    for statement in downgrade_statements(names, version):
+        op.execute(statement)
+
+
+def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
+    """An Alembic ``include_name`` hook that hides notifelect's objects from autogenerate.
+
+    Without it, ``alembic revision --autogenerate`` and ``alembic check`` in an
+    application whose metadata does not describe notifelect's tables would propose to
+    drop them. Pass it to ``context.configure(include_name=...)``, or call it from the
+    application's own hook.
+    """
+    return not (type_ == "table" and name is not None and is_schema_object(name))

@@ -1,0 +1,1 @@
+"""notifelect's Alembic revisions (branch ``notifelect``); Alembic loads them by path."""
