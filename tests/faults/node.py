@@ -1,0 +1,222 @@
+"""One election node as a real process, for the fault-injection suite.
+
+Run as ``python -m tests.faults.node --dsn ... --namespace ...`` from the repository root.
+It joins the group through a SQLAlchemy AsyncEngine, and while it leads it runs a periodic
+leader-only job: each execution opens a transaction, passes the fencing guard, records its
+(start, end) on the wall clock and inserts them into the audit table, so an execution is
+recorded only if it committed under a current term. It reports on stdout, one JSON object
+per line, everything the tests wait on or check:
+
+``ready`` (node id), ``elected`` / ``span_end`` (start and end of its ``on_elected`` work),
+``deposed``, ``exec`` (a committed execution), ``refused`` (the guard said no: ``lease``
+= the local lease check, ``stale`` = the database term moved on), ``error`` (the job's
+database work failed), ``probe`` (a write attempted with a lost leadership's term, see
+below) and ``exit``.
+
+After losing leadership other than by its own exit, the node keeps trying to write with
+its old term through the database half of the guard alone (as a leader whose local lease
+check was wrong would), until the database refuses. Any such write that commits is in the
+audit table too (kind ``probe``), so the checker proves it never overlapped another term.
+
+SIGTERM makes the node leave the group cleanly (resign and hand over) and exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from notifelect import (
+    ElectionGroup,
+    Leadership,
+    NotLeaderError,
+    RetryPolicy,
+    Settings,
+    StaleLeaderError,
+    current_leadership,
+)
+from notifelect.fencing import check_term
+from tests.support.servers import sqlalchemy_url
+
+AUDIT_TABLE = "fault_audit"
+AUDIT_DDL = (
+    f"CREATE TABLE IF NOT EXISTS {AUDIT_TABLE} ("
+    " id bigserial PRIMARY KEY, namespace text NOT NULL, node bigint NOT NULL,"
+    " pid integer NOT NULL, term bigint NOT NULL, kind text NOT NULL,"
+    " started double precision NOT NULL, ended double precision NOT NULL,"
+    " db_at timestamptz NOT NULL DEFAULT clock_timestamp())"
+)
+_INSERT = text(
+    f"INSERT INTO {AUDIT_TABLE} (namespace, node, pid, term, kind, started, ended)"
+    " VALUES (:namespace, :node, :pid, :term, :kind, :started, :ended)"
+)
+
+
+def emit(event: str, **fields: Any) -> None:
+    fields.update(ev=event, t=time.time())
+    sys.stdout.write(json.dumps(fields) + "\n")
+    sys.stdout.flush()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--dsn", required=True)
+    p.add_argument("--namespace", required=True)
+    p.add_argument("--priority", type=int, default=0)
+    p.add_argument("--interval", type=float, default=0.1)
+    p.add_argument("--election-timeout", type=float, default=0.05)
+    p.add_argument("--lease", type=float, default=0.5)
+    p.add_argument("--leader-timeout", type=float, default=0.5)
+    p.add_argument("--job-period", type=float, default=0.05)
+    p.add_argument("--work", type=float, default=0.01)
+    p.add_argument(
+        "--idle-in-transaction-ms",
+        type=int,
+        default=1000,
+        help="server-side limit on an idle open transaction (frees a paused leader's locks)",
+    )
+    return p.parse_args(argv)
+
+
+class Node:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.engine: AsyncEngine = create_async_engine(
+            sqlalchemy_url(args.dsn),
+            pool_size=2,
+            max_overflow=2,
+            pool_pre_ping=False,
+            connect_args={
+                "ssl": False,
+                "timeout": 5,
+                "command_timeout": 5,
+                "server_settings": {
+                    "idle_in_transaction_session_timeout": str(args.idle_in_transaction_ms)
+                },
+            },
+        )
+        settings = Settings(
+            namespace=args.namespace,
+            election_interval=args.interval,
+            election_timeout=args.election_timeout,
+            lease=args.lease,
+            leader_timeout=args.leader_timeout,
+            priority=args.priority,
+            retry=RetryPolicy(initial=0.05, maximum=0.5, jitter=0.05),
+        )
+        self.group = ElectionGroup(self.engine, settings=settings)
+        self.probes: set[asyncio.Task[None]] = set()
+        self.stopping = False
+        self.group.on_elected(self.span, resign_on_error=False)
+        self.group.every(args.job_period)(self.job)
+        self.group.on_deposed(self.deposed)
+
+    async def span(self, ls: Leadership) -> None:
+        emit("elected", node=ls.node, term=ls.term)
+        try:
+            await asyncio.Future()  # held for the whole leadership; cancelled when it ends
+        finally:
+            emit("span_end", node=ls.node, term=ls.term)
+
+    async def job(self) -> None:
+        ls = current_leadership()
+        assert ls is not None
+        try:
+            async with self.engine.begin() as conn:
+                await ls.fence(conn)
+                started = time.time()
+                await asyncio.sleep(self.args.work)
+                ended = time.time()
+                await conn.execute(_INSERT, self._row(ls.term, "exec", started, ended))
+        except NotLeaderError:
+            emit("refused", term=ls.term, why="lease")
+        except StaleLeaderError:
+            emit("refused", term=ls.term, why="stale")
+        except Exception as exc:
+            emit("error", term=ls.term, error=repr(exc)[:200])
+        else:
+            emit("exec", term=ls.term, started=started, ended=ended)
+
+    def _row(self, term: int, kind: str, started: float, ended: float) -> dict[str, Any]:
+        return {
+            "namespace": self.args.namespace,
+            "node": self.group.node,
+            "pid": os.getpid(),
+            "term": term,
+            "kind": kind,
+            "started": started,
+            "ended": ended,
+        }
+
+    async def deposed(self, ls: Leadership) -> None:
+        emit("deposed", node=ls.node, term=ls.term, reason=ls.ended_reason)
+        if not self.stopping:
+            task = asyncio.create_task(self.probe(ls.term))
+            self.probes.add(task)
+            task.add_done_callback(self.probes.discard)
+
+    async def probe(self, term: int) -> None:
+        """Write with a lost term until the database refuses (bounded)."""
+        names = self.group.settings.names
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                async with self.engine.begin() as conn:
+                    await check_term(conn, names, self.args.namespace, term)
+                    started = time.time()
+                    await asyncio.sleep(self.args.work)
+                    ended = time.time()
+                    await conn.execute(_INSERT, self._row(term, "probe", started, ended))
+            except StaleLeaderError as exc:
+                emit("probe", term=term, result="rejected", current=exc.current)
+                return
+            except Exception as exc:
+                emit("probe", term=term, result="error", error=repr(exc)[:200])
+            else:
+                emit("probe", term=term, result="accepted", started=started, ended=ended)
+            await asyncio.sleep(0.02)  # retry pacing of the probe writer
+        emit("probe", term=term, result="gave up")
+
+    async def run(self) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        try:
+            async with self.group:
+                emit("ready", node=self.group.node, pid=os.getpid())
+                await stop.wait()
+                self.stopping = True
+                for task in list(self.probes):
+                    task.cancel()
+        finally:
+            for task in list(self.probes):
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+            await self.engine.dispose()
+        emit("exit", node=self.group.node)
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s.%(msecs)03d %(process)d %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    asyncio.run(Node(parse_args(argv)).run())
+
+
+if __name__ == "__main__":
+    main()
