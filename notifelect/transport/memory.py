@@ -80,7 +80,7 @@ class MemoryBus:
 
     def pause(self, node: int, paused: bool = True) -> None:
         """Silence (or resume) ``node``: it neither sends nor receives, but keeps its claim."""
-        self._open[node].paused = paused
+        self._open[node].set_paused(paused)
 
     def register(self, transport: MemoryTransport) -> None:
         assert transport.node is not None
@@ -105,6 +105,7 @@ class MemoryTransport(Transport):
         self.member = member
         self.node: int | None = None
         self.paused = False
+        self._wake = asyncio.Event()
         self._open = False
         self._on_payload: PayloadHandler | None = None
         self._on_lost: LostHandler | None = None
@@ -121,10 +122,16 @@ class MemoryTransport(Transport):
         if self._open and not self.paused and self._on_payload is not None:
             self._on_payload(payload)
 
+    def set_paused(self, paused: bool) -> None:
+        self.paused = paused
+        self._wake.set()
+        self._wake = asyncio.Event()
+
     def drop(self, *, notify: bool) -> None:
         if not self._open:
             return
         self._open = False
+        self._wake.set()
         self.bus.unregister(self)
         if notify and self._on_lost is not None:
             self._on_lost(None)
@@ -144,7 +151,10 @@ class MemoryTransport(Transport):
         fenced = False
         if group.holder is not None and group.holder is not self:
             stale = time.monotonic() - group.renewed_at >= self.bus.leader_timeout
-            if not (fence and stale):
+            # Only the recorded leader can be fenced: a holder that is still taking over
+            # (waiting out the old lease) has not renewed anything yet.
+            recorded = group.record is not None and group.record.node == group.holder.node
+            if not (fence and stale and recorded):
                 return None
             group.holder.drop(notify=True)
             fenced = True
@@ -173,8 +183,9 @@ class MemoryTransport(Transport):
 
     async def renew(self, term: int) -> int | None:
         group = self._require()
-        if self.paused:
-            await asyncio.Future()  # a paused session never answers
+        while self.paused and self._open:
+            await self._wake.wait()  # a paused session does not answer
+        group = self._require()
         if group.holder is not self or group.term != term:
             raise LeaseLostError(f"term {term} is no longer current")
         group.renewed_at = time.monotonic()
@@ -194,6 +205,13 @@ class MemoryTransport(Transport):
             return None
         best = max(others, key=lambda t: (t.member.priority, t.node or 0))
         return best.node
+
+    async def is_member(self, node: int, priority: int) -> bool:
+        self._require()
+        return any(
+            t.node == node and t.member.priority == priority
+            for t in self.bus.members(self.namespace)
+        )
 
     async def leader(self) -> LeaderRecord | None:
         return self._require().record

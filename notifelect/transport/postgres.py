@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -32,6 +33,15 @@ from .base import (
 log = logging.getLogger("notifelect")
 
 Connect = Callable[[], Awaitable["asyncpg.Connection[Any]"]]
+#: How long the first open waits for a notification sent by a second session to itself.
+PROBE_TIMEOUT = 2.0
+_POOLER_FIX = (
+    "LISTEN/NOTIFY and session advisory locks do not work through a pooler in transaction or "
+    "statement mode (such as PgBouncer with pool_mode = transaction), so the election could "
+    "not keep one leader. Connect notifelect directly to PostgreSQL (give ElectionGroup its "
+    "own DSN or engine that bypasses the pooler) or use a pool in session mode "
+    "(PgBouncer: pool_mode = session)"
+)
 _LIVE = (
     "EXISTS (SELECT FROM pg_stat_activity a"
     " WHERE a.pid = m.backend_pid AND a.backend_start = m.backend_start)"
@@ -76,6 +86,7 @@ class PostgresTransport(Transport):
         self._on_payload: PayloadHandler | None = None
         self._on_lost: LostHandler | None = None
         self._fence_denied_logged = False
+        self._environment_checked = False
         q = quote_ident
         self._t_term = q(names.term)
         self._t_leader = q(names.leader)
@@ -100,6 +111,7 @@ class PostgresTransport(Transport):
     async def open(self, on_payload: PayloadHandler, on_lost: LostHandler) -> int:
         conn = self._borrowed if self._borrowed is not None else await self._new_connection()
         try:
+            await self._check_environment(conn)
             await self._check_schema(conn)
             if self._node is None:
                 self._node = int(
@@ -149,6 +161,72 @@ class PostgresTransport(Transport):
         )
         if version != SCHEMA_VERSION:
             raise SchemaError(missing_schema_message(self._names, version))
+
+    async def _check_environment(self, conn: asyncpg.Connection[Any]) -> None:
+        """On the first open, fail fast if the session is not PostgreSQL's own.
+
+        A transaction-pooling proxy hands each transaction to whichever server session is
+        free: another client can share our backend (and our advisory locks), and a
+        notification sent to us while we are idle is never delivered. A second session
+        therefore compares backend pids and notifies a private channel this one listens on.
+        A borrowed connection has no second session; it only gets the prepared-statement
+        check that such proxies usually trip.
+        """
+        if self._environment_checked:
+            return
+        try:
+            await self._probe_session(conn)
+        except (
+            asyncpg.exceptions.DuplicatePreparedStatementError,
+            asyncpg.exceptions.InvalidSQLStatementNameError,
+        ) as exc:
+            raise ConfigurationError(
+                f"the election connection lost its prepared statements between transactions "
+                f"({exc.__class__.__name__}), so it goes through a transaction-pooling proxy; "
+                + _POOLER_FIX
+            ) from exc
+        self._environment_checked = True
+
+    async def _probe_session(self, conn: asyncpg.Connection[Any]) -> None:
+        pid = await conn.fetchval("SELECT pg_backend_pid()")
+        if self._connect is None:
+            return
+        channel = f"notifelect_probe_{pid}_{secrets.token_hex(4)}"
+        arrived = asyncio.Event()
+
+        def on_probe(*_: object) -> None:
+            arrived.set()
+
+        await conn.add_listener(channel, on_probe)
+        try:
+            other = await self._new_connection()
+            try:
+                other_pid = await other.fetchval("SELECT pg_backend_pid()")
+                if other_pid == pid:
+                    raise ConfigurationError(
+                        f"two connections to the database share one server session (backend "
+                        f"pid {pid}): they go through a transaction-pooling proxy; " + _POOLER_FIX
+                    )
+                await other.execute("SELECT pg_notify($1, '')", channel)
+            finally:
+                await self._discard(other)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(arrived.wait(), PROBE_TIMEOUT)
+            if not arrived.is_set():
+                # A direct session has received it by the end of its next round trip.
+                await conn.fetchval("SELECT 1")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(arrived.wait(), 0.2)
+            if not arrived.is_set():
+                raise ConfigurationError(
+                    f"a notification sent to this connection by another one never arrived "
+                    f"(waited {PROBE_TIMEOUT:g}s): it goes through a transaction-pooling "
+                    "proxy; " + _POOLER_FIX
+                )
+        finally:
+            if not conn.is_closed():
+                with contextlib.suppress(Exception):  # never mask the probe's own error
+                    await conn.remove_listener(channel, on_probe)
 
     def _notified(self, conn: object, pid: int, channel: str, payload: object) -> None:
         if self._on_payload is not None and isinstance(payload, str):
@@ -291,7 +369,9 @@ class PostgresTransport(Transport):
             "         AND database = (SELECT oid FROM pg_database"
             "                         WHERE datname = current_database())) AS holder,"
             f"       (SELECT extract(epoch FROM clock_timestamp() - renewed_at)::float8"
-            f"          FROM {self._t_leader} WHERE namespace = $1 AND NOT released) AS age",
+            f"          FROM {self._t_leader} WHERE namespace = $1 AND NOT released) AS age,"
+            f"       (SELECT backend_pid FROM {self._t_leader}"
+            f"          WHERE namespace = $1 AND NOT released) AS leader_pid",
             self._namespace,
             (self._key >> 32) & 0xFFFFFFFF,
             self._key & 0xFFFFFFFF,
@@ -302,6 +382,8 @@ class PostgresTransport(Transport):
             return bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", self._key))
         if age is not None and age < self._leader_timeout:
             return False  # the leader renews its lease: only our notifications are late
+        if row["leader_pid"] != holder:
+            return False  # the holder is still taking over (waiting out the old lease)
         try:
             await conn.fetchval("SELECT pg_terminate_backend($1)", holder)
         except asyncpg.InsufficientPrivilegeError:
@@ -361,6 +443,16 @@ class PostgresTransport(Transport):
             self._standby_sql, self._namespace, self._node
         )
         return node
+
+    async def is_member(self, node: int, priority: int) -> bool:
+        found = await self._require().fetchval(
+            f"SELECT EXISTS (SELECT FROM {self._t_member} m WHERE m.namespace = $1"
+            f" AND m.node = $2 AND m.priority = $3 AND {_LIVE})",
+            self._namespace,
+            node,
+            priority,
+        )
+        return bool(found)
 
     async def leader(self) -> LeaderRecord | None:
         row = await self._require().fetchrow(
