@@ -12,8 +12,9 @@ application's tables:
   ``alembic_version``, and it is dropped again when a downgrade leaves it empty, so that
   ``alembic downgrade base`` leaves the database as it was before ``upgrade head``.
 
-A program may pass an open synchronous SQLAlchemy connection as
-``config.attributes["connection"]`` to run in its transaction instead.
+A program that runs Alembic through ``alembic.command`` may pass an open synchronous
+SQLAlchemy connection as ``config.attributes["connection"]`` to run on it instead, and
+``config.attributes["configure_logger"] = False`` to keep its own logging configuration.
 """
 
 from __future__ import annotations
@@ -48,7 +49,11 @@ def run() -> None:
     from alembic import context
 
     config = context.config
-    if config.config_file_name is not None and config.file_config.has_section("loggers"):
+    if (
+        config.attributes.get("configure_logger", True)
+        and config.config_file_name is not None
+        and config.file_config.has_section("loggers")
+    ):
         fileConfig(config.config_file_name, disable_existing_loggers=False)
     version_table = alembic_version_table(configured_names())
     url = database_url(config.get_main_option("sqlalchemy.url"))
