@@ -461,7 +461,7 @@ class ElectionGroup:
 
     def _on_payload(self, payload: str) -> None:
         self.stats["received"] += 1
-        parsed = messages.parse(payload, self.name, None)
+        parsed = messages.parse(payload, self.name, self.settings.secret_key)
         if isinstance(parsed, messages.Rejected):
             if parsed.reason != "other namespace":
                 self._drop(parsed.reason, payload)
@@ -544,7 +544,7 @@ class ElectionGroup:
     async def _perform(self, effect: protocol.Effect) -> None:
         match effect:
             case protocol.Send(message):
-                await self._transport.publish(messages.encode(message))
+                await self._transport.publish(messages.encode(message, self.settings.secret_key))
             case protocol.Announce(kind, term):
                 await self._announce(kind, term)
             case protocol.SetTimer(timer, at):
@@ -628,7 +628,7 @@ class ElectionGroup:
             self._arm_lease_timer()
         assert self._proto is not None
         message = Message(kind, self.name, self._proto.rank, term=term, standby=standby)
-        await self._transport.publish(messages.encode(message))
+        await self._transport.publish(messages.encode(message, self.settings.secret_key))
 
     async def _claim(self, fence: bool, generation: int) -> None:
         try:

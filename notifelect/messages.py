@@ -2,7 +2,13 @@
 
 ``parse`` never raises: anything that is not a well-formed message of this version for the
 expected namespace comes back as a :class:`Rejected` with a short reason, so callers can
-count and drop it.
+count and drop it. Reasons are a small fixed set (never text taken from the payload), so
+counting them by reason stays bounded whatever arrives on the channel.
+
+With a shared secret, ``encode`` adds an HMAC-SHA256 signature (``sig``) over the canonical
+JSON of the other fields and ``parse`` rejects messages without a valid one. A signature
+proves a message came from a holder of the secret, not that it is fresh: replayed messages
+are still possible, which is why claims about leadership are checked against the database.
 """
 
 from __future__ import annotations
@@ -25,6 +31,9 @@ class Kind(enum.StrEnum):
     COORDINATOR = "coordinator"  # "I hold the claim with this term"
     HEARTBEAT = "heartbeat"  # periodic coordinator; names the standby
     RESIGN = "resign"  # "I released the claim; successor, take it"
+
+
+_KINDS = frozenset(k.value for k in Kind)
 
 
 @dataclass(frozen=True, order=True)
@@ -78,6 +87,17 @@ def _sign(body: dict[str, object], secret: bytes) -> str:
     return hmac.new(secret, canonical, hashlib.sha256).hexdigest()
 
 
+def _signed(body: dict[str, object], secret: bytes) -> bool:
+    sig = body.get("sig")
+    if not isinstance(sig, str):
+        return False
+    try:
+        expected = _sign(body, secret)
+        return hmac.compare_digest(sig.encode(), expected.encode())
+    except (ValueError, TypeError, RecursionError):  # junk that does not even re-encode
+        return False
+
+
 def _int(body: dict[str, object], key: str, *, required: bool, signed: bool = False) -> int | None:
     value = body.get(key)
     if value is None:
@@ -94,7 +114,13 @@ def _int(body: dict[str, object], key: str, *, required: bool, signed: bool = Fa
 
 
 def parse(payload: str, namespace: str, secret: bytes | None = None) -> Message | Rejected:
-    """Decode ``payload`` for ``namespace``; never raises."""
+    """Decode ``payload`` for ``namespace``; never raises.
+
+    With ``secret``, only messages signed with it are accepted.
+    """
+    text: object = payload  # callers' types are not a promise about what arrives
+    if not isinstance(text, str):
+        return Rejected("not text")
     if len(payload) > MAX_PAYLOAD:
         return Rejected("oversized")
     try:
@@ -103,16 +129,18 @@ def parse(payload: str, namespace: str, secret: bytes | None = None) -> Message 
         return Rejected("not json")
     if not isinstance(body, dict):
         return Rejected("not an object")
-    if body.get("v") != VERSION:
+    version = body.get("v")
+    if type(version) is not int or version != VERSION:  # not True, not 1.0
         return Rejected("unknown version")
     if body.get("ns") != namespace:
         return Rejected("other namespace")
-    if secret is not None:
-        sig = body.get("sig")
-        if not isinstance(sig, str) or not hmac.compare_digest(sig, _sign(body, secret)):
-            return Rejected("bad signature")
+    if secret is not None and not _signed(body, secret):
+        return Rejected("bad signature")
+    k = body.get("k")
+    if not isinstance(k, str) or k not in _KINDS:
+        return Rejected("malformed: unknown kind")
+    kind = Kind(k)
     try:
-        kind = Kind(str(body.get("k")))
         node = _int(body, "n", required=True)
         priority = _int(body, "p", required=True, signed=True)
         term = _int(body, "t", required=kind in (Kind.COORDINATOR, Kind.HEARTBEAT, Kind.RESIGN))

@@ -43,6 +43,25 @@ def _positive(name: str, value: float) -> None:
         raise ConfigurationError(f"{name} must be > 0 seconds, got {value!r}")
 
 
+_MIN_SECRET = 16
+
+
+def _check_secret(secret: object) -> None:
+    if secret is None:
+        return
+    if not isinstance(secret, bytes | str):
+        raise ConfigurationError(
+            f"secret must be bytes or str, got {type(secret).__name__}; "
+            "e.g. secret=secrets.token_hex(32), the same on every node"
+        )
+    size = len(secret.encode() if isinstance(secret, str) else secret)
+    if size < _MIN_SECRET:
+        raise ConfigurationError(
+            f"secret must be at least {_MIN_SECRET} bytes, got {size}; "
+            "e.g. secret=secrets.token_hex(32), the same on every node"
+        )
+
+
 @dataclass(frozen=True)
 class Settings:
     """Tuning of one election group. All durations are in seconds.
@@ -67,6 +86,13 @@ class Settings:
       before acting, instead of trusting PostgreSQL's release of the claim.
     - ``prefix``: prefix of every database object name (default ``$NOTIFELECT_PREFIX``).
     - ``retry``: reconnect policy.
+    - ``secret``: optional shared secret (at least 16 bytes; str is encoded as UTF-8). When
+      set, every message is signed with HMAC-SHA256 and unsigned or wrongly signed messages
+      are dropped, so that only holders of the secret can talk to the group. Every node of
+      a group needs the same secret. Never shown in ``repr``.
+
+    Impossible combinations raise :class:`~notifelect.ConfigurationError` (a ``ValueError``)
+    that names the setting and the rule.
     """
 
     namespace: str = "default"
@@ -80,6 +106,7 @@ class Settings:
     strict_takeover: bool = False
     prefix: str | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    secret: bytes | str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         validate_namespace(self.namespace)
@@ -91,6 +118,14 @@ class Settings:
             raise ConfigurationError(f"priority must be an int, got {self.priority!r}")
         if not -(2**31) <= self.priority < 2**31:
             raise ConfigurationError(f"priority must fit in 32 bits, got {self.priority}")
+        for name in ("preempt", "fence", "strict_takeover"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigurationError(
+                    f"{name} must be True or False, got {getattr(self, name)!r}"
+                )
+        if not isinstance(self.retry, RetryPolicy):
+            raise ConfigurationError(f"retry must be a RetryPolicy, got {self.retry!r}")
+        _check_secret(self.secret)
         if self.lease <= self.election_interval:
             raise ConfigurationError(
                 f"lease ({self.lease}) must be longer than election_interval "
@@ -106,6 +141,18 @@ class Settings:
                 f"election_timeout ({self.election_timeout}) must be shorter than "
                 f"leader_timeout ({self.leader_timeout})"
             )
+        if self.election_timeout >= self.lease:
+            raise ConfigurationError(
+                f"election_timeout ({self.election_timeout}) must be shorter than lease "
+                f"({self.lease}): a leader's lease must outlast one election round"
+            )
+
+    @property
+    def secret_key(self) -> bytes | None:
+        """The message-signing key as bytes, or None when messages are not signed."""
+        if isinstance(self.secret, str):
+            return self.secret.encode()
+        return self.secret
 
     @property
     def names(self) -> Names:

@@ -94,6 +94,14 @@ class Transport(abc.ABC):
         """The highest-ranked other live member, if any."""
 
     @abc.abstractmethod
+    async def is_member(self, node: int, priority: int) -> bool:
+        """Whether ``node`` is a live member of the group with ``priority``.
+
+        Messages can be forged by anyone who can NOTIFY on the channel; before a claim in a
+        message changes who leads, the group asks the database whether its sender exists.
+        """
+
+    @abc.abstractmethod
     async def leader(self) -> LeaderRecord | None:
         """The group's current leadership as the database records it."""
 

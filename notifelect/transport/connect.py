@@ -7,7 +7,7 @@ from typing import Any
 
 import asyncpg
 
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, NotifelectError
 
 Connect = Callable[[], Awaitable["asyncpg.Connection[Any]"]]
 
@@ -15,6 +15,14 @@ _ASYNC_HINT = (
     "use a SQLAlchemy AsyncEngine on the asyncpg driver, e.g. "
     "create_async_engine('postgresql+asyncpg://user@host/db'), or a DSN string"
 )
+
+
+class ConnectionLimitError(NotifelectError, ConnectionError):
+    """PostgreSQL refused a connection because all of its connection slots are in use.
+
+    A node needs one dedicated connection, and the standby one more. At start-up this is
+    raised from ``async with group``; after a connection loss the group keeps retrying.
+    """
 
 
 def connector_for(engine: Any) -> tuple[Connect | None, asyncpg.Connection[Any] | None]:
@@ -56,7 +64,11 @@ def _dsn_connector(dsn: str) -> Connect:
     plain = f"postgresql://{rest}"
 
     async def connect() -> asyncpg.Connection[Any]:
-        return await asyncpg.connect(plain)
+        try:
+            return await asyncpg.connect(plain)
+        except Exception as exc:
+            _raise_if_full(exc)
+            raise
 
     return connect
 
@@ -66,9 +78,30 @@ def _engine_connector(engine: Any) -> Connect:
         # A connection from the engine's pool honours its URL, connect_args and connect
         # events; detaching it means it is closed by us and never returned to the pool
         # with our LISTEN or advisory lock on it, and frees its slot in the pool.
-        fairy = await engine.raw_connection()
+        try:
+            fairy = await engine.raw_connection()
+        except Exception as exc:
+            _raise_if_full(exc)
+            raise
         conn: asyncpg.Connection[Any] = fairy.driver_connection
         fairy.detach()
         return conn
 
     return connect
+
+
+def _raise_if_full(exc: BaseException) -> None:
+    """Re-raise a refusal for lack of connection slots as a ConnectionLimitError."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, asyncpg.exceptions.TooManyConnectionsError):
+            raise ConnectionLimitError(
+                f"PostgreSQL refused the election connection: {cause} (SQLSTATE 53300, all "
+                "max_connections slots are in use). Each node needs one dedicated connection "
+                "and the standby one more: raise max_connections on the server, shrink the "
+                "connection pools of the applications, or run fewer nodes"
+            ) from exc
+        orig = getattr(cause, "orig", None)  # SQLAlchemy wraps the driver's error
+        cause = orig if isinstance(orig, BaseException) else (cause.__cause__ or cause.__context__)
