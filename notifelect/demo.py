@@ -1,0 +1,544 @@
+"""``python -m notifelect demo``: watch an election survive a crash, a pause and a deploy.
+
+Starts N node processes (``python -m notifelect._demo_node``) in one group, shows who
+leads as it changes, then kills the leader (SIGKILL), pauses the next one (SIGSTOP, later
+SIGCONT) and lets the third exit cleanly, printing each failover time as the nodes measured
+it. Without a database given it runs on an embedded PostgreSQL in a temporary directory.
+
+Every node runs in its own session, so a Ctrl-C in the terminal reaches only the demo,
+which then kills the nodes' process groups, waits for them and removes the embedded
+server: nothing is left running (an atexit hook repeats the kill if the demo dies of an
+unexpected exception).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import atexit
+import collections
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+import uuid
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import asyncpg
+
+from . import cli
+from .schema import Names, install_statements, validate_namespace
+
+#: Quick settings so that the demo is over in seconds (the library's defaults are safer
+#: against slow networks: heartbeat 0.5 s, lease 2 s, leader timeout 2 s).
+INTERVAL = 0.2
+LEASE = 1.0
+LEADER_TIMEOUT = 0.6
+MIN_NODES = 3
+_PG_ENV = ("PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE", "PGSERVICE")
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def register(sub: Any, commands: dict[str, Command]) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="run N nodes, kill, pause and stop leaders, print the failover times",
+        description=(
+            "Run N node processes in one election group and show who leads; then kill the "
+            "leader (SIGKILL), pause the next one (SIGSTOP/SIGCONT) and let the third exit "
+            "cleanly, printing each failover time. Without --dsn, --pg-* or PG* variables "
+            "it starts an embedded PostgreSQL (pip install 'notifelect[embedded]') and "
+            "removes it at the end. Ctrl-C stops everything."
+        ),
+    )
+    p.add_argument(
+        "--nodes", type=int, default=5, help=f"node processes (default 5, at least {MIN_NODES})"
+    )
+    cli.add_connection_arguments(p)
+    cli.add_prefix_argument(p)
+    p.add_argument("--namespace", help="group name (default: demo-<random>)")
+    p.add_argument(
+        "--step-timeout",
+        type=float,
+        default=20.0,
+        help="give up if a step shows no new leader within SECONDS (default 20)",
+    )
+    commands["demo"] = run_demo
+
+
+# ---------------------------------------------------------------- processes
+
+
+@dataclass(eq=False)
+class Node:
+    index: int
+    proc: asyncio.subprocess.Process
+    node: int | None = None
+    state: str = "starting"  # starting, running, paused, killed, left, crashed
+    sees: tuple[int, int] | None = None  # (leader node, term) as this node believes
+    stderr: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=20))
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def label(self) -> str:
+        return f"node {self.node}" if self.node is not None else f"process {self.pid}"
+
+
+@dataclass(frozen=True)
+class Event:
+    node: Node
+    kind: str
+    t: float
+    data: dict[str, Any]
+
+
+class _Reaper:
+    """Kills the nodes' process groups if the demo exits without its own cleanup."""
+
+    def __init__(self) -> None:
+        self.pids: set[int] = set()
+        atexit.register(self.kill_all)
+
+    def kill_all(self) -> None:
+        for pid in list(self.pids):
+            for sig in (signal.SIGCONT, signal.SIGKILL):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, sig)
+        self.pids.clear()
+
+
+_reaper = _Reaper()
+
+
+class StepFailed(Exception):
+    pass
+
+
+class Demo:
+    def __init__(
+        self, dsn: str, namespace: str, prefix: str | None, nodes: int, step_timeout: float
+    ) -> None:
+        self.dsn = dsn
+        self.namespace = namespace
+        self.prefix = prefix
+        self.count = nodes
+        self.step_timeout = step_timeout
+        self.nodes: list[Node] = []
+        self.events: asyncio.Queue[Event] = asyncio.Queue()
+        self.readers: list[asyncio.Task[None]] = []
+        self.leader: Node | None = None
+        self.term = 0
+        self.started = time.monotonic()
+        self.results: list[tuple[str, float, str]] = []
+
+    # ------------------------------------------------------------ output
+
+    def say(self, text: str) -> None:
+        print(text, flush=True)
+
+    def stamp(self, t: float | None = None) -> str:
+        return f"[{(t if t is not None else time.monotonic()) - self.started:6.2f}s]"
+
+    def roster(self) -> str:
+        marks = []
+        for n in self.nodes:
+            name = str(n.node) if n.node is not None else "?"
+            if n is self.leader:
+                marks.append(f"*{name}")
+            elif n.state in ("paused", "killed", "left", "crashed"):
+                marks.append(f"{name}({n.state})")
+            else:
+                marks.append(name)
+        return "nodes: " + " ".join(marks)
+
+    # ------------------------------------------------------------ nodes
+
+    async def spawn(self, index: int) -> Node:
+        argv = [
+            sys.executable,
+            "-m",
+            "notifelect._demo_node",
+            "--dsn",
+            self.dsn,
+            "--namespace",
+            self.namespace,
+            "--interval",
+            str(INTERVAL),
+            "--lease",
+            str(LEASE),
+            "--leader-timeout",
+            str(LEADER_TIMEOUT),
+        ]
+        if self.prefix is not None:
+            argv += ["--prefix", self.prefix]
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,  # a terminal's Ctrl-C goes to the demo only
+        )
+        _reaper.pids.add(proc.pid)
+        node = Node(index, proc)
+        self.nodes.append(node)
+        self.readers.append(asyncio.create_task(self._read_stdout(node)))
+        self.readers.append(asyncio.create_task(self._read_stderr(node)))
+        return node
+
+    async def _read_stdout(self, node: Node) -> None:
+        assert node.proc.stdout is not None
+        async for raw in node.proc.stdout:
+            try:
+                data = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(data, dict) and isinstance(data.get("event"), str):
+                self.events.put_nowait(Event(node, data["event"], float(data["t"]), data))
+        self.events.put_nowait(Event(node, "eof", time.monotonic(), {}))
+
+    async def _read_stderr(self, node: Node) -> None:
+        assert node.proc.stderr is not None
+        async for raw in node.proc.stderr:
+            node.stderr.append(raw.decode(errors="replace").rstrip())
+
+    async def next_event(self, deadline: float, waiting_for: str) -> Event:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise StepFailed(f"{waiting_for}: nothing within {self.step_timeout:g}s")
+        try:
+            async with asyncio.timeout(remaining):
+                event = await self.events.get()
+        except TimeoutError:
+            raise StepFailed(f"{waiting_for}: nothing within {self.step_timeout:g}s") from None
+        self._apply(event)
+        return event
+
+    def _apply(self, event: Event) -> None:
+        node = event.node
+        if event.kind == "joined":
+            node.node = event.data.get("node")
+            node.state = "running"
+        elif event.kind == "elected":
+            self.leader = node
+            self.term = int(event.data["term"])
+            self.say(
+                f"{self.stamp(event.t)} {node.label} leads (term {self.term}, pid {node.pid})"
+                f"   {self.roster()}"
+            )
+        elif event.kind == "deposed":
+            if self.leader is node:
+                self.leader = None
+            self.say(
+                f"{self.stamp(event.t)} {node.label} stopped leading term "
+                f"{event.data.get('term')}: {event.data.get('reason')}"
+            )
+        elif event.kind == "sees":
+            leader, term = event.data.get("leader"), event.data.get("term")
+            node.sees = None if leader is None or term is None else (int(leader), int(term))
+        elif event.kind == "leaving":
+            node.state = "left"
+        elif event.kind == "eof" and node.state not in ("killed", "left"):
+            node.state = "crashed"
+            detail = "\n    ".join(node.stderr) or "(no output)"
+            self.say(f"{self.stamp()} {node.label} exited unexpectedly:\n    {detail}")
+
+    async def wait_new_leader(self, after_term: int, what: str) -> Event:
+        deadline = time.monotonic() + self.step_timeout
+        while True:
+            event = await self.next_event(deadline, what)
+            if event.kind == "elected" and int(event.data["term"]) > after_term:
+                return event
+
+    async def wait_event(self, node: Node, kind: str, what: str) -> Event:
+        deadline = time.monotonic() + self.step_timeout
+        while True:
+            event = await self.next_event(deadline, what)
+            if event.node is node and event.kind == kind:
+                return event
+
+    def current_leader(self) -> Node:
+        if self.leader is None:
+            raise StepFailed("no node leads")
+        return self.leader
+
+    async def settle(self, what: str) -> None:
+        """Wait until every running node follows the leader, then a few heartbeats more
+        (the standby opens its watch on the leader's lock after a heartbeat names it)."""
+        deadline = time.monotonic() + self.step_timeout
+        while self.leader is None or any(
+            n.state == "running" and n.sees != (self.leader.node, self.term) for n in self.nodes
+        ):
+            await self.next_event(deadline, what)
+        pause_until = time.monotonic() + 3 * INTERVAL
+        with contextlib.suppress(StepFailed):
+            while True:
+                await self.next_event(pause_until, what)
+
+    def signal(self, node: Node, sig: signal.Signals) -> float:
+        at = time.monotonic()
+        os.killpg(node.pid, sig)
+        return at
+
+    # ------------------------------------------------------------ the script
+
+    async def run(self) -> int:
+        try:
+            return await self._script()
+        except StepFailed as exc:
+            self.say(f"notifelect demo: step failed: {exc}")
+            return 1
+        finally:
+            await self.stop_all()
+
+    async def _script(self) -> int:
+        say = self.say
+        say(
+            f"settings: heartbeat {INTERVAL:g}s, lease {LEASE:g}s, leader timeout "
+            f"{LEADER_TIMEOUT:g}s, preempt off (quick, for the demo; the defaults are "
+            "0.5s, 2s, 2s and preempt on)"
+        )
+        for i in range(self.count):
+            await self.spawn(i)
+        say(
+            f"started {self.count} node processes (pids "
+            + ", ".join(str(n.pid) for n in self.nodes)
+            + ") in group "
+            + repr(self.namespace)
+            + "; Ctrl-C stops everything"
+        )
+        deadline = time.monotonic() + self.step_timeout + 10 * self.count  # cold starts
+        while self.leader is None or any(n.state == "starting" for n in self.nodes):
+            await self.next_event(deadline, "waiting for every node to join and a leader")
+        await self.settle("every node following the leader")
+        say(f"{self.stamp()} all {self.count} nodes joined and follow it   {self.roster()}")
+
+        # 1. crash
+        victim = self.current_leader()
+        say(f"\nstep 1/3: kill -9 the leader ({victim.label}, pid {victim.pid})")
+        victim.state = "killed"
+        self.leader = None
+        t0 = self.signal(victim, signal.SIGKILL)
+        elected = await self.wait_new_leader(self.term, "after the kill, a new leader")
+        self._result("leader killed (SIGKILL)", elected.t - t0, "PostgreSQL frees its lock")
+        await self.settle("the nodes following the new leader")
+
+        # 2. pause
+        paused = self.current_leader()
+        say(
+            f"\nstep 2/3: pause the leader ({paused.label}, pid {paused.pid}) with SIGSTOP, "
+            "as a long GC pause or a frozen VM would"
+        )
+        paused.state = "paused"
+        self.leader = None
+        t0 = self.signal(paused, signal.SIGSTOP)
+        elected = await self.wait_new_leader(self.term, "after the pause, a new leader")
+        took = elected.t - t0
+        note = f"followers wait {LEADER_TIMEOUT:g}s of silence, fence it, then its lease"
+        self._result("leader paused (SIGSTOP)", took, note)
+        if took >= LEASE:
+            say(
+                f"  no overlap: the paused leader's lease ({LEASE:g}s from its last renewal, "
+                "before the pause) had run out before the new leader started"
+            )
+        say(f"  resuming {paused.label} (SIGCONT): it must notice it lost its leadership")
+        paused.state = "running"
+        self.signal(paused, signal.SIGCONT)
+        await self.wait_event(paused, "deposed", "the resumed node standing down")
+        await self.settle("the resumed node rejoining")  # it reconnects, then follows
+        say(f"{self.stamp()} {paused.label} rejoined as a follower   {self.roster()}")
+
+        # 3. clean exit
+        leaving = self.current_leader()
+        say(f"\nstep 3/3: the leader ({leaving.label}) exits cleanly, as in a deploy")
+        assert leaving.proc.stdin is not None
+        leaving.proc.stdin.write(b"exit\n")
+        await leaving.proc.stdin.drain()
+        term_before = self.term
+        left = await self.wait_event(leaving, "leaving", "the leader starting to leave")
+        stopped: Event | None = None
+        elected_ev: Event | None = None
+        deadline = time.monotonic() + self.step_timeout
+        while stopped is None or elected_ev is None:
+            event = await self.next_event(deadline, "the hand-over")
+            if event.node is leaving and event.kind == "deposed":
+                stopped = event
+            elif event.kind == "elected" and int(event.data["term"]) > term_before:
+                elected_ev = event
+        assert stopped is not None
+        assert elected_ev is not None
+        self._result("leader exited cleanly", elected_ev.t - left.t, "it resigns and names one")
+        gap = elected_ev.t - stopped.t
+        if gap >= 0:
+            say(
+                f"  no overlap: {leaving.label} stopped {gap * 1000:.1f} ms before "
+                f"{elected_ev.node.label} started"
+            )
+        else:  # pragma: no cover - would be a bug in the library
+            say(f"  OVERLAP of {-gap * 1000:.1f} ms between old and new leader")
+
+        say("\nfailover times (from the nodes' own monotonic clocks):")
+        for label, seconds, why in self.results:
+            say(f"  {label:<26} {seconds * 1000:8.1f} ms   ({why})")
+        await self._show_status()
+        return 0
+
+    def _result(self, label: str, seconds: float, why: str) -> None:
+        self.results.append((label, seconds, why))
+        self.say(f"  failover: {seconds * 1000:.1f} ms")
+
+    async def _show_status(self) -> None:
+        from . import status
+
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            snap = await status.snapshot(
+                conn, Names.from_env(self.prefix), namespace=self.namespace, wait=0.5
+            )
+        finally:
+            await conn.close()
+        self.say(
+            "\nwhat 'python -m notifelect status' shows now:\n"
+            + status.render_text(snap, wait=0.5).rstrip()
+        )
+
+    async def stop_all(self) -> None:
+        """Ask live nodes to leave, kill what remains, reap everything; safe to repeat."""
+        alive = [n for n in self.nodes if n.proc.returncode is None]
+        for n in alive:
+            if n.state not in ("paused", "killed") and n.proc.stdin is not None:
+                with contextlib.suppress(Exception):
+                    n.proc.stdin.write(b"exit\n")
+        if alive:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5):
+                    await asyncio.gather(*(n.proc.wait() for n in alive))
+        for n in self.nodes:
+            if n.proc.returncode is None:
+                for sig in (signal.SIGCONT, signal.SIGKILL):
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(n.pid, sig)
+        for n in self.nodes:
+            await n.proc.wait()
+            _reaper.pids.discard(n.pid)
+        for task in self.readers:
+            task.cancel()
+        await asyncio.gather(*self.readers, return_exceptions=True)
+
+
+# ---------------------------------------------------------------- the command
+
+
+def _external_dsn(args: argparse.Namespace) -> str | None:
+    """A DSN for the database the user named, or None to use the embedded one."""
+    if args.dsn:
+        return str(args.dsn).replace("postgresql+asyncpg://", "postgresql://", 1)
+    query = {
+        key: value
+        for key, value in (
+            ("host", args.pg_host),
+            ("port", args.pg_port),
+            ("user", args.pg_user),
+            ("password", args.pg_password),
+        )
+        if value is not None
+    }
+    if query or args.pg_database or any(os.environ.get(k) for k in _PG_ENV):
+        # Anything not given here comes from the PG* variables, in every process.
+        path = quote(args.pg_database, safe="") if args.pg_database else ""
+        return f"postgresql:///{path}" + (f"?{urlencode(query)}" if query else "")
+    return None
+
+
+async def _install(dsn: str, prefix: str | None) -> None:
+    conn = await asyncpg.connect(dsn, timeout=10)
+    try:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", cli._DDL_LOCK)
+            for statement in install_statements(Names.from_env(prefix)):
+                await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+async def _main(demo: Demo, install: bool) -> int:
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    if install:
+        await _install(demo.dsn, demo.prefix)
+    demo.started = time.monotonic()
+    return await demo.run()
+
+
+class _Interrupted(BaseException):
+    pass
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise _Interrupted
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    if args.nodes < MIN_NODES:
+        print(
+            f"notifelect: error: the demo needs --nodes {MIN_NODES} or more (one is killed, "
+            "one paused, one exits)",
+            file=sys.stderr,
+        )
+        return 2
+    namespace = validate_namespace(args.namespace or f"demo-{uuid.uuid4().hex[:6]}")
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    embedded = None
+    try:
+        dsn = _external_dsn(args)
+        if dsn is None:
+            from .embedded import EmbeddedPostgres
+
+            print("starting an embedded PostgreSQL (no --dsn, --pg-* or PG* variables given)")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # pgserver's note about XDG_RUNTIME_DIR
+                embedded = EmbeddedPostgres()
+            dsn = embedded.dsn
+            print(f"  embedded PostgreSQL in {embedded.root} (removed at the end)", flush=True)
+        else:
+            print(f"using the database given: {_redact(dsn)}", flush=True)
+        demo = Demo(dsn, namespace, args.prefix, args.nodes, args.step_timeout)
+        try:
+            return asyncio.run(_main(demo, install=True))
+        except (KeyboardInterrupt, _Interrupted, asyncio.CancelledError):
+            print("\nnotifelect demo: interrupted; every node process was stopped", flush=True)
+            return 130
+    except (KeyboardInterrupt, _Interrupted):
+        print("\nnotifelect demo: interrupted", flush=True)
+        return 130
+    finally:
+        # Cleanup must finish: a second Ctrl-C or SIGTERM must not leave the server behind.
+        interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _reaper.kill_all()
+        if embedded is not None:
+            embedded.close()
+            print(f"removed the embedded PostgreSQL ({embedded.root})", flush=True)
+        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, interrupt)
+
+
+def _redact(dsn: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    url = urlsplit(dsn)
+    if url.password:
+        url = url._replace(netloc=url.netloc.replace(f":{url.password}@", ":***@", 1))
+    return urlunsplit(url)

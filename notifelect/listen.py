@@ -1,0 +1,148 @@
+"""Election messages as they pass on the channel: ``notifelect listen``, for debugging."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+import asyncpg
+
+from . import messages
+from .messages import Message, Rejected
+from .schema import Names
+
+#: Longest part of a rejected payload that is printed.
+_SHOWN = 200
+
+
+def decode_any(payload: str) -> Message | Rejected:
+    """Decode a payload of any namespace; never raises (see :func:`messages.parse`)."""
+    if len(payload) > messages.MAX_PAYLOAD:
+        return Rejected("oversized")
+    try:
+        body = json.loads(payload)
+    except (ValueError, RecursionError):
+        return Rejected("not json")
+    if not isinstance(body, dict):
+        return Rejected("not an object")
+    namespace = body.get("ns")
+    if not isinstance(namespace, str):
+        return Rejected("no namespace")
+    return messages.parse(payload, namespace)
+
+
+def describe(message: Message | Rejected, payload: str, at: datetime, sender: int) -> str:
+    """One line for a person: time, group, kind, sender, term and the kind's extra field."""
+    stamp = f"{at.astimezone():%H:%M:%S.%f}"[:-3]
+    if isinstance(message, Rejected):
+        shown = payload if len(payload) <= _SHOWN else payload[:_SHOWN] + "..."
+        return f"{stamp}  rejected ({message.reason}) from backend {sender}: {shown!r}"
+    parts = [
+        stamp,
+        repr(message.namespace),
+        f"{message.kind.value:<11}",
+        f"node {message.rank.node} (priority {message.rank.priority})",
+    ]
+    if message.term is not None:
+        parts.append(f"term {message.term}")
+    if message.standby is not None:
+        parts.append(f"standby {message.standby}")
+    if message.successor is not None:
+        parts.append(f"successor {message.successor}")
+    return "  ".join(parts)
+
+
+def as_record(
+    message: Message | Rejected, payload: str, at: datetime, sender: int
+) -> dict[str, Any]:
+    """The JSON-lines form: every field of the message, or the reason it was rejected."""
+    if isinstance(message, Rejected):
+        return {
+            "at": at.isoformat(),
+            "backend_pid": sender,
+            "rejected": message.reason,
+            "payload": payload[:_SHOWN],
+        }
+    return {
+        "at": at.isoformat(),
+        "backend_pid": sender,
+        "namespace": message.namespace,
+        "kind": message.kind.value,
+        "node": message.rank.node,
+        "priority": message.rank.priority,
+        "term": message.term,
+        "standby": message.standby,
+        "successor": message.successor,
+    }
+
+
+class Printer:
+    """Writes each message as one line (text or JSON), flushed at once."""
+
+    def __init__(
+        self, out: TextIO | None = None, *, as_json: bool = False, namespace: str | None = None
+    ) -> None:
+        self.out = out or sys.stdout
+        self.as_json = as_json
+        self.namespace = namespace
+        self.count = 0
+
+    def __call__(self, payload: str, sender: int) -> bool:
+        """Print ``payload`` unless filtered out; True if it was printed."""
+        message = decode_any(payload)
+        if self.namespace is not None and (
+            not isinstance(message, Message) or message.namespace != self.namespace
+        ):
+            return False
+        at = datetime.now(UTC)
+        if self.as_json:
+            line = json.dumps(as_record(message, payload, at, sender), separators=(",", ":"))
+        else:
+            line = describe(message, payload, at, sender)
+        self.out.write(line + "\n")
+        self.out.flush()
+        self.count += 1
+        return True
+
+
+async def listen(
+    conn: asyncpg.Connection[Any],
+    names: Names,
+    printer: Callable[[str, int], bool],
+    *,
+    count: int | None = None,
+    duration: float | None = None,
+    ready: Callable[[], None] | None = None,
+) -> int:
+    """Feed every notification on the channel to ``printer`` until ``count`` messages were
+    printed, ``duration`` seconds passed, or the task is cancelled. Returns the count.
+
+    ``ready`` is called once LISTEN is active (nothing sent before that is seen).
+    """
+    done = asyncio.Event()
+    printed = 0
+
+    def on_notify(_conn: object, pid: int, _channel: str, payload: object) -> None:
+        nonlocal printed
+        if isinstance(payload, str) and not done.is_set() and printer(payload, pid):
+            printed += 1
+            if count is not None and printed >= count:
+                done.set()
+
+    await conn.add_listener(names.channel, on_notify)
+    try:
+        if ready is not None:
+            ready()
+        try:
+            async with asyncio.timeout(duration):
+                await done.wait()
+        except TimeoutError:
+            pass
+    finally:
+        if not conn.is_closed():
+            await conn.remove_listener(names.channel, on_notify)
+    return printed
