@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from notifelect.migrations import downgrade_schema, upgrade_schema
 
-revision = ${repr(up_revision)}
-down_revision: str | None = ${repr(down_revision)}
-branch_labels: tuple[str, ...] | None = ${repr(branch_labels)}
-depends_on: str | None = ${repr(depends_on)}
+revision = "${up_revision}"
+down_revision: str | tuple[str, ...] | None = ${repr(down_revision).replace("'", '"')}
+branch_labels: tuple[str, ...] | None = ${repr(branch_labels).replace("'", '"')}
+depends_on: str | tuple[str, ...] | None = ${repr(depends_on).replace("'", '"')}
 
 #: The schema version this revision creates: add it to notifelect.schema
 #: (statements_for_version, downgrade_statements) and set SCHEMA_VERSION to it.

@@ -13,14 +13,16 @@ and runs ``alembic upgrade heads``. Each revision runs the DDL of
 install`` runs, so both ways produce the same objects.
 
 Object names take the prefix from ``-x notifelect_prefix=...`` on the Alembic command
-line, else from a ``notifelect_prefix`` option in the ini section, else from
-``$NOTIFELECT_PREFIX``, else none: the same rule as the CLI's ``--prefix``.
+line, else from a ``notifelect_prefix`` option in the ``[alembic]`` section (or in
+``[tool.alembic]`` of ``pyproject.toml``), else from ``$NOTIFELECT_PREFIX``, else none:
+the same rule as the CLI's ``--prefix``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from ..errors import ConfigurationError
 from ..schema import (
     Names,
     ddl_lock_statement,
@@ -56,9 +58,16 @@ def configured_names() -> Names:
     """
     from alembic import context
 
-    prefix = context.get_x_argument(as_dictionary=True).get(PREFIX_OPTION)
+    prefix: object = context.get_x_argument(as_dictionary=True).get(PREFIX_OPTION)
     if prefix is None:
-        prefix = context.config.get_main_option(PREFIX_OPTION) or None
+        config = context.config
+        # get_alembic_option (Alembic 1.16+) also reads [tool.alembic] in pyproject.toml.
+        getter = getattr(config, "get_alembic_option", config.get_main_option)
+        prefix = getter(PREFIX_OPTION) or None
+    if prefix is not None and not isinstance(prefix, str):
+        raise ConfigurationError(
+            f"{PREFIX_OPTION} must be a string such as 'myapp_', not {prefix!r}"
+        )
     return Names.from_env(prefix)
 
 

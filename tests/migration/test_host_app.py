@@ -30,6 +30,13 @@ path_separator = space
 {prefix_line}
 """
 
+_PYPROJECT = """\
+[tool.alembic]
+script_location = "%(here)s/migrations"
+version_locations = ["%(here)s/migrations/versions", "notifelect:migrations/versions"]
+{prefix_line}
+"""
+
 _ENV = """\
 import asyncio
 
@@ -96,23 +103,27 @@ def downgrade():
 '''
 
 
-def host_app(root: Path, dsn: str, prefix: str) -> Config:
-    """Write the application's Alembic files under ``root``; return its config."""
+def host_app(root: Path, dsn: str, prefix: str, style: str = "ini") -> Config:
+    """Write the application's Alembic files under ``root``; return its config.
+
+    ``style`` is where the application keeps its Alembic settings: ``alembic.ini`` or
+    ``[tool.alembic]`` in ``pyproject.toml``.
+    """
     versions = root / "migrations" / "versions"
     versions.mkdir(parents=True)
-    prefix_line = f"notifelect_prefix = {prefix}" if prefix else ""
-    (root / "alembic.ini").write_text(_INI.format(prefix_line=prefix_line))
     (root / "migrations" / "env.py").write_text(_ENV)
     (versions / f"{_APP_REVISION}_items.py").write_text(_APP_VERSION)
-    config = Config(
-        str(root / "alembic.ini"),
-        cmd_opts=argparse.Namespace(x=[]),
-        stdout=io.StringIO(),
-    )
-    config.set_main_option(
-        "sqlalchemy.url",
-        dsn.replace("%", "%%").replace("postgresql://", "postgresql+asyncpg://", 1),
-    )
+    if style == "ini":
+        line = f"notifelect_prefix = {prefix}" if prefix else ""
+        (root / "alembic.ini").write_text(_INI.format(prefix_line=line))
+        config = Config(str(root / "alembic.ini"), cmd_opts=argparse.Namespace(x=[]))
+    else:
+        line = f'notifelect_prefix = "{prefix}"' if prefix else ""
+        (root / "pyproject.toml").write_text(_PYPROJECT.format(prefix_line=line))
+        config = Config(toml_file=str(root / "pyproject.toml"), cmd_opts=argparse.Namespace(x=[]))
+    config.stdout = io.StringIO()
+    url = dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return config
 
 
@@ -120,13 +131,13 @@ async def heads(dsn: str) -> set[str]:
     return {r["version_num"] for r in await fetch(dsn, "SELECT version_num FROM alembic_version")}
 
 
-@pytest.mark.parametrize("prefix", ["", "host_"])
+@pytest.mark.parametrize(("style", "prefix"), [("ini", ""), ("ini", "host_"), ("pyproject", "py_")])
 @pytest.mark.timeout(90)
 async def test_host_application_upgrades_to_both_heads_and_elects(
-    empty_dsn: str, tmp_path: Path, prefix: str
+    empty_dsn: str, tmp_path: Path, style: str, prefix: str
 ) -> None:
     names = Names(prefix)
-    config = host_app(tmp_path, empty_dsn, prefix)
+    config = host_app(tmp_path, empty_dsn, prefix, style)
 
     await alembic(config, "upgrade", "heads")
     assert await heads(empty_dsn) == {_APP_REVISION, "notifelect_0001"}

@@ -10,8 +10,11 @@ import subprocess
 import sys
 
 import pytest
+from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, pool
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from notifelect import cli
 from notifelect.errors import ConfigurationError
@@ -33,6 +36,7 @@ from tests.migration.conftest import (
     relation_names,
     repo_config,
 )
+from tests.support.servers import sqlalchemy_url
 
 _UNRELATED = (
     "CREATE TABLE app_note (id serial PRIMARY KEY, body text NOT NULL)",
@@ -193,3 +197,23 @@ def test_alembic_upgrade_head_from_a_checkout(empty_dsn: str) -> None:
     assert "notifelect_0001 (head)" in run("current")
     run("downgrade", "base")
     assert run("current").strip() == ""
+
+
+@pytest.mark.timeout(60)
+async def test_upgrade_on_a_connection_the_program_passes(empty_dsn: str) -> None:
+    """``config.attributes["connection"]``: migrate inside the program's own transaction."""
+    config = repo_config("postgresql://nobody@unused.invalid/none")
+    engine = create_async_engine(sqlalchemy_url(empty_dsn), poolclass=pool.NullPool)
+
+    def upgrade(connection: Connection) -> None:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(upgrade)
+    finally:
+        await engine.dispose()
+    snapshot = await catalog(empty_dsn, exclude=(alembic_version_table(Names()),))
+    assert {name for name, _ in snapshot["relations"]} == relation_names(Names())
+    assert snapshot["versions"] == [("notifelect_version", SCHEMA_VERSION)]
