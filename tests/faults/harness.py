@@ -251,6 +251,18 @@ class Cluster:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), min(remaining, poll))
 
+    async def reported(
+        self, node: NodeProcess, kind: str, *, timeout: float, what: str, **match: Any
+    ) -> dict[str, Any]:
+        """Wait until ``node`` reported an event ``kind`` with fields ``match``; return it."""
+        found = await self.until(lambda: node.of(kind, **match), timeout=timeout, what=what)
+        return found[0]
+
+    async def more_executions(self, count: int, *, timeout: float, what: str) -> None:
+        """Wait until the cluster has committed ``count`` more executions than now."""
+        target = self.count("exec") + count
+        await self.until(lambda: self.count("exec") >= target, timeout=timeout, what=what)
+
     def describe(self) -> str:
         return "\n".join(n.describe() for n in self.nodes)
 

@@ -1,0 +1,275 @@
+"""Fault injection with real processes, signals and a throwaway PostgreSQL.
+
+Every scenario ends with :meth:`Cluster.verify`: no two recorded leader-only executions of
+different leaderships overlap, terms never go backwards, no write was accepted under a
+term after a newer one began, ``on_elected`` work of a new leader never started before
+the previous leader's had finished or its claim was gone, and exactly one node leads.
+
+Each scenario runs in a CI size and, marked ``soak``, repeated many times:
+``python -m pytest -m soak tests/faults``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import statistics
+import time
+from dataclasses import dataclass
+
+import pytest
+
+from tests.faults.harness import Cluster, NodeProcess
+from tests.support.proxy import Mode
+
+pytestmark = pytest.mark.faults
+
+
+@dataclass(frozen=True)
+class Size:
+    rounds: int
+    nodes: int = 3
+
+
+CI = Size(rounds=2)
+SOAK = Size(rounds=20)
+SIZES = [
+    pytest.param(CI, id="ci", marks=pytest.mark.timeout(150)),
+    pytest.param(SOAK, id="soak", marks=[pytest.mark.soak, pytest.mark.timeout(1200)]),
+]
+
+
+def figures(name: str, seconds: list[float]) -> None:
+    """Print timing figures (visible with ``-s``); never asserted: bounds only."""
+    if seconds:
+        ms = sorted(1000 * s for s in seconds)
+        print(f"\nFIGURES {name}: n={len(ms)} p50={statistics.median(ms):.1f}ms max={ms[-1]:.1f}ms")
+
+
+def elected_at(node: NodeProcess, after: float) -> float:
+    """When ``node`` reported its first election after ``after``."""
+    return float(min(e["t"] for e in node.of("elected") if e["t"] >= after))
+
+
+def first_elected(cluster: Cluster, after: float) -> float:
+    """Seconds from ``after`` until any node reported being elected."""
+    first = min(e["t"] for n in cluster.nodes for e in n.of("elected") if e["t"] >= after)
+    return float(first) - after
+
+
+async def replace(cluster: Cluster, gone: NodeProcess) -> None:
+    """Keep the cluster's size: start a node like the one that left."""
+    await cluster.spawn(1, proxied=gone.proxy is not None)
+
+
+@pytest.mark.parametrize("size", SIZES)
+async def test_clean_exit_hands_over(cluster: Cluster, size: Size) -> None:
+    await cluster.spawn(size.nodes)
+    took = []
+    for _ in range(size.rounds):
+        old = await cluster.leader()
+        term = old.leading_term
+        asked = time.time()
+        await cluster.stop_node(old)
+        new = await cluster.leader(timeout=20)
+        took.append(elected_at(new, asked) - asked)
+        # Hand-over: the new leader's on_elected starts after the old one's finished.
+        (end,) = old.of("span_end", term=term)
+        assert elected_at(new, asked) >= end["t"]
+        await replace(cluster, old)
+    figures("clean exit -> new leader elected", took)
+    await cluster.verify()
+
+
+@pytest.mark.parametrize("size", SIZES)
+async def test_sigkill_of_the_leader(cluster: Cluster, size: Size) -> None:
+    await cluster.spawn(size.nodes)
+    took = []
+    for _ in range(size.rounds):
+        old = await cluster.leader()
+        killed = cluster.signal(old, signal.SIGKILL)
+        await cluster.leader(timeout=20)
+        took.append(first_elected(cluster, killed))
+        await replace(cluster, old)
+    figures("SIGKILL -> new leader elected", took)
+    await cluster.verify()
+
+
+@pytest.mark.parametrize("size", [pytest.param(Size(1), id="ci"), *SIZES[1:]])
+async def test_sigstop_for_three_leases(cluster: Cluster, size: Size) -> None:
+    await cluster.spawn(size.nodes)
+    lease = cluster.timing.lease
+    took = []
+    for _ in range(size.rounds):
+        old = await cluster.leader()
+        term = old.leading_term
+        assert term is not None
+        stopped = cluster.signal(old, signal.SIGSTOP)
+        await cluster.leader(timeout=30)
+        took.append(first_elected(cluster, stopped))
+        # The pause itself is the fault: it lasts at least three leases.
+        await asyncio.sleep(max(0.0, stopped + 3 * lease - time.time()))
+        resumed = cluster.signal(old, signal.SIGCONT)
+        # The resumed node notices its lapsed lease and steps down ...
+        await cluster.reported(
+            old, "deposed", term=term, timeout=20, what="resumed leader stepped down"
+        )
+        # ... and its late write with the old term is refused by the database.
+        await cluster.reported(
+            old, "probe", term=term, result="rejected", timeout=20, what="stale write refused"
+        )
+        # It ran no leader-only work with its old term after resuming.
+        late = [e for e in old.of("exec", term=term) if e["ended"] >= resumed]
+        assert late == [], late
+        rows = await cluster.sql(
+            "SELECT count(*) AS n FROM fault_audit WHERE namespace = $1 AND term = $2"
+            " AND kind = 'exec' AND ended >= $3",
+            cluster.namespace,
+            term,
+            resumed,
+        )
+        assert rows[0]["n"] == 0
+        await cluster.leader(timeout=20)
+    figures("SIGSTOP -> new leader elected", took)
+    await cluster.verify()
+
+
+@pytest.mark.parametrize("size", SIZES)
+async def test_leader_backend_terminated(cluster: Cluster, size: Size) -> None:
+    await cluster.spawn(size.nodes)
+    took = []
+    for _ in range(size.rounds):
+        old = await cluster.leader()
+        term = old.leading_term
+        row = await cluster.db_leader()
+        assert row is not None
+        assert row["node"] == old.node
+        at = cluster.note_fault(old, "terminate")
+        (ok,) = await cluster.sql("SELECT pg_terminate_backend($1) AS ok", row["backend_pid"])
+        assert ok["ok"]
+        await cluster.reported(
+            old, "span_end", term=term, timeout=20, what="leader noticed its loss"
+        )
+        new = await cluster.leader(timeout=30)
+        took.append(first_elected(cluster, at))
+        assert new.leading_term is not None
+        assert term is not None
+        assert new.leading_term > term
+    figures("pg_terminate_backend -> new leader elected", took)
+    await cluster.verify()
+
+
+@pytest.mark.parametrize("mode", ["fast", "immediate"])
+@pytest.mark.parametrize(
+    "size", [pytest.param(Size(1), id="ci"), pytest.param(Size(5), id="soak", marks=SIZES[1].marks)]
+)
+async def test_postgres_restart(cluster: Cluster, size: Size, mode: str) -> None:
+    await cluster.spawn(size.nodes)
+    took = []
+    for _ in range(size.rounds):
+        old = await cluster.leader()
+        term = old.leading_term
+        began = time.time()
+        cluster.cluster_faults.append(("restart", began))
+        await asyncio.to_thread(cluster.server.stop, mode)
+        stopped = time.time()
+        await cluster.reported(
+            old, "span_end", term=term, timeout=20, what="leader stopped while database down"
+        )
+        await asyncio.to_thread(cluster.server.start)
+        up = time.time()
+        # Nobody acted as leader while the database was down.
+        during = [e for n in cluster.nodes for e in n.of("elected") if stopped <= e["t"] < up]
+        assert during == [], during
+        assert old.of("span_end", term=term)[0]["t"] < up
+        await cluster.leader(timeout=40)
+        took.append(first_elected(cluster, up))
+    figures(f"restart {mode}: database up -> new leader elected", took)
+    await cluster.verify()
+
+
+@pytest.mark.parametrize("size", [pytest.param(Size(1), id="ci"), *SIZES[1:]])
+async def test_leader_path_blackholed(cluster: Cluster, size: Size) -> None:
+    await cluster.spawn(size.nodes, proxied=True)
+    took = []
+    for _ in range(size.rounds):
+        old = await cluster.leader()
+        term = old.leading_term
+        assert old.proxy is not None
+        cut = cluster.note_fault(old, "blackhole")
+        old.proxy.set_mode(Mode.BLACKHOLE)
+        old.paused = True  # cut off: cannot act, for the harness's leader count
+        new = await cluster.leader(timeout=30)
+        took.append(first_elected(cluster, cut))
+        assert new is not old
+        old.proxy.set_mode(Mode.PASS)
+        old.paused = False
+        await cluster.reported(
+            old, "deposed", term=term, timeout=30, what="cut-off leader stepped down"
+        )
+        await cluster.leader(timeout=30)
+    figures("black-holed leader -> new leader elected", took)
+    await cluster.verify()
+
+
+@pytest.mark.parametrize("size", [pytest.param(Size(1), id="ci"), *SIZES[1:]])
+@pytest.mark.parametrize("mode", [Mode.DELAY_NOTIFICATIONS, Mode.DROP_NOTIFICATIONS])
+async def test_notifications_delayed_or_dropped(cluster: Cluster, size: Size, mode: Mode) -> None:
+    nodes = await cluster.spawn(size.nodes, proxied=True)
+    for _ in range(size.rounds):
+        leader = await cluster.leader()
+        for node in cluster.nodes:
+            if node.proxy is not None:
+                # Longer than leader_timeout: followers see the leader as silent.
+                node.proxy.set_mode(mode, delay=2 * cluster.timing.leader_timeout)
+        # Run disturbed for a while: 20 more executions by the leader (or whoever leads).
+        await cluster.more_executions(20, timeout=30, what="work goes on")
+        assert len(cluster.reported_leaders()) <= 1
+        # A crash while the channel misbehaves.
+        victim = cluster.reported_leaders()[0] if cluster.reported_leaders() else leader
+        cluster.signal(victim, signal.SIGKILL)
+        await cluster.more_executions(5, timeout=30, what="a new leader works")
+        for node in cluster.nodes:
+            if node.proxy is not None:
+                node.proxy.set_mode(Mode.PASS)
+        await replace(cluster, victim)
+    stats = [n.proxy.stats for n in nodes if n.proxy is not None]
+    if mode is Mode.DROP_NOTIFICATIONS:
+        assert sum(s.notifications_dropped for s in stats) > 0
+    else:
+        assert sum(s.notifications_delayed for s in stats) > 0
+    await cluster.verify()
+
+
+@pytest.mark.parametrize(
+    ("nodes", "kills", "period"),
+    [
+        pytest.param(10, 8, 0.0, id="ci", marks=pytest.mark.timeout(240)),
+        pytest.param(50, 60, 1.0, id="soak", marks=[pytest.mark.soak, pytest.mark.timeout(1200)]),
+    ],
+)
+async def test_churn_leader_killed_repeatedly(
+    cluster: Cluster, nodes: int, kills: int, period: float
+) -> None:
+    await cluster.spawn(nodes)
+    took = []
+    spawning: set[asyncio.Task[list[NodeProcess]]] = set()
+    next_kill = time.monotonic()
+    for _ in range(kills):
+        old = await cluster.leader(timeout=60)
+        # Pace the kills (soak: one per second); the wait is the fault schedule.
+        await asyncio.sleep(max(0.0, next_kill - time.monotonic()))
+        next_kill = time.monotonic() + period
+        if not old.live or old.leading_term is None:
+            continue
+        killed = cluster.signal(old, signal.SIGKILL)
+        task = asyncio.create_task(cluster.spawn(1))
+        spawning.add(task)
+        task.add_done_callback(spawning.discard)
+        await cluster.leader(timeout=60)
+        took.append(first_elected(cluster, killed))
+    if spawning:
+        await asyncio.gather(*spawning)
+    figures(f"churn {nodes} nodes: SIGKILL -> new leader elected", took)
+    assert len(took) >= kills // 2
+    await cluster.verify()
