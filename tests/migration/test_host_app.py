@@ -139,6 +139,8 @@ async def test_host_application_upgrades_to_both_heads_and_elects(
     names = Names(prefix)
     config = host_app(tmp_path, empty_dsn, prefix, style)
 
+    await alembic(config, "upgrade", "notifelect@head")
+    assert await heads(empty_dsn) == {"notifelect_0001"}
     await alembic(config, "upgrade", "heads")
     assert await heads(empty_dsn) == {_APP_REVISION, "notifelect_0001"}
     relations = {name for name, _ in (await catalog(empty_dsn))["relations"]}
