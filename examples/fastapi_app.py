@@ -1,0 +1,104 @@
+"""A FastAPI service whose replicas elect a leader; ask any replica who leads.
+
+    pip install 'notifelect[examples]'
+    python -m notifelect install                      # once per database
+    export DATABASE_URL=postgresql+asyncpg://user@localhost/app
+    python examples/fastapi_app.py --port 8000 &      # replica 1
+    python examples/fastapi_app.py --port 8001 &      # replica 2
+    curl localhost:8000/leader; curl localhost:8001/leader
+
+(or ``uvicorn examples.fastapi_app:app`` from the repository root). The application's
+lifespan joins the group; on shutdown the group resigns, so the other replica takes over
+at once. ``refresh_cache`` runs every second, on the leader only. ``--run-for SECONDS``
+stops the server by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from notifelect import ElectionGroup
+
+log = logging.getLogger("fastapi_app")
+
+
+def database_url() -> str:
+    """$DATABASE_URL for SQLAlchemy's asyncpg driver (a plain postgresql:// URL works too)."""
+    url = os.environ.get("DATABASE_URL", "postgresql+asyncpg://localhost/postgres")
+    for plain in ("postgresql://", "postgres://"):
+        if url.startswith(plain):
+            return "postgresql+asyncpg://" + url[len(plain) :]
+    return url
+
+
+engine = create_async_engine(database_url(), pool_size=5)
+group = ElectionGroup(engine, name="fastapi-example")
+
+
+@group.every(timedelta(seconds=1))
+async def refresh_cache() -> None:
+    """Leader-only job: one replica runs it at a time, the next leader takes it over."""
+    log.info("node %s refreshed the shared cache", group.node)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async with group:  # returns once this replica has joined; the election runs meanwhile
+        yield
+    await engine.dispose()
+
+
+app = FastAPI(title="notifelect example", lifespan=lifespan)
+
+
+@app.get("/leader")
+async def leader() -> dict[str, Any]:
+    """Who leads, as this replica knows it."""
+    info = group.leader
+    return {
+        "node": group.node,
+        "is_leader": group.is_leader,
+        "term": info.term if info else None,
+        "leader": None
+        if info is None
+        else {
+            "node": info.node,
+            "host": info.host,
+            "pid": info.pid,
+            "term": info.term,
+            "since": info.since.isoformat() if info.since else None,
+        },
+        "cache_refreshes": refresh_cache.runs,
+    }
+
+
+async def serve(host: str, port: int, run_for: float | None) -> None:
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info"))
+    if run_for is not None:
+        asyncio.get_running_loop().call_later(run_for, setattr, server, "should_exit", True)
+    await server.serve()  # Ctrl-C or SIGTERM: graceful shutdown, the lifespan resigns
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--run-for", type=float, help="stop after SECONDS")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    asyncio.run(serve(args.host, args.port, args.run_for))
+
+
+if __name__ == "__main__":
+    main()
