@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -97,7 +98,9 @@ def main() -> None:
     parser.add_argument("--run-for", type=float, help="stop after SECONDS")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    asyncio.run(serve(args.host, args.port, args.run_for))
+    # uvicorn shuts down gracefully on Ctrl-C, then re-raises it: that is a normal exit here.
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(args.host, args.port, args.run_for))
 
 
 if __name__ == "__main__":

@@ -59,7 +59,7 @@ async def test_status_json_reports_the_leader_that_leads(dsn: str) -> None:
             assert status["leader"]["pid"] == leader._member.pid
             # heard on the channel within the default wait (heartbeat 0.1 s here)
             assert status["leader"]["heartbeat_age"] is not None
-            nodes = sorted((g.node for g in members), reverse=True)
+            nodes = sorted((g.node or 0 for g in members), reverse=True)
             assert [m["node"] for m in status["members"]] == nodes  # rank order: highest first
             assert [m["rank"] for m in status["members"]] == list(range(1, len(nodes) + 1))
             roles = {m["node"]: m["role"] for m in status["members"]}

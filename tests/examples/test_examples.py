@@ -1,0 +1,144 @@
+"""Every example runs as written (the seed's simulation is run by tests/integration)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sys
+from collections import defaultdict
+from contextlib import AsyncExitStack
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from tests.ops.running import ROOT, Process, clean_env, spawn
+from tests.support.servers import free_port
+
+EXAMPLES = ROOT / "examples"
+
+
+async def get_leader(client: httpx.AsyncClient, port: int) -> dict[str, Any] | None:
+    try:
+        response = await client.get(f"http://127.0.0.1:{port}/leader", timeout=2)
+    except httpx.TransportError:
+        return None  # not listening yet, or shutting down
+    response.raise_for_status()
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def poll(probe: Any, *, timeout: float, what: str) -> Any:
+    """Poll an async probe until it returns a truthy value (HTTP has no change events)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = await probe()
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{what}: not within {timeout}s (last: {value!r})")
+        await asyncio.sleep(0.1)
+
+
+@pytest.mark.timeout(120)
+async def test_fastapi_replicas_agree_on_one_leader_and_hand_over(dsn: str) -> None:
+    ports = [free_port(), free_port()]
+    env = clean_env(DATABASE_URL=dsn)
+    script = str(EXAMPLES / "fastapi_app.py")
+    async with AsyncExitStack() as stack:
+        replicas: list[Process] = [
+            await stack.enter_async_context(
+                spawn(sys.executable, script, "--port", str(port), "--run-for", "90", env=env)
+            )
+            for port in ports
+        ]
+        client = await stack.enter_async_context(httpx.AsyncClient())
+
+        async def views() -> list[dict[str, Any]] | None:
+            answers = [await get_leader(client, port) for port in ports]
+            if any(a is None for a in answers):
+                return None
+            views = [a for a in answers if a is not None]
+            leaders = [v for v in views if v["is_leader"]]
+            agreed = {(v["leader"] or {}).get("node") for v in views}
+            if len(leaders) != 1 or agreed != {leaders[0]["node"]}:
+                return None
+            return views if leaders[0]["cache_refreshes"] >= 1 else None
+
+        settled = await poll(views, timeout=60, what="one leader both replicas agree on")
+        index = next(i for i, v in enumerate(settled) if v["is_leader"])
+        leader, follower = settled[index], settled[1 - index]
+        assert leader["term"] == follower["term"]
+        assert leader["leader"]["pid"] == replicas[index].proc.pid
+        assert not follower["is_leader"]
+
+        # A graceful shutdown of the leader (SIGINT, as uvicorn gets on a deploy) hands over.
+        assert await replicas[index].stop() == 0, replicas[index].output
+        assert "resigned" in replicas[index].output  # the lifespan left the group
+        other_port = ports[1 - index]
+
+        async def took_over() -> bool:
+            view = await get_leader(client, other_port)
+            return (
+                view is not None
+                and view["is_leader"]
+                and view["term"] > leader["term"]
+                # the leader-only job moved over with the leadership
+                and view["cache_refreshes"] > follower["cache_refreshes"]
+            )
+
+        await poll(took_over, timeout=20, what="the other replica leading")
+        assert await replicas[1 - index].stop() == 0, replicas[1 - index].output
+
+
+@pytest.mark.timeout(120)
+async def test_apscheduler_replicas_run_the_gated_job_on_the_leader_only(dsn: str) -> None:
+    env = clean_env(DATABASE_URL=dsn)
+    argv = (sys.executable, str(EXAMPLES / "apscheduler_jobs.py"), "--every", "0.2")
+    async with AsyncExitStack() as stack:
+        replicas = [
+            await stack.enter_async_context(spawn(*argv, "--run-for", "5", env=env))
+            for _ in range(2)
+        ]
+        codes = [await r.wait(timeout=90) for r in replicas]
+        outputs = [r.output for r in replicas]
+    assert codes == [0, 0], outputs
+    reports: dict[int, set[int]] = defaultdict(set)  # term -> nodes that sent a report in it
+    for replica in replicas:
+        assert any("local cache refreshed" in line for line in replica.stdout), replica.output
+        assert any(line.endswith(": left") for line in replica.stdout), replica.output
+        for line in replica.stdout:
+            if found := re.match(r"node (\d+): report sent \(term (\d+)\)", line):
+                reports[int(found.group(2))].add(int(found.group(1)))
+    assert reports, outputs  # the gated job ran
+    assert all(len(nodes) == 1 for nodes in reports.values()), reports  # never two per term
+
+
+@pytest.mark.timeout(120)
+async def test_plain_asyncpg_replicas_write_fenced_ticks(dsn: str) -> None:
+    env = clean_env(DATABASE_URL=dsn)
+    argv = (sys.executable, str(EXAMPLES / "plain_asyncpg.py"), "--every", "0.1")
+    async with AsyncExitStack() as stack:
+        replicas = [
+            await stack.enter_async_context(spawn(*argv, "--run-for", "5", env=env))
+            for _ in range(2)
+        ]
+        codes = [await r.wait(timeout=90) for r in replicas]
+    assert codes == [0, 0], [r.output for r in replicas]
+    for replica in replicas:
+        assert any("joined group 'asyncpg-example'" in line for line in replica.stdout)
+        assert any(line.endswith(": left") for line in replica.stdout), replica.output
+    assert any("elected, term" in line for r in replicas for line in r.stdout)
+    assert any("no longer leads term" in line for r in replicas for line in r.stdout)
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT term, array_agg(DISTINCT node) AS nodes, count(*) AS ticks"
+            " FROM example_ticks GROUP BY term"
+        )
+    finally:
+        await conn.close()
+    assert rows
+    assert all(len(row["nodes"]) == 1 for row in rows)  # one writer per term
