@@ -149,6 +149,16 @@ async def test_thousands_of_junk_and_forged_messages_change_nothing(
                 return all(g.stats["received"] - received[id(g)] >= sent for g in groups)
 
             await eventually(all_received, timeout=90, what="every node read the flood")
+            leader_group = next(g for g in groups if g.node == leader[0])
+            followers = [g for g in groups if g is not leader_group]
+
+            def all_checked() -> bool:
+                # 600 elections outrank the leader; 200 leader claims name nobody's term.
+                return leader_group.stats["dropped:unknown member"] >= 600 and all(
+                    g.stats["dropped:unverified leader"] >= 200 for g in followers
+                )
+
+            await eventually(all_checked, timeout=90, what="every forgery checked")
             assert await settled(groups) == leader
             assert await database_leadership(conn, namespace) == before_db
             assert all(g.is_open and g._failure is None for g in groups)
@@ -159,11 +169,7 @@ async def test_thousands_of_junk_and_forged_messages_change_nothing(
                                "malformed: n out of range"):  # fmt: skip
                     assert g.stats[f"dropped:{reason}"] > 0, (g.node, reason, g.stats)
                 assert g.stats["dropped"] >= 1000
-            leader_group = next(g for g in groups if g.is_leader)
-            followers = [g for g in groups if not g.is_leader]
-            assert leader_group.stats["dropped:unknown member"] >= 300
-            for g in followers:
-                assert g.stats["dropped:unverified leader"] > 0, g.stats
+            assert leader_group.is_leader
     finally:
         await conn.close()
     warnings = [r for r in caplog.records if "dropped" in r.getMessage()]
