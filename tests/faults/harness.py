@@ -168,7 +168,9 @@ class Cluster:
         netloc = f"{parts.username}@127.0.0.1:{port}"
         return urlunsplit(parts._replace(netloc=netloc))
 
-    async def spawn(self, count: int = 1, *, proxied: bool = False) -> list[NodeProcess]:
+    async def spawn(
+        self, count: int = 1, *, proxied: bool = False, extra: tuple[str, ...] = ()
+    ) -> list[NodeProcess]:
         """Start ``count`` node processes; return once each has joined the group."""
         started = []
         for _ in range(count):
@@ -183,7 +185,7 @@ class Cluster:
             with open(log, "ab") as stderr:  # noqa: ASYNC230  # a local log file, opened once
                 proc = await asyncio.create_subprocess_exec(
                     sys.executable, "-m", "tests.faults.node",
-                    "--dsn", dsn, "--namespace", self.namespace, *self.timing.argv(),
+                    "--dsn", dsn, "--namespace", self.namespace, *self.timing.argv(), *extra,
                     cwd=ROOT,
                     stdout=asyncio.subprocess.PIPE,
                     stderr=stderr,
@@ -272,14 +274,14 @@ class Cluster:
         return [n for n in self.nodes if n.live and n.leading_term is not None]
 
     async def leader(
-        self, *, timeout: float = 20.0, exclude: NodeProcess | None = None
+        self, *, timeout: float = 20.0, expect: NodeProcess | None = None
     ) -> NodeProcess:
-        """Wait until exactly one live node reports leading, the database agrees, and it
-        has committed an execution under its term; return it."""
+        """Wait until exactly one live node (``expect`` if given) reports leading, the
+        database agrees, and it has committed an execution under its term; return it."""
 
         async def settled() -> NodeProcess | None:
             leaders = self.reported_leaders()
-            if len(leaders) != 1 or leaders[0] is exclude:
+            if len(leaders) != 1 or (expect is not None and leaders[0] is not expect):
                 return None
             node = leaders[0]
             term = node.leading_term
@@ -292,6 +294,9 @@ class Cluster:
             if row is None or row["released"] or row["node"] != node.node:
                 return None
             if not (row["term"] == row["current"] == term and row["status_leaders"] == 1):
+                return None
+            # Reports may have arrived while the database answered.
+            if self.reported_leaders() != [node] or node.leading_term != term:
                 return None
             return node
 
@@ -351,10 +356,8 @@ class Cluster:
 
     # ------------------------------------------------------------ checks
 
-    async def verify(self) -> checker.Report:
-        """Check the run: no overlap, no term regression, no stale write accepted, on_elected
-        hand-overs in order, exactly one acting leader. Returns the report."""
-        leader = await self.leader()
+    async def report(self) -> checker.Report:
+        """Run every check of ``checker`` on the audit table and the nodes' reports."""
         rows = await self.sql(
             f"SELECT node, term, started, ended, kind, db_at FROM {AUDIT_TABLE}"
             " WHERE namespace = $1",
@@ -365,6 +368,20 @@ class Cluster:
             "SELECT term, node, started_at FROM notifelect_history WHERE namespace = $1",
             self.namespace,
         )
+        claim_gone: dict[int, list[float]] = {}
+        for n in self.nodes:
+            assert n.node is not None
+            claim_gone[n.node] = [t for _, t in n.faults] + [t for _, t in self.cluster_faults]
+        return checker.check(
+            executions,
+            spans=list(self.spans().values()),
+            claim_gone=claim_gone,
+            term_started={r["term"]: r["started_at"] for r in history},
+            owners={r["term"]: r["node"] for r in history},
+        )
+
+    def spans(self) -> dict[int, checker.Span]:
+        """Each term's on_elected work as reported by its node."""
         spans: dict[int, checker.Span] = {}
         for n in self.nodes:
             assert n.node is not None
@@ -373,16 +390,16 @@ class Cluster:
                 spans[e["term"]] = checker.Span(
                     n.node, e["term"], e["t"], end[0]["t"] if end else None
                 )
-        claim_gone: dict[int, list[float]] = {}
-        for n in self.nodes:
-            assert n.node is not None
-            claim_gone[n.node] = [t for _, t in n.faults] + [t for _, t in self.cluster_faults]
-        report = checker.check(
-            executions,
-            spans=list(spans.values()),
-            claim_gone=claim_gone,
-            term_started={r["term"]: r["started_at"] for r in history},
-            owners={r["term"]: r["node"] for r in history},
+        return spans
+
+    async def verify(self) -> checker.Report:
+        """Check the run: no overlap, no term regression, no stale write accepted, on_elected
+        hand-overs in order, exactly one acting leader. Returns the report."""
+        leader = await self.leader()
+        report = await self.report()
+        spans = self.spans()
+        history = await self.sql(
+            "SELECT term FROM notifelect_history WHERE namespace = $1", self.namespace
         )
         assert report.ok, f"{report}\n{self.describe()}"
         assert report.executions > 0

@@ -86,6 +86,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=1000,
         help="server-side limit on an idle open transaction (frees a paused leader's locks)",
     )
+    p.add_argument(
+        "--unguarded",
+        action="store_true",
+        help="also run a naive writer that checks leadership once and never again (to show "
+        "that the checker catches two leaders)",
+    )
     return p.parse_args(argv)
 
 
@@ -116,7 +122,7 @@ class Node:
             retry=RetryPolicy(initial=0.05, maximum=0.5, jitter=0.05),
         )
         self.group = ElectionGroup(self.engine, settings=settings)
-        self.probes: set[asyncio.Task[None]] = set()
+        self.probes: set[asyncio.Task[None]] = set()  # also the naive writers
         self.stopping = False
         self.group.on_elected(self.span, resign_on_error=False)
         self.group.every(args.job_period)(self.job)
@@ -124,6 +130,10 @@ class Node:
 
     async def span(self, ls: Leadership) -> None:
         emit("elected", node=ls.node, term=ls.term)
+        if self.args.unguarded:
+            task = asyncio.create_task(self.naive(ls.term))
+            self.probes.add(task)
+            task.add_done_callback(self.probes.discard)
         try:
             await asyncio.Future()  # held for the whole leadership; cancelled when it ends
         finally:
@@ -165,6 +175,19 @@ class Node:
             task = asyncio.create_task(self.probe(ls.term))
             self.probes.add(task)
             task.add_done_callback(self.probes.discard)
+
+    async def naive(self, term: int) -> None:
+        """The mistake the guard exists for: work that outlives its leadership."""
+        while True:
+            try:
+                async with self.engine.begin() as conn:
+                    started = time.time()
+                    await asyncio.sleep(self.args.work)
+                    ended = time.time()
+                    await conn.execute(_INSERT, self._row(term, "naive", started, ended))
+            except Exception as exc:
+                emit("error", term=term, error=repr(exc)[:200])
+            await asyncio.sleep(self.args.job_period)  # the naive job's own cadence
 
     async def probe(self, term: int) -> None:
         """Write with a lost term until the database refuses (bounded)."""

@@ -58,8 +58,10 @@ def first_elected(cluster: Cluster, after: float) -> float:
 
 
 async def replace(cluster: Cluster, gone: NodeProcess) -> None:
-    """Keep the cluster's size: start a node like the one that left."""
-    await cluster.spawn(1, proxied=gone.proxy is not None)
+    """Keep the cluster's size: start a node like the one that left, and wait until it
+    leads (it ranks highest, so it preempts the leader)."""
+    (node,) = await cluster.spawn(1, proxied=gone.proxy is not None)
+    await cluster.leader(expect=node)
 
 
 @pytest.mark.parametrize("size", SIZES)
@@ -74,8 +76,9 @@ async def test_clean_exit_hands_over(cluster: Cluster, size: Size) -> None:
         new = await cluster.leader(timeout=20)
         took.append(elected_at(new, asked) - asked)
         # Hand-over: the new leader's on_elected starts after the old one's finished.
-        (end,) = old.of("span_end", term=term)
-        assert elected_at(new, asked) >= end["t"]
+        ends = old.of("span_end", term=term)
+        assert len(ends) == 1, f"term {term}: {old.events[-8:]}\n{cluster.describe()}"
+        assert elected_at(new, asked) >= ends[0]["t"]
         await replace(cluster, old)
     figures("clean exit -> new leader elected", took)
     await cluster.verify()
@@ -273,3 +276,36 @@ async def test_churn_leader_killed_repeatedly(
     figures(f"churn {nodes} nodes: SIGKILL -> new leader elected", took)
     assert len(took) >= kills // 2
     await cluster.verify()
+
+
+@pytest.mark.timeout(120)
+async def test_the_checks_catch_work_that_outlives_its_leadership(cluster: Cluster) -> None:
+    # Nodes that also run a naive writer (leadership checked once, never again, no guard):
+    # a leader paused and resumed then acts beside its successor, and the checks say so.
+    await cluster.spawn(2, extra=("--unguarded",))
+    old = await cluster.leader()
+    term = old.leading_term
+    stopped = cluster.signal(old, signal.SIGSTOP)
+    await cluster.leader(timeout=30)
+    await asyncio.sleep(max(0.0, stopped + 3 * cluster.timing.lease - time.time()))  # the pause
+    resumed = cluster.signal(old, signal.SIGCONT)
+
+    async def late_naive_writes() -> int:
+        rows = await cluster.sql(
+            "SELECT count(*) AS n FROM fault_audit WHERE namespace = $1 AND term = $2"
+            " AND kind = 'naive' AND started > $3",
+            cluster.namespace,
+            term,
+            resumed,
+        )
+        return int(rows[0]["n"])
+
+    await cluster.until_async(late_naive_writes, timeout=20, what="the resumed node wrote")
+    await cluster.more_executions(3, timeout=20, what="the new leader works beside it")
+    report = await cluster.report()
+    assert not report.ok
+    assert report.overlaps
+    assert report.stale_accepted
+    assert report.regressions
+    # The guarded job of the same node ran nothing after resuming.
+    assert [e for e in old.of("exec", term=term) if e["ended"] >= resumed] == []
