@@ -34,7 +34,7 @@ from urllib.parse import quote, urlencode
 import asyncpg
 
 from . import cli
-from .schema import Names, install_statements, validate_namespace
+from .schema import Names, ddl_lock_statement, install_statements, validate_namespace
 
 #: Quick settings so that the demo is over in seconds (the library's defaults are safer
 #: against slow networks: heartbeat 0.5 s, lease 2 s, leader timeout 2 s).
@@ -464,7 +464,7 @@ async def _install(dsn: str, prefix: str | None) -> None:
     conn = await asyncpg.connect(dsn, timeout=10)
     try:
         async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", cli._DDL_LOCK)
+            await conn.execute(ddl_lock_statement())  # serialises concurrent installs
             for statement in install_statements(Names.from_env(prefix)):
                 await conn.execute(statement)
     finally:
