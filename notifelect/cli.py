@@ -16,10 +16,13 @@ from typing import Any
 import asyncpg
 
 from .errors import NotifelectError
-from .schema import PREFIX_ENV, Names, install_statements, uninstall_statements
-
-#: Serialises concurrent installs/uninstalls (CREATE ... IF NOT EXISTS is not race-free).
-_DDL_LOCK = 0x6E6F_7469_6665_6C65  # "notifele"
+from .schema import (
+    PREFIX_ENV,
+    Names,
+    ddl_lock_statement,
+    install_statements,
+    uninstall_statements,
+)
 
 Command = Callable[[argparse.Namespace], int]
 _COMMANDS: dict[str, Command] = {}
@@ -83,7 +86,8 @@ def _ddl(statements: list[str], args: argparse.Namespace, verb: str) -> int:
         conn = await connect(args)
         try:
             async with conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock($1)", _DDL_LOCK)
+                # Serialises concurrent runs: CREATE ... IF NOT EXISTS is not race-free.
+                await conn.execute(ddl_lock_statement())
                 for statement in statements:
                     await conn.execute(statement)
         finally:

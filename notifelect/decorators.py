@@ -21,7 +21,14 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, ov
 from .errors import ConfigurationError, LeadershipLost, NotLeaderError
 
 if TYPE_CHECKING:
-    from .group import DeposedCallback, ElectedCallback, ElectionGroup, Leadership
+    from .group import (
+        DeposedCallback,
+        DeposedT,
+        ElectedCallback,
+        ElectedT,
+        ElectionGroup,
+        Leadership,
+    )
 
 log = logging.getLogger("notifelect")
 
@@ -160,6 +167,18 @@ def _require_group(group: object, what: str) -> None:
         )
 
 
+@overload
+def on_elected(
+    group: ElectionGroup, fn: ElectedT, /, *, resign_on_error: bool = True
+) -> ElectedT: ...
+
+
+@overload
+def on_elected(
+    group: ElectionGroup, /, *, resign_on_error: bool = True
+) -> Callable[[ElectedT], ElectedT]: ...
+
+
 def on_elected(
     group: ElectionGroup, fn: ElectedCallback | None = None, /, *, resign_on_error: bool = True
 ) -> Any:
@@ -170,6 +189,14 @@ def on_elected(
         if fn
         else group.on_elected(resign_on_error=resign_on_error)
     )
+
+
+@overload
+def on_deposed(group: ElectionGroup, fn: DeposedT, /) -> DeposedT: ...
+
+
+@overload
+def on_deposed(group: ElectionGroup, /) -> Callable[[DeposedT], DeposedT]: ...
 
 
 def on_deposed(group: ElectionGroup, fn: DeposedCallback | None = None, /) -> Any:

@@ -322,6 +322,9 @@ class PostgresTransport(Transport):
     async def _take_term(self, conn: asyncpg.Connection[Any]) -> int:
         m = self._member
         async with conn.transaction():
+            # A term must never be handed out twice, even if the server runs with
+            # asynchronous commit and crashes right after: make this commit durable.
+            await conn.execute("SET LOCAL synchronous_commit = on")
             term = int(
                 await conn.fetchval(
                     f"INSERT INTO {self._t_term} AS t (namespace, term) VALUES ($1, 1)"

@@ -31,8 +31,13 @@ async def until(
     *,
     timeout: float = 5.0,
     what: str = "condition",
+    recheck: float = 0.05,
 ) -> T:
-    """Wait until ``predicate()`` is truthy, re-checking whenever any group changes."""
+    """Wait until ``predicate()`` is truthy.
+
+    Re-checks whenever any group reports a change, and at least every ``recheck`` seconds
+    for conditions that depend on more than the groups' state.
+    """
     deadline = time.monotonic() + timeout
     while True:
         events = [g._changed for g in groups]  # captured before the check: no lost wake-up
@@ -44,7 +49,16 @@ async def until(
             raise TimeoutError(f"{what} not reached within {timeout}s (last: {value!r})")
         waiters = [asyncio.ensure_future(e.wait()) for e in events]
         try:
-            await asyncio.wait(waiters, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                waiters, timeout=min(remaining, recheck), return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             for w in waiters:
                 w.cancel()
+
+
+def settled(groups: Sequence[ElectionGroup]) -> bool:
+    """Exactly one leader, and it is the highest-ranked node (no preemption pending)."""
+    leaders = [g for g in groups if g.is_leader]
+    ranks = [g.rank for g in groups if g.rank is not None]
+    return len(leaders) == 1 and bool(ranks) and leaders[0].rank == max(ranks)
