@@ -41,6 +41,8 @@ P = ParamSpec("P")
 R = TypeVar("R")
 ElectedCallback = Callable[["Leadership"], Awaitable[Any]]
 DeposedCallback = Callable[["Leadership"], Awaitable[Any]]
+ElectedT = TypeVar("ElectedT", bound=ElectedCallback)
+DeposedT = TypeVar("DeposedT", bound=DeposedCallback)
 _WARN_EVERY = 10.0
 
 
@@ -326,6 +328,12 @@ class ElectionGroup:
         )
         return gate if fn is None else gate(fn)
 
+    @overload
+    def on_elected(self, fn: ElectedT, /, *, resign_on_error: bool = True) -> ElectedT: ...
+
+    @overload
+    def on_elected(self, /, *, resign_on_error: bool = True) -> Callable[[ElectedT], ElectedT]: ...
+
     def on_elected(
         self, fn: ElectedCallback | None = None, /, *, resign_on_error: bool = True
     ) -> Any:
@@ -343,6 +351,12 @@ class ElectionGroup:
             return f
 
         return register(fn) if fn is not None else register
+
+    @overload
+    def on_deposed(self, fn: DeposedT, /) -> DeposedT: ...
+
+    @overload
+    def on_deposed(self, /) -> Callable[[DeposedT], DeposedT]: ...
 
     def on_deposed(self, fn: DeposedCallback | None = None, /) -> Any:
         """Register ``async def fn(leadership)`` to run after leadership ended.

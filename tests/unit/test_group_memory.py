@@ -110,7 +110,7 @@ async def test_decorators_check_arguments_when_applied() -> None:
     with pytest.raises(ConfigurationError, match="interval must be > 0"):
         group.every(0)
     with pytest.raises(ConfigurationError, match="not callable"):
-        group.on_elected(3)  # type: ignore[arg-type]
+        group.on_elected(3)  # type: ignore[call-overload]
 
 
 async def test_on_elected_of_new_leader_starts_after_old_was_cancelled() -> None:
