@@ -20,6 +20,8 @@ from typing import Any
 from .group import ElectionGroup, Leadership
 from .settings import Settings
 
+WORK_EVERY = 0.05
+
 
 def emit(event: str, **fields: Any) -> None:
     line = json.dumps({"event": event, "t": time.monotonic(), "pid": os.getpid(), **fields})
@@ -33,6 +35,11 @@ async def run(dsn: str, settings: Settings) -> None:
     @group.on_elected
     async def leading(leadership: Leadership) -> None:
         emit("elected", node=leadership.node, term=leadership.term)
+        # Leader-only work, reported so that the demo can check it never overlaps: it
+        # runs only while the lease is valid and is cancelled when leadership ends.
+        while leadership.is_valid:
+            emit("work", node=leadership.node, term=leadership.term)
+            await asyncio.sleep(WORK_EVERY)
 
     @group.on_deposed
     async def deposed(leadership: Leadership) -> None:
