@@ -110,6 +110,8 @@ def test_demo_completes_its_script_and_leaves_nothing_behind() -> None:
     assert re.search(r"leader paused \(SIGSTOP\)\s+[\d.]+ ms", out)
     assert re.search(r"leader exited cleanly\s+[\d.]+ ms", out)
     assert "lease 1s" in out  # the demo says its settings are the quick ones
+    # With three nodes the paused leader's only follower fences it and waits out its lease.
+    assert out.count("no overlap:") == 2, out
     assert "OVERLAP" not in out
     assert "exited unexpectedly" not in out
     assert "what 'python -m notifelect status' shows now" in out
