@@ -1,0 +1,1 @@
+"""Failover and scale benchmarks: ``python -m benchmarks`` (see ``run.py``)."""

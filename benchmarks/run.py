@@ -1,0 +1,630 @@
+"""Failover and scale benchmarks of notifelect beside the seed's package, notifelect 0.0.3.
+
+``python -m benchmarks`` starts its own PostgreSQL (or uses ``--dsn``), runs node
+processes of both systems, prints the tables and writes ``samples.csv``, ``results.md``
+and ``chart.png`` to ``benchmarks/results/``. ``--quick`` is a smoke run of this
+repository's package only (well under a minute).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from notifelect import Settings
+from notifelect.schema import Names, install_statements
+
+from . import report
+from .procs import Cluster, Log
+from .report import Summary, fmt_seconds, select, table
+from .scenarios import (
+    Config,
+    Recorder,
+    chain,
+    floor_lock_kill,
+    floor_lock_release,
+    floor_notify,
+    steady_state,
+)
+from .seed import ensure_seed, seed_facts
+
+RESULTS = Path(__file__).with_name("results")
+
+
+@dataclass
+class Plan:
+    """How much to run; ``full()`` is what the README's figures come from."""
+
+    n: int = 10
+    repeats_ours: int = 20
+    repeats_seed_fast: int = 10
+    seed_default_groups: int = 5  # parallel trials (its rounds take 25 s)
+    steady_seconds: float = 60.0
+    scale: list[tuple[int, int]] = field(
+        default_factory=lambda: [(2, 10), (50, 8), (100, 4)]
+    )  # (N, repeats) besides n
+    scale_steady_seconds: float = 15.0
+    floor_samples: int = 200
+    kill_floor_samples: int = 20
+    seed: bool = True
+    max_connections: int = 400
+
+    @classmethod
+    def quick(cls) -> Plan:
+        return cls(
+            n=4,
+            repeats_ours=2,
+            repeats_seed_fast=2,
+            seed_default_groups=0,
+            steady_seconds=3.0,
+            scale=[(2, 1), (5, 1)],
+            scale_steady_seconds=2.0,
+            floor_samples=20,
+            kill_floor_samples=2,
+            seed=False,
+            max_connections=100,
+        )
+
+
+def configs(seed_defaults: tuple[float, float] | None) -> dict[tuple[str, str], Config]:
+    ours = Settings()
+    fast = ours.replace(election_interval=0.1, election_timeout=0.05)
+    out = {
+        ("ours", "default"): Config(
+            "ours",
+            "default",
+            ours.election_interval,
+            ours.election_timeout,
+            ours.lease,
+            ours.leader_timeout,
+        ),
+        ("ours", "fast"): Config(
+            "ours",
+            "fast",
+            fast.election_interval,
+            fast.election_timeout,
+            fast.lease,
+            fast.leader_timeout,
+        ),
+    }
+    if seed_defaults is not None:
+        out["seed", "default"] = Config("seed", "default", *seed_defaults)
+        out["seed", "fast"] = Config("seed", "fast", 0.1, 0.05)
+    return out
+
+
+# ------------------------------------------------------------------ the database server
+
+
+def _with_database(dsn: str, database: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    return urlunsplit(urlsplit(dsn)._replace(path="/" + database))
+
+
+class Server:
+    """The PostgreSQL the run uses: its own throwaway one, or ``--dsn``."""
+
+    def __init__(self, dsn: str | None, max_connections: int) -> None:
+        self._own: Any = None
+        self._max = max_connections
+        self.dsn = dsn or ""
+        self.databases: list[str] = []
+
+    async def start(self) -> None:
+        if self.dsn:
+            return
+        from tests.support.servers import ThrowawayPostgres
+
+        # The test servers trade durability for speed; these figures are meant with
+        # PostgreSQL's defaults (fsync, synchronous commit), as in production.
+        server = ThrowawayPostgres().start()
+        self._own = server
+        conn = await asyncpg.connect(server.dsn)
+        try:
+            for setting, value in [
+                ("fsync", "on"),
+                ("synchronous_commit", "on"),
+                ("full_page_writes", "on"),
+                ("max_connections", str(self._max)),
+            ]:
+                await conn.execute(f"ALTER SYSTEM SET {setting} = '{value}'")
+        finally:
+            await conn.close()
+        server.restart()
+        self.dsn = server.dsn
+
+    async def facts(self) -> dict[str, Any]:
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            rows = await conn.fetch(
+                "SELECT name, setting FROM pg_settings WHERE name = ANY($1::text[])",
+                ["server_version", "max_connections", "fsync", "synchronous_commit"],
+            )
+            return {r["name"]: r["setting"] for r in rows} | {"own_server": self._own is not None}
+        finally:
+            await conn.close()
+
+    async def database(self, name: str, system: str) -> str:
+        """A fresh database with ``system``'s schema; its DSN."""
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+        self.databases.append(name)
+        dsn = _with_database(self.dsn, name)
+        conn = await asyncpg.connect(dsn)
+        try:
+            if system == "ours":
+                for statement in install_statements(Names("")):
+                    await conn.execute(statement)
+            else:  # what `python -m notifelect install` of 0.0.3 runs
+                await conn.execute("CREATE SEQUENCE seq_notifelect START 1")
+        finally:
+            await conn.close()
+        return dsn
+
+    async def close(self) -> None:
+        if self._own is not None:
+            self._own.destroy()
+            return
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            for name in self.databases:
+                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+
+def machine() -> dict[str, Any]:
+    model = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    mem = Path("/proc/meminfo").read_text().split()[1]
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "memory_gib": round(int(mem) / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+    }
+
+
+# ------------------------------------------------------------------ phases
+
+
+def _progress(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+async def _chains(
+    cluster: Cluster,
+    cfg: Config,
+    dsn: str,
+    n: int,
+    repeats: int,
+    rec: Recorder,
+    steps: Sequence[str],
+    first: int = 0,
+) -> None:
+    for trial in range(first, first + repeats):
+        await chain(cluster, cfg, dsn, n, trial, rec, steps)
+
+
+async def _gather(*aws: Awaitable[None]) -> None:
+    await asyncio.gather(*aws)
+
+
+async def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    plan = Plan.quick() if args.quick else Plan()
+    if args.n is not None:
+        plan.n = args.n
+    if args.repeats is not None:
+        plan.repeats_ours = plan.repeats_seed_fast = args.repeats
+    if args.steady_seconds is not None:
+        plan.steady_seconds = args.steady_seconds
+    if args.seed_default_groups is not None:
+        plan.seed_default_groups = args.seed_default_groups
+    if args.scale is not None:
+        plan.scale = [_scale_item(item) for item in args.scale.split(",") if item]
+    if args.no_seed:
+        plan.seed = False
+    if args.seed:
+        plan.seed = True
+    out: Path = args.out
+    started = time.monotonic()
+    load_start = os.getloadavg()
+    when = dt.datetime.now(dt.UTC)
+
+    seed_meta: dict[str, object] | None = None
+    seed_python = None
+    if plan.seed:
+        seed_python = ensure_seed(install=not args.quick or args.seed)
+        if seed_python is None:
+            plan.seed = False
+        else:
+            seed_meta = seed_facts(seed_python)
+    seed_defaults = (
+        (float(seed_meta["election_interval"]), float(seed_meta["election_timeout"]))  # type: ignore[arg-type]
+        if seed_meta
+        else None
+    )
+    cfgs = configs(seed_defaults)
+    if args.quick:  # the seed's default rounds take 25 s: too long for a smoke run
+        cfgs.pop(("seed", "default"), None)
+
+    server = Server(args.dsn, plan.max_connections)
+    _progress("starting PostgreSQL" if not args.dsn else "using the given PostgreSQL")
+    await server.start()
+    log = Log()
+    rec = Recorder()
+    clusters = {"ours": Cluster("ours", sys.executable, log, out)}
+    if seed_python is not None:
+        clusters["seed"] = Cluster("seed", str(seed_python), log, out)
+    try:
+        pg = await server.facts()
+        dbs: dict[tuple[str, ...], str] = {}
+        for (system, settings), _cfg in cfgs.items():
+            dbs[system, settings] = await server.database(
+                f"nb{os.getpid()}_{system}_{settings}", system
+            )
+            dbs["steady", system, settings] = await server.database(
+                f"nb{os.getpid()}_ss_{system}_{settings}", system
+            )
+        budget = int(pg["max_connections"]) - 10 - len(cfgs) * 3
+        scale = [(n, r) for n, r in plan.scale if n + 2 <= budget]
+        for n, _ in plan.scale:
+            if n + 2 > budget:
+                rec.problem(f"N={n} skipped: the server allows {pg['max_connections']} connections")
+
+        _progress("physical floors")
+        floors = {
+            "NOTIFY to a listening session": await floor_notify(server.dsn, plan.floor_samples),
+            "advisory lock: unlock → waiter": await floor_lock_release(
+                server.dsn, max(10, plan.floor_samples // 4)
+            ),
+            "advisory lock: SIGKILL of holder → waiter": await floor_lock_kill(
+                server.dsn, plan.kill_floor_samples
+            ),
+        }
+
+        _progress(f"spawning node processes (N={plan.n})")
+        await clusters["ours"].spawn(plan.n * 2)
+        phase_a = []
+        steady_n = plan.n
+        for key, cfg in cfgs.items():
+            phase_a.append(
+                steady_state(
+                    clusters[cfg.system],
+                    cfg,
+                    dbs["steady", *key],
+                    steady_n,
+                    plan.steady_seconds,
+                    rec,
+                )
+            )
+        if plan.seed and plan.seed_default_groups:
+            cfg = cfgs["seed", "default"]
+            await clusters["seed"].spawn(plan.n * (plan.seed_default_groups + 2))
+            for g in range(plan.seed_default_groups):
+                phase_a.append(chain(clusters["seed"], cfg, dbs["seed", "default"], plan.n, g, rec))
+        _progress(
+            f"steady state for {plan.steady_seconds:g} s (all systems)"
+            + (
+                f"; seed package at its defaults: {plan.seed_default_groups} trials "
+                "in parallel (25 s rounds)"
+                if plan.seed and plan.seed_default_groups
+                else ""
+            )
+        )
+        await _gather(*phase_a)
+
+        for key in [("ours", "default"), ("ours", "fast"), ("seed", "fast")]:
+            if key not in cfgs:
+                continue
+            cfg = cfgs[key]
+            repeats = plan.repeats_ours if cfg.system == "ours" else plan.repeats_seed_fast
+            _progress(f"{cfg.system} at {cfg.settings} settings: {repeats} trials, N={plan.n}")
+            await _chains(
+                clusters[cfg.system],
+                cfg,
+                dbs[key],
+                plan.n,
+                repeats,
+                rec,
+                ("cold", "handover", "crash", "pause"),
+            )
+
+        cfg = cfgs["ours", "default"]
+        for n, repeats in scale:
+            _progress(f"scale: ours at default settings, N={n}: {repeats} trials")
+            await _chains(
+                clusters["ours"],
+                cfg,
+                dbs["ours", "default"],
+                n,
+                repeats,
+                rec,
+                ("cold", "handover", "crash"),
+            )
+            await steady_state(
+                clusters["ours"],
+                cfg,
+                dbs["steady", "ours", "default"],
+                n,
+                plan.scale_steady_seconds,
+                rec,
+            )
+    finally:
+        for cluster in clusters.values():
+            await cluster.close()
+        await server.close()
+
+    wall = time.monotonic() - started
+    meta: dict[str, Any] = {
+        "date": when.strftime("%Y-%m-%d %H:%M UTC"),
+        "load": {"start": load_start, "end": os.getloadavg()},
+        "wall_seconds": round(wall, 1),
+        "machine": machine(),
+        "postgresql": pg,
+        "seed": seed_meta,
+        "plan": plan.__dict__,
+        "settings": {f"{c.system}/{c.settings}": c.__dict__ for c in cfgs.values()},
+        "command": " ".join(["python -m benchmarks", *(argv or [])]),
+        "problems": rec.problems,
+    }
+    report.write_csv(out / "samples.csv", rec.samples)
+    raw = out / "raw"
+    raw.mkdir(exist_ok=True)
+    with (raw / "events.jsonl").open("w") as f:
+        for event in log.events:
+            f.write(json.dumps(event) + "\n")
+    (out / "run.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    title = (
+        f"Time to the next acting leader, N={plan.n} nodes, "
+        f"{meta['machine']['cores']} cores, PostgreSQL {pg['server_version']}"
+    )
+    report.draw_chart(out / "chart.png", rec.samples, plan.n, title)
+    text = render(rec, floors, meta, plan, scale)
+    (out / "results.md").write_text(text)
+    print(text)
+    print(f"wrote {out / 'samples.csv'}, {out / 'results.md'}, {out / 'chart.png'}")
+    return 0
+
+
+def render(
+    rec: Recorder,
+    floors: dict[str, list[float]],
+    meta: dict[str, Any],
+    plan: Plan,
+    scale: Sequence[tuple[int, int]],
+) -> str:
+    m, pg = meta["machine"], meta["postgresql"]
+    parts = [
+        "<!-- generated by `python -m benchmarks`; do not edit by hand -->",
+        f"Run of {meta['date']} on {m['cpu']} ({m['cores']} cores, {m['memory_gib']} GiB), "
+        f"Linux {m['kernel']}, Python {m['python']}, PostgreSQL {pg['server_version']} "
+        f"({'its own server' if pg['own_server'] else 'given server'}, fsync={pg['fsync']}, "
+        f"synchronous_commit={pg['synchronous_commit']}, max_connections="
+        f"{pg['max_connections']}); wall time {meta['wall_seconds']:.0f} s; load average "
+        f"{meta['load']['start'][0]:.1f} at the start, {meta['load']['end'][0]:.1f} at the end "
+        f"(the cores are shared). Command: `{meta['command']}`.",
+    ]
+    if meta["seed"]:
+        seed = meta["seed"]
+        parts.append(
+            f"Seed package: notifelect {seed['version']} from PyPI, defaults "
+            f"election_interval={seed['election_interval']:g} s, "
+            f"election_timeout={seed['election_timeout']:g} s. "
+            "Fast settings: election_interval=0.1 s, election_timeout=0.05 s (both systems)."
+        )
+    floor_rows = []
+    for name, values in floors.items():
+        values = sorted(values)
+        s = Summary(
+            len(values),
+            0,
+            values[len(values) // 2],
+            values[max(0, -(-99 * len(values) // 100) - 1)],
+            values[-1],
+            None,
+        )
+        floor_rows.append(
+            [name, str(s.n), fmt_seconds(s.p50), fmt_seconds(s.p99), fmt_seconds(s.max)]
+        )
+    parts += [
+        "### Physical floors (PostgreSQL alone, same run)",
+        table(["what", "n", "p50", "p99", "max"], floor_rows),
+    ]
+    parts += [
+        f"### Failover, N={plan.n} (p50 / p99 / max, nearest rank)",
+        table(
+            ["scenario", "settings", "system", "n", "p50", "p99", "max", "seed ÷ ours (p50)"],
+            report.failover_rows(rec.samples, plan.n),
+        ),
+    ]
+    parts += [
+        "### Steady state (idle group, leader elected)",
+        table(
+            [
+                "system",
+                "settings",
+                "N",
+                "notifications",
+                "CPU/follower p50",
+                "CPU/follower max",
+                "CPU leader",
+                "RSS/node p50",
+                "DB connections",
+            ],
+            report.steady_rows(rec.samples),
+        ),
+    ]
+    ns = [plan.n, *[n for n, _ in scale]]
+    parts += [
+        "### Scale (this package, default settings)",
+        table(
+            ["scenario", "N", "system", "settings", "n", "p50", "p99", "max"],
+            report.scale_rows(rec.samples, sorted(set(ns))),
+        ),
+    ]
+    parts += [
+        "### Overlap: two nodes acting as leader at once",
+        table(
+            ["system", "settings", "N", "trials", "overlaps", "longest", "in"],
+            report.overlap_rows(rec.samples),
+        ),
+    ]
+    parts += [
+        "### Targets (this package, default settings)",
+        table(["target", "measured", "met"], targets(rec, plan)),
+    ]
+    if meta["problems"]:
+        parts += ["### Problems during the run", "\n".join(f"- {p}" for p in meta["problems"])]
+    return "\n\n".join(parts) + "\n"
+
+
+def targets(rec: Recorder, plan: Plan) -> list[list[str]]:
+    samples = rec.samples
+    ours = Settings()
+
+    def summary(scenario: str, n: int = plan.n) -> Summary | None:
+        return Summary.of(
+            select(samples, system="ours", settings="default", n=n, scenario=scenario)
+        )
+
+    def check(ok: bool | None) -> str:
+        return "n/a" if ok is None else ("yes" if ok else "**no**")
+
+    def le(value: float | None, bound: float) -> bool | None:
+        return None if value is None else value <= bound
+
+    rows = []
+    cold = summary("cold start")
+    if cold:
+        rows.append(
+            ["cold start p50 ≤ 0.3 s", fmt_seconds(cold.p50, cold.limit), check(le(cold.p50, 0.3))]
+        )
+    hand = summary("hand-over")
+    if hand:
+        rows.append(
+            [
+                "hand-over p50 ≤ 20 ms, p99 ≤ 50 ms",
+                f"{fmt_seconds(hand.p50, hand.limit)} / {fmt_seconds(hand.p99, hand.limit)}",
+                check(bool(le(hand.p50, 0.02)) and bool(le(hand.p99, 0.05))),
+            ]
+        )
+    crash = summary("crash (SIGKILL)")
+    if crash:
+        rows.append(
+            [
+                "SIGKILL failover p50 ≤ 50 ms, p99 ≤ 100 ms",
+                f"{fmt_seconds(crash.p50, crash.limit)} / {fmt_seconds(crash.p99, crash.limit)}",
+                check(bool(le(crash.p50, 0.05)) and bool(le(crash.p99, 0.1))),
+            ]
+        )
+    pause = summary("pause (SIGSTOP)")
+    if pause:
+        bound = ours.lease + 0.5
+        rows.append(
+            [
+                f"SIGSTOP failover ≤ lease + 0.5 s = {bound:g} s (max); lease "
+                f"{ours.lease:g} s ≤ 5 s",
+                fmt_seconds(pause.max, pause.limit),
+                check(bool(le(pause.max, bound)) and ours.lease <= 5),
+            ]
+        )
+    rates = [
+        (s.n, s.value)
+        for s in select(samples, system="ours", settings="default", scenario="notifications")
+    ]
+    if rates:
+        worst = max(v for _, v in rates if v is not None)
+        rows.append(
+            [
+                "steady notifications ≤ 2/s per group, any N",
+                ", ".join(f"N={n}: {v:.2f}/s" for n, v in sorted(rates) if v is not None),
+                check(worst <= 2),
+            ]
+        )
+    cpu = [
+        s.value
+        for s in select(samples, system="ours", settings="default", n=plan.n, scenario="idle CPU")
+        if s.value is not None
+    ]
+    if cpu:
+        rows.append(
+            [
+                "idle CPU ≤ 0.5 % of a core per node (max over nodes)",
+                f"{max(cpu):.2f} %",
+                check(max(cpu) <= 0.5),
+            ]
+        )
+    big = summary("hand-over", 50)
+    if big:
+        rows.append(
+            [
+                "N = 50 hand-over p99 ≤ 100 ms",
+                fmt_seconds(big.p99, big.limit),
+                check(le(big.p99, 0.1)),
+            ]
+        )
+    overlaps = select(samples, system="ours", scenario="overlap")
+    rows.append(["never two acting leaders", f"{len(overlaps)} overlaps", check(not overlaps)])
+    return rows
+
+
+def _scale_item(text: str) -> tuple[int, int]:
+    n, _, repeats = text.partition(":")
+    return int(n), int(repeats or 3)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: this package only, N=3, a few trials"
+    )
+    parser.add_argument(
+        "--dsn",
+        help="use this PostgreSQL server (it must allow CREATE DATABASE) instead of starting one",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="directory for samples.csv, results.md, chart.png (default "
+        "benchmarks/results, or benchmarks/results/quick with --quick)",
+    )
+    parser.add_argument("--no-seed", action="store_true", help="skip the seed's package")
+    parser.add_argument(
+        "--seed", action="store_true", help="include the seed's package in --quick (installs it)"
+    )
+    tune = parser.add_argument_group("tuning (defaults: the full plan, or --quick)")
+    tune.add_argument("--n", type=int, help="group size of the failover runs (10)")
+    tune.add_argument("--repeats", type=int, help="trials per system and settings (20 / 10)")
+    tune.add_argument("--steady-seconds", type=float, help="steady-state window (60)")
+    tune.add_argument(
+        "--seed-default-groups",
+        type=int,
+        help="parallel trials of the seed package at its defaults (5)",
+    )
+    tune.add_argument("--scale", help="extra group sizes as N:trials,... (2:10,50:8,100:4)")
+    args = parser.parse_args(argv)
+    args.out = args.out or (RESULTS / "quick" if args.quick else RESULTS)
+    args.out.mkdir(parents=True, exist_ok=True)
+    return asyncio.run(run(args, sys.argv[1:] if argv is None else argv))

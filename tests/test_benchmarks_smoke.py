@@ -1,0 +1,56 @@
+"""The benchmark harness runs end to end (``python -m benchmarks --quick``).
+
+Only this package's nodes, a few trials, on the session's PostgreSQL: the point is that
+the harness, the node wrapper and the report work, not the figures.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.timeout(240)
+def test_quick_benchmark_writes_samples_table_and_chart(server_dsn: str, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFELECT_")}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            "--quick",
+            "--no-seed",
+            "--dsn",
+            server_dsn,
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=200,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    with (tmp_path / "samples.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    scenarios = {r["scenario"] for r in rows if r["system"] == "ours"}
+    assert {"cold start", "hand-over", "crash (SIGKILL)", "pause (SIGSTOP)"} <= scenarios
+    assert {"notifications", "idle CPU", "RSS", "connections"} <= scenarios
+    elections = [r for r in rows if r["scenario"] in ("cold start", "hand-over")]
+    assert elections
+    assert all(r["censored"] == "0" and float(r["value"]) > 0 for r in elections)
+    assert not [r for r in rows if r["scenario"] == "overlap"], "two leaders acted at once"
+
+    results = (tmp_path / "results.md").read_text()
+    assert "| cold start | default | notifelect (this) |" in results
+    assert "PostgreSQL" in results
+    assert (tmp_path / "chart.png").read_bytes().startswith(b"\x89PNG")
