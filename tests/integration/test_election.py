@@ -16,7 +16,7 @@ import pytest
 
 from notifelect import ElectionGroup, Settings, election_manager
 from tests.support.servers import libpq_env
-from tests.support.waiting import eventually, until
+from tests.support.waiting import eventually, settled, until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,6 +37,7 @@ async def test_coordinators_elect_exactly_one_winner(dsn: str, namespace: str, n
         started = time.monotonic()
         await until(groups, lambda: sum(o.winner for o in outcomes) == 1, timeout=2.0)
         assert time.monotonic() - started < 2.0
+        await until(groups, lambda: settled(groups), timeout=5.0)
         # It stays settled: exactly one winner after several heartbeats.
         await asyncio.sleep(0.3)  # observation window, not synchronisation
         assert sum(o.winner for o in outcomes) == 1
@@ -104,11 +105,7 @@ async def test_two_namespaces_elect_independent_leaders(dsn: str) -> None:
             for _ in range(3):
                 members.append(await stack.enter_async_context(ElectionGroup(dsn, name)))
         every = groups["alpha"] + groups["beta"]
-        await until(
-            every,
-            lambda: all(sum(g.is_leader for g in ms) == 1 for ms in groups.values()),
-            timeout=5,
-        )
+        await until(every, lambda: all(settled(ms) for ms in groups.values()), timeout=10)
         leaders = {name: next(g for g in ms if g.is_leader) for name, ms in groups.items()}
         assert leaders["alpha"].node != leaders["beta"].node
         # Stopping alpha's leader does not disturb beta.
@@ -124,7 +121,7 @@ async def test_two_namespaces_elect_independent_leaders(dsn: str) -> None:
 async def test_leader_leaving_hands_over_within_half_a_second(dsn: str, namespace: str) -> None:
     async with AsyncExitStack() as stack:
         groups = [await stack.enter_async_context(ElectionGroup(dsn, namespace)) for _ in range(5)]
-        await until(groups, lambda: sum(g.is_leader for g in groups) == 1)
+        await until(groups, lambda: settled(groups), timeout=10)
         for _ in range(3):
             leader = next(g for g in groups if g.is_leader)
             groups.remove(leader)
@@ -148,7 +145,7 @@ async def test_node_whose_connection_is_terminated_is_never_leader_after(
             await stack.enter_async_context(ElectionGroup(conn, settings=settings))
             for conn in conns
         ]
-        await until(groups, lambda: sum(g.is_leader for g in groups) == 1)
+        await until(groups, lambda: settled(groups), timeout=10)
         leader = next(g for g in groups if g.is_leader)
         victim = conns[groups.index(leader)]
         admin = await asyncpg.connect(dsn)
