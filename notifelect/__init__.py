@@ -12,6 +12,7 @@ from .decorators import (
 )
 from .errors import (
     ConfigurationError,
+    ConnectionLimitError,
     GroupStateError,
     LeadershipLost,
     NotifelectError,
@@ -28,6 +29,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConfigurationError",
+    "ConnectionLimitError",
     "ElectionGroup",
     "Gate",
     "GroupStateError",

@@ -4,6 +4,7 @@
 
     NotifelectError
     ├── ConfigurationError (also ValueError)   bad settings, names, engines or drivers
+    ├── ConnectionLimitError (also ConnectionError)  all max_connections slots in use
     ├── SchemaError                            the database objects are missing or out of date
     ├── GroupStateError                        a group used in the wrong lifecycle state
     ├── NotLeaderError                         leader-only code called on a node that does not lead
@@ -20,6 +21,14 @@ class NotifelectError(Exception):
 
 class ConfigurationError(NotifelectError, ValueError):
     """A setting, a name, an engine or a driver cannot be used; the message says which rule."""
+
+
+class ConnectionLimitError(NotifelectError, ConnectionError):
+    """PostgreSQL refused a connection because all of its connection slots are in use.
+
+    A node needs one dedicated connection, and the standby one more. At start-up this is
+    raised from ``async with group``; after a connection loss the group keeps retrying.
+    """
 
 
 class SchemaError(NotifelectError):

@@ -477,7 +477,9 @@ class ElectionGroup:
         self.stats["received"] += 1
         parsed = messages.parse(payload, self.name, self.settings.secret_key)
         if isinstance(parsed, messages.Rejected):
-            if parsed.reason != "other namespace":
+            if parsed.reason == "other namespace":
+                self.stats["ignored:other namespace"] += 1
+            else:
                 self._drop(parsed.reason, payload)
             return
         self._events.put_nowait(protocol.Receive(parsed))
@@ -616,8 +618,8 @@ class ElectionGroup:
             return True
         if m.kind is Kind.ELECTION and proto.role is protocol.Role.LEADER and m.rank > proto.rank:
             # Only a live member may make the leader step down.
-            verify = getattr(self._transport, "is_member", None)
-            if verify is not None and not await self._guarded(verify(m.rank.node, m.rank.priority)):
+            member = await self._guarded(self._transport.is_member(m.rank.node, m.rank.priority))
+            if not member:
                 self.stats["dropped:unknown member"] += 1
                 self.stats["dropped"] += 1
                 return False

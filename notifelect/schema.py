@@ -269,7 +269,8 @@ def status_view_statement(names: Names) -> str:
         f"FROM {q(names.member)} m\n"
         f"LEFT JOIN {q(names.leader)} l ON l.namespace = m.namespace\n"
         "WHERE EXISTS (SELECT FROM pg_stat_activity a\n"
-        "              WHERE a.pid = m.backend_pid AND a.backend_start = m.backend_start)"
+        "              WHERE a.pid = m.backend_pid\n"
+        "                AND (a.backend_start = m.backend_start OR a.backend_start IS NULL))"
     )
 
 

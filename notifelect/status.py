@@ -156,7 +156,8 @@ class StatusReader:
         q = quote_ident
         live = (
             "EXISTS (SELECT FROM pg_stat_activity a"
-            " WHERE a.pid = m.backend_pid AND a.backend_start = m.backend_start)"
+            " WHERE a.pid = m.backend_pid"
+            " AND (a.backend_start = m.backend_start OR a.backend_start IS NULL))"
         )
         only = "($1::text IS NULL OR {col} = $1)"
         self._leaders_sql = (

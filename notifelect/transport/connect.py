@@ -7,7 +7,7 @@ from typing import Any
 
 import asyncpg
 
-from ..errors import ConfigurationError, NotifelectError
+from ..errors import ConfigurationError, ConnectionLimitError
 
 Connect = Callable[[], Awaitable["asyncpg.Connection[Any]"]]
 
@@ -15,14 +15,6 @@ _ASYNC_HINT = (
     "use a SQLAlchemy AsyncEngine on the asyncpg driver, e.g. "
     "create_async_engine('postgresql+asyncpg://user@host/db'), or a DSN string"
 )
-
-
-class ConnectionLimitError(NotifelectError, ConnectionError):
-    """PostgreSQL refused a connection because all of its connection slots are in use.
-
-    A node needs one dedicated connection, and the standby one more. At start-up this is
-    raised from ``async with group``; after a connection loss the group keeps retrying.
-    """
 
 
 def connector_for(engine: Any) -> tuple[Connect | None, asyncpg.Connection[Any] | None]:

@@ -44,7 +44,8 @@ _POOLER_FIX = (
 )
 _LIVE = (
     "EXISTS (SELECT FROM pg_stat_activity a"
-    " WHERE a.pid = m.backend_pid AND a.backend_start = m.backend_start)"
+    " WHERE a.pid = m.backend_pid"
+    " AND (a.backend_start = m.backend_start OR a.backend_start IS NULL))"
 )
 
 

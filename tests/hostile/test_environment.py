@@ -16,9 +16,8 @@ import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from notifelect import ConfigurationError, ElectionGroup, Settings
+from notifelect import ConfigurationError, ConnectionLimitError, ElectionGroup, Settings
 from notifelect.schema import Names
-from notifelect.transport.connect import ConnectionLimitError
 from tests.hostile.pgbouncer import BINARY, PgBouncer
 from tests.support.servers import ThrowawayPostgres, sqlalchemy_url
 
