@@ -29,10 +29,13 @@ DSN = os.environ.get("DATABASE_URL", "postgresql://")  # empty parts come from P
 
 async def main(every: float, run_for: float | None) -> None:
     pool: asyncpg.Pool[Any] = await asyncpg.create_pool(DSN, min_size=1, max_size=2)
-    await pool.execute(
-        "CREATE TABLE IF NOT EXISTS example_ticks"
-        " (term bigint NOT NULL, node bigint NOT NULL, at timestamptz NOT NULL DEFAULT now())"
-    )
+    async with pool.acquire() as conn, conn.transaction():
+        # Replicas starting together would race on CREATE ... IF NOT EXISTS: serialise them.
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('example_ticks'))")
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS example_ticks"
+            " (term bigint NOT NULL, node bigint NOT NULL, at timestamptz NOT NULL DEFAULT now())"
+        )
     # The group takes its own dedicated connection(s) from the DSN, never from the pool.
     group = ElectionGroup(DSN, name="asyncpg-example")
 
