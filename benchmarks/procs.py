@@ -178,9 +178,10 @@ class Cluster:
             if node.alive:
                 with contextlib.suppress(Exception):
                     await node.send(op="quit")
+        deadline = time.monotonic() + 3.0
         for node in self.nodes:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(node.proc.wait(), 2)
+                await asyncio.wait_for(node.proc.wait(), max(0.0, deadline - time.monotonic()))
             if node.proc.returncode is None:
                 await node.kill()
             elif node.reader is not None:

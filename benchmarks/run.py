@@ -48,12 +48,12 @@ class Plan:
     """How much to run; ``full()`` is what the README's figures come from."""
 
     n: int = 10
-    repeats_ours: int = 15
+    repeats_ours: int = 12
     repeats_seed_fast: int = 10
-    seed_default_groups: int = 5  # parallel trials (its rounds take 25 s)
+    seed_default_groups: int = 4  # parallel trials (its rounds take 25 s)
     steady_seconds: float = 60.0
     scale: list[tuple[int, int]] = field(
-        default_factory=lambda: [(2, 8), (50, 6), (100, 3)]
+        default_factory=lambda: [(2, 8), (50, 5), (100, 2)]
     )  # (N, repeats) besides n
     scale_steady_seconds: float = 15.0
     floor_samples: int = 200
@@ -616,14 +616,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     tune = parser.add_argument_group("tuning (defaults: the full plan, or --quick)")
     tune.add_argument("--n", type=int, help="group size of the failover runs (10)")
-    tune.add_argument("--repeats", type=int, help="trials per system and settings (15 / 10)")
+    tune.add_argument("--repeats", type=int, help="trials per system and settings (12 / 10)")
     tune.add_argument("--steady-seconds", type=float, help="steady-state window (60)")
     tune.add_argument(
         "--seed-default-groups",
         type=int,
-        help="parallel trials of the seed package at its defaults (5)",
+        help="parallel trials of the seed package at its defaults (4)",
     )
-    tune.add_argument("--scale", help="extra group sizes as N:trials,... (2:8,50:6,100:3)")
+    tune.add_argument("--scale", help="extra group sizes as N:trials,... (2:8,50:5,100:2)")
     args = parser.parse_args(argv)
     args.out = args.out or (RESULTS / "quick" if args.quick else RESULTS)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -199,8 +199,10 @@ class Membership:
             mark = self.log.mark()
             await asyncio.gather(*(n.send(op="leave") for n in live))
             left = set()
+            deadline = time.monotonic() + 15.0
             for n in live:
-                if await self.event_of(n, "left", mark, 15.0) is not None:
+                remaining = deadline - time.monotonic()
+                if await self.event_of(n, "left", mark, remaining) is not None:
                     left.add(n.pid)
             for n in live:
                 if n.pid in left:
@@ -390,7 +392,9 @@ async def steady_state(
         at = time.monotonic() + GO_DELAY
         join = cfg.join_command(dsn, _fresh_namespace(), at)
         await asyncio.gather(*(node.send(**join) for node in nodes))
-        leader = await group.settle(cfg.limit + 30)
+        # The seed's first round ends after interval + timeout; many nodes take a while
+        # to all connect.
+        leader = await group.settle(cfg.limit + 0.1 * n + (30 if cfg.system == "seed" else 0))
         if leader is None:
             rec.problem(f"{cfg.system}/{cfg.settings} N={n} steady state: no stable leader")
             return
