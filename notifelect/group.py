@@ -457,19 +457,26 @@ class ElectionGroup:
         )
 
     async def _teardown(self) -> None:
+        if self._lease_timer is not None:
+            self._lease_timer.cancel()
+        await self._stop_background()
+        self._connected = False
+        await self._transport.close()
+
+    async def _stop_background(self) -> None:
+        """Cancel the timers and the claim and watch tasks of the current connection."""
         for handle in self._timers.values():
             handle.cancel()
         self._timers.clear()
-        if self._lease_timer is not None:
-            self._lease_timer.cancel()
-        for task in (self._claimer, self._watcher):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
+        tasks = [t for t in (self._claimer, self._watcher) if t is not None]
         self._claimer = self._watcher = None
-        self._connected = False
-        await self._transport.close()
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)  # our own cancellation still propagates
+            for task in tasks:
+                if not task.cancelled():
+                    task.exception()  # retrieved: failures were handled inside the task
 
     # ------------------------------------------------------------ inputs
 
@@ -675,12 +682,17 @@ class ElectionGroup:
             self._watcher = asyncio.create_task(self._watch(self._generation))
 
     async def _watch(self, generation: int) -> None:
+        """Block until the claim is free, retrying (with the reconnect policy) on errors."""
         try:
-            await self._transport.watch()
-        except asyncio.CancelledError:
-            raise
+            async for attempt in _retrying(self.settings.retry):
+                with attempt:
+                    try:
+                        await self._transport.watch()
+                    except Exception as exc:
+                        log.info("notifelect: standby watcher failed, retrying: %r", exc)
+                        raise
         except Exception as exc:
-            log.info("notifelect: standby watcher stopped: %r", exc)
+            log.warning("notifelect: standby watcher gave up: %r", exc)
             return
         if generation == self._generation:
             self._events.put_nowait(protocol.ClaimFreed())
@@ -824,15 +836,7 @@ class ElectionGroup:
         return True
 
     async def _teardown_connection(self) -> None:
-        for handle in self._timers.values():
-            handle.cancel()
-        self._timers.clear()
-        for task in (self._claimer, self._watcher):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
-        self._claimer = self._watcher = None
+        await self._stop_background()
         # Events queued for the old connection no longer apply.
         while not self._events.empty():
             event = self._events.get_nowait()
@@ -857,7 +861,12 @@ def _retrying(policy: RetryPolicy) -> AsyncRetrying:
         wait=wait_exponential(multiplier=policy.initial, max=policy.maximum)
         + wait_random(0, policy.jitter),
         stop=stop_never if policy.attempts is None else stop_after_attempt(policy.attempts),
-        retry=retry_if_exception(lambda exc: not isinstance(exc, SchemaError | ConfigurationError)),
+        # Only errors are retried: a cancellation (BaseException) must end the loop at once.
+        retry=retry_if_exception(
+            lambda exc: (
+                isinstance(exc, Exception) and not isinstance(exc, SchemaError | ConfigurationError)
+            )
+        ),
         reraise=True,
     )
 

@@ -272,7 +272,9 @@ def step(state: State, event: Event, now: float) -> tuple[State, list[Effect]]:
             _granted(st, term, now)
         case ClaimRefused():
             if state.role is Role.CLAIMING:
-                st.set(role=Role.FOLLOWER, fencing=False)
+                # Someone holds the claim. If no leader is heard, the next election of this
+                # node may fence it: the transport only does so if its lease has gone stale.
+                st.set(role=Role.FOLLOWER, fencing=state.leader is None)
                 st.timer(Timer.LEADER, now + state.config.leader_timeout)
                 if state.config.preempt and state.leader is not None and state.leader < state.rank:
                     st.send(Kind.ELECTION)  # bully the lower-ranked incumbent

@@ -49,6 +49,8 @@ class MemoryBus:
         self.lease = lease
         self.leader_timeout = leader_timeout
         self.delivered = 0
+        #: Every leadership granted, in order, per namespace: (node, term).
+        self.terms: dict[str, list[tuple[int, int]]] = {}
 
     def transport(self, namespace: str, member: Member | None = None) -> MemoryTransport:
         return MemoryTransport(self, namespace, member or Member())
@@ -179,6 +181,7 @@ class MemoryTransport(Transport):
             released=False,
         )
         group.renewed_at = confirmed_at
+        self.bus.terms.setdefault(self.namespace, []).append((self.node, group.term))
         return Granted(group.term, confirmed_at)
 
     async def renew(self, term: int) -> int | None:

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -47,6 +47,38 @@ _LIVE = (
     " WHERE a.pid = m.backend_pid"
     " AND (a.backend_start = m.backend_start OR a.backend_start IS NULL))"
 )
+
+
+class _Serial:
+    """The election connection, used by the election driver and a claim task at once.
+
+    asyncpg runs one operation per connection at a time; this runs them one after another
+    instead of failing with "another operation is in progress".
+    """
+
+    def __init__(self, conn: asyncpg.Connection[Any]) -> None:
+        self.raw = conn
+        self._lock = asyncio.Lock()
+
+    def is_closed(self) -> bool:
+        return self.raw.is_closed()
+
+    async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:
+        async with self._lock:
+            return await self.raw.execute(query, *args, timeout=timeout)
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        async with self._lock:
+            return await self.raw.fetchval(query, *args)
+
+    async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
+        async with self._lock:
+            return await self.raw.fetchrow(query, *args)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[asyncpg.Connection[Any]]:
+        async with self._lock, self.raw.transaction():
+            yield self.raw
 
 
 class PostgresTransport(Transport):
@@ -144,6 +176,7 @@ class PostgresTransport(Transport):
             await self._discard(conn)
             raise
         self._conn = conn
+        self._serial = _Serial(conn)
         return self._node
 
     async def _new_connection(self) -> asyncpg.Connection[Any]:
@@ -278,11 +311,11 @@ class PostgresTransport(Transport):
         if self._on_lost is not None:
             self._on_lost(None)
 
-    def _require(self) -> asyncpg.Connection[Any]:
+    def _require(self) -> _Serial:
         conn = self._conn
         if conn is None or conn.is_closed():
             raise ConnectionError("the election connection is closed")
-        return conn
+        return self._serial
 
     # ------------------------------------------------------------ traffic
 
@@ -297,14 +330,21 @@ class PostgresTransport(Transport):
                 return None
             fenced = True
         try:
-            remaining = await conn.fetchval(
+            row = await conn.fetchrow(
                 f"SELECT CASE WHEN released THEN 0 ELSE"
                 f" extract(epoch FROM renewed_at - clock_timestamp())::float8 + $2 END"
+                f" AS remaining,"
+                f" extract(epoch FROM clock_timestamp() - renewed_at)::float8 AS age"
                 f" FROM {self._t_leader} WHERE namespace = $1",
                 self._namespace,
                 self._lease,
             )
-            if remaining is not None and remaining > 0 and (fenced or self._strict):
+            remaining = None if row is None else row["remaining"]
+            # A leader that had stopped renewing before it lost the claim was paused or cut
+            # off, perhaps fenced by another node: it may still trust its lease, so wait it
+            # out. One that was renewing until it vanished crashed: take over at once.
+            silent = row is not None and row["age"] >= self._leader_timeout
+            if remaining is not None and remaining > 0 and (fenced or silent or self._strict):
                 log.info(
                     "notifelect: waiting %.3fs for the previous leader's lease to run out",
                     remaining,
@@ -320,9 +360,9 @@ class PostgresTransport(Transport):
             raise
         return Granted(term, confirmed_at)
 
-    async def _take_term(self, conn: asyncpg.Connection[Any]) -> int:
+    async def _take_term(self, serial: _Serial) -> int:
         m = self._member
-        async with conn.transaction():
+        async with serial.transaction() as conn:
             # A term must never be handed out twice, even if the server runs with
             # asynchronous commit and crashes right after: make this commit durable.
             await conn.execute("SET LOCAL synchronous_commit = on")
@@ -365,7 +405,7 @@ class PostgresTransport(Transport):
             )
         return term
 
-    async def _fence(self, conn: asyncpg.Connection[Any]) -> bool:
+    async def _fence(self, conn: _Serial) -> bool:
         """Terminate a holder whose lease renewals stopped; True once we hold the claim."""
         row = await conn.fetchrow(
             "SELECT (SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
@@ -471,8 +511,17 @@ class PostgresTransport(Transport):
             await asyncio.Future()  # a borrowed connection has no standby watcher
         conn = await self._new_connection()
         try:
-            await conn.execute(
-                "SELECT pg_advisory_lock_shared($1), pg_advisory_unlock_shared($1)", self._key
-            )
+            # The wait is meant to last: no server-side timeout of the user's settings may
+            # end it, and a client-side command_timeout only makes us ask again.
+            await conn.execute("SET statement_timeout = 0; SET lock_timeout = 0")
+            while True:
+                try:
+                    await conn.execute(
+                        "SELECT pg_advisory_lock_shared($1), pg_advisory_unlock_shared($1)",
+                        self._key,
+                    )
+                    return
+                except TimeoutError:
+                    continue
         finally:
             conn.terminate()

@@ -166,3 +166,17 @@ def test_abdicating_leader_stays_out_then_returns() -> None:
     assert sim.leaders() == [1]  # 2 does not challenge while abstaining
     settle(sim, 3.0)
     assert sim.max_acting == 1
+
+
+def test_newcomer_fences_a_silent_leader_it_never_heard() -> None:
+    # A higher-ranked node joins just as the leader falls silent: its own claim is refused
+    # and it never hears a leader, yet it must go on to fence the silent holder.
+    sim = Sim()
+    for node in range(1, 4):
+        sim.add(node)
+    settle(sim)
+    sim.pause(3)
+    sim.add(4)
+    settle(sim, 3 * CONFIG.leader_timeout)
+    assert sim.leaders() == [4]
+    assert sim.max_acting == 1
