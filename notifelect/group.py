@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import dataclasses
 import enum
 import logging
 import time
@@ -177,7 +179,7 @@ class ElectionGroup:
         self._life = _Life.NEW
         self._node: int | None = None
         self._proto: protocol.State | None = None
-        self._events: asyncio.Queue[protocol.Event | _Control | _Lost] = asyncio.Queue()
+        self._events = _EventQueue()
         self._timers: dict[protocol.Timer, asyncio.TimerHandle] = {}
         self._driver: asyncio.Task[None] | None = None
         self._claimer: asyncio.Task[None] | None = None
@@ -535,6 +537,8 @@ class ElectionGroup:
                 if not await self._reconnect():
                     return
                 continue
+            if not self._connected and not isinstance(event, protocol.Start):
+                continue  # the connection is gone; a _Lost event is queued ahead of these
             if isinstance(event, protocol.Receive) and not await self._credible(event.message):
                 continue
             await self._apply(event)
@@ -556,6 +560,9 @@ class ElectionGroup:
             self._notify_change()
 
     def _lost_during_io(self, exc: BaseException) -> None:
+        if not self._connected:  # already known; the reconnect is under way
+            self._transport.abort()
+            return
         log.warning(
             "notifelect: node %s lost its election connection: %r",
             self._node,
@@ -567,6 +574,8 @@ class ElectionGroup:
     async def _perform(self, effect: protocol.Effect) -> None:
         match effect:
             case protocol.Send(message):
+                if message.kind is Kind.RESIGN:
+                    message = await self._with_successor(message)
                 await self._transport.publish(messages.encode(message, self.settings.secret_key))
             case protocol.Announce(kind, term):
                 await self._announce(kind, term)
@@ -798,18 +807,25 @@ class ElectionGroup:
             extra={"namespace": self.name, "node": self._node, "term": ls.term, "event": "deposed"},
         )
 
+    async def _with_successor(self, message: Message) -> Message:
+        """Name the highest-ranked live member as successor in a RESIGN.
+
+        The database knows every member that has registered, also those whose election
+        messages this node has not seen yet (many nodes joining at once), so a hand-over
+        goes straight to the node that would win rather than through a chain of them.
+        """
+        best = await self._transport.successor()
+        if best is None or best == self._node:
+            return message
+        return dataclasses.replace(message, successor=best)
+
     async def _stop(self) -> None:
-        proto = self._proto
-        successor = None
-        if proto is not None and proto.role is protocol.Role.LEADER and self._connected:
-            successor = await self._guarded(self._transport.successor())
-        await self._apply(protocol.Stop(successor))
+        await self._apply(protocol.Stop(None))  # the RESIGN is given its successor on sending
         await self._step_down("stopped")  # no-op unless the connection was already lost
 
     async def _abdicate(self) -> None:
-        successor = await self._guarded(self._transport.successor())
         until = time.monotonic() + self.settings.leader_timeout
-        await self._apply(protocol.Abdicate("on_elected failed", successor, until))
+        await self._apply(protocol.Abdicate("on_elected failed", None, until))
 
     async def _reconnect(self) -> bool:
         """Reconnect with backoff; False if the group gave up or is closing."""
@@ -838,11 +854,7 @@ class ElectionGroup:
     async def _teardown_connection(self) -> None:
         await self._stop_background()
         # Events queued for the old connection no longer apply.
-        while not self._events.empty():
-            event = self._events.get_nowait()
-            if event is _Control.STOP:
-                self._events.put_nowait(event)
-                break
+        self._events.clear(keep=_Control.STOP)
 
 
 class _Control(enum.Enum):
@@ -854,6 +866,40 @@ class _Control(enum.Enum):
 class _Lost:
     generation: int
     reason: str
+
+
+_Queued = protocol.Event | _Control | _Lost
+
+
+class _EventQueue:
+    """The driver's inbox: its own decisions (timers, claims, losses) go before messages.
+
+    Under a burst of notifications (many nodes electing at once) the leader's heartbeat,
+    which renews its lease, must not wait behind hundreds of messages.
+    """
+
+    def __init__(self) -> None:
+        self._urgent: collections.deque[_Queued] = collections.deque()
+        self._messages: collections.deque[_Queued] = collections.deque()
+        self._ready = asyncio.Event()
+
+    def put_nowait(self, event: _Queued) -> None:
+        queue = self._messages if isinstance(event, protocol.Receive) else self._urgent
+        queue.append(event)
+        self._ready.set()
+
+    async def get(self) -> _Queued:
+        while not (self._urgent or self._messages):
+            self._ready.clear()
+            await self._ready.wait()
+        return self._urgent.popleft() if self._urgent else self._messages.popleft()
+
+    def clear(self, *, keep: _Queued) -> None:
+        """Drop everything queued except ``keep`` events."""
+        kept = [e for e in self._urgent if e is keep]
+        self._urgent.clear()
+        self._messages.clear()
+        self._urgent.extend(kept)
 
 
 def _retrying(policy: RetryPolicy) -> AsyncRetrying:

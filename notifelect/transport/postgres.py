@@ -448,11 +448,15 @@ class PostgresTransport(Transport):
             age if age is not None else float("nan"),
             extra={"namespace": self._namespace, "node": self._node},
         )
+        # Wait for the terminated backend to let go, bounded on the server side: a client-side
+        # timeout would leave the connection busy cancelling the statement.
         try:
-            await conn.execute("SELECT pg_advisory_lock($1)", self._key, timeout=self._lease)
-        except TimeoutError:
+            async with conn.transaction() as raw:
+                await raw.execute(f"SET LOCAL lock_timeout = {int(self._lease * 1000)}")
+                await raw.execute("SELECT pg_advisory_lock($1)", self._key)
+        except asyncpg.LockNotAvailableError:
             return False
-        return True
+        return True  # a session lock outlives the transaction that took it
 
     async def renew(self, term: int) -> int | None:
         row = await self._require().fetchrow(
