@@ -692,11 +692,12 @@ class ElectionGroup:
 
     async def _watch(self, generation: int) -> None:
         """Block until the claim is free, retrying (with the reconnect policy) on errors."""
+        clean = False
         try:
             async for attempt in _retrying(self.settings.retry):
                 with attempt:
                     try:
-                        await self._transport.watch()
+                        clean = await self._transport.watch()
                     except Exception as exc:
                         log.info("notifelect: standby watcher failed, retrying: %r", exc)
                         raise
@@ -704,7 +705,7 @@ class ElectionGroup:
             log.warning("notifelect: standby watcher gave up: %r", exc)
             return
         if generation == self._generation:
-            self._events.put_nowait(protocol.ClaimFreed())
+            self._events.put_nowait(protocol.ClaimFreed(clean))
 
     # ------------------------------------------------------------ leadership
 

@@ -135,7 +135,14 @@ class ClaimRefused:
 
 @dataclass(frozen=True)
 class ClaimFreed:
-    """The standby watcher saw the claim become free."""
+    """The standby watcher saw the claim become free.
+
+    ``clean``: the leader released it on purpose and is naming its successor in a RESIGN,
+    so the standby leaves the claim to that successor; otherwise the leader's session
+    ended (a crash) and the standby claims at once.
+    """
+
+    clean: bool = False
 
 
 @dataclass(frozen=True)
@@ -278,11 +285,13 @@ def step(state: State, event: Event, now: float) -> tuple[State, list[Effect]]:
                 st.timer(Timer.LEADER, now + state.config.leader_timeout)
                 if state.config.preempt and state.leader is not None and state.leader < state.rank:
                     st.send(Kind.ELECTION)  # bully the lower-ranked incumbent
-        case ClaimFreed():
+        case ClaimFreed(clean):
             if state.watching:
                 st.set(watching=False)
             if state.abstaining(now):
                 st.timer(Timer.COORDINATOR, state.abstain_until)
+            elif clean and state.role is Role.FOLLOWER:
+                st.timer(Timer.COORDINATOR, now + state.config.coordinator_wait)
             elif state.role in (Role.FOLLOWER, Role.ELECTING):
                 _claim(st, fence=False)
         case Abdicate(reason, successor, until):

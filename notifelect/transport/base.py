@@ -106,8 +106,9 @@ class Transport(abc.ABC):
         """The group's current leadership as the database records it."""
 
     @abc.abstractmethod
-    async def watch(self) -> None:
-        """Return once the claim is free (the holder released it or its session ended)."""
+    async def watch(self) -> bool:
+        """Return once the claim is free: True if the holder released it, False if its
+        session ended."""
 
     @abc.abstractmethod
     async def close(self) -> None:

@@ -219,10 +219,11 @@ class MemoryTransport(Transport):
     async def leader(self) -> LeaderRecord | None:
         return self._require().record
 
-    async def watch(self) -> None:
+    async def watch(self) -> bool:
         group = self._require()
         while group.holder is not None:
             await group.freed.wait()
+        return group.record is not None and group.record.released
 
     async def close(self) -> None:
         self.drop(notify=False)

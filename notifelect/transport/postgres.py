@@ -510,7 +510,7 @@ class PostgresTransport(Transport):
         )
         return None if row is None else LeaderRecord(**dict(row))
 
-    async def watch(self) -> None:
+    async def watch(self) -> bool:
         if self._connect is None:
             await asyncio.Future()  # a borrowed connection has no standby watcher
         conn = await self._new_connection()
@@ -524,8 +524,13 @@ class PostgresTransport(Transport):
                         "SELECT pg_advisory_lock_shared($1), pg_advisory_unlock_shared($1)",
                         self._key,
                     )
-                    return
+                    break
                 except TimeoutError:
                     continue
+            # A leader that resigns marks its term released before it unlocks.
+            released = await conn.fetchval(
+                f"SELECT released FROM {self._t_leader} WHERE namespace = $1", self._namespace
+            )
+            return bool(released)
         finally:
             conn.terminate()

@@ -112,10 +112,10 @@ class Sim:
         for other in self.alive:
             self._push(self.now + self.delay, other, p.Receive(message))
 
-    def _free(self) -> None:
+    def _free(self, *, clean: bool = False) -> None:
         self.holder = None
         for watcher in list(self.watchers):
-            self._push(self.now + self.delay, watcher, p.ClaimFreed())
+            self._push(self.now + self.delay, watcher, p.ClaimFreed(clean))
         self.watchers.clear()
 
     def _perform(self, node: int, effect: p.Effect) -> None:
@@ -157,7 +157,7 @@ class Sim:
                 self.acting.discard(node)
             case p.Release(term):
                 if self.holder == node:
-                    self._free()
+                    self._free(clean=True)
             case p.Watch(active):
                 if active:
                     self.watchers.add(node)

@@ -180,3 +180,16 @@ def test_newcomer_fences_a_silent_leader_it_never_heard() -> None:
     settle(sim, 3 * CONFIG.leader_timeout)
     assert sim.leaders() == [4]
     assert sim.max_acting == 1
+
+
+def test_standby_leaves_a_cleanly_released_claim_to_the_named_successor() -> None:
+    sim = Sim()
+    for node in range(1, 5):
+        sim.add(node)
+    settle(sim)
+    assert sim.watchers == {3}
+    state, effects = p.step(sim.states[3], p.ClaimFreed(clean=True), sim.now)
+    assert not any(isinstance(e, p.Claim) for e in effects)
+    assert p.SetTimer(p.Timer.COORDINATOR, sim.now + CONFIG.coordinator_wait) in effects
+    _, effects = p.step(sim.states[3], p.ClaimFreed(clean=False), sim.now)
+    assert p.Claim(fence=False) in effects  # a crash: claim at once
