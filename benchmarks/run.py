@@ -588,11 +588,17 @@ def targets(rec: Recorder, plan: Plan) -> list[list[str]]:
             ]
         )
     if big:
+        # Trials in which the group never settled measured no hand-over at all: they count
+        # against the target, not out of it.
+        unsettled = agree.censored if agree is not None else 0
+        measured = f"{fmt_seconds(big.p99, big.limit)} in {big.n} trial(s)"
+        if unsettled:
+            measured += f"; {unsettled} of {agree.n} trials never settled"  # type: ignore[union-attr]
         rows.append(
             [
                 "N = 50 hand-over p99 ≤ 100 ms",
-                fmt_seconds(big.p99, big.limit),
-                check(le(big.p99, 0.1)),
+                measured,
+                check(le(big.p99, 0.1) and not unsettled),
             ]
         )
     overlaps = select(samples, system="ours", scenario="overlap")
