@@ -113,8 +113,8 @@ def _int(body: dict[str, object], key: str, *, required: bool, signed: bool = Fa
     return value
 
 
-def parse(payload: str, namespace: str, secret: bytes | None = None) -> Message | Rejected:
-    """Decode ``payload`` for ``namespace``; never raises.
+def parse(payload: str, namespace: str | None, secret: bytes | None = None) -> Message | Rejected:
+    """Decode ``payload`` for ``namespace`` (None: any namespace); never raises.
 
     With ``secret``, only messages signed with it are accepted.
     """
@@ -132,8 +132,11 @@ def parse(payload: str, namespace: str, secret: bytes | None = None) -> Message 
     version = body.get("v")
     if type(version) is not int or version != VERSION:  # not True, not 1.0
         return Rejected("unknown version")
-    if body.get("ns") != namespace:
+    ns = body.get("ns")
+    if namespace is not None and ns != namespace:
         return Rejected("other namespace")
+    if not isinstance(ns, str):
+        return Rejected("no namespace")
     if secret is not None and not _signed(body, secret):
         return Rejected("bad signature")
     k = body.get("k")
@@ -150,4 +153,4 @@ def parse(payload: str, namespace: str, secret: bytes | None = None) -> Message 
         return Rejected(f"malformed: {exc}")
     assert node is not None
     assert priority is not None
-    return Message(kind, namespace, Rank(priority, node), term, standby, successor)
+    return Message(kind, ns, Rank(priority, node), term, standby, successor)
