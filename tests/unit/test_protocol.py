@@ -188,7 +188,7 @@ def test_standby_leaves_a_cleanly_released_claim_to_the_named_successor() -> Non
         sim.add(node)
     settle(sim)
     assert sim.watchers == {3}
-    state, effects = p.step(sim.states[3], p.ClaimFreed(clean=True), sim.now)
+    _, effects = p.step(sim.states[3], p.ClaimFreed(clean=True), sim.now)
     assert not any(isinstance(e, p.Claim) for e in effects)
     assert p.SetTimer(p.Timer.COORDINATOR, sim.now + CONFIG.coordinator_wait) in effects
     _, effects = p.step(sim.states[3], p.ClaimFreed(clean=False), sim.now)
