@@ -85,7 +85,12 @@ def test_seed_quick_example_runs_unchanged(dsn: str) -> None:
         assert proc.poll() is None  # still running its infinite sleep, no crash
     finally:
         proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=20)
+        try:
+            _, stderr = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # never leave the example running, then fail
+            proc.communicate()
+            raise
     # Interrupted by us: the KeyboardInterrupt traceback (with the cancellations it causes) is
     # expected; any other exception is not.
     expected = ("KeyboardInterrupt", "asyncio.exceptions.CancelledError")
