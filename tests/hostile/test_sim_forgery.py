@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -185,31 +186,16 @@ SETTINGS = settings(
 )
 
 
+@pytest.mark.parametrize("checked", [False, True], ids=["raw", "checked"])
 @SETTINGS
 @given(
     st.lists(st.integers(-1, 2), min_size=1, max_size=5),
     st.lists(forgery_ops | membership_ops, max_size=40),
 )
-def test_raw_message_sequences_never_break_safety_and_a_leader_returns(
-    priorities: list[int], ops: list[Op]
+def test_message_sequences_never_break_safety_and_a_leader_returns(
+    checked: bool, priorities: list[int], ops: list[Op]
 ) -> None:
-    h = Harness(priorities, checked=False)
-    h.sim.run(1.0)
-    for op in ops:
-        h.apply(op)
-    h.settle()
-    _check_live(h)
-
-
-@SETTINGS
-@given(
-    st.lists(st.integers(-1, 2), min_size=1, max_size=5),
-    st.lists(forgery_ops | membership_ops, max_size=40),
-)
-def test_checked_message_sequences_never_break_safety_and_a_leader_returns(
-    priorities: list[int], ops: list[Op]
-) -> None:
-    h = Harness(priorities, checked=True)
+    h = Harness(priorities, checked=checked)
     h.sim.run(1.0)
     for op in ops:
         h.apply(op)
