@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 
 from notifelect import ElectionGroup, Names, Settings
-from notifelect.listen import Printer, decode_any, describe, listen
+from notifelect.cli.listen import Printer, decode_any, describe, listen
 from notifelect.messages import Kind, Message, Rank, Rejected, encode
 from tests.ops.running import cli_argv, spawn
 from tests.support.waiting import until

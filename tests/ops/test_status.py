@@ -10,8 +10,9 @@ import asyncpg
 import pytest
 
 from notifelect import ElectionGroup, Names, Settings
+from notifelect.cli.render import render_text
+from notifelect.cli.status import snapshot
 from notifelect.errors import SchemaError
-from notifelect.status import render_text, snapshot
 from tests.ops.running import cli_argv, run_cli, spawn
 from tests.support.servers import free_port
 from tests.support.waiting import until

@@ -17,8 +17,8 @@ import sys
 import time
 from typing import Any
 
-from .group import ElectionGroup, Leadership
-from .settings import Settings
+from ..group import ElectionGroup, Leadership
+from ..settings import Settings
 
 WORK_EVERY = 0.05
 
@@ -89,7 +89,7 @@ async def run(dsn: str, settings: Settings) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m notifelect._demo_node")
+    parser = argparse.ArgumentParser(prog="python -m notifelect.cli._demo_node")
     parser.add_argument("--dsn", required=True)
     parser.add_argument("--namespace", required=True)
     parser.add_argument("--prefix")

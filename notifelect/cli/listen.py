@@ -1,7 +1,8 @@
-"""Election messages as they pass on the channel: ``notifelect listen``, for debugging."""
+"""``notifelect listen``: election messages as they pass on the channel, for debugging."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import sys
@@ -11,9 +12,20 @@ from typing import Any, TextIO
 
 import asyncpg
 
-from . import messages
-from .messages import Message, Rejected
-from .schema import Names
+from .. import messages
+from ..messages import Message, Rejected
+from ..schema import Names
+from ._common import (
+    Subparsers,
+    add_connection_arguments,
+    add_prefix_argument,
+    close_quietly,
+    names_from,
+    namespace_from,
+    open_connection,
+    positive_float,
+    run,
+)
 
 #: Longest part of a rejected payload that is printed.
 _SHOWN = 200
@@ -135,3 +147,51 @@ async def listen(
         if not conn.is_closed():
             await conn.remove_listener(names.channel, on_notify)
     return printed
+
+
+# ---------------------------------------------------------------- the command
+
+
+def configure_listen_parser(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "listen",
+        help="print election messages as they pass, one line each",
+        description=(
+            "LISTEN on the election channel and print every message, decoded, one line "
+            "each (rejected payloads too, with the reason). For debugging."
+        ),
+    )
+    add_connection_arguments(parser)
+    add_prefix_argument(parser)
+    parser.add_argument("--namespace", "-n", help="only messages of this group")
+    parser.add_argument("--json", action="store_true", help="JSON lines")
+    parser.add_argument("--count", type=int, help="exit after this many messages")
+    parser.add_argument("--for", dest="duration", type=positive_float, help="exit after SECONDS")
+    parser.set_defaults(func=listen_command)
+
+
+def listen_command(args: argparse.Namespace) -> int:
+    names = names_from(args)
+    namespace = namespace_from(args)
+
+    async def main() -> int:
+        conn = await open_connection(args)
+        try:
+            printer = Printer(as_json=args.json, namespace=namespace)
+            only = f" for group {namespace!r}" if namespace else ""
+
+            def ready() -> None:
+                print(
+                    f"notifelect: listening on channel {names.channel!r}{only} (Ctrl-C to stop)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+            await listen(
+                conn, names, printer, count=args.count, duration=args.duration, ready=ready
+            )
+            return 0
+        finally:
+            await close_quietly(conn)
+
+    return run(main())

@@ -1,0 +1,60 @@
+"""Command line: ``notifelect COMMAND`` (or ``python -m notifelect COMMAND``).
+
+One module per command, each with a ``configure_<command>_parser(subparsers)`` that adds
+the command's parser and names the function that runs it (``set_defaults(func=...)``).
+The options every command shares are in :mod:`._common`, which imports no command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+import asyncpg
+
+from ..errors import NotifelectError
+from ._common import Subparsers
+from .demo import configure_demo_parser
+from .listen import configure_listen_parser
+from .schema import configure_install_parser, configure_uninstall_parser
+from .status import configure_status_parser
+
+#: Every command, in the order ``--help`` lists them.
+COMMANDS: tuple[Callable[[Subparsers], None], ...] = (
+    configure_install_parser,
+    configure_uninstall_parser,
+    configure_status_parser,
+    configure_listen_parser,
+    configure_demo_parser,
+)
+
+#: The name ``--help`` shows.
+PROG = "python -m notifelect"
+
+
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Leader election on PostgreSQL LISTEN/NOTIFY.",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for configure in COMMANDS:
+        configure(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        status: int = args.func(args)
+        return status
+    except NotifelectError as exc:
+        print(f"notifelect: error: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        print(f"notifelect: error: cannot use the database: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

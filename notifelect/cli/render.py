@@ -1,0 +1,81 @@
+"""How ``notifelect status`` shows a snapshot: text for a person, or one JSON document."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+from .records import Snapshot
+
+
+def _ago(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 10:
+        return f"{seconds:.2f}s"
+    total = int(seconds)
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+def _when(value: datetime, now: datetime) -> str:
+    local = value.astimezone()
+    return f"{local:%Y-%m-%d %H:%M:%S} ({_ago((now - value).total_seconds())} ago)"
+
+
+def render_text(snap: Snapshot, *, wait: float | None = None) -> str:
+    """The human-readable status: one block per group."""
+    out: list[str] = []
+    prefix = f" (prefix {snap.prefix!r})" if snap.prefix else ""
+    if not snap.groups:
+        return f"no election group is running in this database{prefix}\n"
+    for g in snap.groups:
+        out.append(f"group {g.namespace!r}{prefix}")
+        ld = g.leader
+        if ld is None:
+            why = f": {g.vacancy}" if g.vacancy else ""
+            out.append(f"  leader     none{why}")
+        else:
+            out.append(
+                f"  leader     node {ld.node} (host {ld.host}, pid {ld.pid}), term {ld.term}"
+            )
+            out.append(f"  since      {_when(ld.since, snap.at)}")
+            if ld.heartbeat_age is not None:
+                beat = f"heard {_ago(ld.heartbeat_age)} ago"
+            elif wait is not None:
+                beat = f"none heard within {wait:g}s (slow heartbeat, or a paused leader?)"
+            else:
+                beat = "none heard yet"
+            out.append(f"  lease      renewed {_ago(ld.renewed_age)} ago; heartbeat {beat}")
+        if g.members:
+            out.append("  members    rank  node      priority  role      host/pid")
+            for m in g.members:
+                out.append(
+                    f"             {m.rank:<5} {m.node:<9} {m.priority:<9} {m.role:<9}"
+                    f" {m.host}/{m.pid}"
+                )
+        else:
+            out.append("  members    none running")
+        if g.transitions:
+            out.append("  terms      term  node      started              ended / reason")
+            for t in g.transitions:
+                started = f"{t.started_at.astimezone():%Y-%m-%d %H:%M:%S}"
+                if t.ended_at is None:
+                    end = "current" if ld and ld.term == t.term else "open"
+                else:
+                    length = (t.ended_at - t.started_at).total_seconds()
+                    end = f"after {_ago(length)}, {t.reason or 'ended'}"
+                out.append(f"             {t.term:<5} {t.node:<9} {started}  {end}")
+        out.append("")
+    return "\n".join(out)
+
+
+def render_json(snap: Snapshot) -> str:
+    return json.dumps(snap.to_json(), separators=(",", ":"))
