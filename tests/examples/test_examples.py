@@ -13,7 +13,7 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.ops.running import ROOT, Process, clean_env, spawn
+from tests.cli.running import ROOT, Process, clean_env, spawn
 from tests.support.servers import free_port
 
 EXAMPLES = ROOT / "examples"

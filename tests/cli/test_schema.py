@@ -1,4 +1,4 @@
-"""python -m notifelect install / uninstall against a real PostgreSQL."""
+"""``notifelect install`` and ``uninstall`` against a real PostgreSQL."""
 
 from __future__ import annotations
 

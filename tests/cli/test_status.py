@@ -13,7 +13,7 @@ from notifelect import ElectionGroup, Names, Settings
 from notifelect.cli.render import render_text
 from notifelect.cli.status import snapshot
 from notifelect.errors import SchemaError
-from tests.ops.running import cli_argv, run_cli, spawn
+from tests.cli.running import cli_argv, run_cli, spawn
 from tests.support.servers import free_port
 from tests.support.waiting import until
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.ops.running import ROOT, clean_env
+from tests.cli.running import ROOT, clean_env
 
 
 def alive(pid: int) -> bool:

@@ -15,7 +15,7 @@ import pytest
 from notifelect import ElectionGroup, Names, Settings
 from notifelect.cli.listen import Printer, decode_any, describe, listen
 from notifelect.messages import Kind, Message, Rank, Rejected, encode
-from tests.ops.running import cli_argv, spawn
+from tests.cli.running import cli_argv, spawn
 from tests.support.waiting import until
 
 FAST = Settings(election_interval=0.1, lease=1.0, leader_timeout=0.5)
