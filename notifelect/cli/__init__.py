@@ -29,8 +29,8 @@ COMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     configure_demo_parser,
 )
 
-#: The name ``--help`` shows.
-PROG = "python -m notifelect"
+#: The name ``--help`` shows by default: the console script's.
+PROG = "notifelect"
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
@@ -44,9 +44,13 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
+    """Run the command line ``argv`` (default: ``sys.argv[1:]``); returns the exit status.
+
+    ``prog`` is how the usage and help name the program: ``python -m notifelect`` passes
+    its own spelling.
+    """
+    args = build_parser(prog).parse_args(argv)
     try:
         status: int = args.func(args)
         return status
