@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 import asyncpg
 
 from ..errors import NotifelectError
-from ._common import Subparsers
+from ._common import Command, Subparsers
 from .demo import configure_demo_parser
 from .listen import configure_listen_parser
 from .schema import configure_install_parser, configure_uninstall_parser
@@ -52,8 +52,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
     """
     args = build_parser(prog).parse_args(argv)
     try:
-        status: int = args.func(args)
-        return status
+        command: Command = args.func
+        return command(args)
     except NotifelectError as exc:
         print(f"notifelect: error: {exc}", file=sys.stderr)
         return 2
