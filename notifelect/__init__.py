@@ -4,7 +4,6 @@ from . import election_manager
 from .decorators import (
     Gate,
     Periodic,
-    current_leadership,
     every,
     leader_only,
     on_deposed,
@@ -20,7 +19,8 @@ from .errors import (
     SchemaError,
     StaleLeaderError,
 )
-from .group import ElectionGroup, LeaderInfo, Leadership
+from .group import ElectionGroup
+from .leadership import LeaderInfo, Leadership, current_leadership
 from .schema import Names
 from .settings import RetryPolicy, Settings
 from .transport import MemoryBus

@@ -1,49 +1,77 @@
 """Decorators that gate code on leadership: leader_only, on_elected, on_deposed, every.
 
-Each is available as a method of the group (``@group.leader_only``) and as a function
-taking the group (``@leader_only(group)``); options go in the call
-(``@group.leader_only(raise_if_not_leader=True)``). Arguments are checked when the
-decorator is applied.
+Each has one implementation here, written against :class:`GateHost` (what an election
+group offers them); the group's methods (``@group.leader_only``) delegate to these
+functions, and the function forms take the group first (``@leader_only(group)``). Options
+go in the call (``@group.leader_only(raise_if_not_leader=True)``). Arguments are checked
+when the decorator is applied.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
+import contextlib
 import functools
 import inspect
 import logging
-import time
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, overload
+from typing import Any, Generic, ParamSpec, Protocol, TypeVar, overload, runtime_checkable
 
+from ._clock import now
 from .errors import ConfigurationError, LeadershipLost, NotLeaderError
+from .leadership import (
+    DeposedCallback,
+    DeposedT,
+    ElectedCallback,
+    ElectedT,
+    Leadership,
+    _current,
+    current_leadership,
+)
 
-if TYPE_CHECKING:
-    from .group import (
-        DeposedCallback,
-        DeposedT,
-        ElectedCallback,
-        ElectedT,
-        ElectionGroup,
-        Leadership,
-    )
+__all__ = [
+    "Gate",
+    "GateHost",
+    "Periodic",
+    "current_leadership",
+    "every",
+    "leader_only",
+    "on_deposed",
+    "on_elected",
+]
 
-log = logging.getLogger("notifelect")
+log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 R = TypeVar("R")
 R_co = TypeVar("R_co", covariant=True)
 
-_current: contextvars.ContextVar[Leadership | None] = contextvars.ContextVar(
-    "notifelect_leadership", default=None
-)
 
+@runtime_checkable
+class GateHost(Protocol):
+    """What the decorators need from an election group (``ElectionGroup`` is one)."""
 
-def current_leadership() -> Leadership | None:
-    """The Leadership under which the running leader-only code was started, if any."""
-    return _current.get()
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def node(self) -> int | None: ...
+
+    @property
+    def leadership(self) -> Leadership | None: ...
+
+    def _require_open(self, what: str) -> None: ...
+
+    def _admitting(self) -> Leadership | None: ...
+
+    def _track_call(self, task: asyncio.Task[Any], cancel_on_loss: bool) -> None: ...
+
+    def _track_thread(self) -> contextlib.AbstractContextManager[None]: ...
+
+    def _add_elected(self, callback: ElectedCallback, resign_on_error: bool) -> None: ...
+
+    def _add_deposed(self, callback: DeposedCallback) -> None: ...
 
 
 class Gate(Protocol):
@@ -60,22 +88,22 @@ class Gate(Protocol):
 
 @overload
 def leader_only(
-    group: ElectionGroup, fn: Callable[P, Coroutine[Any, Any, R]], /
+    group: GateHost, fn: Callable[P, Coroutine[Any, Any, R]], /
 ) -> Callable[P, Coroutine[Any, Any, R | None]]: ...
 
 
 @overload
-def leader_only(group: ElectionGroup, fn: Callable[P, R], /) -> Callable[P, R | None]: ...
+def leader_only(group: GateHost, fn: Callable[P, R], /) -> Callable[P, R | None]: ...
 
 
 @overload
 def leader_only(
-    group: ElectionGroup, /, *, raise_if_not_leader: bool = False, finish_on_loss: bool = False
+    group: GateHost, /, *, raise_if_not_leader: bool = False, finish_on_loss: bool = False
 ) -> Gate: ...
 
 
 def leader_only(
-    group: ElectionGroup,
+    group: GateHost,
     fn: Callable[..., Any] | None = None,
     /,
     *,
@@ -87,12 +115,17 @@ def leader_only(
     On the leader, the call runs and returns its result. Elsewhere it is skipped and
     returns None (logged at DEBUG), or raises NotLeaderError with ``raise_if_not_leader``.
     Leadership is checked when the call starts (lease included). An ``async def`` call that
-    is still running when leadership ends is cancelled and its caller gets LeadershipLost;
-    with ``finish_on_loss`` it may finish, and the node releases its claim only after it
-    has. A plain ``def`` is gated the same way (for thread-based schedulers) but cannot be
-    interrupted. Calling before the group was entered raises GroupStateError.
+    is still running when leadership ends is cancelled and its caller gets LeadershipLost.
+    With ``finish_on_loss`` it may finish during a hand-over (the node keeps its claim and
+    renews its lease meanwhile, for at most ``Settings.finish_timeout``) and the successor
+    starts only after it has; if the leadership is *lost* (connection, lease) it is
+    cancelled like any other call, because nothing vouches for it any more.
+
+    A plain ``def`` is gated the same way (for thread-based schedulers) but cannot be
+    interrupted: a hand-over waits for it (up to ``finish_timeout``); a lost leadership
+    cannot stop it. Calling before the group was entered raises GroupStateError.
     """
-    _require_group(group, "leader_only")
+    _require_host(group, "leader_only")
 
     def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
         if not callable(f):
@@ -105,23 +138,7 @@ def leader_only(
                 ls = _admit(group, name, raise_if_not_leader)
                 if ls is None:
                     return None
-
-                async def run() -> Any:
-                    _current.set(ls)
-                    return await f(*args, **kwargs)
-
-                task = asyncio.ensure_future(run())
-                group._track_call(task, cancel_on_loss=not finish_on_loss)
-                try:
-                    return await task
-                except asyncio.CancelledError:
-                    me = asyncio.current_task()
-                    if task.cancelled() and (me is None or me.cancelling() == 0):
-                        raise LeadershipLost(
-                            f"{name} was cancelled because node {ls.node} stopped leading group "
-                            f"{group.name!r} (term {ls.term}: {ls.ended_reason or 'ended'})"
-                        ) from None
-                    raise
+                return await _run_tracked(group, ls, name, f(*args, **kwargs), finish_on_loss)
 
             return gated
 
@@ -132,7 +149,8 @@ def leader_only(
                 return None
             token = _current.set(ls)
             try:
-                return f(*args, **kwargs)
+                with group._track_thread():
+                    return f(*args, **kwargs)
             finally:
                 _current.reset(token)
 
@@ -141,26 +159,45 @@ def leader_only(
     return decorate(fn) if fn is not None else decorate
 
 
-def _admit(group: ElectionGroup, name: str, raise_if_not_leader: bool) -> Leadership | None:
+async def _run_tracked(
+    group: GateHost, ls: Leadership, name: str, coro: Awaitable[R], finish_on_loss: bool
+) -> R:
+    """Run ``coro`` as a task the group can cancel (or wait for) when leadership ends."""
+
+    async def run() -> R:
+        _current.set(ls)
+        return await coro
+
+    task = asyncio.ensure_future(run())
+    group._track_call(task, not finish_on_loss)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        me = asyncio.current_task()
+        if task.cancelled() and (me is None or me.cancelling() == 0):
+            raise LeadershipLost(
+                f"{name} was cancelled because node {ls.node} stopped leading group "
+                f"{group.name!r} (term {ls.term}: {ls.ended_reason or 'ended'})"
+            ) from None
+        raise
+
+
+def _admit(group: GateHost, name: str, raise_if_not_leader: bool) -> Leadership | None:
     group._require_open(f"leader-only call {name}")
-    ls = group.leadership
-    if ls is not None and group.is_leader:
+    ls = group._admitting()
+    if ls is not None:
         return ls
     if raise_if_not_leader:
         raise NotLeaderError(
             f"{name} runs on the leader only; node {group.node} is not the valid leader of "
-            f"group {group.name!r} (current leader: {group.leader})"
+            f"group {group.name!r}"
         )
-    log.debug(
-        "notifelect: skipped %s: node %s does not lead group %r", name, group.node, group.name
-    )
+    log.debug("skipped %s: node %s does not lead group %r", name, group.node, group.name)
     return None
 
 
-def _require_group(group: object, what: str) -> None:
-    from .group import ElectionGroup
-
-    if not isinstance(group, ElectionGroup):
+def _require_host(group: object, what: str) -> None:
+    if not isinstance(group, GateHost):
         raise ConfigurationError(
             f"{what} needs an ElectionGroup as first argument, got {group!r}; "
             f"write @{what}(group) or @group.{what}"
@@ -168,41 +205,59 @@ def _require_group(group: object, what: str) -> None:
 
 
 @overload
-def on_elected(
-    group: ElectionGroup, fn: ElectedT, /, *, resign_on_error: bool = True
-) -> ElectedT: ...
+def on_elected(group: GateHost, fn: ElectedT, /, *, resign_on_error: bool = True) -> ElectedT: ...
 
 
 @overload
 def on_elected(
-    group: ElectionGroup, /, *, resign_on_error: bool = True
+    group: GateHost, /, *, resign_on_error: bool = True
 ) -> Callable[[ElectedT], ElectedT]: ...
 
 
 def on_elected(
-    group: ElectionGroup, fn: ElectedCallback | None = None, /, *, resign_on_error: bool = True
+    group: GateHost, fn: ElectedCallback | None = None, /, *, resign_on_error: bool = True
 ) -> Any:
-    """Function form of :meth:`ElectionGroup.on_elected`."""
-    _require_group(group, "on_elected")
-    return (
-        group.on_elected(fn, resign_on_error=resign_on_error)
-        if fn
-        else group.on_elected(resign_on_error=resign_on_error)
-    )
+    """Register ``async def fn(leadership)`` to run while this node leads.
+
+    It starts when the node becomes leader and is cancelled (and awaited, for at most
+    ``Settings.callback_timeout``) when the leadership ends, before the claim is released.
+    An exception in it is logged and, with ``resign_on_error``, makes the node hand
+    leadership to another node.
+    """
+    _require_host(group, "on_elected")
+
+    def register(f: ElectedT) -> ElectedT:
+        if not callable(f):
+            raise ConfigurationError(f"on_elected callback is not callable: {f!r}")
+        group._add_elected(f, resign_on_error)
+        return f
+
+    return register(fn) if fn is not None else register
 
 
 @overload
-def on_deposed(group: ElectionGroup, fn: DeposedT, /) -> DeposedT: ...
+def on_deposed(group: GateHost, fn: DeposedT, /) -> DeposedT: ...
 
 
 @overload
-def on_deposed(group: ElectionGroup, /) -> Callable[[DeposedT], DeposedT]: ...
+def on_deposed(group: GateHost, /) -> Callable[[DeposedT], DeposedT]: ...
 
 
-def on_deposed(group: ElectionGroup, fn: DeposedCallback | None = None, /) -> Any:
-    """Function form of :meth:`ElectionGroup.on_deposed`."""
-    _require_group(group, "on_deposed")
-    return group.on_deposed(fn) if fn else group.on_deposed()
+def on_deposed(group: GateHost, fn: DeposedCallback | None = None, /) -> Any:
+    """Register ``async def fn(leadership)`` to run after leadership ended.
+
+    It runs after every ``on_elected`` task of that leadership has finished, and may take
+    at most ``Settings.callback_timeout``.
+    """
+    _require_host(group, "on_deposed")
+
+    def register(f: DeposedT) -> DeposedT:
+        if not callable(f):
+            raise ConfigurationError(f"on_deposed callback is not callable: {f!r}")
+        group._add_deposed(f)
+        return f
+
+    return register(fn) if fn is not None else register
 
 
 def _seconds(value: timedelta | float, what: str) -> float:
@@ -213,11 +268,16 @@ def _seconds(value: timedelta | float, what: str) -> float:
 
 
 class Periodic(Generic[R_co]):
-    """A job run on the leader every ``interval`` seconds; calling it runs it once, gated."""
+    """A job run on the leader every ``interval`` seconds.
+
+    Calling it runs the job once, gated and tracked exactly like a ``leader_only`` call:
+    it returns None on a node that does not lead, sees :func:`current_leadership`, and is
+    cancelled when the leadership ends.
+    """
 
     def __init__(
         self,
-        group: ElectionGroup,
+        group: GateHost,
         job: Callable[[], Awaitable[R_co]],
         interval: float,
         delay: float,
@@ -228,33 +288,34 @@ class Periodic(Generic[R_co]):
         self.initial_delay = delay
         self.runs = 0
         self.failures = 0
+        self._name = getattr(job, "__qualname__", repr(job))
         functools.update_wrapper(self, job)
 
     async def __call__(self) -> R_co | None:
-        if _admit(self.group, getattr(self.job, "__qualname__", "job"), False) is None:
+        ls = _admit(self.group, self._name, False)
+        if ls is None:
             return None
-        return await self.job()
+        return await _run_tracked(self.group, ls, self._name, self.job(), False)
 
     async def _loop(self, ls: Leadership) -> None:
-        name = getattr(self.job, "__qualname__", repr(self.job))
         await asyncio.sleep(self.initial_delay)
-        next_at = time.monotonic()
-        while ls.is_valid:
+        next_at = now()
+        while ls.admits:
             try:
                 await self.job()
                 self.runs += 1
             except Exception:
                 self.failures += 1
-                log.exception("notifelect: periodic job %s failed (term %s)", name, ls.term)
+                log.exception("periodic job %s failed (term %s)", self._name, ls.term)
             next_at += self.interval
-            now = time.monotonic()
-            if next_at < now:  # overran: skip the ticks we missed, keep the cadence
-                next_at = now + (self.interval - (now - next_at) % self.interval)
-            await asyncio.sleep(next_at - now)
+            t = now()
+            if next_at < t:  # overran: skip the ticks we missed, keep the cadence
+                next_at = t + (self.interval - (t - next_at) % self.interval)
+            await asyncio.sleep(next_at - t)
 
 
 def every(
-    group: ElectionGroup, interval: timedelta | float, *, initial_delay: timedelta | float = 0.0
+    group: GateHost, interval: timedelta | float, *, initial_delay: timedelta | float = 0.0
 ) -> Callable[[Callable[[], Awaitable[R]]], Periodic[R]]:
     """Run ``async def job()`` on the leader on a fixed cadence.
 
@@ -263,7 +324,7 @@ def every(
     overlap). It stops when leadership ends (a running job is cancelled) and starts again on
     whichever node leads next. Exceptions are logged and the cadence continues.
     """
-    _require_group(group, "every")
+    _require_host(group, "every")
     seconds = _seconds(interval, "interval")
     delay = _seconds(initial_delay, "initial_delay")
     if seconds <= 0:
@@ -280,7 +341,7 @@ def every(
             _current.set(ls)
             await periodic._loop(ls)
 
-        group.on_elected(loop, resign_on_error=False)
+        group._add_elected(loop, False)
         return periodic
 
     return decorate

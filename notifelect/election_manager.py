@@ -46,6 +46,8 @@ class Coordinator:
     ``namespace`` names the election; ``election_interval`` is how often the leader
     heartbeats; ``election_timeout`` how long a candidate waits for higher-ranked nodes.
     Both accept seconds or a timedelta. Other Settings can be passed as ``settings``.
+    As in the seed, the highest node id wins: the Coordinator runs classic Bully
+    (``Settings(preempt="rank")``), where a newer node preempts the leader.
     """
 
     def __init__(
@@ -57,7 +59,7 @@ class Coordinator:
         election_timeout: timedelta | float | None = None,
         settings: Settings | None = None,
     ) -> None:
-        settings = settings or Settings()
+        settings = settings or Settings(preempt="rank")  # the seed's rule: highest id wins
         changes: dict[str, Any] = {}
         if namespace is not None:
             changes["namespace"] = namespace

@@ -4,17 +4,26 @@
 out, in order. Nothing here does I/O or reads a clock: time arrives as ``now`` (seconds on
 a monotonic clock) and timers are effects that the caller turns back into events.
 
-The protocol is an event-driven Bully algorithm over a broadcast channel:
+The protocol is an event-driven Bully algorithm over a broadcast channel, made to cost
+O(N) by asking the database first:
 
-* A node starts an election when it joins, when the leader resigns without naming it as
-  successor, and when the leader falls silent. It broadcasts ``ELECTION`` with its rank.
-* A node that sees an election from a lower rank answers ``ALIVE`` (once per election
-  window); a candidate that sees a higher rank stands down and waits for an announcement.
+* A node that needs a leader (on joining, when the leader falls silent, when an awaited
+  announcement does not come) first *surveys* the database: is the claim held, and who is
+  the highest-ranked live member? A node that learns the claim is held follows; one that
+  sees a higher-ranked live member waits for it; only the best candidate broadcasts
+  ``ELECTION``. Timers that start these steps are jittered and back off.
+* A candidate that sees an election from a lower rank answers ``ALIVE`` (once per
+  election window); one that sees a higher rank stands down. Followers stay quiet.
 * A candidate that hears no higher rank within ``election_timeout`` asks to *claim*
   leadership. The claim is decided outside the protocol (a database lock); only a granted
   claim makes a leader, so messages alone can never create a second leader.
 * The leader announces itself (``COORDINATOR``) and sends ``HEARTBEAT`` every interval,
-  naming a standby that watches the claim so that a crash is noticed in milliseconds.
+  naming a standby that watches the leader's process so that a crash is noticed in
+  milliseconds.
+* A running leader is displaced only as ``Config.preempt`` says: by default only by a live
+  member of strictly higher *priority* that has been a member for ``join_holdoff``; the
+  sequence number breaks ties in open elections and picks successors, but never moves a
+  healthy leader (classic Bully, ``Preempt.RANK``, lets every higher rank preempt).
 * A leader that leaves or is preempted first finishes its leader-only work (``Deposed``),
   then releases the claim and broadcasts ``RESIGN`` naming a successor, which claims at
   once.
@@ -30,6 +39,10 @@ from .messages import Kind, Message, Rank
 
 __all__ = [
     "Abdicate",
+    "Freed",
+    "Preempt",
+    "Survey",
+    "Surveyed",
     "Announce",
     "Claim",
     "ClaimFreed",
@@ -71,6 +84,23 @@ class Timer(enum.Enum):
     COORDINATOR = "coordinator"  # stood down: the winner did not announce in time
     LEADER = "leader"  # follower: the leader fell silent
     HEARTBEAT = "heartbeat"  # leader: time to heartbeat
+    PREEMPT = "preempt"  # newcomer of higher priority: its join hold-off is over
+
+
+class Preempt(enum.Enum):
+    """Who may displace a running leader."""
+
+    PRIORITY = "priority"  # a live member of strictly higher priority (the default)
+    RANK = "rank"  # classic Bully: any higher (priority, sequence)
+    NEVER = "never"  # nobody: the incumbent keeps leading until it leaves
+
+
+class Freed(enum.Enum):
+    """How the standby saw the leader's claim end (mirrors the transport's answer)."""
+
+    RELEASED = "released"  # a clean hand-over: the RESIGN names the successor
+    DIED = "died"  # the leader's process was seen to end: take over at once
+    UNOBSERVED = "unobserved"  # nothing was seen: an ordinary election
 
 
 @dataclass(frozen=True)
@@ -79,7 +109,11 @@ class Config:
     leader_timeout: float
     coordinator_wait: float
     heartbeat_interval: float
-    preempt: bool = True
+    preempt: Preempt = Preempt.PRIORITY
+    #: How long a newcomer must have been a member before it may preempt a leader.
+    join_holdoff: float = 0.0
+    #: Backed-off timers grow up to this many times their base delay.
+    max_backoff: int = 8
 
 
 @dataclass(frozen=True)
@@ -92,10 +126,15 @@ class State:
     leader: Rank | None = None  # who we believe leads
     leader_term: int | None = None  # highest term heard of
     fencing: bool = False  # current election follows a silent leader
-    watching: bool = False  # we are the standby watching the claim
+    watching: int | None = None  # as the standby: the leader whose process we watch
     alive_sent_at: float | None = None
+    announced_at: float | None = None  # leader: last COORDINATOR sent to answer an ELECTION
     started: bool = False
+    joined_at: float = 0.0
     abstain_until: float = 0.0  # after abdicating: stay out of elections until then
+    misses: int = 0  # consecutive timer-driven searches without hearing a leader
+    surveying: bool = False  # a Survey is in flight
+    successor_named: bool = False  # a RESIGN named us while our claim was in flight
 
     def abstaining(self, now: float) -> bool:
         return now < self.abstain_until
@@ -135,14 +174,27 @@ class ClaimRefused:
 
 @dataclass(frozen=True)
 class ClaimFreed:
-    """The standby watcher saw the claim become free.
+    """The standby watcher saw the leadership of node ``leader`` end, as ``how`` says.
 
-    ``clean``: the leader released it on purpose and is naming its successor in a RESIGN,
-    so the standby leaves the claim to that successor; otherwise the leader's session
-    ended (a crash) and the standby claims at once.
+    RELEASED: the leader is naming its successor in a RESIGN, so the standby leaves the
+    claim to that successor. DIED: the leader's process is gone, the standby claims at
+    once with that evidence. UNOBSERVED: nothing is known; an ordinary search follows.
     """
 
-    clean: bool = False
+    how: Freed
+    leader: int
+
+
+@dataclass(frozen=True)
+class Surveyed:
+    """What the database said: whether the claim is held, and the best live candidate.
+
+    ``best`` is the highest-ranked live member, not counting the recorded leader while
+    the claim is held (that is, the node that should take over from it).
+    """
+
+    held: bool
+    best: Rank | None
 
 
 @dataclass(frozen=True)
@@ -167,7 +219,16 @@ class Lost:
 
 
 Event = (
-    Start | Receive | TimerFired | ClaimGranted | ClaimRefused | ClaimFreed | Stop | Abdicate | Lost
+    Start
+    | Receive
+    | TimerFired
+    | ClaimGranted
+    | ClaimRefused
+    | ClaimFreed
+    | Surveyed
+    | Stop
+    | Abdicate
+    | Lost
 )
 
 
@@ -189,8 +250,11 @@ class Announce:
 
 @dataclass(frozen=True)
 class SetTimer:
+    """Fire ``timer`` at a time drawn uniformly from ``[at, at + spread]``."""
+
     timer: Timer
     at: float
+    spread: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -200,9 +264,19 @@ class CancelTimer:
 
 @dataclass(frozen=True)
 class Claim:
-    """Try to take the claim; with ``fence`` a silent holder may be fenced out first."""
+    """Try to take the claim; with ``fence`` a silent holder may be fenced out first.
+
+    ``evidence``: the node whose process the standby saw end; without it a successor of
+    an unclean leadership waits the old lease out.
+    """
 
     fence: bool
+    evidence: int | None = None
+
+
+@dataclass(frozen=True)
+class Survey:
+    """Ask the database whether the claim is held and who should lead; answer: Surveyed."""
 
 
 @dataclass(frozen=True)
@@ -212,9 +286,15 @@ class Elected:
 
 @dataclass(frozen=True)
 class Deposed:
-    """Stop all leader-only work and wait for it before any following effect."""
+    """Stop all leader-only work and wait for it before any following effect.
+
+    ``voluntary``: the node still holds its claim (it resigns); work that may finish can
+    finish while the lease is kept renewed. Otherwise the claim is already lost and
+    everything is cancelled at once.
+    """
 
     reason: str
+    voluntary: bool = True
 
 
 @dataclass(frozen=True)
@@ -226,10 +306,23 @@ class Release:
 
 @dataclass(frozen=True)
 class Watch:
-    active: bool
+    """Watch the process of leader ``leader`` as the standby (None: stop watching)."""
+
+    leader: int | None
 
 
-Effect = Send | Announce | SetTimer | CancelTimer | Claim | Elected | Deposed | Release | Watch
+Effect = (
+    Send | Announce | SetTimer | CancelTimer | Claim | Survey | Elected | Deposed | Release | Watch
+)
+
+
+def preempts(config: Config, challenger: Rank, leader: Rank) -> bool:
+    """Whether ``challenger`` may displace a running ``leader`` under ``config``."""
+    if config.preempt is Preempt.PRIORITY:
+        return challenger.priority > leader.priority
+    if config.preempt is Preempt.RANK:
+        return challenger > leader
+    return False
 
 
 def initial_state(namespace: str, rank: Rank, config: Config) -> State:
@@ -251,16 +344,21 @@ class _Step:
         s = self.state
         self.effects.append(Send(Message(kind, s.namespace, s.rank, **fields)))
 
-    def timer(self, timer: Timer, at: float) -> None:
-        self.effects.append(SetTimer(timer, at))
+    def timer(self, timer: Timer, at: float, spread: float = 0.0) -> None:
+        self.effects.append(SetTimer(timer, at, spread))
+
+    def backed_off(self, timer: Timer, now: float, base: float) -> None:
+        """Set a timer that starts a search: jittered, and longer after each miss."""
+        delay = base * min(2**self.state.misses, self.state.config.max_backoff)
+        self.effects.append(SetTimer(timer, now + delay, delay / 2))
 
     def cancel(self, *timers: Timer) -> None:
         self.effects.extend(CancelTimer(t) for t in timers)
 
-    def watch(self, active: bool) -> None:
-        if self.state.watching != active:
-            self.set(watching=active)
-            self.effects.append(Watch(active))
+    def watch(self, leader: int | None) -> None:
+        if self.state.watching != leader:
+            self.set(watching=leader)
+            self.effects.append(Watch(leader))
 
 
 def step(state: State, event: Event, now: float) -> tuple[State, list[Effect]]:
@@ -269,31 +367,20 @@ def step(state: State, event: Event, now: float) -> tuple[State, list[Effect]]:
     match event:
         case Start():
             if state.role is Role.STOPPED and not state.started:
-                st.set(started=True)
-                _elect(st, now)
+                st.set(started=True, joined_at=now)
+                _search(st, now)
         case Receive(message):
             _receive(st, message, now)
         case TimerFired(timer):
             _timer(st, timer, now)
+        case Surveyed(held, best):
+            _surveyed(st, held, best, now)
         case ClaimGranted(term):
             _granted(st, term, now)
         case ClaimRefused():
-            if state.role is Role.CLAIMING:
-                # Someone holds the claim. If no leader is heard, the next election of this
-                # node may fence it: the transport only does so if its lease has gone stale.
-                st.set(role=Role.FOLLOWER, fencing=state.leader is None)
-                st.timer(Timer.LEADER, now + state.config.leader_timeout)
-                if state.config.preempt and state.leader is not None and state.leader < state.rank:
-                    st.send(Kind.ELECTION)  # bully the lower-ranked incumbent
-        case ClaimFreed(clean):
-            if state.watching:
-                st.set(watching=False)
-            if state.abstaining(now):
-                st.timer(Timer.COORDINATOR, state.abstain_until)
-            elif clean and state.role is Role.FOLLOWER:
-                st.timer(Timer.COORDINATOR, now + state.config.coordinator_wait)
-            elif state.role in (Role.FOLLOWER, Role.ELECTING):
-                _claim(st, fence=False)
+            _refused(st, now)
+        case ClaimFreed(how, leader):
+            _freed(st, how, leader, now)
         case Abdicate(reason, successor, until):
             if state.role is Role.LEADER:
                 _resign(st, reason, successor)
@@ -306,24 +393,57 @@ def step(state: State, event: Event, now: float) -> tuple[State, list[Effect]]:
     return st.state, st.effects
 
 
+def _search(st: _Step, now: float, *, fence: bool = False) -> None:
+    """Look for a leader: ask the database before broadcasting anything."""
+    st.set(role=Role.FOLLOWER, leader=None, fencing=st.state.fencing or fence)
+    st.cancel(Timer.ELECTION, Timer.COORDINATOR, Timer.LEADER)
+    st.set(surveying=True)
+    st.effects.append(Survey())
+
+
+def _surveyed(st: _Step, held: bool, best: Rank | None, now: float) -> None:
+    s = st.state
+    if not s.surveying or s.role is not Role.FOLLOWER:
+        return  # the answer came too late: something else happened meanwhile
+    st.set(surveying=False)
+    if s.leader is not None:
+        return  # a leader was heard while we asked
+    if s.abstaining(now):
+        st.timer(Timer.COORDINATOR, s.abstain_until)
+        return
+    first_choice = best is None or best <= s.rank
+    insist = s.misses >= 2  # the better candidate did not act: do not wait on it forever
+    if held:
+        # Somebody holds the claim. Wait for its announcement; a silent holder is fenced
+        # (by the best candidate first, by anyone once it failed to).
+        if s.fencing and (first_choice or insist):
+            _claim(st, fence=True)
+        else:
+            st.backed_off(Timer.LEADER, now, s.config.leader_timeout)
+    elif first_choice or insist:
+        _elect(st, now)
+    else:
+        st.backed_off(Timer.COORDINATOR, now, s.config.coordinator_wait)
+
+
 def _elect(st: _Step, now: float, *, fence: bool = False) -> None:
     cfg = st.state.config
-    st.set(role=Role.ELECTING, fencing=st.state.fencing or fence)
+    st.set(role=Role.ELECTING, fencing=st.state.fencing or fence, surveying=False)
     st.cancel(Timer.COORDINATOR, Timer.LEADER)
     st.send(Kind.ELECTION)
     st.timer(Timer.ELECTION, now + cfg.election_timeout)
 
 
-def _claim(st: _Step, *, fence: bool) -> None:
-    st.set(role=Role.CLAIMING, leader=None)
+def _claim(st: _Step, *, fence: bool, evidence: int | None = None) -> None:
+    st.set(role=Role.CLAIMING, leader=None, surveying=False)
     st.cancel(Timer.ELECTION, Timer.COORDINATOR, Timer.LEADER)
-    st.effects.append(Claim(fence=fence))
+    st.effects.append(Claim(fence=fence, evidence=evidence))
 
 
 def _stand_down(st: _Step, now: float) -> None:
-    st.set(role=Role.FOLLOWER)
+    st.set(role=Role.FOLLOWER, surveying=False)
     st.cancel(Timer.ELECTION)
-    st.timer(Timer.COORDINATOR, now + st.state.config.coordinator_wait)
+    st.backed_off(Timer.COORDINATOR, now, st.state.config.coordinator_wait)
 
 
 def _resign(st: _Step, reason: str, successor: int | None) -> None:
@@ -331,7 +451,7 @@ def _resign(st: _Step, reason: str, successor: int | None) -> None:
     term = st.state.term
     assert term is not None
     st.cancel(Timer.HEARTBEAT)
-    st.effects.append(Deposed(reason))
+    st.effects.append(Deposed(reason, voluntary=True))
     st.effects.append(Release(term))
     st.send(Kind.RESIGN, term=term, successor=successor)
     st.set(term=None, leader=None)
@@ -346,36 +466,19 @@ def _halt(st: _Step, reason: str, *, release: bool, successor: int | None) -> No
             _resign(st, reason, successor)
         else:
             st.cancel(Timer.HEARTBEAT)
-            st.effects.append(Deposed(reason))
+            st.effects.append(Deposed(reason, voluntary=False))
             st.set(term=None, leader=None)
-    st.cancel(Timer.ELECTION, Timer.COORDINATOR, Timer.LEADER)
-    st.watch(False)
-    st.set(role=Role.STOPPED)
+    st.cancel(Timer.ELECTION, Timer.COORDINATOR, Timer.LEADER, Timer.PREEMPT)
+    st.watch(None)
+    st.set(role=Role.STOPPED, surveying=False)
 
 
 def _receive(st: _Step, m: Message, now: float) -> None:
     s = st.state
     if s.role is Role.STOPPED or m.namespace != s.namespace or m.rank.node == s.rank.node:
         return
-    cfg = s.config
     if m.kind is Kind.ELECTION:
-        if s.role is Role.LEADER:
-            if m.rank > s.rank and cfg.preempt:
-                _resign(st, f"preempted by node {m.rank.node}", successor=m.rank.node)
-                _stand_down(st, now)
-            else:
-                assert s.term is not None
-                st.effects.append(Announce(Kind.COORDINATOR, s.term))
-        elif m.rank < s.rank:
-            if (s.role is Role.FOLLOWER and s.leader is not None) or s.abstaining(now):
-                return  # the leader answers newcomers; an abstaining node lets them run
-            if s.alive_sent_at is None or now - s.alive_sent_at >= cfg.election_timeout:
-                st.send(Kind.ALIVE)
-                st.set(alive_sent_at=now)
-            if s.role is Role.FOLLOWER:
-                _elect(st, now)
-        elif s.role is Role.ELECTING:
-            _stand_down(st, now)
+        _election_heard(st, m, now)
     elif m.kind is Kind.ALIVE:
         if m.rank > s.rank and s.role is Role.ELECTING:
             _stand_down(st, now)
@@ -383,6 +486,41 @@ def _receive(st: _Step, m: Message, now: float) -> None:
         _leader_heard(st, m, now)
     elif m.kind is Kind.RESIGN:
         _resigned(st, m, now)
+
+
+def _election_heard(st: _Step, m: Message, now: float) -> None:
+    s = st.state
+    cfg = s.config
+    if s.role is Role.LEADER:
+        if preempts(cfg, m.rank, s.rank):
+            _resign(st, f"preempted by node {m.rank.node}", successor=m.rank.node)
+            _stand_down(st, now)
+        elif s.announced_at is None or now - s.announced_at >= cfg.election_timeout:
+            # Tell the candidates who leads, once per election window however many run.
+            assert s.term is not None
+            st.set(announced_at=now)
+            st.effects.append(Announce(Kind.COORDINATOR, s.term))
+        return
+    if m.rank > s.rank:
+        if s.role is Role.ELECTING:
+            _stand_down(st, now)
+        return
+    # A lower-ranked candidate. Only candidates answer: an electing or claiming node, or
+    # a follower that knows no leader and would itself be preferred (classic Bully: any
+    # higher rank; otherwise only a strictly higher priority).
+    if s.abstaining(now):
+        return
+    if s.role is Role.FOLLOWER:
+        rival = (
+            m.rank < s.rank if cfg.preempt is Preempt.RANK else m.rank.priority < s.rank.priority
+        )
+        if s.leader is not None or not rival:
+            return
+    if s.alive_sent_at is None or now - s.alive_sent_at >= cfg.election_timeout:
+        st.send(Kind.ALIVE)
+        st.set(alive_sent_at=now)
+    if s.role is Role.FOLLOWER:
+        _elect(st, now)
 
 
 def _leader_heard(st: _Step, m: Message, now: float) -> None:
@@ -393,16 +531,27 @@ def _leader_heard(st: _Step, m: Message, now: float) -> None:
     if s.leader_term is not None and m.term < s.leader_term:
         return  # an older leadership
     is_new = (s.leader, s.leader_term) != (m.rank, m.term)
-    st.set(leader=m.rank, leader_term=m.term, fencing=False)
+    st.set(leader=m.rank, leader_term=m.term, fencing=False, misses=0, surveying=False)
     if s.role is Role.ELECTING:
         st.set(role=Role.FOLLOWER)
     st.cancel(Timer.ELECTION, Timer.COORDINATOR)
     if st.state.role is Role.FOLLOWER:
         st.timer(Timer.LEADER, now + s.config.leader_timeout)
-    st.watch(m.standby == s.rank.node)
-    challenge = is_new and s.config.preempt and m.rank < s.rank and not s.abstaining(now)
-    if challenge and st.state.role is Role.FOLLOWER:
-        st.send(Kind.ELECTION)  # we outrank the new leader: it will step down for us
+    st.watch(m.rank.node if m.standby == s.rank.node else None)
+    if is_new and st.state.role is Role.FOLLOWER:
+        _challenge(st, now)
+
+
+def _challenge(st: _Step, now: float) -> None:
+    """Preempt a leader we outrank, once our join hold-off is over."""
+    s = st.state
+    if s.leader is None or s.abstaining(now) or not preempts(s.config, s.rank, s.leader):
+        return
+    ready_at = s.joined_at + s.config.join_holdoff
+    if now >= ready_at:
+        st.send(Kind.ELECTION)  # the leader will step down for us
+    else:
+        st.timer(Timer.PREEMPT, ready_at)
 
 
 def _resigned(st: _Step, m: Message, now: float) -> None:
@@ -413,14 +562,16 @@ def _resigned(st: _Step, m: Message, now: float) -> None:
         st.set(leader=None)
         st.cancel(Timer.LEADER)
     if s.role is Role.CLAIMING:
+        if m.successor == s.rank.node:
+            st.set(successor_named=True)  # if our claim is refused, claim again at once
         return
     if m.successor == s.rank.node and not s.abstaining(now):
         _claim(st, fence=False)
     elif m.successor is None and not s.abstaining(now):
-        _elect(st, now)
+        _search(st, now)
     else:
-        st.set(role=Role.FOLLOWER)
-        st.timer(Timer.COORDINATOR, now + s.config.coordinator_wait)
+        st.set(role=Role.FOLLOWER, surveying=False)
+        st.backed_off(Timer.COORDINATOR, now, s.config.coordinator_wait)
 
 
 def _timer(st: _Step, timer: Timer, now: float) -> None:
@@ -432,14 +583,50 @@ def _timer(st: _Step, timer: Timer, now: float) -> None:
     if timer is Timer.ELECTION and s.role is Role.ELECTING:
         _claim(st, fence=s.fencing)
     elif timer is Timer.COORDINATOR and s.role is Role.FOLLOWER and s.leader is None:
-        _elect(st, now)
+        st.set(misses=s.misses + 1)
+        _search(st, now)
     elif timer is Timer.LEADER and s.role is Role.FOLLOWER:
-        st.set(leader=None)
-        _elect(st, now, fence=True)
+        st.set(leader=None, misses=s.misses + 1)
+        _search(st, now, fence=True)
     elif timer is Timer.HEARTBEAT and s.role is Role.LEADER:
         assert s.term is not None
         st.effects.append(Announce(Kind.HEARTBEAT, s.term))
         st.timer(Timer.HEARTBEAT, now + s.config.heartbeat_interval)
+    elif timer is Timer.PREEMPT and s.role is Role.FOLLOWER:
+        _challenge(st, now)
+
+
+def _refused(st: _Step, now: float) -> None:
+    s = st.state
+    if s.role is not Role.CLAIMING:
+        return
+    if s.successor_named:
+        # The leader that named us released its claim after our attempt began: try again.
+        st.set(successor_named=False)
+        _claim(st, fence=False)
+        return
+    # Someone holds the claim: follow it and wait for its announcement. If none comes,
+    # the next search may fence it (the transport does so only if its lease is stale).
+    st.set(role=Role.FOLLOWER, fencing=s.leader is None)
+    st.backed_off(Timer.LEADER, now, s.config.leader_timeout)
+    if s.leader is not None:
+        _challenge(st, now)
+
+
+def _freed(st: _Step, how: Freed, leader: int, now: float) -> None:
+    s = st.state
+    if s.watching is not None:
+        st.set(watching=None)
+    if s.role not in (Role.FOLLOWER, Role.ELECTING):
+        return
+    if s.abstaining(now):
+        st.timer(Timer.COORDINATOR, s.abstain_until)
+    elif how is Freed.RELEASED:
+        st.backed_off(Timer.COORDINATOR, now, s.config.coordinator_wait)  # the RESIGN follows
+    elif how is Freed.DIED:
+        _claim(st, fence=False, evidence=leader)
+    else:
+        _search(st, now)
 
 
 def _granted(st: _Step, term: int, now: float) -> None:
@@ -447,9 +634,17 @@ def _granted(st: _Step, term: int, now: float) -> None:
     if s.role is not Role.CLAIMING:
         st.effects.append(Release(term))  # stopped while the claim was in flight
         return
-    st.watch(False)
-    st.set(role=Role.LEADER, term=term, leader=s.rank, leader_term=term, fencing=False)
-    st.cancel(Timer.ELECTION, Timer.COORDINATOR, Timer.LEADER)
+    st.watch(None)
+    st.set(
+        role=Role.LEADER,
+        term=term,
+        leader=s.rank,
+        leader_term=term,
+        fencing=False,
+        misses=0,
+        successor_named=False,
+    )
+    st.cancel(Timer.ELECTION, Timer.COORDINATOR, Timer.LEADER, Timer.PREEMPT)
     st.effects.append(Elected(term))
     st.effects.append(Announce(Kind.COORDINATOR, term))
     st.timer(Timer.HEARTBEAT, now + s.config.heartbeat_interval)

@@ -122,6 +122,13 @@ class Names:
         ).digest()
         return int.from_bytes(digest, "big", signed=True)
 
+    def anchor_key(self, node: int) -> int:
+        """The advisory-lock key of a node's anchor (held while its process lives)."""
+        digest = hashlib.blake2b(
+            f"notifelect-anchor\0{self.prefix}\0{node}".encode(), digest_size=8
+        ).digest()
+        return int.from_bytes(digest, "big", signed=True)
+
 
 def install_statements(names: Names) -> list[str]:
     """Idempotent DDL creating (or upgrading in place) every object of the schema.

@@ -44,6 +44,7 @@ def _positive(name: str, value: float) -> None:
 
 
 _MIN_SECRET = 16
+_PREEMPT = ("priority", "rank", "never")
 
 
 def _check_secret(secret: object) -> None:
@@ -77,13 +78,24 @@ class Settings:
     - ``leader_timeout``: how long followers tolerate silence from the leader before they
       check the database and, if its lease is stale, fence it out.
     - ``priority``: higher priority wins before the sequence number is compared.
-    - ``preempt``: a higher-ranked newcomer takes over from a running leader (Bully); set
-      False to keep the incumbent until it leaves.
+    - ``preempt``: who may displace a running leader. ``"priority"`` (default): only a
+      live member of strictly higher ``priority`` (a newcomer's larger sequence number
+      never moves leadership, so deploys do not hand over once per replica).
+      ``"rank"``: classic Bully, any higher (priority, sequence). ``"never"``: the
+      incumbent keeps leading until it leaves. ``True``/``False`` mean ``"rank"``/
+      ``"never"``.
+    - ``join_holdoff``: how long a newcomer must have been a member before it may preempt
+      (default ``leader_timeout``): a crash-looping replica never takes over.
+    - ``finish_timeout``: how long ``leader_only(finish_on_loss=True)`` calls and plain
+      ``def`` calls may keep running during a hand-over (the claim and lease are held
+      and renewed meanwhile); then they are cancelled (async) or abandoned (threads).
+    - ``callback_timeout``: how long cancelled leader work and each ``on_deposed``
+      callback may take before the node stops waiting for them (logged at ERROR).
     - ``fence``: terminate the backend of a leader that is paused or cut off
       (``pg_terminate_backend``); without permission, or when False, the group waits until
       the old leader resumes and notices its expired lease.
-    - ``strict_takeover``: after any unclean loss (also a crash) wait out the old lease
-      before acting, instead of trusting PostgreSQL's release of the claim.
+    - ``strict_takeover``: after any unclean end of a leadership wait out the old lease,
+      even when the standby saw the old leader's process end (the fast crash path).
     - ``prefix``: prefix of every database object name (default ``$NOTIFELECT_PREFIX``).
     - ``retry``: reconnect policy.
     - ``secret``: optional shared secret (at least 16 bytes; str is encoded as UTF-8). When
@@ -101,7 +113,10 @@ class Settings:
     lease: float = 2.0
     leader_timeout: float = 2.0
     priority: int = 0
-    preempt: bool = True
+    preempt: str | bool = "priority"
+    join_holdoff: float | None = None
+    finish_timeout: float = 30.0
+    callback_timeout: float = 10.0
     fence: bool = True
     strict_takeover: bool = False
     prefix: str | None = None
@@ -118,7 +133,17 @@ class Settings:
             raise ConfigurationError(f"priority must be an int, got {self.priority!r}")
         if not -(2**31) <= self.priority < 2**31:
             raise ConfigurationError(f"priority must fit in 32 bits, got {self.priority}")
-        for name in ("preempt", "fence", "strict_takeover"):
+        if isinstance(self.preempt, bool):
+            object.__setattr__(self, "preempt", "rank" if self.preempt else "never")
+        if self.preempt not in _PREEMPT:
+            raise ConfigurationError(
+                f"preempt must be one of {', '.join(map(repr, _PREEMPT))}, got {self.preempt!r}"
+            )
+        for name in ("finish_timeout", "callback_timeout"):
+            _positive(name, getattr(self, name))
+        if self.join_holdoff is not None:
+            _positive("join_holdoff", self.join_holdoff)
+        for name in ("fence", "strict_takeover"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigurationError(
                     f"{name} must be True or False, got {getattr(self, name)!r}"
@@ -158,6 +183,17 @@ class Settings:
     def names(self) -> Names:
         """Database object names for this group's prefix."""
         return Names.from_env(self.prefix)
+
+    @property
+    def holdoff(self) -> float:
+        """The join hold-off in force (``join_holdoff``, or ``leader_timeout``)."""
+        return self.leader_timeout if self.join_holdoff is None else self.join_holdoff
+
+    @property
+    def io_timeout(self) -> float:
+        """The bound of every database call of the election (the longer of lease and
+        leader_timeout): a call that takes longer counts as a lost connection."""
+        return max(self.lease, self.leader_timeout)
 
     @property
     def coordinator_wait(self) -> float:

@@ -17,7 +17,8 @@ import sys
 import time
 from typing import Any
 
-from ..group import ElectionGroup, Leadership
+from ..group import ElectionGroup
+from ..leadership import Leadership
 from ..settings import Settings
 
 WORK_EVERY = 0.05

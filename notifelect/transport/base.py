@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import enum
 import os
 import socket
 from collections.abc import Callable
@@ -51,6 +52,28 @@ class LeaseLostError(Exception):
     """The database no longer lists this node's term as current."""
 
 
+class TransportError(ConnectionError):
+    """The transport lost its connection, or a call on it did not finish in time.
+
+    The election treats it as a lost connection: leader-only work stops at once and the
+    node reconnects. Transports raise it (or a subclass) instead of their driver's errors,
+    so the election never needs to know which driver is underneath.
+    """
+
+
+class Freed(enum.Enum):
+    """How the standby saw a leader's claim end (the result of :meth:`Transport.watch`)."""
+
+    #: The leader marked its term released before letting go: a clean hand-over.
+    RELEASED = "released"
+    #: The leader's process was seen alive (its anchor held) and then gone, on a session
+    #: that stayed connected throughout: positive evidence that it can no longer act.
+    DIED = "died"
+    #: Nothing was observed: the anchor was already free (or the watch was re-established
+    #: after a disconnect). Not evidence of anything; a successor waits out the lease.
+    UNOBSERVED = "unobserved"
+
+
 class Transport(abc.ABC):
     """Moves election traffic and decides claims for one node of one group.
 
@@ -71,11 +94,14 @@ class Transport(abc.ABC):
         """Broadcast ``payload`` to every node of every group on the channel."""
 
     @abc.abstractmethod
-    async def claim(self, *, fence: bool) -> Granted | None:
+    async def claim(self, *, fence: bool, evidence: int | None = None) -> Granted | None:
         """Try to take the group's claim and a new term; None if another node holds it.
 
-        With ``fence``, a holder whose lease renewals have stopped is terminated first,
-        and the old lease is waited out before the claim is granted.
+        With ``fence``, a holder whose lease renewals have stopped is terminated first.
+        Whenever the previous term was not released cleanly, the claim is granted only
+        after a whole lease has passed on this node's clock since the claim was taken,
+        unless the previous leader was node ``evidence``, whose process the standby saw
+        end (:attr:`Freed.DIED`).
         """
 
     @abc.abstractmethod
@@ -94,6 +120,14 @@ class Transport(abc.ABC):
         """The highest-ranked other live member, if any."""
 
     @abc.abstractmethod
+    async def survey(self) -> tuple[bool, tuple[int, int] | None]:
+        """Whether the claim is held, and the best candidate as (priority, node).
+
+        The best candidate is the highest-ranked live member, not counting the recorded
+        leader while the claim is held: the node that should take over from it.
+        """
+
+    @abc.abstractmethod
     async def is_member(self, node: int, priority: int) -> bool:
         """Whether ``node`` is a live member of the group with ``priority``.
 
@@ -106,9 +140,12 @@ class Transport(abc.ABC):
         """The group's current leadership as the database records it."""
 
     @abc.abstractmethod
-    async def watch(self) -> bool:
-        """Return once the claim is free: True if the holder released it, False if its
-        session ended."""
+    async def watch(self, leader: int) -> Freed:
+        """Block while node ``leader``'s process is alive and leads; say how it ended.
+
+        The standby calls it. Its answer is :attr:`Freed.DIED` only if this call itself
+        saw the leader's anchor held and then freed, on one unbroken connection.
+        """
 
     @abc.abstractmethod
     async def close(self) -> None:
@@ -116,4 +153,4 @@ class Transport(abc.ABC):
 
     @abc.abstractmethod
     def abort(self) -> None:
-        """Drop the connection at once without talking to the database."""
+        """Drop the connection at once without talking to the database; never raises."""

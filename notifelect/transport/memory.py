@@ -1,25 +1,30 @@
 """An in-process transport: a message bus and claim table shared by nodes in one event loop.
 
 It keeps the guarantees the PostgreSQL transport gives (one claim holder per group, terms
-that only grow, a dead session's claim is freed) so that the election, and users' own
-leader-only code, can be tested without a database::
+that only grow, a dead process's claim is freed, a successor waits out the lease unless
+it saw the old leader's process end) so that the election, and users' own leader-only
+code, can be tested without a database::
 
     bus = MemoryBus()
     group = ElectionGroup.in_memory(bus, "reports")
 
-``bus.disconnect(node)`` simulates a lost connection (the claim is freed at once, like a
-terminated backend); ``bus.pause(node)`` makes a node's session silent while it keeps the
-claim, like a stopped process.
+``bus.disconnect(node)`` ends a node's session as the server would (a terminated backend:
+the process lives on); ``bus.kill(node)`` ends the node's process (its anchor too, so the
+standby may take over at once); ``bus.pause(node)`` makes a node's session silent while
+it keeps the claim, like a stopped process.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
+import collections
+import contextlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from .._clock import now
 from .base import (
+    Freed,
     Granted,
     LeaderRecord,
     LeaseLostError,
@@ -27,6 +32,7 @@ from .base import (
     Member,
     PayloadHandler,
     Transport,
+    TransportError,
 )
 
 
@@ -42,12 +48,19 @@ class _Group:
 class MemoryBus:
     """Shared state of all memory transports that talk to each other."""
 
-    def __init__(self, *, lease: float = 2.0, leader_timeout: float = 2.0) -> None:
+    def __init__(
+        self, *, lease: float = 2.0, leader_timeout: float = 2.0, strict_takeover: bool = False
+    ) -> None:
         self._next_node = 0
         self._groups: dict[str, _Group] = {}
         self._open: dict[int, MemoryTransport] = {}
+        #: Anchors of living processes: the event is set when the process ends.
+        self._anchors: dict[int, asyncio.Event] = {}
+        #: How many standbys watch each node's process right now.
+        self.watchers: collections.Counter[int] = collections.Counter()
         self.lease = lease
         self.leader_timeout = leader_timeout
+        self.strict_takeover = strict_takeover
         self.delivered = 0
         #: Every leadership granted, in order, per namespace: (node, term).
         self.terms: dict[str, list[tuple[int, int]]] = {}
@@ -75,14 +88,30 @@ class MemoryBus:
         return None if holder is None else holder.node
 
     def disconnect(self, node: int) -> None:
-        """Drop ``node``'s session as a terminated backend would."""
+        """End ``node``'s session as the server would: the process (and its anchor) lives."""
         transport = self._open.get(node)
         if transport is not None:
             transport.drop(notify=True)
 
+    def kill(self, node: int) -> None:
+        """End ``node``'s process: its session and its anchor end at once, unnoticed by it."""
+        transport = self._open.get(node)
+        if transport is not None:
+            transport.drop(notify=False)
+            transport.dead = True
+        self.unanchor(node)
+
     def pause(self, node: int, paused: bool = True) -> None:
         """Silence (or resume) ``node``: it neither sends nor receives, but keeps its claim."""
         self._open[node].set_paused(paused)
+
+    def anchor(self, node: int) -> None:
+        self._anchors.setdefault(node, asyncio.Event())
+
+    def unanchor(self, node: int) -> None:
+        ended = self._anchors.pop(node, None)
+        if ended is not None:
+            ended.set()
 
     def register(self, transport: MemoryTransport) -> None:
         assert transport.node is not None
@@ -107,17 +136,21 @@ class MemoryTransport(Transport):
         self.member = member
         self.node: int | None = None
         self.paused = False
+        self.dead = False
         self._wake = asyncio.Event()
         self._open = False
         self._on_payload: PayloadHandler | None = None
         self._on_lost: LostHandler | None = None
 
     async def open(self, on_payload: PayloadHandler, on_lost: LostHandler) -> int:
+        if self.dead:
+            raise TransportError("the process of this node was killed")
         if self.node is None:
             self.node = self.bus.next_node()
         self._on_payload, self._on_lost = on_payload, on_lost
         self._open = True
         self.bus.register(self)
+        self.bus.anchor(self.node)
         return self.node
 
     def deliver(self, payload: str) -> None:
@@ -134,13 +167,13 @@ class MemoryTransport(Transport):
             return
         self._open = False
         self._wake.set()
-        self.bus.unregister(self)
         if notify and self._on_lost is not None:
-            self._on_lost(None)
+            self._on_lost(None)  # the node closes its gates before its claim is freed
+        self.bus.unregister(self)
 
     def _require(self) -> _Group:
         if not self._open:
-            raise ConnectionError("the memory transport is closed")
+            raise TransportError("the memory transport is closed")
         return self.bus.group(self.namespace)
 
     async def publish(self, payload: str) -> None:
@@ -148,27 +181,35 @@ class MemoryTransport(Transport):
         if not self.paused:
             self.bus.broadcast(payload)
 
-    async def claim(self, *, fence: bool) -> Granted | None:
+    async def claim(self, *, fence: bool, evidence: int | None = None) -> Granted | None:
         group = self._require()
         fenced = False
+        if evidence is not None and group.holder is not None and group.holder is not self:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.bus.leader_timeout):
+                    while group.holder is not None:
+                        await group.freed.wait()
+            group = self._require()
         if group.holder is not None and group.holder is not self:
-            stale = time.monotonic() - group.renewed_at >= self.bus.leader_timeout
+            stale = now() - group.renewed_at >= self.bus.leader_timeout
             # Only the recorded leader can be fenced: a holder that is still taking over
             # (waiting out the old lease) has not renewed anything yet.
             recorded = group.record is not None and group.record.node == group.holder.node
-            if not (fence and stale and recorded):
+            if evidence is not None or not (fence and stale and recorded):
                 return None
             group.holder.drop(notify=True)
             fenced = True
         group.holder = self
         group.freed.clear()
-        if fenced and group.record is not None and not group.record.released:
-            remaining = group.renewed_at + self.bus.lease - time.monotonic()
-            if remaining > 0:
-                await asyncio.sleep(remaining)
+        taken_at = now()
+        record = group.record
+        unclean = record is not None and not record.released and record.node != self.node
+        proven = evidence is not None and record is not None and record.node == evidence
+        if unclean and (fenced or self.bus.strict_takeover or not proven):
+            await asyncio.sleep(max(0.0, taken_at + self.bus.lease - now()))
             if group.holder is not self:  # dropped while waiting
-                raise ConnectionError("the memory transport is closed")
-        confirmed_at = time.monotonic()
+                raise TransportError("the memory transport is closed")
+        confirmed_at = now()
         group.term += 1
         assert self.node is not None
         group.record = LeaderRecord(
@@ -191,7 +232,7 @@ class MemoryTransport(Transport):
         group = self._require()
         if group.holder is not self or group.term != term:
             raise LeaseLostError(f"term {term} is no longer current")
-        group.renewed_at = time.monotonic()
+        group.renewed_at = now()
         return await self.successor()
 
     async def release(self, term: int, reason: str) -> None:
@@ -209,6 +250,17 @@ class MemoryTransport(Transport):
         best = max(others, key=lambda t: (t.member.priority, t.node or 0))
         return best.node
 
+    async def survey(self) -> tuple[bool, tuple[int, int] | None]:
+        group = self._require()
+        held = group.holder is not None
+        leader = group.record.node if held and group.record is not None else None
+        ranks = [
+            (t.member.priority, t.node)
+            for t in self.bus.members(self.namespace)
+            if t.node is not None and t.node != leader
+        ]
+        return held, max(ranks) if ranks else None
+
     async def is_member(self, node: int, priority: int) -> bool:
         self._require()
         return any(
@@ -219,14 +271,31 @@ class MemoryTransport(Transport):
     async def leader(self) -> LeaderRecord | None:
         return self._require().record
 
-    async def watch(self) -> bool:
-        group = self._require()
-        while group.holder is not None:
-            await group.freed.wait()
-        return group.record is not None and group.record.released
+    async def watch(self, leader: int) -> Freed:
+        self._require()
+        ended = self.bus._anchors.get(leader)
+        observed = ended is not None
+        if ended is not None:
+            self.bus.watchers[leader] += 1
+            try:
+                await ended.wait()
+            finally:
+                self.bus.watchers[leader] -= 1
+        if not self._open:
+            raise TransportError("the memory transport is closed")
+        record = self.bus.group(self.namespace).record
+        if record is None or record.node != leader:
+            return Freed.UNOBSERVED
+        if record.released:
+            return Freed.RELEASED
+        return Freed.DIED if observed else Freed.UNOBSERVED
 
     async def close(self) -> None:
         self.drop(notify=False)
+        if self.node is not None:
+            self.bus.unanchor(self.node)
 
     def abort(self) -> None:
         self.drop(notify=True)
+        if self.node is not None:
+            self.bus.unanchor(self.node)

@@ -11,16 +11,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import secrets
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import asyncpg
 
+from .._clock import now
 from ..errors import ConfigurationError, SchemaError
 from ..schema import SCHEMA_VERSION, Names, missing_schema_message, quote_ident, required_relations
+from ..sql import LIVE_MEMBER
 from .base import (
+    Freed,
     Granted,
     LeaderRecord,
     LeaseLostError,
@@ -28,9 +31,10 @@ from .base import (
     Member,
     PayloadHandler,
     Transport,
+    TransportError,
 )
 
-log = logging.getLogger("notifelect")
+log = logging.getLogger(__name__)
 
 Connect = Callable[[], Awaitable["asyncpg.Connection[Any]"]]
 #: How long the first open waits for a notification sent by a second session to itself.
@@ -42,51 +46,79 @@ _POOLER_FIX = (
     "own DSN or engine that bypasses the pooler) or use a pool in session mode "
     "(PgBouncer: pool_mode = session)"
 )
-_LIVE = (
-    "EXISTS (SELECT FROM pg_stat_activity a"
-    " WHERE a.pid = m.backend_pid"
-    " AND (a.backend_start = m.backend_start OR a.backend_start IS NULL))"
-)
+#: The wall-clock time in milliseconds: the floor of every new term (see _take_term).
+_TERM_FLOOR = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
+_LIVE = LIVE_MEMBER
 
 
 class _Serial:
     """The election connection, used by the election driver and a claim task at once.
 
     asyncpg runs one operation per connection at a time; this runs them one after another
-    instead of failing with "another operation is in progress".
+    instead of failing with "another operation is in progress". Every call is bounded by
+    ``timeout`` (waiting for the connection included) and every failure of the driver
+    comes out as a :class:`TransportError`, so a black-holed path never hangs the election.
     """
 
-    def __init__(self, conn: asyncpg.Connection[Any]) -> None:
+    def __init__(self, conn: asyncpg.Connection[Any], timeout: float) -> None:
         self.raw = conn
+        self.timeout = timeout
         self._lock = asyncio.Lock()
 
     def is_closed(self) -> bool:
         return self.raw.is_closed()
 
-    async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:
-        async with self._lock:
-            return await self.raw.execute(query, *args, timeout=timeout)
+    @contextlib.asynccontextmanager
+    async def _bounded(self, what: str, timeout: float | None) -> AsyncIterator[None]:
+        limit = self.timeout if timeout is None else timeout
+        try:
+            async with asyncio.timeout(limit), self._lock:
+                yield
+        except TimeoutError as exc:
+            raise TransportError(f"{what} on the election connection took over {limit:g}s") from exc
+        except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError) as exc:
+            raise TransportError(f"{what} failed: {exc!r}") from exc
+        except asyncpg.AdminShutdownError as exc:
+            raise TransportError(f"{what} failed: the server ended the session") from exc
 
-    async def fetchval(self, query: str, *args: Any) -> Any:
-        async with self._lock:
+    async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:
+        async with self._bounded("a statement", timeout):
+            return await self.raw.execute(query, *args)
+
+    async def fetchval(self, query: str, *args: Any, timeout: float | None = None) -> Any:
+        async with self._bounded("a query", timeout):
             return await self.raw.fetchval(query, *args)
 
-    async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
-        async with self._lock:
+    async def fetchrow(
+        self, query: str, *args: Any, timeout: float | None = None
+    ) -> asyncpg.Record | None:
+        async with self._bounded("a query", timeout):
             return await self.raw.fetchrow(query, *args)
 
     @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[asyncpg.Connection[Any]]:
-        async with self._lock, self.raw.transaction():
+    async def transaction(
+        self, timeout: float | None = None
+    ) -> AsyncIterator[asyncpg.Connection[Any]]:
+        async with self._bounded("a transaction", timeout), self.raw.transaction():
             yield self.raw
 
 
 class PostgresTransport(Transport):
     """Transport over asyncpg.
 
-    ``connect`` opens a new dedicated connection (the election connection, and the standby's
-    watcher). With ``connection`` an existing connection is used instead and never closed;
-    a node on a borrowed connection cannot reconnect and has no standby watcher.
+    ``connect`` opens a new dedicated connection (the election connection, the anchor,
+    and the standby's watcher). With ``connection`` an existing connection is used instead
+    and never closed; a node on a borrowed connection cannot reconnect, has no anchor and
+    no standby watcher, so a successor always waits out its lease.
+
+    Besides the election connection every node holds an *anchor*: an idle session that
+    holds a lock named after the node and carries no traffic. It is set up so that the
+    server does not end it before the node's lease has run out (no ``tcp_user_timeout``,
+    keep-alive probes spread over more than a lease, no idle timeout), and notifelect
+    never terminates it. The anchor ending is therefore evidence that the node's process
+    is gone (or that the node closed it itself after closing its gates); the standby
+    watches it to take over from a crashed leader at once. Every other unclean end of a
+    leadership makes the successor wait a whole lease on its own clock.
     """
 
     def __init__(
@@ -97,6 +129,7 @@ class PostgresTransport(Transport):
         member: Member,
         lease: float,
         leader_timeout: float,
+        io_timeout: float | None = None,
         fence: bool = True,
         strict_takeover: bool = False,
         connect: Connect | None = None,
@@ -111,10 +144,13 @@ class PostgresTransport(Transport):
         self._member = member
         self._lease = lease
         self._leader_timeout = leader_timeout
+        self._io_timeout = io_timeout if io_timeout is not None else max(lease, leader_timeout)
         self._fence_enabled = fence
         self._strict = strict_takeover
         self._key = names.claim_key(namespace)
         self._conn: asyncpg.Connection[Any] | None = None
+        self._serial: _Serial | None = None
+        self._anchor: asyncpg.Connection[Any] | None = None
         self._node: int | None = None
         self._on_payload: PayloadHandler | None = None
         self._on_lost: LostHandler | None = None
@@ -141,8 +177,23 @@ class PostgresTransport(Transport):
         """The election connection while open (for diagnostics and tests)."""
         return self._conn
 
+    @property
+    def anchor(self) -> asyncpg.Connection[Any] | None:
+        """The anchor connection while open (for diagnostics and tests)."""
+        return self._anchor
+
     async def open(self, on_payload: PayloadHandler, on_lost: LostHandler) -> int:
+        try:
+            async with asyncio.timeout(self._io_timeout + PROBE_TIMEOUT):
+                return await self._open(on_payload, on_lost)
+        except TimeoutError as exc:
+            raise TransportError(
+                f"connecting the election session took over {self._io_timeout + PROBE_TIMEOUT:g}s"
+            ) from exc
+
+    async def _open(self, on_payload: PayloadHandler, on_lost: LostHandler) -> int:
         conn = self._borrowed if self._borrowed is not None else await self._new_connection()
+        anchor: asyncpg.Connection[Any] | None = None
         try:
             await self._check_environment(conn)
             await self._check_schema(conn)
@@ -152,6 +203,8 @@ class PostgresTransport(Transport):
                         "SELECT nextval($1::regclass)", quote_ident(self._names.sequence)
                     )
                 )
+            if self._connect is not None:
+                anchor = await self._open_anchor(self._node)
             self._on_payload = on_payload
             self._on_lost = on_lost
             await conn.add_listener(self._names.channel, self._notified)
@@ -174,10 +227,45 @@ class PostgresTransport(Transport):
             )
         except BaseException:
             await self._discard(conn)
+            if anchor is not None:
+                anchor.remove_termination_listener(self._anchor_terminated)
+                anchor.terminate()
             raise
         self._conn = conn
-        self._serial = _Serial(conn)
+        self._anchor = anchor
+        self._serial = _Serial(conn, self._io_timeout)
         return self._node
+
+    async def _open_anchor(self, node: int) -> asyncpg.Connection[Any]:
+        """Open the node's anchor and take its lock (see the class docstring)."""
+        anchor = await self._new_connection()
+        try:
+            # Keep-alive probes: the server may end a silent anchor only after more than a
+            # lease, when the node has stopped acting on its own. Unix sockets ignore these.
+            probe = max(1, math.ceil(self._lease))
+            await anchor.execute(
+                "SELECT set_config('tcp_user_timeout', '0', false),"
+                " set_config('tcp_keepalives_idle', $1, false),"
+                " set_config('tcp_keepalives_interval', $1, false),"
+                " set_config('tcp_keepalives_count', '3', false),"
+                " set_config('statement_timeout', '0', false),"
+                " set_config('idle_in_transaction_session_timeout', '0', false)",
+                str(probe),
+            )
+            with contextlib.suppress(asyncpg.UndefinedObjectError):  # PostgreSQL < 14
+                await anchor.execute("SET idle_session_timeout = 0")
+            if not await anchor.fetchval(
+                "SELECT pg_try_advisory_lock($1)", self._names.anchor_key(node)
+            ):
+                raise ConfigurationError(
+                    f"node id {node} is already anchored by another session: two processes "
+                    "share one node id"
+                )
+            anchor.add_termination_listener(self._anchor_terminated)
+        except BaseException:
+            anchor.terminate()
+            raise
+        return anchor
 
     async def _new_connection(self) -> asyncpg.Connection[Any]:
         assert self._connect is not None
@@ -268,53 +356,86 @@ class PostgresTransport(Transport):
 
     def _terminated(self, conn: object) -> None:
         if conn is self._conn:
-            self._conn = None
-            if self._on_lost is not None:
-                self._on_lost(None)
+            self._lost()
 
-    async def _discard(self, conn: asyncpg.Connection[Any]) -> None:
-        """Detach our callbacks from ``conn`` and close it if it is ours."""
-        conn.remove_termination_listener(self._terminated)
-        if self._borrowed is conn:
-            if not conn.is_closed():
-                with contextlib.suppress(Exception):
-                    await conn.remove_listener(self._names.channel, self._notified)
-            return
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(conn.close(), timeout=2)
-        if not conn.is_closed():
-            conn.terminate()
+    def _anchor_terminated(self, conn: object) -> None:
+        if conn is self._anchor:
+            log.warning(
+                "the anchor session of node %s ended; dropping the election connection",
+                self._node,
+                extra={"notifelect_namespace": self._namespace, "notifelect_node": self._node},
+            )
+            self._anchor = None
+            self.abort()
 
-    async def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is None:
-            return
-        if not conn.is_closed():
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(
-                    conn.execute(
-                        f"DELETE FROM {self._t_member} WHERE namespace = $1 AND node = $2",
-                        self._namespace,
-                        self._node,
-                    ),
-                    timeout=2,
-                )
-        await self._discard(conn)
-
-    def abort(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is None:
-            return
-        conn.remove_termination_listener(self._terminated)
-        if conn is not self._borrowed:
-            conn.terminate()
+    def _lost(self) -> None:
+        """The election session is gone. The anchor stays until the group has stopped its
+        leader work and calls :meth:`abort` or :meth:`close`."""
+        self._conn = None
         if self._on_lost is not None:
             self._on_lost(None)
 
+    def _drop_anchor(self) -> None:
+        anchor, self._anchor = self._anchor, None
+        if anchor is not None:
+            anchor.remove_termination_listener(self._anchor_terminated)
+            anchor.terminate()
+
+    async def _discard(self, conn: asyncpg.Connection[Any]) -> None:
+        """Detach our callbacks from ``conn`` and close it if it is ours (bounded)."""
+        conn.remove_termination_listener(self._terminated)
+        if self._borrowed is conn:
+            if not conn.is_closed():
+                with contextlib.suppress(Exception, TimeoutError):
+                    async with asyncio.timeout(self._io_timeout):
+                        await conn.remove_listener(self._names.channel, self._notified)
+            return
+        try:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.close(), timeout=self._io_timeout)
+        finally:
+            if not conn.is_closed():
+                conn.terminate()
+
+    async def close(self) -> None:
+        """Unregister and disconnect within about two ``io_timeout``; never raises.
+
+        If the caller is cancelled, the connections are terminated before the
+        cancellation propagates: nothing is left holding a lock.
+        """
+        conn, self._conn = self._conn, None
+        try:
+            if conn is not None and not conn.is_closed():
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(
+                        conn.execute(
+                            f"DELETE FROM {self._t_member} WHERE namespace = $1 AND node = $2",
+                            self._namespace,
+                            self._node,
+                        ),
+                        timeout=self._io_timeout,
+                    )
+            if conn is not None:
+                await self._discard(conn)
+        finally:
+            if conn is not None and conn is not self._borrowed and not conn.is_closed():
+                conn.terminate()
+            self._drop_anchor()
+
+    def abort(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.remove_termination_listener(self._terminated)
+            if self._on_lost is not None:
+                self._on_lost(None)  # the group closes its gates before the claim is freed
+            if conn is not self._borrowed:
+                conn.terminate()
+        self._drop_anchor()
+
     def _require(self) -> _Serial:
         conn = self._conn
-        if conn is None or conn.is_closed():
-            raise ConnectionError("the election connection is closed")
+        if conn is None or conn.is_closed() or self._serial is None:
+            raise TransportError("the election connection is closed")
         return self._serial
 
     # ------------------------------------------------------------ traffic
@@ -322,36 +443,43 @@ class PostgresTransport(Transport):
     async def publish(self, payload: str) -> None:
         await self._require().execute("SELECT pg_notify($1, $2)", self._names.channel, payload)
 
-    async def claim(self, *, fence: bool) -> Granted | None:
+    async def claim(self, *, fence: bool, evidence: int | None = None) -> Granted | None:
         conn = self._require()
         fenced = False
-        if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", self._key):
+        if evidence is not None:
+            # The standby saw the leader's process end; its election session is ending
+            # too (PostgreSQL frees the lock within milliseconds of the process's death).
+            got = await self._lock_within(conn, self._leader_timeout)
+        else:
+            got = bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", self._key))
+        if not got:
             if not (fence and self._fence_enabled) or not await self._fence(conn):
                 return None
             fenced = True
+        taken_at = now()
         try:
             row = await conn.fetchrow(
-                f"SELECT CASE WHEN released THEN 0 ELSE"
-                f" extract(epoch FROM renewed_at - clock_timestamp())::float8 + $2 END"
-                f" AS remaining,"
-                f" extract(epoch FROM clock_timestamp() - renewed_at)::float8 AS age"
-                f" FROM {self._t_leader} WHERE namespace = $1",
+                f"SELECT node, released FROM {self._t_leader} WHERE namespace = $1",
                 self._namespace,
-                self._lease,
             )
-            remaining = None if row is None else row["remaining"]
-            # A leader that had stopped renewing before it lost the claim was paused or cut
-            # off, perhaps fenced by another node: it may still trust its lease, so wait it
-            # out. One that was renewing until it vanished crashed: take over at once.
-            silent = row is not None and row["age"] >= self._leader_timeout
-            if remaining is not None and remaining > 0 and (fenced or silent or self._strict):
+            # Act at once only after a clean release, on positive evidence that the old
+            # leader's process is gone, or when the old leader was this very node (whose
+            # gates closed when it lost the claim). Otherwise the old leader may still
+            # trust its lease: its session may have been ended by the server while the
+            # process lives on (a half-open path, a restart, our own fencing). Wait the
+            # whole lease out on this node's clock: the old leader's lease was last
+            # renewed before we got the claim, so it has surely run out by then.
+            unclean = row is not None and not row["released"] and row["node"] != self._node
+            proven = evidence is not None and row is not None and row["node"] == evidence
+            if unclean and (fenced or self._strict or not proven):
                 log.info(
-                    "notifelect: waiting %.3fs for the previous leader's lease to run out",
-                    remaining,
-                    extra={"namespace": self._namespace, "node": self._node},
+                    "waiting %.3fs for the previous leader's lease to run out (%s)",
+                    self._lease,
+                    "fenced" if fenced else "no evidence that its process is gone",
+                    extra={"notifelect_namespace": self._namespace, "notifelect_node": self._node},
                 )
-                await asyncio.sleep(remaining)
-            confirmed_at = time.monotonic()
+                await asyncio.sleep(max(0.0, taken_at + self._lease - now()))
+            confirmed_at = now()
             term = await self._take_term(conn)
         except BaseException:
             with contextlib.suppress(Exception):
@@ -360,16 +488,31 @@ class PostgresTransport(Transport):
             raise
         return Granted(term, confirmed_at)
 
+    async def _lock_within(self, conn: _Serial, seconds: float) -> bool:
+        """Wait up to ``seconds`` for the claim lock, bounded on the server side."""
+        try:
+            async with conn.transaction(timeout=seconds + self._io_timeout) as raw:
+                await raw.execute(f"SET LOCAL lock_timeout = {max(1, int(seconds * 1000))}")
+                await raw.execute("SELECT pg_advisory_lock($1)", self._key)
+        except asyncpg.LockNotAvailableError:
+            return False
+        return True  # a session lock outlives the transaction that took it
+
     async def _take_term(self, serial: _Serial) -> int:
         m = self._member
         async with serial.transaction() as conn:
             # A term must never be handed out twice, even if the server runs with
             # asynchronous commit and crashes right after: make this commit durable.
             await conn.execute("SET LOCAL synchronous_commit = on")
+            # Terms never fall below the grant's wall-clock time in milliseconds: if a
+            # database failover loses the last bump (asynchronous replication), the next
+            # term still exceeds every term handed out before, as long as the new
+            # primary's clock is not behind the old one by more than the failover took.
             term = int(
                 await conn.fetchval(
-                    f"INSERT INTO {self._t_term} AS t (namespace, term) VALUES ($1, 1)"
-                    " ON CONFLICT (namespace) DO UPDATE SET term = t.term + 1 RETURNING term",
+                    f"INSERT INTO {self._t_term} AS t (namespace, term) VALUES ($1, {_TERM_FLOOR})"
+                    " ON CONFLICT (namespace) DO UPDATE"
+                    " SET term = greatest(t.term + 1, EXCLUDED.term) RETURNING term",
                     self._namespace,
                 )
             )
@@ -434,29 +577,23 @@ class PostgresTransport(Transport):
             if not self._fence_denied_logged:
                 self._fence_denied_logged = True
                 log.warning(
-                    "notifelect: no permission to terminate the silent leader's backend (pid %s);"
+                    "no permission to terminate the silent leader's backend (pid %s);"
                     " falling back to lease-based fencing: the group waits until that leader"
                     " resumes and gives up its expired lease. Grant pg_signal_backend to the"
                     " election role for fast fencing.",
                     holder,
-                    extra={"namespace": self._namespace, "node": self._node},
+                    extra={"notifelect_namespace": self._namespace, "notifelect_node": self._node},
                 )
             return False
         log.warning(
-            "notifelect: fenced out silent leader backend pid %s (lease last renewed %.3fs ago)",
+            "fenced out silent leader backend pid %s (lease last renewed %.3fs ago)",
             holder,
             age if age is not None else float("nan"),
-            extra={"namespace": self._namespace, "node": self._node},
+            extra={"notifelect_namespace": self._namespace, "notifelect_node": self._node},
         )
         # Wait for the terminated backend to let go, bounded on the server side: a client-side
         # timeout would leave the connection busy cancelling the statement.
-        try:
-            async with conn.transaction() as raw:
-                await raw.execute(f"SET LOCAL lock_timeout = {int(self._lease * 1000)}")
-                await raw.execute("SELECT pg_advisory_lock($1)", self._key)
-        except asyncpg.LockNotAvailableError:
-            return False
-        return True  # a session lock outlives the transaction that took it
+        return await self._lock_within(conn, self._lease)
 
     async def renew(self, term: int) -> int | None:
         row = await self._require().fetchrow(
@@ -492,6 +629,26 @@ class PostgresTransport(Transport):
         )
         return node
 
+    async def survey(self) -> tuple[bool, tuple[int, int] | None]:
+        row = await self._require().fetchrow(
+            f"WITH h AS (SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory'"
+            "            AND granted AND mode = 'ExclusiveLock' AND classid = $2 AND objid = $3"
+            "            AND objsubid = 1 AND database = (SELECT oid FROM pg_database"
+            "                                             WHERE datname = current_database()))"
+            "            AS held),"
+            f"     l AS (SELECT node FROM {self._t_leader} WHERE namespace = $1 AND NOT released)"
+            " SELECT h.held, b.priority, b.node FROM h LEFT JOIN LATERAL"
+            f" (SELECT m.priority, m.node FROM {self._t_member} m WHERE m.namespace = $1"
+            f"  AND {_LIVE} AND NOT (h.held AND m.node IS NOT DISTINCT FROM (SELECT node FROM l))"
+            "  ORDER BY m.priority DESC, m.node DESC LIMIT 1) b ON true",
+            self._namespace,
+            (self._key >> 32) & 0xFFFFFFFF,
+            self._key & 0xFFFFFFFF,
+        )
+        assert row is not None
+        best = None if row["node"] is None else (int(row["priority"]), int(row["node"]))
+        return bool(row["held"]), best
+
     async def is_member(self, node: int, priority: int) -> bool:
         found = await self._require().fetchval(
             f"SELECT EXISTS (SELECT FROM {self._t_member} m WHERE m.namespace = $1"
@@ -510,27 +667,40 @@ class PostgresTransport(Transport):
         )
         return None if row is None else LeaderRecord(**dict(row))
 
-    async def watch(self) -> bool:
+    async def watch(self, leader: int) -> Freed:
         if self._connect is None:
             await asyncio.Future()  # a borrowed connection has no standby watcher
+        key = self._names.anchor_key(leader)
         conn = await self._new_connection()
         try:
             # The wait is meant to last: no server-side timeout of the user's settings may
-            # end it, and a client-side command_timeout only makes us ask again.
+            # end it, and a client-side command_timeout only makes us ask again (on the
+            # same connection, so what it observed still holds).
             await conn.execute("SET statement_timeout = 0; SET lock_timeout = 0")
+            if await conn.fetchval("SELECT pg_try_advisory_lock_shared($1)", key):
+                await conn.execute("SELECT pg_advisory_unlock_shared($1)", key)
+                return await self._how_ended(conn, leader, observed=False)
             while True:
                 try:
                     await conn.execute(
-                        "SELECT pg_advisory_lock_shared($1), pg_advisory_unlock_shared($1)",
-                        self._key,
+                        "SELECT pg_advisory_lock_shared($1), pg_advisory_unlock_shared($1)", key
                     )
                     break
                 except TimeoutError:
                     continue
-            # A leader that resigns marks its term released before it unlocks.
-            released = await conn.fetchval(
-                f"SELECT released FROM {self._t_leader} WHERE namespace = $1", self._namespace
-            )
-            return bool(released)
+            return await self._how_ended(conn, leader, observed=True)
         finally:
             conn.terminate()
+
+    async def _how_ended(
+        self, conn: asyncpg.Connection[Any], leader: int, *, observed: bool
+    ) -> Freed:
+        # A leader that resigns marks its term released before it lets go of anything.
+        row = await conn.fetchrow(
+            f"SELECT node, released FROM {self._t_leader} WHERE namespace = $1", self._namespace
+        )
+        if row is None or row["node"] != leader:
+            return Freed.UNOBSERVED  # the leadership had moved on already
+        if row["released"]:
+            return Freed.RELEASED
+        return Freed.DIED if observed else Freed.UNOBSERVED

@@ -41,7 +41,7 @@ HOSTILE_PREFIX = "x'; drop table t; --"
         ),
         ({"priority": 1.5}, "priority must be an int, got 1.5"),
         ({"priority": 2**31}, "priority must fit in 32 bits"),
-        ({"preempt": "no"}, "preempt must be True or False, got 'no'"),
+        ({"preempt": "no"}, "preempt must be one of 'priority', 'rank', 'never', got 'no'"),
         ({"fence": 0}, "fence must be True or False, got 0"),
         ({"strict_takeover": None}, "strict_takeover must be True or False, got None"),
         ({"retry": 3}, "retry must be a RetryPolicy, got 3"),

@@ -213,7 +213,7 @@ async def test_without_permission_to_terminate_fencing_degrades_to_the_lease(
             ) == 1  # fmt: skip
             await holder.close()  # the silent leader finally goes away
             ls = await group.wait_for_leadership(timeout=15)
-            assert ls.term == 2
+            assert ls.term > 1
     finally:
         if not holder.is_closed():
             await holder.close()

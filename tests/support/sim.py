@@ -1,13 +1,21 @@
 """A deterministic simulation of a group running the pure protocol.
 
 Time is a number; messages are delivered after ``delay``; the claim is a perfect mutex with
-a term counter, like the database's advisory lock and term row. No asyncio, no database.
+a term counter, like the database's advisory lock and term row, and surveys read the
+claim and the live members as the database would. No asyncio, no database.
+
+Each node handles its events one at a time, and with ``cost`` every message it handles
+takes that long: a node that receives more than it can handle builds a backlog, as a real
+process does under a burst of notifications. Its own timers and the answers of the
+database go before queued messages, as in the driver. Jitter is drawn from a seeded RNG.
 """
 
 from __future__ import annotations
 
+import collections
 import heapq
 import itertools
+import random
 from dataclasses import dataclass, field
 
 from notifelect import protocol as p
@@ -19,7 +27,7 @@ class _Item:
     at: float
     seq: int
     node: int = field(compare=False)
-    event: p.Event = field(compare=False)
+    event: p.Event | None = field(compare=False)  # None: the node's turn to handle one event
     timer_gen: int | None = field(compare=False, default=None)
 
 
@@ -28,29 +36,57 @@ CONFIG = p.Config(
     leader_timeout=2.0,
     coordinator_wait=0.5,
     heartbeat_interval=0.5,
-    preempt=True,
+    join_holdoff=2.0,
+)
+CLASSIC = p.Config(
+    election_timeout=0.05,
+    leader_timeout=2.0,
+    coordinator_wait=0.5,
+    heartbeat_interval=0.5,
+    preempt=p.Preempt.RANK,
 )
 
 
 class Sim:
-    def __init__(self, config: p.Config = CONFIG, delay: float = 0.001, namespace: str = "sim"):
+    def __init__(
+        self,
+        config: p.Config = CONFIG,
+        delay: float = 0.001,
+        namespace: str = "sim",
+        *,
+        lease: float = 2.0,
+        cost: float = 0.0,
+        seed: int = 1,
+    ):
         self.config = config
         self.delay = delay
+        self.cost = cost
+        self.lease = lease
         self.namespace = namespace
+        self.rng = random.Random(seed)
         self.now = 0.0
         self.states: dict[int, p.State] = {}
         self.alive: set[int] = set()
         self.paused: set[int] = set()
         self.queue: list[_Item] = []
+        self.inbox: dict[int, tuple[collections.deque[p.Event], collections.deque[p.Event]]] = {}
+        self.busy_until: dict[int, float] = {}
+        self.scheduled: set[int] = set()
         self.seq = itertools.count()
         self.timer_gen: dict[tuple[int, p.Timer], int] = {}
         self.holder: int | None = None
+        self.record: tuple[int, bool] | None = None  # (node, released) of the last term
         self.term = 0
         self.renewed: float = 0.0
-        self.watchers: set[int] = set()
+        self.watchers: dict[int, int] = {}  # watcher -> leader it watches
         self.acting: set[int] = set()  # between Elected and Deposed
+        self.lapses: dict[int, float] = {}  # a paused leader stops acting when its lease ends
         self.max_acting = 0
         self.sent: list[Message] = []
+        self.deliveries = 0
+        self.handled = 0
+        self.surveys = 0
+        self.claims = 0
         self.elected_log: list[tuple[float, int, int]] = []
 
     # ---------------------------------------------------------------- control
@@ -58,6 +94,7 @@ class Sim:
     def add(self, node: int, priority: int = 0, at: float | None = None) -> None:
         self.states[node] = p.initial_state(self.namespace, Rank(priority, node), self.config)
         self.alive.add(node)
+        self.inbox[node] = (collections.deque(), collections.deque())
         self._push(self.now if at is None else at, node, p.Start())
 
     def stop(self, node: int) -> None:
@@ -66,12 +103,16 @@ class Sim:
         self._push(self.now, node, p.Stop(successor))
 
     def crash(self, node: int) -> None:
-        """The process dies: its session ends, the database frees its claim."""
+        """The process dies: its session and anchor end, the database frees its claim."""
         self.alive.discard(node)
         self.acting.discard(node)
-        self.watchers.discard(node)
+        self.watchers.pop(node, None)
         if self.holder == node:
-            self._free()
+            self.holder = None
+        for watcher, leader in list(self.watchers.items()):
+            if leader == node:
+                del self.watchers[watcher]
+                self._push(self.now + self.delay, watcher, p.ClaimFreed(self._how(node), node))
 
     def pause(self, node: int) -> None:
         self.paused.add(node)
@@ -82,20 +123,59 @@ class Sim:
     def leaders(self) -> list[int]:
         return [n for n in self.alive if n not in self.paused and self.states[n].is_leader]
 
+    def known_leaders(self) -> set[int | None]:
+        """Who each live, unpaused node believes leads."""
+        return {
+            None if self.states[n].leader is None else self.states[n].leader.node  # type: ignore[union-attr]
+            for n in self.alive
+            if n not in self.paused
+        }
+
+    def backlog(self) -> int:
+        return sum(len(u) + len(m) for u, m in self.inbox.values())
+
     def run(self, until: float) -> None:
         while self.queue and self.queue[0].at <= until:
             item = heapq.heappop(self.queue)
             self.now = max(self.now, item.at)
             if item.node not in self.alive or item.node in self.paused:
                 continue
+            if item.event is None:
+                self._turn(item.node)
+                continue
             if item.timer_gen is not None:
                 assert isinstance(item.event, p.TimerFired)
                 if self.timer_gen.get((item.node, item.event.timer)) != item.timer_gen:
                     continue
-            self.dispatch(item.node, item.event)
+            urgent, messages = self.inbox[item.node]
+            (messages if isinstance(item.event, p.Receive) else urgent).append(item.event)
+            self._schedule(item.node)
         self.now = max(self.now, until)
 
+    def _schedule(self, node: int) -> None:
+        if node not in self.scheduled:
+            self.scheduled.add(node)
+            at = max(self.now, self.busy_until.get(node, 0.0))
+            heapq.heappush(self.queue, _Item(at, next(self.seq), node, None))
+
+    def _turn(self, node: int) -> None:
+        self.scheduled.discard(node)
+        urgent, messages = self.inbox[node]
+        if not (urgent or messages):
+            return
+        event = urgent.popleft() if urgent else messages.popleft()
+        if isinstance(event, p.Receive):
+            self.busy_until[node] = self.now + self.cost
+        self.handled += 1
+        self.dispatch(node, event)
+        if urgent or messages:
+            self._schedule(node)
+
     def dispatch(self, node: int, event: p.Event) -> None:
+        for other, at in list(self.lapses.items()):
+            if at <= self.now:
+                self.acting.discard(other)
+                del self.lapses[other]
         state, effects = p.step(self.states[node], event, self.now)
         self.states[node] = state
         for effect in effects:
@@ -110,13 +190,18 @@ class Sim:
     def _broadcast(self, message: Message) -> None:
         self.sent.append(message)
         for other in self.alive:
+            self.deliveries += 1
             self._push(self.now + self.delay, other, p.Receive(message))
 
-    def _free(self, *, clean: bool = False) -> None:
-        self.holder = None
-        for watcher in list(self.watchers):
-            self._push(self.now + self.delay, watcher, p.ClaimFreed(clean))
-        self.watchers.clear()
+    def _how(self, leader: int) -> p.Freed:
+        if self.record is None or self.record[0] != leader:
+            return p.Freed.UNOBSERVED
+        return p.Freed.RELEASED if self.record[1] else p.Freed.DIED
+
+    def _best(self) -> Rank | None:
+        skip = self.record[0] if self.holder is not None and self.record else None
+        ranks = [self.states[n].rank for n in self.alive if n != skip and self.states[n].started]
+        return max(ranks) if ranks else None
 
     def _perform(self, node: int, effect: p.Effect) -> None:
         match effect:
@@ -129,25 +214,19 @@ class Sim:
                 standby = max(others, key=lambda n: self.states[n].rank) if others else None
                 rank = self.states[node].rank
                 self._broadcast(Message(kind, self.namespace, rank, term=term, standby=standby))
-            case p.SetTimer(timer, at):
+            case p.SetTimer(timer, at, spread):
                 gen = self.timer_gen.get((node, timer), 0) + 1
                 self.timer_gen[(node, timer)] = gen
-                self._push(at, node, p.TimerFired(timer), gen)
+                self._push(at + self.rng.uniform(0, spread), node, p.TimerFired(timer), gen)
             case p.CancelTimer(timer):
                 self.timer_gen[(node, timer)] = self.timer_gen.get((node, timer), 0) + 1
-            case p.Claim(fence):
-                stale = (
-                    self.holder in self.paused and self.now - self.renewed >= CONFIG.leader_timeout
-                )
-                if self.holder is not None and fence and stale:
-                    self.crash(self.holder)  # fenced out: its backend is terminated
-                if self.holder is None:
-                    self.holder = node
-                    self.term += 1
-                    self.renewed = self.now
-                    self._push(self.now + self.delay, node, p.ClaimGranted(self.term))
-                else:
-                    self._push(self.now + self.delay, node, p.ClaimRefused())
+            case p.Survey():
+                self.surveys += 1
+                held = self.holder is not None
+                self._push(self.now + self.delay, node, p.Surveyed(held, self._best()))
+            case p.Claim(fence, evidence):
+                self.claims += 1
+                self._claim(node, fence, evidence)
             case p.Elected(term):
                 assert self.holder == node
                 assert self.term == term
@@ -157,14 +236,42 @@ class Sim:
                 self.acting.discard(node)
             case p.Release(term):
                 if self.holder == node:
-                    self._free(clean=True)
-            case p.Watch(active):
-                if active:
-                    self.watchers.add(node)
-                    if self.holder is None:
-                        self._free()
-                else:
-                    self.watchers.discard(node)
+                    self.holder = None
+                    self.record = (node, True)
+                    for watcher, leader in list(self.watchers.items()):
+                        if leader == node:
+                            del self.watchers[watcher]
+                            self._push(
+                                self.now + self.delay, watcher, p.ClaimFreed(p.Freed.RELEASED, node)
+                            )
+            case p.Watch(leader):
+                self.watchers.pop(node, None)
+                if leader is not None and leader in self.alive:
+                    self.watchers[node] = leader
+                elif leader is not None:  # already gone: nothing was seen
+                    freed = p.ClaimFreed(p.Freed.UNOBSERVED, leader)
+                    self._push(self.now + self.delay, node, freed)
+
+    def _claim(self, node: int, fence: bool, evidence: int | None) -> None:
+        fenced = False
+        stale = self.holder in self.paused and self.now - self.renewed >= self.config.leader_timeout
+        if self.holder is not None and fence and stale and evidence is None:
+            # Fenced out: its backend is terminated, its process lives on until its lease
+            # (from its last renewal) runs out.
+            self.lapses[self.holder] = self.renewed + self.lease
+            self.holder = None
+            fenced = True
+        if self.holder is not None:
+            self._push(self.now + self.delay, node, p.ClaimRefused())
+            return
+        self.holder = node
+        unclean = self.record is not None and not self.record[1] and self.record[0] != node
+        proven = evidence is not None and self.record is not None and self.record[0] == evidence
+        wait = self.lease if unclean and (fenced or not proven) else 0.0
+        self.term += 1
+        self.record = (node, False)
+        self.renewed = self.now + wait
+        self._push(self.now + wait + self.delay, node, p.ClaimGranted(self.term))
 
 
 def kinds(messages: list[Message]) -> list[Kind]:

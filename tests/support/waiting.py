@@ -58,7 +58,22 @@ async def until(
 
 
 def settled(groups: Sequence[ElectionGroup]) -> bool:
-    """Exactly one leader, and it is the highest-ranked node (no preemption pending)."""
+    """Exactly one leader, known to every group, and no preemption pending.
+
+    No preemption pending: under classic Bully (``preempt="rank"``) the leader is the
+    highest-ranked node; by default it has the highest priority; with ``"never"`` any.
+    """
     leaders = [g for g in groups if g.is_leader]
     ranks = [g.rank for g in groups if g.rank is not None]
-    return len(leaders) == 1 and bool(ranks) and leaders[0].rank == max(ranks)
+    if len(leaders) != 1 or not ranks:
+        return False
+    leader = leaders[0]
+    assert leader.rank is not None
+    if any(g.leader is None or g.leader.node != leader.node for g in groups):
+        return False
+    preempt = leader.settings.preempt
+    if preempt == "rank":
+        return leader.rank == max(ranks)
+    if preempt == "priority":
+        return leader.rank.priority == max(r.priority for r in ranks)
+    return True

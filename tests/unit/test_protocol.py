@@ -6,7 +6,7 @@ import pytest
 
 from notifelect import protocol as p
 from notifelect.messages import Kind, Message, Rank
-from tests.support.sim import CONFIG, Sim, kinds
+from tests.support.sim import CLASSIC, CONFIG, Sim, kinds
 
 
 def settle(sim: Sim, seconds: float = 1.0) -> None:
@@ -66,7 +66,7 @@ def test_crash_is_noticed_by_the_standby_without_waiting_for_heartbeats() -> Non
     for node in range(1, 6):
         sim.add(node)
     settle(sim)
-    assert sim.watchers == {4}  # named standby in the leader's announcement
+    assert sim.watchers == {4: 5}  # named standby in the leader's announcement
     sim.crash(5)
     t0 = sim.now
     settle(sim, 0.1)
@@ -74,24 +74,25 @@ def test_crash_is_noticed_by_the_standby_without_waiting_for_heartbeats() -> Non
     assert next(t for t, node, _ in sim.elected_log if node == 4) - t0 < 0.01
 
 
-def test_paused_leader_is_fenced_after_leader_timeout() -> None:
+def test_paused_leader_is_fenced_after_leader_timeout_then_its_lease_is_waited_out() -> None:
     sim = Sim()
     for node in range(1, 4):
         sim.add(node)
     settle(sim)
     sim.pause(3)
     t0 = sim.now
-    settle(sim, CONFIG.leader_timeout + 1.0)
+    settle(sim, CONFIG.leader_timeout + sim.lease + 1.0)
     assert sim.leaders() == [2]
     took = next(t for t, node, _ in sim.elected_log if node == 2) - t0
-    # Detection runs from the last heartbeat heard, which came up to one interval before.
-    lower = CONFIG.leader_timeout - CONFIG.heartbeat_interval
-    assert lower <= took < CONFIG.leader_timeout + CONFIG.election_timeout + 0.01
+    # Detection runs from the last heartbeat heard, which came up to one interval before;
+    # the fenced leader may trust its lease until it ends, so the successor waits it out.
+    lower = CONFIG.leader_timeout - CONFIG.heartbeat_interval + sim.lease
+    assert lower <= took < CONFIG.leader_timeout + sim.lease + 0.05
     assert sim.max_acting == 1
 
 
-def test_higher_newcomer_preempts_and_incumbent_keeps_without_preempt() -> None:
-    sim = Sim()
+def test_classic_bully_lets_a_higher_newcomer_preempt_and_never_keeps_the_incumbent() -> None:
+    sim = Sim(config=CLASSIC)
     sim.add(1)
     settle(sim)
     sim.add(2)
@@ -99,10 +100,10 @@ def test_higher_newcomer_preempts_and_incumbent_keeps_without_preempt() -> None:
     assert sim.leaders() == [2]
     assert sim.max_acting == 1
 
-    keep = Sim(config=p.Config(0.05, 2.0, 0.5, 0.5, preempt=False))
+    keep = Sim(config=p.Config(0.05, 2.0, 0.5, 0.5, preempt=p.Preempt.NEVER))
     keep.add(1)
     settle(keep)
-    keep.add(2)
+    keep.add(2, priority=9)
     settle(keep, 3)
     assert keep.leaders() == [1]
 
@@ -136,7 +137,8 @@ def test_forged_and_foreign_messages_do_not_create_a_leader() -> None:
 
 def test_stale_timer_and_claim_events_are_ignored() -> None:
     state = p.initial_state("x", Rank(0, 1), CONFIG)
-    for event in (p.TimerFired(p.Timer.HEARTBEAT), p.ClaimRefused(), p.ClaimFreed()):
+    freed = p.ClaimFreed(p.Freed.DIED, 2)
+    for event in (p.TimerFired(p.Timer.HEARTBEAT), p.ClaimRefused(), freed):
         new, effects = p.step(state, event, 0.0)
         assert new == state
         assert effects == []
@@ -187,9 +189,11 @@ def test_standby_leaves_a_cleanly_released_claim_to_the_named_successor() -> Non
     for node in range(1, 5):
         sim.add(node)
     settle(sim)
-    assert sim.watchers == {3}
-    _, effects = p.step(sim.states[3], p.ClaimFreed(clean=True), sim.now)
+    assert sim.watchers == {3: 4}
+    _, effects = p.step(sim.states[3], p.ClaimFreed(p.Freed.RELEASED, 4), sim.now)
     assert not any(isinstance(e, p.Claim) for e in effects)
-    assert p.SetTimer(p.Timer.COORDINATOR, sim.now + CONFIG.coordinator_wait) in effects
-    _, effects = p.step(sim.states[3], p.ClaimFreed(clean=False), sim.now)
-    assert p.Claim(fence=False) in effects  # a crash: claim at once
+    assert any(isinstance(e, p.SetTimer) and e.timer is p.Timer.COORDINATOR for e in effects)
+    _, effects = p.step(sim.states[3], p.ClaimFreed(p.Freed.DIED, 4), sim.now)
+    assert p.Claim(fence=False, evidence=4) in effects  # the process is gone: at once
+    _, effects = p.step(sim.states[3], p.ClaimFreed(p.Freed.UNOBSERVED, 4), sim.now)
+    assert p.Survey() in effects  # nothing seen: an ordinary search, no evidence

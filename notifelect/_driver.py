@@ -1,0 +1,813 @@
+"""The election driver: runs one group's protocol over a transport and supervises its work.
+
+It owns the loop that feeds events (messages, timers, answers from the database) into the
+pure protocol and performs the effects it returns, in order. Time and I/O enter the
+election only here and in the transport. It also supervises leader-only work: a
+leadership's lease, the ``on_elected`` tasks and ``leader_only`` calls running under it,
+and what happens to them when the leadership ends.
+
+Why some things are ordered as they are:
+
+* Gates close in the transport's loss callback itself, before anything else, and a
+  node's anchor (the evidence a standby uses to take over at once) is dropped only after
+  its leader work has been stopped and awaited.
+* The driver's own decisions (timers, claims, losses) go before queued messages, and
+  the message queue is bounded: under a burst of notifications the leader's heartbeat,
+  which renews its lease, never waits behind hundreds of messages.
+* Every database call is bounded (``Settings.io_timeout``); a call that takes longer is
+  a lost connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import contextlib
+import dataclasses
+import enum
+import logging
+import random
+import threading
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, stop_never
+from tenacity.wait import wait_exponential, wait_random
+
+from . import messages, protocol
+from ._clock import now
+from .errors import ConfigurationError, SchemaError
+from .leadership import DeposedCallback, ElectedCallback, LeaderInfo, Leadership, _current
+from .messages import Kind, Message, Rank
+from .settings import RetryPolicy, Settings
+from .transport.base import Freed, LeaseLostError, Member, Transport
+
+log = logging.getLogger(__name__)
+
+R = TypeVar("R")
+_WARN_EVERY = 10.0
+#: Messages waiting for the driver beyond this are dropped (and counted): the election
+#: recovers from lost messages (timers, database surveys), not from an unbounded backlog.
+MAX_QUEUED_MESSAGES = 10_000
+
+
+class _Control(enum.Enum):
+    STOP = "stop"
+    ABDICATE = "abdicate"
+
+
+@dataclass(frozen=True)
+class _Lost:
+    generation: int
+    reason: str
+
+
+_Queued = protocol.Event | _Control | _Lost
+
+
+@dataclass(eq=False)
+class _Call:
+    """A leader-only ``async def`` call in flight."""
+
+    task: asyncio.Task[Any]
+    cancel_on_loss: bool
+    leadership: Leadership | None
+
+
+class Inbox:
+    """The driver's inbox: its own decisions go before messages; messages are bounded."""
+
+    def __init__(self, limit: int = MAX_QUEUED_MESSAGES) -> None:
+        self._urgent: collections.deque[_Queued] = collections.deque()
+        self._messages: collections.deque[_Queued] = collections.deque()
+        self._limit = limit
+        self._ready = asyncio.Event()
+
+    def put(self, event: _Queued) -> bool:
+        """Queue ``event``; False if it was a message and the queue was full (dropped)."""
+        if isinstance(event, protocol.Receive):
+            if len(self._messages) >= self._limit:
+                return False
+            self._messages.append(event)
+        else:
+            self._urgent.append(event)
+        self._ready.set()
+        return True
+
+    async def get(self) -> _Queued:
+        while not (self._urgent or self._messages):
+            self._ready.clear()
+            await self._ready.wait()
+        return self._urgent.popleft() if self._urgent else self._messages.popleft()
+
+    def clear(self, *, keep: _Queued) -> None:
+        """Drop everything queued except ``keep`` events."""
+        kept = [e for e in self._urgent if e is keep]
+        self._urgent.clear()
+        self._messages.clear()
+        self._urgent.extend(kept)
+
+
+class Driver:
+    """Runs the election of one group on one transport (see the module docstring).
+
+    ``on_change`` is called whenever what the group reports (leader, leadership,
+    connection, failure) may have changed.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        settings: Settings,
+        transport: Transport,
+        member: Member,
+        elected: list[tuple[ElectedCallback, bool]],
+        deposed: list[DeposedCallback],
+        on_change: Callable[[], None],
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self.transport = transport
+        self.member = member
+        self._elected = elected
+        self._deposed = deposed
+        self._on_change = on_change
+        self.node: int | None = None
+        self.proto: protocol.State | None = None
+        self.connected = False
+        self.leadership: Leadership | None = None
+        self.leader_info: LeaderInfo | None = None
+        self.failure: BaseException | None = None
+        self.stats: Counter[str] = Counter()
+        self.closing = False
+        self._inbox = Inbox()
+        self._timers: dict[protocol.Timer, asyncio.TimerHandle] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._helpers: set[asyncio.Task[Any]] = set()  # claim, survey: one connection's
+        self._watcher: asyncio.Task[None] | None = None
+        self._lease_timer: asyncio.TimerHandle | None = None
+        self._granted: dict[int, float] = {}
+        self._generation = 0
+        self._lost_leadership = False
+        self._verified: tuple[int, int] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()  # on_elected
+        self._calls: set[_Call] = set()
+        self._threads: set[concurrent.futures.Future[None]] = set()
+        self._threads_lock = threading.Lock()
+        self._last_warning = 0.0
+        self._warned_count = 0
+        cfg = settings
+        self.config = protocol.Config(
+            election_timeout=cfg.election_timeout,
+            leader_timeout=cfg.leader_timeout,
+            coordinator_wait=cfg.coordinator_wait,
+            heartbeat_interval=cfg.election_interval,
+            preempt=protocol.Preempt(cfg.preempt),
+            join_holdoff=cfg.holdoff,
+        )
+
+    def _extra(self, event: str, **fields: object) -> dict[str, object]:
+        extra: dict[str, object] = {
+            "notifelect_event": event,
+            "notifelect_namespace": self.name,
+            "notifelect_node": self.node,
+        }
+        extra.update({f"notifelect_{k}": v for k, v in fields.items()})
+        return extra
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def open(self) -> None:
+        """Connect, listen and register; queue the protocol's start. Raises on failure."""
+        self._generation += 1
+        generation = self._generation
+        self.node = await self.transport.open(
+            self._on_payload, lambda exc: self._on_lost(exc, generation)
+        )
+        self.connected = True
+        self.proto = protocol.initial_state(
+            self.name, Rank(self.settings.priority, self.node), self.config
+        )
+        if self._lost_leadership:
+            # Back after losing a leadership: leave the claim to the standby, which may be
+            # taking over right now, instead of racing it for leadership it just left.
+            self._lost_leadership = False
+            until = now() + self.settings.coordinator_wait
+            self.proto = dataclasses.replace(self.proto, abstain_until=until)
+        self._verified = None
+        self._inbox.put(protocol.Start())
+        log.info(
+            "node %s joined group %r (priority %s)",
+            self.node,
+            self.name,
+            self.settings.priority,
+            extra=self._extra("joined", priority=self.settings.priority),
+        )
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._drive(), name=f"notifelect:{self.name}")
+
+    @property
+    def close_bound(self) -> float:
+        """How long a graceful stop may take before the connections are simply dropped."""
+        s = self.settings
+        return s.finish_timeout + 2 * s.callback_timeout + 6 * s.io_timeout
+
+    async def stop(self) -> None:
+        """Resign (if leading) and disconnect, within :attr:`close_bound`; never leaves a
+        connection or lock behind, even if the caller is cancelled."""
+        self.closing = True
+        task = self._task
+        try:
+            if task is not None and not task.done():
+                self._inbox.put(_Control.STOP)
+                try:
+                    async with asyncio.timeout(self.close_bound):
+                        await asyncio.shield(task)
+                except TimeoutError:
+                    log.error(
+                        "stopping group %r took over %.1fs; dropping its connection",
+                        self.name,
+                        self.close_bound,
+                        extra=self._extra("stop_timeout"),
+                    )
+                except Exception:
+                    log.exception("election driver of group %r failed while stopping", self.name)
+            async with asyncio.timeout(2 * self.settings.io_timeout):
+                await self._teardown()
+        except (TimeoutError, asyncio.CancelledError):
+            self._abandon()
+            raise
+        finally:
+            if task is not None and not task.done():
+                task.cancel()
+            self._abandon()
+            self.connected = False
+            self._on_change()
+
+    def _abandon(self) -> None:
+        """Drop everything at once, synchronously (the end of a stop that could not finish)."""
+        if self._lease_timer is not None:
+            self._lease_timer.cancel()
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        for t in (*self._helpers, *([self._watcher] if self._watcher else [])):
+            t.cancel()
+        ls = self.leadership
+        if ls is not None:
+            ls._end("stopped")
+        self._cancel_work(everything=True)
+        self.transport.abort()
+
+    async def _teardown(self) -> None:
+        if self._lease_timer is not None:
+            self._lease_timer.cancel()
+        await self._stop_background()
+        self.connected = False
+        await self.transport.close()
+
+    async def _stop_background(self) -> None:
+        """Cancel the timers and the claim, survey and watch tasks of the connection."""
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        tasks = [*self._helpers, *([self._watcher] if self._watcher else [])]
+        self._helpers.clear()
+        self._watcher = None
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)  # our own cancellation still propagates
+            for task in tasks:
+                if not task.cancelled():
+                    task.exception()  # retrieved: failures were handled inside the task
+
+    # ------------------------------------------------------------ inputs
+
+    def _on_payload(self, payload: str) -> None:
+        self.stats["received"] += 1
+        parsed = messages.parse(payload, self.name, self.settings.secret_key)
+        if isinstance(parsed, messages.Rejected):
+            if parsed.reason == "other namespace":
+                self.stats["ignored:other namespace"] += 1
+            else:
+                self._drop(parsed.reason, payload)
+            return
+        if not self._inbox.put(protocol.Receive(parsed)):
+            self._drop("queue full", payload)
+
+    def _drop(self, reason: str, payload: str) -> None:
+        self.stats[f"dropped:{reason}"] += 1
+        self.stats["dropped"] += 1
+        t = now()
+        if t - self._last_warning >= _WARN_EVERY:
+            log.warning(
+                "dropped %d bad message(s) on group %r since the last warning; latest: %s: %.80r",
+                self.stats["dropped"] - self._warned_count,
+                self.name,
+                reason,
+                payload,
+                extra=self._extra("dropped", reason=reason),
+            )
+            self._last_warning = t
+            self._warned_count = self.stats["dropped"]
+
+    def _on_lost(self, exc: BaseException | None, generation: int) -> None:
+        if generation != self._generation or not self.connected:
+            return
+        self.connected = False  # gates close now, before the driver gets to it
+        ls = self.leadership
+        if ls is not None:
+            ls._end("connection lost")
+            self._cancel_work(everything=True)
+            self._lost_leadership = True
+        self._on_change()
+        self._inbox.put(_Lost(generation, "connection lost"))
+
+    # ------------------------------------------------------------ the loop
+
+    async def _drive(self) -> None:
+        while True:
+            event = await self._inbox.get()
+            if event is _Control.STOP:
+                await self._stop()
+                return
+            if event is _Control.ABDICATE:
+                until = now() + self.settings.leader_timeout
+                await self._apply(protocol.Abdicate("on_elected failed", None, until))
+                continue
+            if isinstance(event, _Lost):
+                if event.generation != self._generation:
+                    continue
+                await self._apply(protocol.Lost(event.reason))
+                if not await self._reconnect():
+                    return
+                continue
+            if not self.connected and not isinstance(event, protocol.Start):
+                continue  # the connection is gone; a _Lost event is queued ahead of these
+            if isinstance(event, protocol.Receive) and not await self._credible(event.message):
+                continue
+            await self._apply(event)
+
+    async def _apply(self, event: protocol.Event) -> None:
+        assert self.proto is not None
+        before = (self.proto.role, self.proto.leader, self.proto.leader_term)
+        self.proto, effects = protocol.step(self.proto, event, now())
+        try:
+            for effect in effects:
+                await self._perform(effect)
+        except Exception as exc:
+            # Whatever failed, the node cannot vouch for its state: start afresh.
+            if not isinstance(exc, ConnectionError | OSError | LeaseLostError):
+                log.exception("unexpected error in the election of %r", self.name)
+            self._lost_during_io(exc)
+        after = (self.proto.role, self.proto.leader, self.proto.leader_term)
+        if after != before:
+            self._on_change()
+
+    def _lost_during_io(self, exc: BaseException) -> None:
+        if self.connected:
+            log.warning(
+                "node %s lost its election connection: %r",
+                self.node,
+                exc,
+                extra=self._extra("lost", error=repr(exc)),
+            )
+        self.transport.abort()
+
+    async def _perform(self, effect: protocol.Effect) -> None:
+        match effect:
+            case protocol.Send(message):
+                if message.kind is Kind.RESIGN:
+                    message = await self._with_successor(message)
+                await self.transport.publish(messages.encode(message, self.settings.secret_key))
+            case protocol.Announce(kind, term):
+                await self._announce(kind, term)
+            case protocol.SetTimer(timer, at, spread):
+                self._set_timer(timer, at + (random.uniform(0, spread) if spread else 0.0))
+            case protocol.CancelTimer(timer):
+                handle = self._timers.pop(timer, None)
+                if handle is not None:
+                    handle.cancel()
+            case protocol.Claim(fence, evidence):
+                self._helper(self._claim(fence, evidence, self._generation))
+            case protocol.Survey():
+                self._helper(self._survey(self._generation))
+            case protocol.Elected(term):
+                self._become_leader(term)
+            case protocol.Deposed(reason, voluntary):
+                await self._step_down(reason, voluntary=voluntary)
+            case protocol.Release(term):
+                await self.transport.release(term, "resigned")
+            case protocol.Watch(leader):
+                self._set_watch(leader)
+
+    def _set_timer(self, timer: protocol.Timer, at: float) -> None:
+        old = self._timers.pop(timer, None)
+        if old is not None:
+            old.cancel()
+        loop = asyncio.get_running_loop()
+        self._timers[timer] = loop.call_later(
+            max(0.0, at - now()), self._inbox.put, protocol.TimerFired(timer)
+        )
+
+    def _helper(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._helpers.add(task)
+        task.add_done_callback(self._helpers.discard)
+
+    # ------------------------------------------------------------ database checks
+
+    async def _credible(self, m: Message) -> bool:
+        """Check claims about leadership against the database before believing them."""
+        proto = self.proto
+        if proto is None or m.rank.node == self.node:
+            return True
+        if m.kind in (Kind.COORDINATOR, Kind.HEARTBEAT, Kind.RESIGN):
+            assert m.term is not None
+            if proto.leader_term is not None and m.term < proto.leader_term:
+                return self._unbelieved("stale term")  # an older leadership: no query
+        if m.kind in (Kind.COORDINATOR, Kind.HEARTBEAT):
+            assert m.term is not None
+            if self._verified == (m.rank.node, m.term) or proto.role is protocol.Role.LEADER:
+                return True
+            record = await self._guarded(self.transport.leader())
+            if record is None:
+                return False
+            ok = (
+                record.node == m.rank.node
+                and record.term == m.term
+                and record.priority == m.rank.priority
+                and not record.released
+            )
+            if not ok:
+                return self._unbelieved("unverified leader")
+            self._verified = (m.rank.node, m.term)
+            self.leader_info = LeaderInfo.from_record(record)
+            return True
+        if m.kind is Kind.RESIGN:
+            # Only the leader itself can resign, and only after releasing its term.
+            record = await self._guarded(self.transport.leader())
+            ok = (
+                record is not None
+                and record.node == m.rank.node
+                and record.term == m.term
+                and record.released
+            )
+            return True if ok else self._unbelieved("unverified resign")
+        if (
+            m.kind is Kind.ELECTION
+            and proto.role is protocol.Role.LEADER
+            and protocol.preempts(self.config, m.rank, proto.rank)
+        ):
+            # Only a live member may make the leader step down.
+            member = await self._guarded(self.transport.is_member(m.rank.node, m.rank.priority))
+            if not member:
+                return self._unbelieved("unknown member")
+        return True
+
+    def _unbelieved(self, reason: str) -> bool:
+        self.stats[f"dropped:{reason}"] += 1
+        self.stats["dropped"] += 1
+        return False
+
+    async def _guarded(self, aw: Awaitable[R]) -> R | None:
+        """Await a database read; on any failure drop the connection (to reconnect)."""
+        try:
+            return await aw
+        except Exception as exc:
+            if not isinstance(exc, ConnectionError | OSError):
+                log.exception("unexpected error in the election of %r", self.name)
+            self._lost_during_io(exc)
+            return None
+
+    async def _announce(self, kind: Kind, term: int) -> None:
+        sent_at = now()
+        standby = await self.transport.renew(term)
+        ls = self.leadership
+        if ls is not None and ls.term == term:
+            ls._renewed(sent_at, self.settings.lease)
+            self._arm_lease_timer()
+        assert self.proto is not None
+        message = Message(kind, self.name, self.proto.rank, term=term, standby=standby)
+        await self.transport.publish(messages.encode(message, self.settings.secret_key))
+
+    async def _claim(self, fence: bool, evidence: int | None, generation: int) -> None:
+        try:
+            granted = await self.transport.claim(fence=fence, evidence=evidence)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if isinstance(exc, ConnectionError | OSError):
+                if generation == self._generation:
+                    self._lost_during_io(exc)
+                return
+            log.exception("claim failed on group %r", self.name)
+            self._inbox.put(protocol.ClaimRefused())
+            return
+        if generation != self._generation:
+            return
+        if granted is None:
+            self._inbox.put(protocol.ClaimRefused())
+        else:
+            self._granted[granted.term] = granted.confirmed_at
+            self._inbox.put(protocol.ClaimGranted(granted.term))
+
+    async def _survey(self, generation: int) -> None:
+        result = await self._guarded(self.transport.survey())
+        if result is not None and generation == self._generation:
+            held, best = result
+            self._inbox.put(protocol.Surveyed(held, None if best is None else Rank(*best)))
+
+    def _set_watch(self, leader: int | None) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
+        if leader is not None:
+            self._watcher = asyncio.create_task(self._watch(leader, self._generation))
+
+    async def _watch(self, leader: int, generation: int) -> None:
+        """Watch the leader's process, retrying (with the reconnect policy) on errors."""
+        how = Freed.UNOBSERVED
+        try:
+            async for attempt in _retrying(self.settings.retry):
+                with attempt:
+                    try:
+                        how = await self.transport.watch(leader)
+                    except Exception as exc:
+                        log.info("standby watcher failed, retrying: %r", exc)
+                        raise
+        except Exception as exc:
+            log.warning("standby watcher gave up: %r", exc)
+            return
+        if generation == self._generation:
+            self._inbox.put(protocol.ClaimFreed(protocol.Freed(how.value), leader))
+
+    async def _with_successor(self, message: Message) -> Message:
+        """Name the highest-ranked live member as successor in a RESIGN.
+
+        The database knows every member that has registered, also those whose election
+        messages this node has not seen yet (many nodes joining at once), so a hand-over
+        goes straight to the node that would win rather than through a chain of them.
+        """
+        best = await self.transport.successor()
+        if best is None or best == self.node:
+            return message
+        return dataclasses.replace(message, successor=best)
+
+    # ------------------------------------------------------------ leadership
+
+    def _become_leader(self, term: int) -> None:
+        assert self.node is not None
+        confirmed_at = self._granted.pop(term, now())
+        ls = Leadership(
+            self.name, self.settings.names, term, self.node, confirmed_at + self.settings.lease
+        )
+        self.leadership = ls
+        self._verified = (self.node, term)
+        self.leader_info = LeaderInfo(
+            self.node, self.settings.priority, term, self.member.host, self.member.pid, ls.since
+        )
+        self._arm_lease_timer()
+        log.info(
+            "node %s is leader of group %r (term %s)",
+            self.node,
+            self.name,
+            term,
+            extra=self._extra("elected", term=term),
+        )
+        for callback, resign_on_error in self._elected:
+            task = asyncio.create_task(self._run_elected(callback, ls, resign_on_error))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        self._on_change()
+
+    async def _run_elected(self, callback: ElectedCallback, ls: Leadership, resign: bool) -> None:
+        _current.set(ls)
+        try:
+            await callback(ls)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception(
+                "on_elected callback %s failed on node %s (term %s)%s",
+                getattr(callback, "__qualname__", callback),
+                self.node,
+                ls.term,
+                "; resigning so another node can lead" if resign else "",
+                extra=self._extra("callback_failed", term=ls.term),
+            )
+            if resign and self.leadership is ls and not self.closing:
+                self._inbox.put(_Control.ABDICATE)
+
+    def _arm_lease_timer(self) -> None:
+        if self._lease_timer is not None:
+            self._lease_timer.cancel()
+        ls = self.leadership
+        if ls is None:
+            return
+        # The event loop's timers run on a clock that stops during a suspend; checking at
+        # least every half interval bounds how long a resumed node takes to notice.
+        delay = min(ls.lease_remaining, self.settings.election_interval / 2)
+        self._lease_timer = asyncio.get_running_loop().call_later(delay, self._lease_check, ls)
+
+    def _lease_check(self, ls: Leadership) -> None:
+        if ls is not self.leadership or ls._ended:
+            return
+        if ls.is_valid:
+            self._arm_lease_timer()
+            return
+        log.warning(
+            "node %s could not renew its lease of group %r (term %s) in time; "
+            "stepping down and reconnecting",
+            self.node,
+            self.name,
+            ls.term,
+            extra=self._extra("lapsed", term=ls.term),
+        )
+        ls._end("lease expired")
+        self._cancel_work(everything=True)
+        self._lost_leadership = True
+        self.transport.abort()
+
+    def _cancel_work(self, *, everything: bool) -> list[asyncio.Task[Any]]:
+        """Cancel ``on_elected`` tasks and leader-only calls that must not outlive the
+        leadership (all of them with ``everything``); return the cancelled tasks."""
+        cancelled = list(self._tasks)
+        cancelled += [c.task for c in self._calls if everything or c.cancel_on_loss]
+        for task in cancelled:
+            task.cancel()
+        return cancelled
+
+    async def _step_down(self, reason: str, *, voluntary: bool) -> None:
+        ls = self.leadership
+        if ls is None:
+            return
+        if voluntary:
+            ls._drain(reason)  # no new work; what may finish still sees a valid leadership
+        else:
+            ls._end(reason)
+        self._on_change()
+        cancelled = self._cancel_work(everything=not voluntary)
+        finishing = [c.task for c in self._calls if not c.task.done() and c.task not in cancelled]
+        with self._threads_lock:
+            threads = [asyncio.wrap_future(f) for f in self._threads]
+        renewing = None
+        if voluntary and (finishing or threads) and ls.is_valid:
+            renewing = asyncio.create_task(self._keep_renewing(ls, finishing))
+        try:
+            await self._wait_for(cancelled, self.settings.callback_timeout, "cancelled leader work")
+            if finishing or threads:
+                left = await self._wait_for(
+                    [*finishing, *threads], self.settings.finish_timeout, "work finishing"
+                )
+                for task in left:
+                    task.cancel()
+                await self._wait_for(
+                    [t for t in left if t in finishing], self.settings.callback_timeout, "work"
+                )
+        finally:
+            if renewing is not None:
+                renewing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await renewing
+        ls._end(reason)
+        if self._lease_timer is not None:
+            self._lease_timer.cancel()
+        for callback in self._deposed:
+            try:
+                async with asyncio.timeout(self.settings.callback_timeout):
+                    await callback(ls)
+            except TimeoutError:
+                log.error(
+                    "on_deposed callback %s took over %.1fs; no longer waiting for it",
+                    getattr(callback, "__qualname__", callback),
+                    self.settings.callback_timeout,
+                    extra=self._extra("callback_timeout", term=ls.term),
+                )
+            except Exception:
+                log.exception("on_deposed callback failed", extra=self._extra("callback_failed"))
+        self.leadership = None
+        log.info(
+            "node %s stepped down from group %r (term %s): %s",
+            self.node,
+            self.name,
+            ls.term,
+            reason,
+            extra=self._extra("deposed", term=ls.term, reason=reason),
+        )
+
+    async def _wait_for(
+        self, tasks: Sequence[asyncio.Future[Any]], timeout: float, what: str
+    ) -> list[asyncio.Future[Any]]:
+        """Wait for ``tasks`` up to ``timeout``; log and return those still running."""
+        pending = [t for t in tasks if not t.done()]
+        if not pending:
+            return []
+        _, still = await asyncio.wait(pending, timeout=timeout)
+        if still:
+            log.error(
+                "%d %s still running after %.1fs on node %s of group %r; no longer waiting",
+                len(still),
+                what,
+                timeout,
+                self.node,
+                self.name,
+                extra=self._extra("callback_timeout"),
+            )
+        return list(still)
+
+    async def _keep_renewing(self, ls: Leadership, finishing: list[asyncio.Task[Any]]) -> None:
+        """While work finishes during a hand-over, keep the claim's lease renewed; if the
+        lease can no longer be vouched for, cancel that work too."""
+        try:
+            while True:
+                await asyncio.sleep(self.settings.election_interval)
+                sent_at = now()
+                await self.transport.renew(ls.term)
+                ls._renewed(sent_at, self.settings.lease)
+                self._arm_lease_timer()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning(
+                "could not renew the lease of term %s while work finished: %r; cancelling it",
+                ls.term,
+                exc,
+                extra=self._extra("lapsed", term=ls.term),
+            )
+            ls._end("lease could not be renewed")
+            for task in finishing:
+                task.cancel()
+
+    async def _stop(self) -> None:
+        await self._apply(protocol.Stop(None))  # the RESIGN is given its successor on sending
+        await self._step_down("stopped", voluntary=False)  # no-op unless already lost
+
+    async def _reconnect(self) -> bool:
+        """Reconnect with backoff; False if the group gave up or is closing."""
+        await self._stop_background()
+        self._inbox.clear(keep=_Control.STOP)  # events of the old connection no longer apply
+        # Leader work has stopped: only now let the anchor go (see the module docstring).
+        self.transport.abort()
+        try:
+            async for attempt in _retrying(self.settings.retry):
+                with attempt:
+                    if self.closing:
+                        return False
+                    await self.open()
+        except Exception as exc:
+            self.failure = exc
+            log.error(
+                "node %s gave up reconnecting to group %r: %r",
+                self.node,
+                self.name,
+                exc,
+                extra=self._extra("failed", error=repr(exc)),
+            )
+            self._on_change()
+            return False
+        return True
+
+    # ------------------------------------------------------------ calls
+
+    def track_call(self, task: asyncio.Task[Any], cancel_on_loss: bool) -> None:
+        call = _Call(task, cancel_on_loss, self.leadership)
+        self._calls.add(call)
+        task.add_done_callback(lambda _: self._calls.discard(call))
+
+    @contextlib.contextmanager
+    def track_thread(self) -> Iterator[None]:
+        """Count a plain ``def`` leader-only call (any thread) until it returns."""
+        done: concurrent.futures.Future[None] = concurrent.futures.Future()
+        with self._threads_lock:
+            self._threads.add(done)
+        try:
+            yield
+        finally:
+            with self._threads_lock:
+                self._threads.discard(done)
+            done.set_result(None)
+
+    def abdicate(self) -> None:
+        self._inbox.put(_Control.ABDICATE)
+
+
+def _retrying(policy: RetryPolicy) -> AsyncRetrying:
+    return AsyncRetrying(
+        wait=wait_exponential(multiplier=policy.initial, max=policy.maximum)
+        + wait_random(0, policy.jitter),
+        stop=stop_never if policy.attempts is None else stop_after_attempt(policy.attempts),
+        # Only errors are retried: a cancellation (BaseException) must end the loop at once.
+        retry=retry_if_exception(
+            lambda exc: (
+                isinstance(exc, Exception) and not isinstance(exc, SchemaError | ConfigurationError)
+            )
+        ),
+        reraise=True,
+    )
