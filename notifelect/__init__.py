@@ -1,5 +1,7 @@
 """Leader election for Python services on PostgreSQL LISTEN/NOTIFY and the Bully algorithm."""
 
+from importlib.metadata import PackageNotFoundError, version
+
 from . import election_manager
 from .decorators import (
     Gate,
@@ -25,7 +27,10 @@ from .schema import Names
 from .settings import RetryPolicy, Settings
 from .transport import MemoryBus
 
-__version__ = "0.1.0"
+try:
+    __version__ = version("notifelect")  # stated once, in pyproject.toml
+except PackageNotFoundError:  # pragma: no cover - imported from a tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "ConfigurationError",

@@ -11,6 +11,7 @@ as :class:`notifelect.ElectionGroup`'s: held through the database claim and a le
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 from types import TracebackType
 from typing import Any
@@ -23,6 +24,42 @@ from .settings import Settings
 
 def _seconds(value: timedelta | float) -> float:
     return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Settings)}
+
+
+def seed_settings(
+    settings: Settings | None = None,
+    *,
+    namespace: str | None = None,
+    election_interval: timedelta | float | None = None,
+    election_timeout: timedelta | float | None = None,
+) -> Settings:
+    """Settings for the seed's ``Coordinator`` arguments, on top of ``settings``.
+
+    notifelect 0.0.3 had only an interval and a timeout (its defaults: 20 s and 5 s). When
+    the interval or the timeout is longer than the default ``lease`` and ``leader_timeout``
+    allow, and those two were left at their defaults, they are derived from it: each becomes
+    ``max(default, 2 x election_interval, 2 x election_timeout)``. A lease or leader timeout
+    set explicitly in ``settings`` is kept as it is (and validated as usual).
+    """
+    settings = settings or Settings()
+    changes: dict[str, Any] = {}
+    if namespace is not None:
+        changes["namespace"] = namespace
+    interval = settings.election_interval
+    timeout = settings.election_timeout
+    if election_interval is not None:
+        interval = changes["election_interval"] = _seconds(election_interval)
+    if election_timeout is not None:
+        timeout = changes["election_timeout"] = _seconds(election_timeout)
+    floor = max(2 * interval, 2 * timeout)
+    for name in ("lease", "leader_timeout"):
+        current = getattr(settings, name)
+        if current == _DEFAULTS[name] and current < floor:
+            changes[name] = floor
+    return settings.replace(**changes) if changes else settings
 
 
 class Outcome:
@@ -45,9 +82,12 @@ class Coordinator:
 
     ``namespace`` names the election; ``election_interval`` is how often the leader
     heartbeats; ``election_timeout`` how long a candidate waits for higher-ranked nodes.
-    Both accept seconds or a timedelta. Other Settings can be passed as ``settings``.
-    As in the seed, the highest node id wins: the Coordinator runs classic Bully
-    (``Settings(preempt="rank")``), where a newer node preempts the leader.
+    Both accept seconds or a timedelta. Other Settings can be passed as ``settings``. The
+    seed's own values work as they are: ``election_interval=timedelta(seconds=20),
+    election_timeout=timedelta(seconds=5)`` gives a lease and a leader timeout of 40 s
+    (see :func:`seed_settings`). As in the seed, the highest node id wins: without
+    ``settings`` the Coordinator runs classic Bully (``Settings(preempt="rank")``), where
+    a newer node preempts the leader.
     """
 
     def __init__(
@@ -59,16 +99,12 @@ class Coordinator:
         election_timeout: timedelta | float | None = None,
         settings: Settings | None = None,
     ) -> None:
-        settings = settings or Settings(preempt="rank")  # the seed's rule: highest id wins
-        changes: dict[str, Any] = {}
-        if namespace is not None:
-            changes["namespace"] = namespace
-        if election_interval is not None:
-            changes["election_interval"] = _seconds(election_interval)
-        if election_timeout is not None:
-            changes["election_timeout"] = _seconds(election_timeout)
-        if changes:
-            settings = settings.replace(**changes)
+        settings = seed_settings(
+            settings or Settings(preempt="rank"),  # the seed's rule: highest id wins
+            namespace=namespace,
+            election_interval=election_interval,
+            election_timeout=election_timeout,
+        )
         self.settings = settings
         self.group = ElectionGroup(connection, settings=settings)
 

@@ -316,6 +316,9 @@ def missing_schema_message(names: Names, found: int | None) -> str:
     else:
         what = f"the notifelect schema is at version {found}, this code needs {SCHEMA_VERSION}"
     return (
-        f"{what} in this database; run 'python -m notifelect install'{prefix_hint} "
-        "or 'alembic upgrade head' (see README, 'Schema')"
+        f"{what} in this database; run 'python -m notifelect install'{prefix_hint}, or with "
+        "Alembic 'alembic upgrade head' when a revision of the application calls "
+        "notifelect.migrations.upgrade_schema, 'alembic upgrade heads' when notifelect's "
+        "revisions are added through version_locations (see the documentation, 'Schema and "
+        "Alembic')"
     )

@@ -1,14 +1,20 @@
 """notifelect's schema as Alembic revisions, for a checkout and for applications' histories.
 
-The revisions live in ``notifelect/migrations/versions`` (shipped in the wheel) on the
-branch labelled ``notifelect``. An application that keeps its schema in Alembic adds them
-to its own history::
+An application that keeps its schema in Alembic calls :func:`upgrade_schema` and
+:func:`downgrade_schema` from a revision of its own (one head, ``alembic upgrade head``)::
 
-    # alembic.ini of the application
-    version_locations = %(here)s/migrations/versions notifelect:migrations/versions
-    path_separator = space
+    def upgrade() -> None:
+        upgrade_schema(1)
 
-and runs ``alembic upgrade heads``. Each revision runs the DDL of
+    def downgrade() -> None:
+        downgrade_schema(1)
+
+Alternatively it adds notifelect's own revisions (``notifelect/migrations/versions``,
+shipped in the wheel, on the branch labelled ``notifelect``) through
+``version_locations = %(here)s/migrations/versions notifelect:migrations/versions`` with
+``path_separator = space``; its history then has two heads (``alembic upgrade heads``), and
+its first revision must be made with ``--head base --version-path`` pointing at its own
+folder. Each revision runs the DDL of
 :func:`notifelect.schema.statements_for_version`, the same that ``python -m notifelect
 install`` runs, so both ways produce the same objects.
 

@@ -1,9 +1,17 @@
-"""Turn what users hand to ElectionGroup (engine, DSN, connection) into asyncpg connections."""
+"""Turn what users hand to ElectionGroup (engine, DSN, connection) into asyncpg connections.
+
+Connections made here carry an ``application_name`` so that an election's sessions can be
+told apart in ``pg_stat_activity``: the one the user configured (in the DSN's query, the
+engine's ``connect_args``/URL, or ``$PGAPPNAME``), else :data:`APPLICATION_NAME`. A
+borrowed asyncpg connection is left as it is.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import parse_qsl
 
 import asyncpg
 
@@ -17,12 +25,22 @@ _ASYNC_HINT = (
 )
 
 
-def connector_for(engine: Any) -> tuple[Connect | None, asyncpg.Connection[Any] | None]:
-    """Return (connect, borrowed): a factory of dedicated connections, or a borrowed one."""
+#: ``application_name`` of the election's own sessions unless the user set one.
+APPLICATION_NAME = "notifelect"
+
+
+def connector_for(
+    engine: Any, *, application_name: str = APPLICATION_NAME
+) -> tuple[Connect | None, asyncpg.Connection[Any] | None]:
+    """Return (connect, borrowed): a factory of dedicated connections, or a borrowed one.
+
+    Dedicated connections get ``application_name`` when neither the DSN or engine nor
+    ``$PGAPPNAME`` sets one.
+    """
     if isinstance(engine, asyncpg.Connection):
         return None, engine
     if isinstance(engine, str):
-        return _dsn_connector(engine), None
+        return _dsn_connector(engine, application_name), None
     try:
         from sqlalchemy.engine import Engine
         from sqlalchemy.ext.asyncio import AsyncEngine
@@ -39,11 +57,16 @@ def connector_for(engine: Any) -> tuple[Connect | None, asyncpg.Connection[Any] 
                 f"ElectionGroup needs PostgreSQL through asyncpg, got an AsyncEngine for "
                 f"{engine.url.drivername!r}; {_ASYNC_HINT}"
             )
-        return _engine_connector(engine), None
+        return _engine_connector(engine, application_name), None
     raise ConfigurationError(f"ElectionGroup cannot use a {type(engine).__name__}; {_ASYNC_HINT}")
 
 
-def _dsn_connector(dsn: str) -> Connect:
+def _default_name(application_name: str) -> str:
+    """``$PGAPPNAME`` (which libpq honours and asyncpg does not), else ours."""
+    return os.environ.get("PGAPPNAME") or application_name
+
+
+def _dsn_connector(dsn: str, application_name: str) -> Connect:
     scheme, sep, rest = dsn.partition("://")
     if not sep:
         raise ConfigurationError(f"not a DSN: {dsn!r}; expected postgresql://user@host/db")
@@ -54,10 +77,16 @@ def _dsn_connector(dsn: str) -> Connect:
             f"{_ASYNC_HINT}"
         )
     plain = f"postgresql://{rest}"
+    query = dict(parse_qsl(rest.partition("?")[2]))
+    settings = (
+        None
+        if "application_name" in query
+        else {"application_name": _default_name(application_name)}
+    )
 
     async def connect() -> asyncpg.Connection[Any]:
         try:
-            return await asyncpg.connect(plain)
+            return await asyncpg.connect(plain, server_settings=settings)
         except Exception as exc:
             _raise_if_full(exc)
             raise
@@ -65,7 +94,7 @@ def _dsn_connector(dsn: str) -> Connect:
     return connect
 
 
-def _engine_connector(engine: Any) -> Connect:
+def _engine_connector(engine: Any, application_name: str) -> Connect:
     async def connect() -> asyncpg.Connection[Any]:
         # A connection from the engine's pool honours its URL, connect_args and connect
         # events; detaching it means it is closed by us and never returned to the pool
@@ -77,6 +106,15 @@ def _engine_connector(engine: Any) -> Connect:
             raise
         conn: asyncpg.Connection[Any] = fairy.driver_connection
         fairy.detach()
+        try:
+            if not conn.get_settings().application_name:
+                # The engine's URL and connect_args named none: a plain SET (no prepared
+                # statement), once per dedicated connection.
+                name = _default_name(application_name).replace("'", "''")
+                await conn.execute(f"SET application_name = '{name}'")
+        except BaseException:
+            conn.terminate()
+            raise
         return conn
 
     return connect

@@ -9,12 +9,13 @@ import subprocess
 import sys
 import time
 from contextlib import AsyncExitStack
+from datetime import timedelta
 from pathlib import Path
 
 import asyncpg
 import pytest
 
-from notifelect import election_manager
+from notifelect import Settings, election_manager
 from tests.support.servers import libpq_env
 from tests.support.waiting import eventually, settled, until
 
@@ -110,3 +111,48 @@ async def test_closed_connection_is_never_leader(dsn: str, namespace: str) -> No
         await conn.close()
         await eventually(lambda: not outcome.winner, timeout=1, what="winner gone")
         assert not outcome.winner
+
+
+# notifelect 0.0.3's defaults, as its users pass them.
+SEED_INTERVAL = timedelta(seconds=20)
+SEED_TIMEOUT = timedelta(seconds=5)
+
+
+def test_seed_settings_derive_a_lease_that_fits_the_interval() -> None:
+    derived = election_manager.seed_settings(
+        election_interval=SEED_INTERVAL, election_timeout=SEED_TIMEOUT
+    )
+    assert (derived.election_interval, derived.election_timeout) == (20.0, 5.0)
+    assert derived.lease > derived.election_interval
+    assert derived.leader_timeout >= 2 * derived.election_interval
+    assert derived.election_timeout < min(derived.lease, derived.leader_timeout)
+    # Settings that already fit keep the library's defaults; explicit ones are kept.
+    fast = election_manager.seed_settings(election_interval=0.1, election_timeout=0.05)
+    assert (fast.lease, fast.leader_timeout) == (Settings().lease, Settings().leader_timeout)
+    explicit = Settings(election_interval=0.5, lease=3.0, leader_timeout=3.0)
+    kept = election_manager.seed_settings(explicit, election_timeout=timedelta(seconds=1))
+    assert (kept.lease, kept.leader_timeout) == (3.0, 3.0)
+
+
+@pytest.mark.timeout(60)
+async def test_coordinators_with_the_seeds_defaults_elect_exactly_one(
+    dsn: str, namespace: str
+) -> None:
+    async with AsyncExitStack() as stack:
+        outcomes = []
+        for _ in range(2):
+            conn = await asyncpg.connect(dsn)
+            stack.push_async_callback(conn.close)
+            coordinator = election_manager.Coordinator(
+                conn,
+                namespace=namespace,
+                election_interval=SEED_INTERVAL,
+                election_timeout=SEED_TIMEOUT,
+            )
+            outcomes.append(await stack.enter_async_context(coordinator))
+        groups = [o.group for o in outcomes]
+        # The highest rank claims after one election_timeout (5 s) without a higher answer.
+        await until(groups, lambda: settled(groups), timeout=30, what="one settled leader")
+        assert sum(o.winner for o in outcomes) == 1
+        winner = next(o for o in outcomes if o.winner)
+        assert winner.group.node == max(g.node or 0 for g in groups)

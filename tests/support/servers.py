@@ -9,11 +9,13 @@ restart, stop or kill.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import pwd
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import tempfile
 import time
@@ -45,9 +47,59 @@ def free_port() -> int:
 
 
 def _bin_dir() -> Path:
+    """The PostgreSQL binaries, where the user the servers run as can execute them."""
     import pgserver
 
-    return Path(pgserver.__file__).parent / "pginstall" / "bin"
+    install = Path(pgserver.__file__).parent / "pginstall"
+    if os.geteuid() != 0 or _reachable_by_others(install):
+        return install / "bin"
+    return _shared_copy(install) / "bin"
+
+
+def _reachable_by_others(path: Path) -> bool:
+    """Whether a user other than the owner may traverse every directory down to ``path``."""
+    return all(p.stat().st_mode & stat.S_IXOTH for p in (path, *path.parents))
+
+
+def _shared_copy(install: Path) -> Path:
+    """A copy of ``install`` in the temporary directory that any user can read and run.
+
+    When the checkout (and so the virtual environment) sits in a private directory, the
+    unprivileged user cannot reach the binaries there. PostgreSQL finds share/ and lib/
+    relative to its binaries, and the wheel's binaries find their bundled libraries in
+    ``pgserver.libs`` beside the package, so a copy of both, laid out the same way, runs as
+    is. It is kept per version of the binaries and reused only if root owns it and no one
+    else can write to it.
+    """
+    package = install.parent
+    stamp = (install / "bin" / "postgres").stat()
+    key = hashlib.sha256(f"{install}:{stamp.st_size}:{stamp.st_mtime_ns}".encode()).hexdigest()
+    target = Path(tempfile.gettempdir()) / f"notifelect-pginstall-{key[:16]}"
+    copied = target / package.name / install.name
+    with contextlib.suppress(FileNotFoundError):
+        info = target.lstat()
+        if (
+            stat.S_ISDIR(info.st_mode)
+            and info.st_uid == os.geteuid()
+            and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+            and (copied / "bin" / "postgres").exists()
+        ):
+            return copied
+        target = Path(tempfile.mkdtemp(prefix="notifelect-pginstall-"))  # not ours: a new one
+        target.rmdir()
+        copied = target / package.name / install.name
+    staging = Path(tempfile.mkdtemp(prefix="notifelect-pginstall-staging-"))
+    shutil.copytree(install, staging / package.name / install.name, symlinks=True)
+    libs = package.with_name(package.name + ".libs")
+    if libs.is_dir():
+        shutil.copytree(libs, staging / libs.name, symlinks=True)
+    for directory, _, _ in os.walk(staging):
+        os.chmod(directory, 0o755)
+    try:
+        os.rename(staging, target)
+    except OSError:  # another test process made the same copy first
+        shutil.rmtree(staging, ignore_errors=True)
+    return copied
 
 
 def _run_as() -> dict[str, Any]:
