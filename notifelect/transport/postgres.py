@@ -166,6 +166,13 @@ class PostgresTransport(Transport):
             f" AND {_LIVE} ORDER BY m.priority DESC, m.node DESC LIMIT 1"
         )
 
+    def _extra(self, event: str) -> dict[str, object]:
+        return {
+            "notifelect_event": event,
+            "notifelect_namespace": self._namespace,
+            "notifelect_node": self._node,
+        }
+
     # ------------------------------------------------------------ lifecycle
 
     @property
@@ -363,7 +370,7 @@ class PostgresTransport(Transport):
             log.warning(
                 "the anchor session of node %s ended; dropping the election connection",
                 self._node,
-                extra={"notifelect_namespace": self._namespace, "notifelect_node": self._node},
+                extra=self._extra("anchor_lost"),
             )
             self._anchor = None
             self.abort()
@@ -476,7 +483,7 @@ class PostgresTransport(Transport):
                     "waiting %.3fs for the previous leader's lease to run out (%s)",
                     self._lease,
                     "fenced" if fenced else "no evidence that its process is gone",
-                    extra={"notifelect_namespace": self._namespace, "notifelect_node": self._node},
+                    extra=self._extra("lease_wait"),
                 )
                 await asyncio.sleep(max(0.0, taken_at + self._lease - now()))
             confirmed_at = now()
@@ -582,14 +589,14 @@ class PostgresTransport(Transport):
                     " resumes and gives up its expired lease. Grant pg_signal_backend to the"
                     " election role for fast fencing.",
                     holder,
-                    extra={"notifelect_namespace": self._namespace, "notifelect_node": self._node},
+                    extra=self._extra("fence_denied"),
                 )
             return False
         log.warning(
             "fenced out silent leader backend pid %s (lease last renewed %.3fs ago)",
             holder,
             age if age is not None else float("nan"),
-            extra={"notifelect_namespace": self._namespace, "notifelect_node": self._node},
+            extra=self._extra("fenced"),
         )
         # Wait for the terminated backend to let go, bounded on the server side: a client-side
         # timeout would leave the connection busy cancelling the statement.

@@ -66,7 +66,8 @@ def test_every_inline_sample_runs(name: str, code: str, monkeypatch: pytest.Monk
 def test_every_logged_event_is_documented() -> None:
     emitted = set()
     for source in (ROOT / "notifelect").rglob("*.py"):
-        emitted |= set(re.findall(r'"event": "([a-z_]+)"', source.read_text()))
+        emitted |= set(re.findall(r'_extra\(\s*"([a-z_]+)"', source.read_text()))
+        emitted |= set(re.findall(r'"notifelect_event": "([a-z_]+)"', source.read_text()))
     documented = (ROOT / "docs" / "reference" / "log-events.md").read_text()
     assert emitted
     assert {event for event in emitted if f"`{event}`" not in documented} == set()
