@@ -215,7 +215,7 @@ class Driver:
     def close_bound(self) -> float:
         """How long a graceful stop may take before the connections are simply dropped."""
         s = self.settings
-        return s.finish_timeout + 2 * s.callback_timeout + 6 * s.io_timeout
+        return s.finish_timeout + 2 * s.callback_timeout + 5 * s.io_timeout
 
     async def stop(self) -> None:
         """Resign (if leading) and disconnect, within :attr:`close_bound`; never leaves a
@@ -237,9 +237,12 @@ class Driver:
                     )
                 except Exception:
                     log.exception("election driver of group %r failed while stopping", self.name)
-            async with asyncio.timeout(2 * self.settings.io_timeout):
-                await self._teardown()
-        except (TimeoutError, asyncio.CancelledError):
+            try:
+                async with asyncio.timeout(3 * self.settings.io_timeout):
+                    await self._teardown()
+            except TimeoutError:
+                pass  # the network does not answer: the connections are dropped below
+        except asyncio.CancelledError:
             self._abandon()
             raise
         finally:

@@ -170,8 +170,8 @@ class ElectionGroup:
     @property
     def close_bound(self) -> float:
         """The most seconds ``close()`` (leaving ``async with``) takes, whatever happens:
-        ``finish_timeout + 2 * callback_timeout + 6 * io_timeout``."""
-        return self._driver.close_bound + 2 * self.settings.io_timeout
+        ``finish_timeout + 2 * callback_timeout + 8 * io_timeout``."""
+        return self._driver.close_bound + 3 * self.settings.io_timeout
 
     async def wait_for_leadership(self, timeout: float | None = None) -> Leadership:
         """Wait until this node leads; return its Leadership. Raises TimeoutError."""

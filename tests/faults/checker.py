@@ -6,7 +6,6 @@ Pure functions over plain records, so they are unit-tested on hand-made historie
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,13 +26,33 @@ class Execution:
 
 @dataclass(frozen=True)
 class Span:
-    """One leadership's ``on_elected`` work as its node reported it; ``ended`` None if the
-    node never reported the end (it was killed)."""
+    """One leadership's activity as its process recorded it.
+
+    ``started``: when its ``on_elected`` work began. ``last_act``: the last moment the
+    process itself recorded acting under this term (a leader-only action taken after it
+    checked its leadership), None if it never did. ``open_at_end``: the process never
+    reported that every activity of this term was over (its ``on_elected`` work or a
+    leader-only call was still running when the process ended or the run stopped).
+    ``dead_at``: when the process was proven dead (seen gone or a zombie after SIGKILL),
+    or None if it lived on.
+    """
 
     node: int
     term: int
     started: float
-    ended: float | None
+    last_act: float | None = None
+    open_at_end: bool = False
+    dead_at: float | None = None
+
+    @property
+    def end(self) -> float:
+        """Until when this leadership may have acted, never shorter than the process says:
+        its last recorded action; if an activity never reported its end, until the process
+        is proven dead (forever if it is not)."""
+        last = self.started if self.last_act is None else max(self.started, self.last_act)
+        if self.open_at_end:
+            return math.inf if self.dead_at is None else max(last, self.dead_at)
+        return last
 
 
 @dataclass
@@ -131,27 +150,23 @@ def stale_accepted(
     return found
 
 
-def span_overlaps(spans: Sequence[Span], claim_gone: Mapping[int, Sequence[float]]) -> list[str]:
-    """Leaderships whose ``on_elected`` work started before the previous one's was over.
+def span_overlaps(spans: Sequence[Span]) -> list[str]:
+    """Leaderships that began before an earlier one (by term) could have stopped acting.
 
-    The previous leadership is over when its node reported the end of its ``on_elected``
-    work, or when its claim was gone: the test killed, paused or cut off that node, or
-    terminated its backend (``claim_gone`` maps a node to those fault times). Spans are
-    ordered by term.
+    Nothing is assumed about faults: a leadership lasts until its last recorded action,
+    or, if its process never reported the end of its activity, until the process was
+    proven dead.
     """
     found: list[str] = []
     ordered = sorted(spans, key=lambda s: s.term)
-    for before, after in itertools.pairwise(ordered):
-        end = before.ended if before.ended is not None else math.inf
-        faults = [t for t in claim_gone.get(before.node, ()) if t >= before.started]
-        if faults:
-            end = min(end, min(faults))
-        if end > after.started:
-            found.append(
-                f"on_elected of term {after.term} (node {after.node}) started at "
-                f"{after.started:.6f} before term {before.term} (node {before.node}) ended "
-                f"(end {'never' if math.isinf(end) else f'{end:.6f}'})"
-            )
+    for i, after in enumerate(ordered):
+        for before in ordered[:i]:
+            if before.end > after.started:
+                end = "never" if math.isinf(before.end) else f"{before.end:.6f}"
+                found.append(
+                    f"term {after.term} (node {after.node}) started at {after.started:.6f} "
+                    f"before term {before.term} (node {before.node}) stopped acting (at {end})"
+                )
     return found
 
 
@@ -159,7 +174,6 @@ def check(
     executions: Sequence[Execution],
     *,
     spans: Sequence[Span] = (),
-    claim_gone: Mapping[int, Sequence[float]] | None = None,
     term_started: Mapping[int, datetime] | None = None,
     owners: Mapping[int, int] | None = None,
 ) -> Report:
@@ -170,6 +184,6 @@ def check(
         overlaps=overlaps(executions),
         regressions=regressions(executions),
         stale_accepted=stale_accepted(executions, term_started or {}),
-        span_overlaps=span_overlaps(spans, claim_gone or {}),
+        span_overlaps=span_overlaps(spans),
         term_owners=term_owners(executions, owners or {}),
     )

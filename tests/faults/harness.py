@@ -33,6 +33,20 @@ ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 
 
+def _proven_dead(pid: int, within: float = 5.0) -> float | None:
+    """After SIGKILL: the first time ``pid`` is seen gone or a zombie (it can no longer
+    run), looked at in a tight loop so the time is close to the real death."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return time.time()  # reaped already
+        if stat.rpartition(")")[2].split()[0] in ("Z", "X"):
+            return time.time()
+    return None
+
+
 @dataclass(frozen=True)
 class Timing:
     """Settings of the node processes (short, to keep the suite fast)."""
@@ -71,6 +85,8 @@ class NodeProcess:
     paused: bool = False
     killed: bool = False
     exited: bool = False
+    #: When the process was proven dead: seen gone (or a zombie) after SIGKILL, or its exit.
+    dead_at: float | None = None
     reader: asyncio.Task[None] | None = None
 
     @property
@@ -215,6 +231,8 @@ class Cluster:
             self._wake()
         await node.proc.wait()
         node.exited = True
+        if node.dead_at is None:
+            node.dead_at = time.time()
         self._wake()
 
     def _wake(self) -> None:
@@ -312,6 +330,7 @@ class Cluster:
         if sig is signal.SIGKILL:
             node.killed = True
             node.faults.append(("kill", at))
+            node.dead_at = _proven_dead(node.pid)
         elif sig is signal.SIGSTOP:
             node.paused = True
             node.faults.append(("stop", at))
@@ -368,27 +387,29 @@ class Cluster:
             "SELECT term, node, started_at FROM notifelect_history WHERE namespace = $1",
             self.namespace,
         )
-        claim_gone: dict[int, list[float]] = {}
-        for n in self.nodes:
-            assert n.node is not None
-            claim_gone[n.node] = [t for _, t in n.faults] + [t for _, t in self.cluster_faults]
         return checker.check(
             executions,
             spans=list(self.spans().values()),
-            claim_gone=claim_gone,
             term_started={r["term"]: r["started_at"] for r in history},
             owners={r["term"]: r["node"] for r in history},
         )
 
     def spans(self) -> dict[int, checker.Span]:
-        """Each term's on_elected work as reported by its node."""
+        """Each term's activity as its own process recorded it (see checker.Span)."""
         spans: dict[int, checker.Span] = {}
         for n in self.nodes:
             assert n.node is not None
             for e in n.of("elected"):
-                end = n.of("span_end", term=e["term"])
-                spans[e["term"]] = checker.Span(
-                    n.node, e["term"], e["t"], end[0]["t"] if end else None
+                term = e["term"]
+                acts = [a["at"] for a in n.of("act", term=term)]
+                calls_open = len(n.of("call_start", term=term)) > len(n.of("call_end", term=term))
+                spans[term] = checker.Span(
+                    n.node,
+                    term,
+                    e["t"],
+                    last_act=max(acts) if acts else None,
+                    open_at_end=not n.of("span_end", term=term) or calls_open,
+                    dead_at=n.dead_at,
                 )
         return spans
 
@@ -412,6 +433,10 @@ class Cluster:
         assert last_span.node == leader.node
         assert math.isfinite(last_span.started)
         return report
+
+    def acts_after(self, node: NodeProcess, term: int, at: float) -> list[float]:
+        """Times ``node`` recorded acting under ``term`` at or after ``at``."""
+        return [a["at"] for a in node.of("act", term=term) if a["at"] >= at]
 
     def count(self, kind: str, **match: Any) -> int:
         return sum(len(n.of(kind, **match)) for n in self.nodes)

@@ -8,7 +8,10 @@ recorded only if it committed under a current term. It reports on stdout, one JS
 per line, everything the tests wait on or check:
 
 ``ready`` (node id), ``elected`` / ``span_end`` (start and end of its ``on_elected`` work),
-``deposed``, ``exec`` (a committed execution), ``refused`` (the guard said no: ``lease``
+``act`` (a leader-only action: every ``--act-period`` while it leads, and throughout the
+optional long calls below, the node records the time ``at`` it acted, taken just before it
+checked that its leadership is valid), ``call_start`` / ``call_end`` (a long leader-only
+call), ``deposed``, ``exec`` (a committed execution), ``refused`` (the guard said no: ``lease``
 = the local lease check, ``stale`` = the database term moved on), ``error`` (the job's
 database work failed), ``probe`` (a write attempted with a lost leadership's term, see
 below) and ``exit``.
@@ -19,6 +22,12 @@ check was wrong would), until the database refuses. Any such write that commits 
 audit table too (kind ``probe``), so the checker proves it never overlapped another term.
 
 SIGTERM makes the node leave the group cleanly (resign and hand over) and exit 0.
+
+``--finish-call S`` keeps a ``leader_only(finish_on_loss=True)`` coroutine call running
+for S seconds whenever the node leads; ``--thread-call S`` does the same with a plain
+``def`` call in a worker thread. ``--suspend-file F`` simulates a suspended host: on
+SIGCONT the node reads a number of seconds from F and from then on ``time.monotonic()``
+lags by that much, as it does after a real suspend.
 """
 
 from __future__ import annotations
@@ -31,7 +40,9 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import text
@@ -39,6 +50,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from notifelect import (
     ElectionGroup,
+    GroupStateError,
     Leadership,
     NotLeaderError,
     RetryPolicy,
@@ -63,10 +75,42 @@ _INSERT = text(
 )
 
 
+_emitting = threading.Lock()
+
+
 def emit(event: str, **fields: Any) -> None:
     fields.update(ev=event, t=time.time())
-    sys.stdout.write(json.dumps(fields) + "\n")
-    sys.stdout.flush()
+    line = json.dumps(fields) + "\n"
+    with _emitting:  # leader-only calls in threads report too
+        sys.stdout.write(line)
+        sys.stdout.flush()
+
+
+def act(ls: Leadership | None) -> bool:
+    """Record one leader-only action, if the leadership is still valid."""
+    at = time.time()  # taken before the check: the action happened under a valid lease
+    if ls is None or not ls.is_valid:
+        return False
+    emit("act", term=ls.term, at=at)
+    return True
+
+
+_monotonic = time.monotonic
+_lag = 0.0
+
+
+def simulate_suspend(path: Path) -> None:
+    """From the next SIGCONT on, let ``time.monotonic()`` lag by the seconds in ``path``."""
+
+    def on_continue(signum: int, frame: object) -> None:
+        global _lag
+        try:
+            _lag += float(path.read_text() or 0)
+        except (OSError, ValueError):
+            return
+
+    signal.signal(signal.SIGCONT, on_continue)
+    time.monotonic = lambda: _monotonic() - _lag
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -80,6 +124,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--leader-timeout", type=float, default=0.5)
     p.add_argument("--job-period", type=float, default=0.05)
     p.add_argument("--work", type=float, default=0.01)
+    p.add_argument("--act-period", type=float, default=0.01)
+    p.add_argument("--finish-call", type=float, default=0.0)
+    p.add_argument("--thread-call", type=float, default=0.0)
+    p.add_argument("--suspend-file", type=Path, default=None)
     p.add_argument(
         "--idle-in-transaction-ms",
         type=int,
@@ -127,6 +175,43 @@ class Node:
         self.group.on_elected(self.span, resign_on_error=False)
         self.group.every(args.job_period)(self.job)
         self.group.on_deposed(self.deposed)
+        self.finishing = self.group.leader_only(finish_on_loss=True)(self.long_call)
+        self.threaded = self.group.leader_only(self.long_sync_call)
+
+    async def long_call(self) -> None:
+        """A leader-only call that may finish during a hand-over."""
+        ls = current_leadership()
+        assert ls is not None
+        emit("call_start", term=ls.term, kind="finish")
+        deadline = time.monotonic() + self.args.finish_call
+        while time.monotonic() < deadline and act(ls):  # noqa: ASYNC110  # the action cadence
+            await asyncio.sleep(self.args.act_period)
+        emit("call_end", term=ls.term, kind="finish")
+
+    def long_sync_call(self) -> None:
+        """A plain def leader-only call, run in a worker thread."""
+        ls = current_leadership()
+        assert ls is not None
+        emit("call_start", term=ls.term, kind="thread")
+        deadline = time.monotonic() + self.args.thread_call
+        while time.monotonic() < deadline and act(ls):
+            time.sleep(self.args.act_period)
+        emit("call_end", term=ls.term, kind="thread")
+
+    async def calls(self) -> None:
+        """Whenever the node leads, keep the long calls running."""
+        if not (self.args.finish_call or self.args.thread_call):
+            return
+        while True:
+            try:
+                await self.group.wait_for_leadership()
+            except GroupStateError:
+                return  # the group closed
+            with contextlib.suppress(Exception):
+                if self.args.finish_call:
+                    await self.finishing()
+                if self.args.thread_call:
+                    await asyncio.to_thread(self.threaded)
 
     async def span(self, ls: Leadership) -> None:
         emit("elected", node=ls.node, term=ls.term)
@@ -135,7 +220,10 @@ class Node:
             self.probes.add(task)
             task.add_done_callback(self.probes.discard)
         try:
-            await asyncio.Future()  # held for the whole leadership; cancelled when it ends
+            # It acts while its leadership is valid; cancelled when it ends.
+            while act(ls):  # noqa: ASYNC110  # the action cadence, not a wait
+                await asyncio.sleep(self.args.act_period)
+            await asyncio.Future()
         finally:
             emit("span_end", node=ls.node, term=ls.term)
 
@@ -218,6 +306,8 @@ class Node:
         try:
             async with self.group:
                 emit("ready", node=self.group.node, pid=os.getpid())
+                calls = asyncio.create_task(self.calls())
+                self.probes.add(calls)
                 await stop.wait()
                 self.stopping = True
                 for task in list(self.probes):
@@ -232,13 +322,16 @@ class Node:
 
 
 def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.suspend_file is not None:
+        simulate_suspend(args.suspend_file)
     logging.basicConfig(
         level=logging.INFO,
         stream=sys.stderr,
         format="%(asctime)s.%(msecs)03d %(process)d %(levelname)s %(message)s",
         datefmt="%H:%M:%S",
     )
-    asyncio.run(Node(parse_args(argv)).run())
+    asyncio.run(Node(args).run())
 
 
 if __name__ == "__main__":

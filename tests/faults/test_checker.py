@@ -26,7 +26,7 @@ def clean_history() -> list[Execution]:
 def test_a_clean_history_passes() -> None:
     report = checker.check(
         clean_history(),
-        spans=[Span(1, 1, 0.0, 2.1), Span(2, 2, 2.2, 3.0), Span(3, 3, 3.0, None)],
+        spans=[Span(1, 1, 0.0, 2.1), Span(2, 2, 2.2, 3.0), Span(3, 3, 3.0, None, open_at_end=True)],
         term_started={1: at(0.0), 2: at(2.2), 3: at(3.0)},
         owners={1: 1, 2: 2, 3: 3},
     )
@@ -75,27 +75,40 @@ def test_write_under_another_nodes_term_is_found() -> None:
     assert found == ["node 9 wrote under term 2 of node 2"]
 
 
-def test_on_elected_started_before_the_previous_finished_is_found() -> None:
-    spans = [Span(1, 1, 0.0, 2.0), Span(2, 2, 1.5, None)]
-    found = checker.span_overlaps(spans, {})
+def test_a_leadership_that_began_before_the_previous_stopped_acting_is_found() -> None:
+    spans = [Span(1, 1, 0.0, 2.0), Span(2, 2, 1.5, 3.0)]
+    found = checker.span_overlaps(spans)
     assert len(found) == 1
-    assert "term 2 (node 2) started at 1.500000 before term 1" in found[0]
+    assert "term 2 (node 2) started at 1.500000 before term 1 (node 1)" in found[0]
 
 
-def test_on_elected_may_start_once_the_previous_claim_is_gone() -> None:
-    # Node 1 was killed at 1.0 and never reported an end; node 2 started after the kill.
-    spans = [Span(1, 1, 0.0, None), Span(2, 2, 1.2, None)]
-    assert checker.span_overlaps(spans, {1: [1.0]}) == []
-    # Without the fault the missing end is a violation.
-    assert len(checker.span_overlaps(spans, {})) == 1
-    # A fault from before that leadership does not count.
-    assert len(checker.span_overlaps(spans, {1: [-5.0]})) == 1
+def test_the_end_comes_from_the_process_never_from_the_fault() -> None:
+    # Node 1 was cut off at 1.0 (the fault), but recorded acting until 1.4: a successor
+    # that began at 1.2 overlaps it, whatever the fault time says.
+    assert len(checker.span_overlaps([Span(1, 1, 0.0, 1.4), Span(2, 2, 1.2, 2.0)])) == 1
+    assert checker.span_overlaps([Span(1, 1, 0.0, 1.4), Span(2, 2, 1.5, 2.0)]) == []
+
+
+def test_an_activity_that_never_ended_lasts_until_the_process_is_proven_dead() -> None:
+    # Killed at 1.0, proven dead at 1.001, never reported an end: a start at 1.2 is fine,
+    # a start at 1.0005 is not (the process may have acted until it was gone).
+    killed = Span(1, 1, 0.0, 0.9, open_at_end=True, dead_at=1.001)
+    assert checker.span_overlaps([killed, Span(2, 2, 1.2, 2.0)]) == []
+    assert len(checker.span_overlaps([killed, Span(2, 2, 1.0005, 2.0)])) == 1
+    # Alive and never ended: it may still be acting, so any later leadership overlaps.
+    alive = Span(1, 1, 0.0, 0.9, open_at_end=True)
+    assert len(checker.span_overlaps([alive, Span(2, 2, 50.0, 51.0)])) == 1
+
+
+def test_every_earlier_leadership_counts_not_only_the_previous_term() -> None:
+    spans = [Span(1, 1, 0.0, 5.0), Span(2, 2, 6.0, 6.5), Span(3, 3, 4.0, 7.0)]
+    assert len(checker.span_overlaps(spans)) >= 1
 
 
 def test_report_names_every_kind_of_violation() -> None:
     report = checker.check(
         [Execution(1, 2, 0.0, 2.0), Execution(2, 1, 1.0, 3.0)],
-        spans=[Span(1, 1, 0.0, 5.0), Span(2, 2, 1.0, None)],
+        spans=[Span(1, 1, 0.0, 5.0), Span(2, 2, 1.0, None, open_at_end=True)],
     )
     assert not report.ok
     text = str(report)
