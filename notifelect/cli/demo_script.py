@@ -270,8 +270,8 @@ class Demo:
         say = self.say
         say(
             f"settings: heartbeat {INTERVAL:g}s, lease {LEASE:g}s, leader timeout "
-            f"{LEADER_TIMEOUT:g}s, preempt off (quick, for the demo; the defaults are "
-            "0.5s, 2s, 2s and preempt on)"
+            f"{LEADER_TIMEOUT:g}s (quick, for the demo; the defaults are 0.5s, 2s, 2s); "
+            "a running leader keeps leading until it fails or leaves"
         )
         for i in range(self.count):
             await self.spawn(i)
