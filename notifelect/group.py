@@ -345,10 +345,12 @@ class ElectionGroup:
 
 
 def _postgres_transport(engine: Any, settings: Settings, member: Member) -> Transport:
-    from .transport.connect import connector_for
+    from .transport.connect import application_name_for, connector_for
     from .transport.postgres import PostgresTransport
 
-    connect, borrowed = connector_for(engine)
+    connect, borrowed = connector_for(
+        engine, application_name=application_name_for(settings.namespace)
+    )
     return PostgresTransport(
         namespace=settings.namespace,
         names=settings.names,

@@ -25,8 +25,16 @@ _ASYNC_HINT = (
 )
 
 
-#: ``application_name`` of the election's own sessions unless the user set one.
+#: ``application_name`` of the election's own sessions unless the user set one; a group's
+#: sessions add its name: ``notifelect:reports`` (see :func:`application_name_for`).
 APPLICATION_NAME = "notifelect"
+_NAME_MAX = 63  # PostgreSQL keeps NAMEDATALEN - 1 bytes of it
+
+
+def application_name_for(namespace: str) -> str:
+    """``notifelect:<namespace>``, cut to what PostgreSQL keeps (on a character boundary)."""
+    name = f"{APPLICATION_NAME}:{namespace}".encode()[:_NAME_MAX]
+    return name.decode(errors="ignore")
 
 
 def connector_for(
