@@ -382,6 +382,7 @@ class Driver:
                 extra=self._extra("lost", error=repr(exc)),
             )
         self.transport.abort()
+        self._on_lost(exc, self._generation)  # in case the transport had nothing to drop
 
     async def _perform(self, effect: protocol.Effect) -> None:
         match effect:
@@ -398,12 +399,16 @@ class Driver:
                 if handle is not None:
                     handle.cancel()
             case protocol.Claim(fence, evidence):
+                self.stats["elections"] += 1
                 self._helper(self._claim(fence, evidence, self._generation))
             case protocol.Survey():
                 self._helper(self._survey(self._generation))
             case protocol.Elected(term):
+                self.stats["elected"] += 1
                 self._become_leader(term)
             case protocol.Deposed(reason, voluntary):
+                if self.leadership is not None:
+                    self.stats["handovers" if voluntary else "failovers"] += 1
                 await self._step_down(reason, voluntary=voluntary)
             case protocol.Release(term):
                 await self.transport.release(term, "resigned")
@@ -637,6 +642,7 @@ class Driver:
         self._cancel_work(everything=True)
         self._lost_leadership = True
         self.transport.abort()
+        self._on_lost(None, self._generation)  # in case the transport had nothing to drop
 
     def _cancel_work(self, *, everything: bool) -> list[asyncio.Task[Any]]:
         """Cancel ``on_elected`` tasks and leader-only calls that must not outlive the
@@ -764,6 +770,7 @@ class Driver:
                     if self.closing:
                         return False
                     await self.open()
+                    self.stats["reconnects"] += 1
         except Exception as exc:
             self.failure = exc
             log.error(
