@@ -137,7 +137,8 @@ class ElectionGroup:
         """A group on an in-process bus, for tests of code that uses leader-only gates."""
         settings = (settings or Settings()).replace(namespace=name, priority=priority)
         member = Member(priority=priority)
-        return cls(settings=settings, transport=bus.transport(name, member), member=member)
+        transport = bus.transport(name, member, strict_takeover=settings.strict_takeover)
+        return cls(settings=settings, transport=transport, member=member)
 
     def __repr__(self) -> str:
         proto = self._driver.proto

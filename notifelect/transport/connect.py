@@ -33,8 +33,16 @@ _NAME_MAX = 63  # PostgreSQL keeps NAMEDATALEN - 1 bytes of it
 
 def application_name_for(namespace: str) -> str:
     """``notifelect:<namespace>``, cut to what PostgreSQL keeps (on a character boundary)."""
-    name = f"{APPLICATION_NAME}:{namespace}".encode()[:_NAME_MAX]
-    return name.decode(errors="ignore")
+    return _cut(f"{APPLICATION_NAME}:{namespace}")
+
+
+def anchor_name_for(namespace: str) -> str:
+    """``notifelect-anchor:<namespace>``: the name of a node's anchor session."""
+    return _cut(f"{APPLICATION_NAME}-anchor:{namespace}")
+
+
+def _cut(name: str) -> str:
+    return name.encode()[:_NAME_MAX].decode(errors="ignore")
 
 
 def connector_for(

@@ -8,6 +8,7 @@ nothing the library waits for can wedge a node for good.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -237,3 +238,50 @@ async def test_a_stale_term_is_dropped_without_asking_the_database() -> None:
             follower._driver._inbox.put(Receive(old))
         await until([follower], lambda: follower.stats["dropped:stale term"] >= 100, timeout=5)
         assert asked == []
+
+
+@pytest.mark.parametrize("strict", [True, False])
+@pytest.mark.parametrize("how", ["pause", "disconnect"])
+async def test_no_successor_acts_while_cancelled_work_still_runs(how: str, strict: bool) -> None:
+    # The leader's work takes 0.3 s to clean up after it is cancelled. Whatever ends the
+    # leadership (a lapsed lease, a lost connection), and with or without the fast crash
+    # path, the successor starts only once that clean-up is over: the anchor (the
+    # standby's evidence) goes only after the work has stopped.
+    settings = FAST.replace(strict_takeover=strict, callback_timeout=5.0)
+    bus = MemoryBus(lease=settings.lease, leader_timeout=settings.leader_timeout)
+    acts: list[tuple[float, int]] = []
+
+    def member() -> ElectionGroup:
+        group = ElectionGroup.in_memory(bus, "g", settings)
+
+        @group.on_elected
+        async def work(ls: Leadership) -> None:
+            try:
+                while True:
+                    acts.append((time.monotonic(), ls.node))
+                    await asyncio.sleep(0.01)
+            except asyncio.CancelledError:
+                end = time.monotonic() + 0.3
+                while time.monotonic() < end:  # a slow clean-up that still acts
+                    acts.append((time.monotonic(), ls.node))
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.sleep(0.01)
+                raise
+
+        return group
+
+    async with AsyncExitStack() as stack:
+        a = await stack.enter_async_context(member())
+        await a.wait_for_leadership(timeout=5)
+        b = await stack.enter_async_context(member())
+        assert a.node is not None
+        await until([a, b], lambda: bus.watchers[a.node or 0] > 0)  # b stands by
+        if how == "pause":
+            bus.pause(a.node)
+        else:
+            bus.disconnect(a.node)
+        await b.wait_for_leadership(timeout=10)
+        began = min(t for t, node in acts if node == b.node)
+        assert [t for t, node in acts if node == a.node and t >= began] == []
+        if how == "pause":
+            bus.pause(a.node, False)
