@@ -295,7 +295,9 @@ class Demo:
         self.leader = None
         t0 = self.signal(victim, signal.SIGKILL)
         elected = await self.wait_new_leader(self.term, "after the kill, a new leader")
-        self._result("leader killed (SIGKILL)", elected.t - t0, "PostgreSQL frees its lock")
+        self._result(
+            "leader killed (SIGKILL)", elected.t - t0, "seen at once, then its lease is waited out"
+        )
         await self.settle("the nodes following the new leader")
 
         # 2. pause

@@ -466,7 +466,11 @@ class PostgresTransport(Transport):
                 log.info(
                     "waiting %.3fs for the previous leader's lease to run out (%s)",
                     self._lease,
-                    "fenced" if fenced else "no evidence that its process is gone",
+                    "fenced"
+                    if fenced
+                    else "strict_takeover"
+                    if proven
+                    else "no evidence that its process is gone",
                     extra=self._extra("lease_wait"),
                 )
                 await asyncio.sleep(max(0.0, taken_at + self._lease - now()))
