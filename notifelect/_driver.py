@@ -1,5 +1,9 @@
 """The election driver: runs one group's protocol over a transport and supervises its work.
 
+(Longer than most modules on purpose: it is one loop that owns one group's election state
+and every part of it reads or changes that state; the leader work it supervises is in
+:mod:`notifelect._work`, the decisions in :mod:`notifelect.protocol`.)
+
 It owns the loop that feeds events (messages, timers, answers from the database) into the
 pure protocol and performs the effects it returns, in order. Time and I/O enter the
 election only here and in the transport. It also supervises leader-only work: a

@@ -1,5 +1,9 @@
 """The election protocol as a pure state machine.
 
+(Longer than most modules on purpose: a state machine reads best whole, each transition
+next to the ones it hands over to; the events, effects and state it speaks of are small
+dataclasses at the top.)
+
 ``step(state, event, now)`` returns the next state and the effects the caller must carry
 out, in order. Nothing here does I/O or reads a clock: time arrives as ``now`` (seconds on
 a monotonic clock) and timers are effects that the caller turns back into events.

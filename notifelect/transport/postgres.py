@@ -1,9 +1,14 @@
 """The PostgreSQL transport: LISTEN/NOTIFY for messages, an advisory lock for the claim.
 
-One dedicated asyncpg connection per node carries everything: it listens on the channel,
-holds the group's session advisory lock while the node leads, and renews the lease. The
-standby opens one more connection, blocked on the lock, to notice a crashed leader within
-milliseconds (PostgreSQL releases a dead session's locks at once).
+(Longer than most modules on purpose: one node's three kinds of session and the order of
+what happens on them belong together; the statements themselves are in
+:mod:`notifelect.sql`.)
+
+A node's election connection listens on the channel, holds the group's session advisory
+lock while the node leads, and renews the lease; its anchor is an idle session holding a
+lock named after the node; the standby opens one more connection, waiting on the leader's
+anchor, to notice a crashed leader within milliseconds (PostgreSQL ends a dead process's
+sessions, and frees their locks, at once).
 """
 
 from __future__ import annotations
