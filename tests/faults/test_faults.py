@@ -109,7 +109,7 @@ async def test_sigstop_for_three_leases(cluster: Cluster, size: Size) -> None:
         term = old.leading_term
         assert term is not None
         stopped = cluster.signal(old, signal.SIGSTOP)
-        await cluster.leader(timeout=30)
+        new = await cluster.leader(timeout=30)
         took.append(first_elected(cluster, stopped))
         # The pause itself is the fault: it lasts at least three leases.
         await asyncio.sleep(max(0.0, stopped + 3 * lease - time.time()))
@@ -133,7 +133,8 @@ async def test_sigstop_for_three_leases(cluster: Cluster, size: Size) -> None:
             resumed,
         )
         assert rows[0]["n"] == 0
-        await cluster.leader(timeout=20)
+        # The node that took over keeps leading: the resumed one follows it.
+        assert await cluster.leader(timeout=20) is new
     figures("SIGSTOP -> new leader elected", took)
     await cluster.verify()
 
