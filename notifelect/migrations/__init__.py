@@ -12,9 +12,11 @@ An application that keeps its schema in Alembic calls :func:`upgrade_schema` and
 Alternatively it adds notifelect's own revisions (``notifelect/migrations/versions``,
 shipped in the wheel, on the branch labelled ``notifelect``) through
 ``version_locations = %(here)s/migrations/versions notifelect:migrations/versions`` with
-``path_separator = space``; its history then has two heads (``alembic upgrade heads``), and
-its first revision must be made with ``--head base --version-path`` pointing at its own
-folder. Each revision runs the DDL of
+``path_separator = space``; its history then has two heads (``alembic upgrade heads``).
+With ``revision_environment = true`` and :func:`process_revision_directives` passed to
+``context.configure`` in its ``env.py``, ``alembic revision`` never writes a new revision
+into the installed package (without them, the application's first revision must be made
+with ``--head base --version-path`` pointing at its own folder). Each revision runs the DDL of
 :func:`notifelect.schema.statements_for_version`, the same that ``python -m notifelect
 install`` runs, so both ways produce the same objects.
 
@@ -26,6 +28,7 @@ the same rule as the CLI's ``--prefix``.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from ..errors import ConfigurationError
@@ -53,8 +56,12 @@ __all__ = [
     "configured_names",
     "downgrade_schema",
     "include_name",
+    "process_revision_directives",
     "upgrade_schema",
 ]
+
+#: Where notifelect's own revisions live (inside the installed package).
+_PACKAGE_VERSIONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "versions")
 
 
 def configured_names() -> Names:
@@ -106,3 +113,46 @@ def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
     application's own hook.
     """
     return not (type_ == "table" and name is not None and is_schema_object(name))
+
+
+def process_revision_directives(context: Any, revision: Any, directives: list[Any]) -> None:
+    """Keep an application's new revisions out of the installed package.
+
+    For ``context.configure(process_revision_directives=...)`` in an ``env.py`` whose
+    history adds notifelect's revisions through ``version_locations``, together with
+    ``revision_environment = true``. Alembic writes a new revision next to the head it
+    builds on, so while notifelect's revision is the only head (an application without
+    revisions of its own yet) ``alembic revision`` would write into the package. This
+    hook makes such a revision a new base in the application's own folder instead, and
+    moves any revision meant for notifelect's branch there too.
+    """
+    from alembic.util import CommandError
+
+    script = getattr(context, "script", None)
+    if script is None:
+        return
+    package = os.path.realpath(_PACKAGE_VERSIONS)
+    locations = [
+        os.path.realpath(location) for location in getattr(script, "_version_locations", [])
+    ]
+    own = [location for location in locations if location != package]
+    for directive in directives:
+        if getattr(directive, "version_path", None) is not None:
+            continue
+        head = getattr(directive, "head", None)
+        try:
+            bases = [s for s in script.get_revisions(head) if s is not None] if head else []
+        except CommandError:
+            continue  # Alembic says what is wrong with the --head given
+        if not bases or any(os.path.realpath(os.path.dirname(s.path)) != package for s in bases):
+            continue
+        if not own:
+            raise CommandError(
+                "notifelect's revisions are the only version location: add the "
+                "application's own folder to version_locations (before "
+                f"{VERSIONS_LOCATION!r}) so that new revisions are not written into the "
+                "installed package"
+            )
+        if head in ("head", "heads"):
+            directive.head = "base"  # the application's first revision: a base of its own
+        directive.version_path = own[0]

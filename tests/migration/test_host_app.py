@@ -7,7 +7,9 @@ The fixture is what the README tells users to write: their ``env.py`` and revisi
 from __future__ import annotations
 
 import argparse
+import asyncio
 import io
+import shutil
 from pathlib import Path
 
 import pytest
@@ -200,3 +202,54 @@ def test_include_name_hides_only_notifelect_tables() -> None:
         assert include_name(other, "table", {})
     assert include_name("notifelect_term_pkey", "index", {})
     assert include_name(None, "schema", {})
+
+
+@pytest.mark.timeout(90)
+async def test_the_first_revision_of_an_application_never_lands_in_the_package(
+    empty_dsn: str, tmp_path: Path
+) -> None:
+    # An application that adds notifelect's revisions through version_locations and has
+    # none of its own yet: notifelect's revision is the only head, next to which Alembic
+    # would write. With the documented hook, a plain `alembic revision` lands at home.
+    import alembic as alembic_package
+    from alembic import command
+
+    from notifelect import migrations
+
+    config = host_app(tmp_path, empty_dsn, "")
+    own = tmp_path / "migrations" / "versions"
+    for existing in own.iterdir():
+        existing.unlink()  # no revision of its own yet
+    env = (tmp_path / "migrations" / "env.py").read_text()
+    (tmp_path / "migrations" / "env.py").write_text(
+        env.replace(
+            "include_name=notifelect.migrations.include_name,",
+            "include_name=notifelect.migrations.include_name,\n"
+            "        process_revision_directives="
+            "notifelect.migrations.process_revision_directives,",
+        )
+    )
+    ini = tmp_path / "alembic.ini"
+    ini.write_text(
+        ini.read_text().replace("[alembic]\n", "[alembic]\nrevision_environment = true\n")
+    )
+    template = Path(alembic_package.__file__).parent / "templates" / "async" / "script.py.mako"
+    shutil.copy(template, tmp_path / "migrations")  # what `alembic init -t async` writes
+    config = host_app_config(tmp_path, empty_dsn)
+    package = Path(migrations.__file__).parent / "versions"
+    before = sorted(p.name for p in package.iterdir())
+    await asyncio.to_thread(command.revision, config, "first")
+    assert sorted(p.name for p in package.iterdir()) == before
+    written = [p for p in own.iterdir() if p.suffix == ".py"]
+    assert len(written) == 1
+    assert "Revises: \n" in written[0].read_text()  # a base of its own
+    await asyncio.to_thread(command.upgrade, config, "heads")
+    assert len(await heads(empty_dsn)) == 2
+
+
+def host_app_config(root: Path, dsn: str) -> Config:
+    config = Config(str(root / "alembic.ini"), cmd_opts=argparse.Namespace(x=[]))
+    config.stdout = io.StringIO()
+    url = dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
