@@ -58,6 +58,26 @@ def first_elected(cluster: Cluster, after: float) -> float:
     return float(first) - after
 
 
+async def cut_off_leader(cluster: Cluster) -> tuple[NodeProcess, int]:
+    """Black-hole the current leader's path (half-open); return it and its term."""
+    old = await cluster.leader()
+    term = old.leading_term
+    assert old.proxy is not None
+    assert term is not None
+    old.proxy.set_mode(Mode.BLACKHOLE)
+    old.paused = True  # cut off: for the harness's leader count only
+    return old, term
+
+
+async def heal(cluster: Cluster, old: NodeProcess, term: int) -> None:
+    """Let the cut-off leader's traffic through again; it must step down and follow."""
+    assert old.proxy is not None
+    old.proxy.set_mode(Mode.PASS)
+    old.paused = False
+    await cluster.reported(old, "deposed", term=term, timeout=30, what="old leader left")
+    await cluster.leader(timeout=30)
+
+
 async def replace(cluster: Cluster, gone: NodeProcess) -> None:
     """Keep the cluster's size: start a node like the one that left; the leader stays."""
     leader = await cluster.leader()
@@ -328,15 +348,10 @@ async def test_half_open_leader_then_its_backend_terminated(cluster: Cluster, si
     lives on, trusting its lease, so nobody may act until that lease has run out."""
     await cluster.spawn(size.nodes, proxied=True)
     for _ in range(size.rounds):
-        old = await cluster.leader()
-        term = old.leading_term
-        assert old.proxy is not None
-        assert term is not None
         row = await cluster.db_leader()
+        old, term = await cut_off_leader(cluster)
         assert row is not None
         assert row["node"] == old.node
-        old.proxy.set_mode(Mode.BLACKHOLE)
-        old.paused = True  # cut off: for the harness's leader count only
         (ok,) = await cluster.sql("SELECT pg_terminate_backend($1) AS ok", row["backend_pid"])
         assert ok["ok"]
         new = await cluster.leader(timeout=30)
@@ -345,12 +360,7 @@ async def test_half_open_leader_then_its_backend_terminated(cluster: Cluster, si
         # began (the checker below proves it from the processes' own records).
         began = elected_at(new, 0.0)
         assert cluster.acts_after(old, term, began) == []
-        old.proxy.set_mode(Mode.PASS)
-        old.paused = False
-        await cluster.reported(
-            old, "deposed", term=term, timeout=30, what="old leader stepped down"
-        )
-        await cluster.leader(timeout=30)
+        await heal(cluster, old, term)
     await cluster.verify()
 
 
@@ -360,23 +370,13 @@ async def test_restart_while_the_leader_is_cut_off(cluster: Cluster, size: Size)
     lease ends. The others must wait that lease out after the database is back."""
     await cluster.spawn(size.nodes, proxied=True)
     for _ in range(size.rounds):
-        old = await cluster.leader()
-        term = old.leading_term
-        assert old.proxy is not None
-        assert term is not None
-        old.proxy.set_mode(Mode.BLACKHOLE)
-        old.paused = True
+        old, term = await cut_off_leader(cluster)
         cluster.cluster_faults.append(("restart", time.time()))
         await asyncio.to_thread(cluster.server.restart, "fast")
         new = await cluster.leader(timeout=40)
         assert new is not old
         assert cluster.acts_after(old, term, elected_at(new, 0.0)) == []
-        old.proxy.set_mode(Mode.PASS)
-        old.paused = False
-        await cluster.reported(
-            old, "deposed", term=term, timeout=30, what="old leader stepped down"
-        )
-        await cluster.leader(timeout=30)
+        await heal(cluster, old, term)
     await cluster.verify()
 
 
@@ -472,12 +472,7 @@ async def test_half_open_leader_then_every_session_terminated(cluster: Cluster, 
     over waits a whole lease, and the cut-off leader has stopped acting by then."""
     await cluster.spawn(size.nodes, proxied=True)
     for _ in range(size.rounds):
-        old = await cluster.leader()
-        term = old.leading_term
-        assert old.proxy is not None
-        assert term is not None
-        old.proxy.set_mode(Mode.BLACKHOLE)
-        old.paused = True
+        old, term = await cut_off_leader(cluster)
         rows = await cluster.sql(
             "SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity"
             " WHERE application_name IN ($1, $2)",
@@ -488,8 +483,5 @@ async def test_half_open_leader_then_every_session_terminated(cluster: Cluster, 
         new = await cluster.leader(timeout=40)
         assert new is not old
         assert cluster.acts_after(old, term, elected_at(new, 0.0)) == []
-        old.proxy.set_mode(Mode.PASS)
-        old.paused = False
-        await cluster.reported(old, "deposed", term=term, timeout=30, what="old leader left")
-        await cluster.leader(timeout=30)
+        await heal(cluster, old, term)
     await cluster.verify()

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -23,6 +24,19 @@ from tests.support.waiting import until
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = Settings(election_interval=0.1, lease=1.0, leader_timeout=0.5)
+
+
+async def record_a_gone_leader(
+    conn: asyncpg.Connection[Any], namespace: str, *, renewed: str
+) -> None:
+    """Record term 1 of node 999999 (no such process), last renewed at ``renewed``."""
+    await conn.execute("INSERT INTO notifelect_term (namespace, term) VALUES ($1, 1)", namespace)
+    await conn.execute(
+        "INSERT INTO notifelect_leader (namespace, term, node, priority, host, pid,"
+        " backend_pid, since, renewed_at, released) VALUES ($1, 1, 999999, 0, 'gone', 1,"
+        f" 1, {renewed}, {renewed}, false)",
+        namespace,
+    )
 
 
 def test_leases_run_on_a_clock_that_counts_a_suspend() -> None:
@@ -43,15 +57,7 @@ async def test_a_server_clock_step_does_not_shorten_the_successors_wait(
     # clock jumped forward: its lease must still be waited out on the successor's clock.
     conn = await asyncpg.connect(dsn)
     try:
-        await conn.execute(
-            "INSERT INTO notifelect_term (namespace, term) VALUES ($1, 1)", namespace
-        )
-        await conn.execute(
-            "INSERT INTO notifelect_leader (namespace, term, node, priority, host, pid,"
-            " backend_pid, since, renewed_at, released) VALUES ($1, 1, 999999, 0, 'gone', 1,"
-            " 1, now() - interval '1 hour', now() - interval '1 hour', false)",
-            namespace,
-        )
+        await record_a_gone_leader(conn, namespace, renewed="now() - interval '1 hour'")
     finally:
         await conn.close()
     async with ElectionGroup(dsn, namespace, FAST) as group:
@@ -179,15 +185,7 @@ async def test_a_stuck_claimer_is_fenced(dsn: str, namespace: str) -> None:
     # not keep the group leaderless.
     stuck = await asyncpg.connect(dsn)
     try:
-        await stuck.execute(
-            "INSERT INTO notifelect_term (namespace, term) VALUES ($1, 1);", namespace
-        )
-        await stuck.execute(
-            "INSERT INTO notifelect_leader (namespace, term, node, priority, host, pid,"
-            " backend_pid, since, renewed_at, released) VALUES ($1, 1, 999999, 0, 'gone', 1,"
-            " 1, now(), now(), false)",
-            namespace,
-        )
+        await record_a_gone_leader(stuck, namespace, renewed="now()")
         await stuck.execute("SELECT pg_advisory_lock($1)", Names().claim_key(namespace))
         stuck_pid = stuck.get_server_pid()
         async with ElectionGroup(dsn, namespace, FAST) as group:
