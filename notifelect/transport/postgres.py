@@ -67,6 +67,7 @@ class _Serial:
         self.raw = conn
         self.timeout = timeout
         self._lock = asyncio.Lock()
+        self._broken: str | None = None
 
     def is_closed(self) -> bool:
         return self.raw.is_closed()
@@ -74,14 +75,30 @@ class _Serial:
     @contextlib.asynccontextmanager
     async def _bounded(self, what: str, timeout: float | None) -> AsyncIterator[None]:
         limit = self.timeout if timeout is None else timeout
+        if self._broken is not None:
+            # A call was cut off mid-way: the connection's state is unknown. It stays open
+            # (it holds the claim) until the group drops it, but it is used no more.
+            raise TransportError(f"{what} refused: {self._broken}")
         try:
             async with asyncio.timeout(limit), self._lock:
-                yield
+                try:
+                    yield
+                except asyncio.CancelledError:
+                    self._broken = f"an earlier call was cancelled while it ran ({what})"
+                    raise
         except TimeoutError as exc:
+            self._broken = f"{what} took over {limit:g}s"
             raise TransportError(f"{what} on the election connection took over {limit:g}s") from exc
-        except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError) as exc:
+        except (
+            asyncpg.PostgresConnectionError,
+            asyncpg.InterfaceError,
+            asyncpg.InternalClientError,
+            OSError,
+        ) as exc:
+            self._broken = f"{what} failed: {exc!r}"
             raise TransportError(f"{what} failed: {exc!r}") from exc
         except asyncpg.AdminShutdownError as exc:
+            self._broken = "the server ended the session"
             raise TransportError(f"{what} failed: the server ended the session") from exc
 
     async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:
