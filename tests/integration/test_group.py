@@ -129,18 +129,30 @@ async def test_engine_pool_is_left_clean_and_not_starved(dsn: str, namespace: st
                     assert channels == 0
                 assert len(pids) == 2
                 assert election_pid not in pids
-        # After exit: no pooled connection carries a LISTEN or an advisory lock.
+        # After exit: no pooled connection carries a LISTEN or an advisory lock, and the
+        # group's own sessions (terminated, so their backends end a moment later) are gone.
         async with engine.connect() as a, engine.connect() as b:
             for conn in (a, b):
-                row = (
-                    await conn.execute(
-                        text(
-                            "SELECT (SELECT count(*) FROM pg_listening_channels()),"
-                            " (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory')"
-                        )
+                listening = (
+                    await conn.execute(text("SELECT count(*) FROM pg_listening_channels()"))
+                ).scalar_one()
+                assert listening == 0
+
+            async def advisory_locks() -> int:
+                held = await a.execute(
+                    text(
+                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database"
+                        " = (SELECT oid FROM pg_database WHERE datname = current_database())"
                     )
-                ).one()
-                assert tuple(row) == (0, 0)
+                )
+                await a.commit()
+                return int(held.scalar_one())
+
+            for _ in range(100):
+                if await advisory_locks() == 0:
+                    break
+                await asyncio.sleep(0.05)
+            assert await advisory_locks() == 0
             gone = (
                 await a.execute(
                     text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid"),
