@@ -150,8 +150,11 @@ class LeaderWork:
         finishing = [c.task for c in self._calls if not c.task.done() and c.task not in cancelled]
         with self._threads_lock:
             threads = [asyncio.wrap_future(f) for f in self._threads]
+        # During a hand-over the claim is still this node's: keep its lease renewed for as
+        # long as anything of it runs (cancelled work winding down, work allowed to finish,
+        # on_deposed), so the hand-over stays clean. After a loss nothing can be renewed.
         renewing = None
-        if voluntary and (finishing or threads) and ls.is_valid:
+        if voluntary and ls.is_valid:
             renewing = asyncio.create_task(self._keep_renewing(ls, finishing, renew))
         try:
             await self._wait_for(
@@ -166,25 +169,28 @@ class LeaderWork:
                 await self._wait_for(
                     [t for t in left if t in finishing], self.settings.callback_timeout, "work", ls
                 )
+            ls._end(reason)
+            for callback in self._deposed:
+                try:
+                    async with asyncio.timeout(self.settings.callback_timeout):
+                        await callback(ls)
+                except TimeoutError:
+                    log.error(
+                        "on_deposed callback %s took over %.1fs; no longer waiting for it",
+                        getattr(callback, "__qualname__", callback),
+                        self.settings.callback_timeout,
+                        extra=self._extra("callback_timeout", term=ls.term),
+                    )
+                except Exception:
+                    log.exception(
+                        "on_deposed callback failed", extra=self._extra("callback_failed")
+                    )
         finally:
+            ls._end(reason)
             if renewing is not None:
                 renewing.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await renewing
-        ls._end(reason)
-        for callback in self._deposed:
-            try:
-                async with asyncio.timeout(self.settings.callback_timeout):
-                    await callback(ls)
-            except TimeoutError:
-                log.error(
-                    "on_deposed callback %s took over %.1fs; no longer waiting for it",
-                    getattr(callback, "__qualname__", callback),
-                    self.settings.callback_timeout,
-                    extra=self._extra("callback_timeout", term=ls.term),
-                )
-            except Exception:
-                log.exception("on_deposed callback failed", extra=self._extra("callback_failed"))
 
     async def _wait_for(
         self, tasks: Sequence[asyncio.Future[Any]], timeout: float, what: str, ls: Leadership

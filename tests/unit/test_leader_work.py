@@ -285,3 +285,43 @@ async def test_no_successor_acts_while_cancelled_work_still_runs(how: str, stric
         assert [t for t, node in acts if node == a.node and t >= began] == []
         if how == "pause":
             bus.pause(a.node, False)
+
+
+async def test_a_hand_over_keeps_the_lease_while_cancelled_work_winds_down() -> None:
+    # The leader leaves; its on_elected work takes longer to clean up than a lease (it
+    # does not ignore cancellation, it is just slow). The lease is kept renewed meanwhile,
+    # so the hand-over stays clean: the successor starts after the clean-up, not after the
+    # old leader was fenced out for a lapsed lease.
+    settings = FAST.replace(callback_timeout=5.0)
+    bus = MemoryBus(lease=settings.lease, leader_timeout=settings.leader_timeout)
+    cleanup = 3 * settings.lease
+    ended: list[float] = []
+    started: list[float] = []
+    async with AsyncExitStack() as stack:
+        old = ElectionGroup.in_memory(bus, "g", settings)
+
+        @old.on_elected
+        async def slow(ls: Leadership) -> None:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                await asyncio.sleep(cleanup)  # the clean-up, well within callback_timeout
+                ended.append(time.monotonic())
+                raise
+
+        await old.__aenter__()
+        await old.wait_for_leadership(timeout=5)
+        new = ElectionGroup.in_memory(bus, "g", settings)
+
+        @new.on_elected
+        async def mark(ls: Leadership) -> None:
+            started.append(time.monotonic())
+
+        await stack.enter_async_context(new)
+        await new.wait_for_leader(timeout=5)
+        await old.close()
+        await new.wait_for_leadership(timeout=5)
+        await until([new], lambda: bool(started), timeout=5)
+        assert started[0] >= ended[0]
+        assert old.stats["handovers"] == 1
+        assert new.stats["dropped:silent leader"] == 0  # no lapse, no fencing
