@@ -169,6 +169,11 @@ class Cluster:
         taken, self.idle = self.idle[:count], self.idle[count:]
         return taken + await self.spawn(count - len(taken))
 
+    async def reserve(self, count: int) -> None:
+        """Have at least ``count`` idle processes ready (started in one batch)."""
+        self.idle = [n for n in self.idle if n.alive]
+        self.idle += await self.spawn(count - len(self.idle))
+
     def give_back(self, node: Node) -> None:
         if node.alive and not node.stopped:
             self.idle.append(node)
