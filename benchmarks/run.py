@@ -51,15 +51,15 @@ class Plan:
     """How much to run; ``full()`` is what the README's figures come from."""
 
     n: int = 10
-    repeats_ours: int = 12
-    repeats_seed_fast: int = 10
+    repeats_ours: int = 10
+    repeats_seed_fast: int = 8
     seed_default_groups: int = 4  # parallel trials (its rounds take 25 s)
     steady_seconds: float = 60.0
     scale: list[tuple[int, int]] = field(
-        default_factory=lambda: [(2, 8), (50, 4), (100, 3)]
+        default_factory=lambda: [(2, 6), (50, 3), (100, 3)]
     )  # (N, repeats) besides n
     scale_steady_seconds: float = 15.0
-    strict_repeats: int = 5  # ours with strict_takeover=True: trials of N=n ...
+    strict_repeats: int = 4  # ours with strict_takeover=True: trials of N=n ...
     strict_crashes: int = 3  # ... each killing this many leaders in turn
     rolling: list[tuple[int, int]] = field(
         default_factory=lambda: [(5, 3), (10, 3)]
@@ -263,6 +263,10 @@ async def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         plan.seed_default_groups = args.seed_default_groups
     if args.scale is not None:
         plan.scale = [_scale_item(item) for item in args.scale.split(",") if item]
+    if args.rolling is not None:
+        plan.rolling = [
+            item for item in map(_scale_item, filter(None, args.rolling.split(","))) if item[0]
+        ]
     if args.no_seed:
         plan.seed = False
     if args.seed:
@@ -312,10 +316,11 @@ async def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
             if system == "ours":  # every notification of ours, for messages per election
                 buses[settings] = Bus()
                 await buses[settings].start(dbs[system, settings])
-        budget = int(pg["max_connections"]) - 10 - len(cfgs) * 3
-        scale = [(n, r) for n, r in plan.scale if n + 2 <= budget]
+        # Each node of ours holds two sessions (its election session and its anchor).
+        budget = int(pg["max_connections"]) - 10 - len(cfgs) * 4
+        scale = [(n, r) for n, r in plan.scale if 2 * n + 2 <= budget]
         for n, _ in plan.scale:
-            if n + 2 > budget:
+            if 2 * n + 2 > budget:
                 rec.problem(f"N={n} skipped: the server allows {pg['max_connections']} connections")
 
         _progress("physical floors")
@@ -331,21 +336,41 @@ async def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
         _progress(f"spawning node processes (N={plan.n})")
         await clusters["ours"].spawn(plan.n * 2)
-        phase_a = []
-        steady_n = plan.n
+        steady = []
         for key, cfg in cfgs.items():
             if cfg.settings == "strict":
                 continue
-            phase_a.append(
+            steady.append(
                 steady_state(
                     clusters[cfg.system],
                     cfg,
                     dbs["steady", *key],
-                    steady_n,
+                    plan.n,
                     plan.steady_seconds,
                     rec,
                 )
             )
+
+        async def steady_then_strict() -> None:
+            """The steady state of every system, then ours with strict_takeover=True (its
+            failovers wait a whole lease, so they share the time of the seed's 25 s rounds)."""
+            await _gather(*steady)
+            cfg = cfgs["ours", "strict"]
+            _progress(
+                f"ours with strict_takeover=True: {plan.strict_repeats} trials, N={plan.n}, "
+                f"{plan.strict_crashes} SIGKILLs each"
+            )
+            await _chains(
+                clusters["ours"],
+                cfg,
+                dbs["ours", "strict"],
+                plan.n,
+                plan.strict_repeats,
+                rec,
+                ("cold", *["crash"] * plan.strict_crashes),
+            )
+
+        phase_a = [steady_then_strict()]
         if plan.seed and plan.seed_default_groups:
             cfg = cfgs["seed", "default"]
             await clusters["seed"].spawn(plan.n * (plan.seed_default_groups + 2))
@@ -378,21 +403,6 @@ async def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
                 ("cold", "handover", "crash", "pause"),
                 buses.get(cfg.settings) if cfg.system == "ours" else None,
             )
-
-        cfg = cfgs["ours", "strict"]
-        _progress(
-            f"ours with strict_takeover=True: {plan.strict_repeats} trials, N={plan.n}, "
-            f"{plan.strict_crashes} SIGKILLs each"
-        )
-        await _chains(
-            clusters["ours"],
-            cfg,
-            dbs["ours", "strict"],
-            plan.n,
-            plan.strict_repeats,
-            rec,
-            ("cold", *["crash"] * plan.strict_crashes),
-        )
 
         cfg = cfgs["ours", "default"]
         for replicas, repeats in plan.rolling:
@@ -805,14 +815,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     tune = parser.add_argument_group("tuning (defaults: the full plan, or --quick)")
     tune.add_argument("--n", type=int, help="group size of the failover runs (10)")
-    tune.add_argument("--repeats", type=int, help="trials per system and settings (12 / 10)")
+    tune.add_argument("--repeats", type=int, help="trials per system and settings (10 / 8)")
     tune.add_argument("--steady-seconds", type=float, help="steady-state window (60)")
     tune.add_argument(
         "--seed-default-groups",
         type=int,
         help="parallel trials of the seed package at its defaults (4)",
     )
-    tune.add_argument("--scale", help="extra group sizes as N:trials,... (2:8,50:5,100:2)")
+    tune.add_argument("--scale", help="extra group sizes as N:trials,... (2:6,50:3,100:3)")
+    tune.add_argument(
+        "--rolling", help="rolling restarts as replicas:trials,... (5:3,10:3; 0 to skip)"
+    )
     args = parser.parse_args(argv)
     args.out = args.out or (RESULTS / "quick" if args.quick else RESULTS)
     args.out.mkdir(parents=True, exist_ok=True)
