@@ -84,11 +84,10 @@ def ratio(seed: Summary | None, ours: Summary | None) -> str:
     if seed.p50 is None:
         assert seed.limit is not None
         return f"> {seed.limit / ours.p50:,.0f}x"
-    return (
-        f"{seed.p50 / ours.p50:,.0f}x"
-        if seed.p50 >= 10 * ours.p50
-        else (f"{seed.p50 / ours.p50:.1f}x")
-    )
+    times = seed.p50 / ours.p50
+    if times >= 10:
+        return f"{times:,.0f}x"
+    return f"{times:.1f}x" if times >= 0.1 else f"{times:.2g}x"
 
 
 def write_csv(path: Path, samples: Sequence[Sample]) -> None:

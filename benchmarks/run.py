@@ -618,7 +618,7 @@ def render(
     parts += [
         "### Overlap: two nodes acting as leader at once",
         table(
-            ["system", "settings", "trials of", "N", "trials", "overlaps", "longest", "in"],
+            ["system", "settings", "trial kind", "N", "trials", "overlaps", "longest", "in"],
             report.overlap_rows(rec.samples),
         ),
     ]
