@@ -13,7 +13,7 @@ from .scenarios import Sample
 FAILOVER = ["cold start", "hand-over", "crash (SIGKILL)", "pause (SIGSTOP)"]
 EXTRA = ["join (enter returns)", "all agree on the leader", "paused leader stops acting"]
 SYSTEM_NAMES = {"ours": "notifelect (this)", "seed": "notifelect 0.0.3"}
-SETTINGS = ("default", "fast", "strict")
+SETTINGS = ("default", "fast", "strict", "fastcrash")
 
 
 @dataclass(frozen=True)
@@ -159,13 +159,19 @@ def failover_rows(samples: Sequence[Sample], n: int) -> list[list[str]]:
     return rows
 
 
-def takeover_rows(samples: Sequence[Sample], n: int) -> list[list[str]]:
-    """Unclean failover of ours side by side: SIGKILL on the fast path (default), SIGKILL
-    with ``strict_takeover=True`` and SIGSTOP (default)."""
+def takeover_rows(samples: Sequence[Sample], n: int, strict_default: bool) -> list[list[str]]:
+    """Unclean failover of ours side by side: SIGKILL at the default take-over and at the
+    other one, and SIGSTOP at defaults."""
+    strict = "SIGKILL, strict_takeover=True (waits out the lease)"
+    fast = "SIGKILL, strict_takeover=False (standby saw the process end)"
     rows = []
     for scenario, settings, what in [
-        ("crash (SIGKILL)", "default", "SIGKILL, default (standby saw the process end)"),
-        ("crash (SIGKILL)", "strict", "SIGKILL, strict_takeover=True (waits a lease)"),
+        ("crash (SIGKILL)", "default", f"{strict if strict_default else fast}, the default"),
+        (
+            "crash (SIGKILL)",
+            "fastcrash" if strict_default else "strict",
+            fast if strict_default else strict,
+        ),
         ("pause (SIGSTOP)", "default", "SIGSTOP, default (leader_timeout, then a lease)"),
     ]:
         summary = Summary.of(

@@ -34,12 +34,13 @@ class Config:
     """One system at one group of settings."""
 
     system: str  # "ours" or "seed"
-    settings: str  # "default", "fast" or "strict" (ours with strict_takeover=True)
+    settings: str  # "default", "fast", or the other take-over than the default ("strict"
+    # for strict_takeover=True, "fastcrash" for strict_takeover=False)
     interval: float
     timeout: float
     lease: float = 0.0  # ours only: lease and leader_timeout (0 for the seed)
     leader_timeout: float = 0.0
-    strict_takeover: bool = False  # ours only
+    strict_takeover: bool | None = None  # ours only; None: the library's default
 
     @property
     def limit(self) -> float:
@@ -57,8 +58,8 @@ class Config:
             "timeout": self.timeout,
             "at": at,
         }
-        if self.strict_takeover:
-            cmd["strict_takeover"] = True
+        if self.strict_takeover is not None:
+            cmd["strict_takeover"] = self.strict_takeover
         return cmd
 
 
