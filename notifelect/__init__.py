@@ -21,7 +21,7 @@ from .errors import (
     SchemaError,
     StaleLeaderError,
 )
-from .group import ElectionGroup
+from .group import ElectionGroup, Health, HealthState
 from .leadership import LeaderInfo, Leadership, current_leadership
 from .schema import Names
 from .settings import RetryPolicy, Settings
@@ -38,6 +38,8 @@ __all__ = [
     "ElectionGroup",
     "Gate",
     "GroupStateError",
+    "Health",
+    "HealthState",
     "LeaderInfo",
     "Leadership",
     "LeadershipLost",

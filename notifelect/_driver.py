@@ -1,5 +1,9 @@
 """The election driver: runs one group's protocol over a transport and supervises its work.
 
+(Longer than most modules on purpose: it is one loop that owns one group's election state
+and every part of it reads or changes that state; the leader work it supervises is in
+:mod:`notifelect._work`, the decisions in :mod:`notifelect.protocol`.)
+
 It owns the loop that feeds events (messages, timers, answers from the database) into the
 pure protocol and performs the effects it returns, in order. Time and I/O enter the
 election only here and in the transport. It also supervises leader-only work: a
@@ -22,15 +26,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
 import contextlib
 import dataclasses
 import enum
 import logging
 import random
-import threading
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -39,8 +41,9 @@ from tenacity.wait import wait_exponential, wait_random
 
 from . import messages, protocol
 from ._clock import now
+from ._work import LeaderWork
 from .errors import ConfigurationError, SchemaError
-from .leadership import DeposedCallback, ElectedCallback, LeaderInfo, Leadership, _current
+from .leadership import DeposedCallback, ElectedCallback, LeaderInfo, Leadership
 from .messages import Kind, Message, Rank
 from .settings import RetryPolicy, Settings
 from .transport.base import Freed, LeaseLostError, Member, Transport
@@ -49,6 +52,8 @@ log = logging.getLogger(__name__)
 
 R = TypeVar("R")
 _WARN_EVERY = 10.0
+#: Anchors kept until cancelled work has stopped, after a stop that could not finish.
+_LINGERING: set[asyncio.Future[None]] = set()
 #: Messages waiting for the driver beyond this are dropped (and counted): the election
 #: recovers from lost messages (timers, database surveys), not from an unbounded backlog.
 MAX_QUEUED_MESSAGES = 10_000
@@ -66,15 +71,6 @@ class _Lost:
 
 
 _Queued = protocol.Event | _Control | _Lost
-
-
-@dataclass(eq=False)
-class _Call:
-    """A leader-only ``async def`` call in flight."""
-
-    task: asyncio.Task[Any]
-    cancel_on_loss: bool
-    leadership: Leadership | None
 
 
 class Inbox:
@@ -154,10 +150,10 @@ class Driver:
         self._generation = 0
         self._lost_leadership = False
         self._verified: tuple[int, int] | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()  # on_elected
-        self._calls: set[_Call] = set()
-        self._threads: set[concurrent.futures.Future[None]] = set()
-        self._threads_lock = threading.Lock()
+        self._verified_at = 0.0
+        self.work = LeaderWork(
+            settings, elected, deposed, extra=self._extra, on_failed=self._callback_failed
+        )
         self._last_warning = 0.0
         self._warned_count = 0
         cfg = settings
@@ -264,8 +260,19 @@ class Driver:
         ls = self.leadership
         if ls is not None:
             ls._end("stopped")
-        self._cancel_work(everything=True)
+        self.work.cancel(everything=True)
         self.transport.abort()
+        # The anchor goes only once the cancelled work has stopped (bounded), so that a
+        # standby never takes it as evidence while that work may still act.
+        task = asyncio.ensure_future(self._release_anchor_after_work())
+        _LINGERING.add(task)
+        task.add_done_callback(_LINGERING.discard)
+
+    async def _release_anchor_after_work(self) -> None:
+        try:
+            await self.work.stopped(self.settings.callback_timeout)
+        finally:
+            self.transport.release_anchor()
 
     async def _teardown(self) -> None:
         if self._lease_timer is not None:
@@ -327,7 +334,7 @@ class Driver:
         ls = self.leadership
         if ls is not None:
             ls._end("connection lost")
-            self._cancel_work(everything=True)
+            self.work.cancel(everything=True)
             self._lost_leadership = True
         self._on_change()
         self._inbox.put(_Lost(generation, "connection lost"))
@@ -381,7 +388,9 @@ class Driver:
                 exc,
                 extra=self._extra("lost", error=repr(exc)),
             )
-        self.transport.abort()
+        # Gates close now; the connection (and the claim on it) is dropped only after the
+        # leader work has stopped, by the reconnect that follows.
+        self._on_lost(exc, self._generation)
 
     async def _perform(self, effect: protocol.Effect) -> None:
         match effect:
@@ -398,12 +407,16 @@ class Driver:
                 if handle is not None:
                     handle.cancel()
             case protocol.Claim(fence, evidence):
+                self.stats["elections"] += 1
                 self._helper(self._claim(fence, evidence, self._generation))
             case protocol.Survey():
                 self._helper(self._survey(self._generation))
             case protocol.Elected(term):
+                self.stats["elected"] += 1
                 self._become_leader(term)
             case protocol.Deposed(reason, voluntary):
+                if self.leadership is not None:
+                    self.stats["handovers" if voluntary else "failovers"] += 1
                 await self._step_down(reason, voluntary=voluntary)
             case protocol.Release(term):
                 await self.transport.release(term, "resigned")
@@ -437,7 +450,14 @@ class Driver:
                 return self._unbelieved("stale term")  # an older leadership: no query
         if m.kind in (Kind.COORDINATOR, Kind.HEARTBEAT):
             assert m.term is not None
-            if self._verified == (m.rank.node, m.term) or proto.role is protocol.Role.LEADER:
+            if proto.role is protocol.Role.LEADER:
+                return True
+            verified = self._verified
+            # A leadership once confirmed is believed for a while; then the database is
+            # asked again, so a replayed heartbeat of a silent leader cannot keep the
+            # group from replacing it for longer than leader_timeout.
+            fresh = now() - self._verified_at < self.settings.leader_timeout
+            if verified == (m.rank.node, m.term) and fresh:
                 return True
             record = await self._guarded(self.transport.leader())
             if record is None:
@@ -450,7 +470,13 @@ class Driver:
             )
             if not ok:
                 return self._unbelieved("unverified leader")
+            if (
+                record.renewed_age is not None
+                and record.renewed_age >= self.settings.leader_timeout
+            ):
+                return self._unbelieved("silent leader")  # its renewals stopped: a replay
             self._verified = (m.rank.node, m.term)
+            self._verified_at = now()
             self.leader_info = LeaderInfo.from_record(record)
             return True
         if m.kind is Kind.RESIGN:
@@ -584,29 +610,12 @@ class Driver:
             term,
             extra=self._extra("elected", term=term),
         )
-        for callback, resign_on_error in self._elected:
-            task = asyncio.create_task(self._run_elected(callback, ls, resign_on_error))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        self.work.start(ls)
         self._on_change()
 
-    async def _run_elected(self, callback: ElectedCallback, ls: Leadership, resign: bool) -> None:
-        _current.set(ls)
-        try:
-            await callback(ls)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception(
-                "on_elected callback %s failed on node %s (term %s)%s",
-                getattr(callback, "__qualname__", callback),
-                self.node,
-                ls.term,
-                "; resigning so another node can lead" if resign else "",
-                extra=self._extra("callback_failed", term=ls.term),
-            )
-            if resign and self.leadership is ls and not self.closing:
-                self._inbox.put(_Control.ABDICATE)
+    def _callback_failed(self, ls: Leadership) -> None:
+        if self.leadership is ls and not self.closing:
+            self._inbox.put(_Control.ABDICATE)
 
     def _arm_lease_timer(self) -> None:
         if self._lease_timer is not None:
@@ -634,68 +643,23 @@ class Driver:
             extra=self._extra("lapsed", term=ls.term),
         )
         ls._end("lease expired")
-        self._cancel_work(everything=True)
+        self.work.cancel(everything=True)
         self._lost_leadership = True
-        self.transport.abort()
-
-    def _cancel_work(self, *, everything: bool) -> list[asyncio.Task[Any]]:
-        """Cancel ``on_elected`` tasks and leader-only calls that must not outlive the
-        leadership (all of them with ``everything``); return the cancelled tasks."""
-        cancelled = list(self._tasks)
-        cancelled += [c.task for c in self._calls if everything or c.cancel_on_loss]
-        for task in cancelled:
-            task.cancel()
-        return cancelled
+        # As for a lost connection: the claim is dropped once the work has stopped.
+        self._on_lost(None, self._generation)
 
     async def _step_down(self, reason: str, *, voluntary: bool) -> None:
         ls = self.leadership
         if ls is None:
             return
-        if voluntary:
-            ls._drain(reason)  # no new work; what may finish still sees a valid leadership
-        else:
-            ls._end(reason)
-        self._on_change()
-        cancelled = self._cancel_work(everything=not voluntary)
-        finishing = [c.task for c in self._calls if not c.task.done() and c.task not in cancelled]
-        with self._threads_lock:
-            threads = [asyncio.wrap_future(f) for f in self._threads]
-        renewing = None
-        if voluntary and (finishing or threads) and ls.is_valid:
-            renewing = asyncio.create_task(self._keep_renewing(ls, finishing))
+        self._on_change()  # the gates close first (the leadership drains or ends)
         try:
-            await self._wait_for(cancelled, self.settings.callback_timeout, "cancelled leader work")
-            if finishing or threads:
-                left = await self._wait_for(
-                    [*finishing, *threads], self.settings.finish_timeout, "work finishing"
-                )
-                for task in left:
-                    task.cancel()
-                await self._wait_for(
-                    [t for t in left if t in finishing], self.settings.callback_timeout, "work"
-                )
+            await self.work.stop(ls, reason, voluntary=voluntary, renew=self._renew)
         finally:
-            if renewing is not None:
-                renewing.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await renewing
-        ls._end(reason)
-        if self._lease_timer is not None:
-            self._lease_timer.cancel()
-        for callback in self._deposed:
-            try:
-                async with asyncio.timeout(self.settings.callback_timeout):
-                    await callback(ls)
-            except TimeoutError:
-                log.error(
-                    "on_deposed callback %s took over %.1fs; no longer waiting for it",
-                    getattr(callback, "__qualname__", callback),
-                    self.settings.callback_timeout,
-                    extra=self._extra("callback_timeout", term=ls.term),
-                )
-            except Exception:
-                log.exception("on_deposed callback failed", extra=self._extra("callback_failed"))
-        self.leadership = None
+            if self._lease_timer is not None:
+                self._lease_timer.cancel()
+            self.leadership = None
+            self._on_change()
         log.info(
             "node %s stepped down from group %r (term %s): %s",
             self.node,
@@ -705,48 +669,11 @@ class Driver:
             extra=self._extra("deposed", term=ls.term, reason=reason),
         )
 
-    async def _wait_for(
-        self, tasks: Sequence[asyncio.Future[Any]], timeout: float, what: str
-    ) -> list[asyncio.Future[Any]]:
-        """Wait for ``tasks`` up to ``timeout``; log and return those still running."""
-        pending = [t for t in tasks if not t.done()]
-        if not pending:
-            return []
-        _, still = await asyncio.wait(pending, timeout=timeout)
-        if still:
-            log.error(
-                "%d %s still running after %.1fs on node %s of group %r; no longer waiting",
-                len(still),
-                what,
-                timeout,
-                self.node,
-                self.name,
-                extra=self._extra("callback_timeout"),
-            )
-        return list(still)
-
-    async def _keep_renewing(self, ls: Leadership, finishing: list[asyncio.Task[Any]]) -> None:
-        """While work finishes during a hand-over, keep the claim's lease renewed; if the
-        lease can no longer be vouched for, cancel that work too."""
-        try:
-            while True:
-                await asyncio.sleep(self.settings.election_interval)
-                sent_at = now()
-                await self.transport.renew(ls.term)
-                ls._renewed(sent_at, self.settings.lease)
-                self._arm_lease_timer()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning(
-                "could not renew the lease of term %s while work finished: %r; cancelling it",
-                ls.term,
-                exc,
-                extra=self._extra("lapsed", term=ls.term),
-            )
-            ls._end("lease could not be renewed")
-            for task in finishing:
-                task.cancel()
+    async def _renew(self, ls: Leadership) -> None:
+        sent_at = now()
+        await self.transport.renew(ls.term)
+        ls._renewed(sent_at, self.settings.lease)
+        self._arm_lease_timer()
 
     async def _stop(self) -> None:
         await self._apply(protocol.Stop(None))  # the RESIGN is given its successor on sending
@@ -756,14 +683,16 @@ class Driver:
         """Reconnect with backoff; False if the group gave up or is closing."""
         await self._stop_background()
         self._inbox.clear(keep=_Control.STOP)  # events of the old connection no longer apply
-        # Leader work has stopped: only now let the anchor go (see the module docstring).
         self.transport.abort()
+        # Leader work has stopped: only now let the anchor go (see the module docstring).
+        self.transport.release_anchor()
         try:
             async for attempt in _retrying(self.settings.retry):
                 with attempt:
                     if self.closing:
                         return False
                     await self.open()
+                    self.stats["reconnects"] += 1
         except Exception as exc:
             self.failure = exc
             log.error(
@@ -780,22 +709,10 @@ class Driver:
     # ------------------------------------------------------------ calls
 
     def track_call(self, task: asyncio.Task[Any], cancel_on_loss: bool) -> None:
-        call = _Call(task, cancel_on_loss, self.leadership)
-        self._calls.add(call)
-        task.add_done_callback(lambda _: self._calls.discard(call))
+        self.work.track_call(task, cancel_on_loss)
 
-    @contextlib.contextmanager
-    def track_thread(self) -> Iterator[None]:
-        """Count a plain ``def`` leader-only call (any thread) until it returns."""
-        done: concurrent.futures.Future[None] = concurrent.futures.Future()
-        with self._threads_lock:
-            self._threads.add(done)
-        try:
-            yield
-        finally:
-            with self._threads_lock:
-                self._threads.discard(done)
-            done.set_result(None)
+    def track_thread(self) -> contextlib.AbstractContextManager[None]:
+        return self.work.track_thread()
 
     def abdicate(self) -> None:
         self._inbox.put(_Control.ABDICATE)

@@ -11,6 +11,7 @@ import contextlib
 import enum
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
@@ -35,10 +36,35 @@ if TYPE_CHECKING:
 
     from .transport.memory import MemoryBus
 
-__all__ = ["ElectionGroup"]
+__all__ = ["ElectionGroup", "Health", "HealthState"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+
+class HealthState(enum.Enum):
+    """Where a group stands, for readiness probes and dashboards."""
+
+    NEW = "new"  # created, not entered yet
+    CONNECTING = "connecting"  # opening, or reconnecting after a loss
+    ELECTING = "electing"  # connected, no leader known yet
+    FOLLOWING = "following"  # connected, another node leads
+    LEADING = "leading"  # this node leads (its lease is valid)
+    FAILED = "failed"  # gave up reconnecting: see Health.error
+    CLOSED = "closed"  # left the group
+
+
+@dataclass(frozen=True)
+class Health:
+    """A snapshot of a group's health: ``ready`` when it follows or leads."""
+
+    state: HealthState
+    leader: LeaderInfo | None = None
+    error: BaseException | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.state in (HealthState.FOLLOWING, HealthState.LEADING)
 
 
 class _Life(enum.Enum):
@@ -111,7 +137,8 @@ class ElectionGroup:
         """A group on an in-process bus, for tests of code that uses leader-only gates."""
         settings = (settings or Settings()).replace(namespace=name, priority=priority)
         member = Member(priority=priority)
-        return cls(settings=settings, transport=bus.transport(name, member), member=member)
+        transport = bus.transport(name, member, strict_takeover=settings.strict_takeover)
+        return cls(settings=settings, transport=transport, member=member)
 
     def __repr__(self) -> str:
         proto = self._driver.proto
@@ -165,7 +192,27 @@ class ElectionGroup:
 
     @property
     def is_open(self) -> bool:
-        return self._life is _Life.OPEN
+        """True between entering and leaving, unless the group gave up reconnecting."""
+        return self._life is _Life.OPEN and self._driver.failure is None
+
+    @property
+    def health(self) -> Health:
+        """Where the group stands now (see :class:`HealthState`); cheap, no I/O."""
+        life, d = self._life, self._driver
+        if life is _Life.NEW:
+            return Health(HealthState.NEW)
+        if life in (_Life.CLOSING, _Life.CLOSED):
+            return Health(HealthState.CLOSED)
+        if d.failure is not None:
+            return Health(HealthState.FAILED, error=d.failure)
+        if life is _Life.OPENING or not d.connected:
+            return Health(HealthState.CONNECTING)
+        if self.is_leader:
+            return Health(HealthState.LEADING, leader=self.leader)
+        leader = self.leader
+        if leader is not None:
+            return Health(HealthState.FOLLOWING, leader=leader)
+        return Health(HealthState.ELECTING)
 
     @property
     def close_bound(self) -> float:
@@ -345,10 +392,12 @@ class ElectionGroup:
 
 
 def _postgres_transport(engine: Any, settings: Settings, member: Member) -> Transport:
-    from .transport.connect import connector_for
+    from .transport.connect import application_name_for, connector_for
     from .transport.postgres import PostgresTransport
 
-    connect, borrowed = connector_for(engine)
+    connect, borrowed = connector_for(
+        engine, application_name=application_name_for(settings.namespace)
+    )
     return PostgresTransport(
         namespace=settings.namespace,
         names=settings.names,

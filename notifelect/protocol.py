@@ -1,5 +1,9 @@
 """The election protocol as a pure state machine.
 
+(Longer than most modules on purpose: a state machine reads best whole, each transition
+next to the ones it hands over to; the events, effects and state it speaks of are small
+dataclasses at the top.)
+
 ``step(state, event, now)`` returns the next state and the effects the caller must carry
 out, in order. Nothing here does I/O or reads a clock: time arrives as ``now`` (seconds on
 a monotonic clock) and timers are effects that the caller turns back into events.
@@ -10,8 +14,9 @@ O(N) by asking the database first:
 * A node that needs a leader (on joining, when the leader falls silent, when an awaited
   announcement does not come) first *surveys* the database: is the claim held, and who is
   the highest-ranked live member? A node that learns the claim is held follows; one that
-  sees a higher-ranked live member waits for it; only the best candidate broadcasts
-  ``ELECTION``. Timers that start these steps are jittered and back off.
+  sees a higher-ranked live member waits for it; the best candidate claims at once (under
+  classic Bully it broadcasts ``ELECTION`` first). Timers that start these steps are
+  jittered and back off. One search round ends with one claim, whatever N is.
 * A candidate that sees an election from a lower rank answers ``ALIVE`` (once per
   election window); one that sees a higher rank stands down. Followers stay quiet.
 * A candidate that hears no higher rank within ``election_timeout`` asks to *claim*
@@ -421,7 +426,13 @@ def _surveyed(st: _Step, held: bool, best: Rank | None, now: float) -> None:
         else:
             st.backed_off(Timer.LEADER, now, s.config.leader_timeout)
     elif first_choice or insist:
-        _elect(st, now)
+        # Nobody holds the claim and no live member outranks us (or the one that does has
+        # not acted): claim now. Only the claim decides, and waiting for answers to an
+        # ELECTION would let a stream of newcomers hold the election open forever.
+        if s.config.preempt is Preempt.RANK:
+            _elect(st, now)  # classic Bully: a higher rank may still answer
+        else:
+            _claim(st, fence=False)
     else:
         st.backed_off(Timer.COORDINATOR, now, s.config.coordinator_wait)
 

@@ -95,7 +95,10 @@ class Settings:
       (``pg_terminate_backend``); without permission, or when False, the group waits until
       the old leader resumes and notices its expired lease.
     - ``strict_takeover``: after any unclean end of a leadership wait out the old lease,
-      even when the standby saw the old leader's process end (the fast crash path).
+      even when the standby saw the old leader's process end (the default). ``False``
+      turns on the fast crash path: the standby takes over from a crashed leader in
+      milliseconds, assuming nobody terminates a leader's anchor session while its
+      network path is half-open (see the failure semantics).
     - ``prefix``: prefix of every database object name (default ``$NOTIFELECT_PREFIX``).
     - ``retry``: reconnect policy.
     - ``secret``: optional shared secret (at least 16 bytes; str is encoded as UTF-8). When
@@ -118,7 +121,7 @@ class Settings:
     finish_timeout: float = 30.0
     callback_timeout: float = 10.0
     fence: bool = True
-    strict_takeover: bool = False
+    strict_takeover: bool = True
     prefix: str | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     secret: bytes | str | None = field(default=None, repr=False)

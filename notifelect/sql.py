@@ -77,3 +77,134 @@ def status_history(names: Names) -> str:
         f"  WHERE {_ONE_OR_ALL.format(column='h.namespace')}"
         ") x WHERE n <= $2 ORDER BY namespace, term DESC"
     )
+
+
+# ---------------------------------------------------------------- the election's own
+
+#: The wall-clock time in milliseconds: the floor of every new term (see ``take_term``).
+TERM_FLOOR = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
+
+#: The advisory lock of the claim of a group, held (``$2``, ``$3``: the two halves of the
+#: key) by some session of this database. Aliased nowhere; usable as a scalar subquery.
+_CLAIM_HOLDER = (
+    "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
+    " AND mode = 'ExclusiveLock' AND classid = $2 AND objid = $3 AND objsubid = 1"
+    " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+)
+
+
+class ElectionQueries:
+    """Every statement of the election transport, built once for a given :class:`Names`.
+
+    Parameters, in every statement: ``$1`` the namespace; others as each attribute says.
+    """
+
+    def __init__(self, names: Names) -> None:
+        q = quote_ident
+        member, leader = q(names.member), q(names.leader)
+        term, history = q(names.term), q(names.history)
+        #: The best other live member (``$2``: this node). Column: node.
+        self.successor = (
+            f"SELECT m.node FROM {member} m WHERE m.namespace = $1 AND m.node <> $2"
+            f" AND {LIVE_MEMBER} ORDER BY m.priority DESC, m.node DESC LIMIT 1"
+        )
+        #: Register this session as member ``$2`` (priority ``$3``, host ``$4``, pid
+        #: ``$5``), dropping members whose sessions are gone.
+        self.register_member = (
+            f"WITH gone AS (DELETE FROM {member} m WHERE m.namespace = $1"
+            f" AND m.node <> $2 AND NOT {LIVE_MEMBER})\n"
+            f"INSERT INTO {member}"
+            " (namespace, node, priority, host, pid, backend_pid, backend_start, joined_at)"
+            " SELECT $1, $2, $3, $4, $5, a.pid, a.backend_start, clock_timestamp()"
+            " FROM pg_stat_activity a WHERE a.pid = pg_backend_pid()"
+            " ON CONFLICT (namespace, node) DO UPDATE SET priority = EXCLUDED.priority,"
+            " host = EXCLUDED.host, pid = EXCLUDED.pid, backend_pid = EXCLUDED.backend_pid,"
+            " backend_start = EXCLUDED.backend_start"
+        )
+        #: Leave: delete member ``$2``.
+        self.unregister_member = f"DELETE FROM {member} WHERE namespace = $1 AND node = $2"
+        #: The recorded leader's node and whether it released its term.
+        self.leader_released = f"SELECT node, released FROM {leader} WHERE namespace = $1"
+        #: The whole leader record. Columns as :class:`~notifelect.transport.LeaderRecord`.
+        self.leader_record = (
+            "SELECT node, priority, term, host, pid, since, released,"
+            " extract(epoch FROM clock_timestamp() - renewed_at)::float8 AS renewed_age"
+            f" FROM {leader} WHERE namespace = $1"
+        )
+        #: Take the next term; durable commit is the caller's (``SET LOCAL``). Column: term.
+        self.take_term = (
+            f"INSERT INTO {term} AS t (namespace, term) VALUES ($1, {TERM_FLOOR})"
+            " ON CONFLICT (namespace) DO UPDATE"
+            " SET term = greatest(t.term + 1, EXCLUDED.term) RETURNING term"
+        )
+        #: Close every open history row of the group as lost.
+        self.close_history = (
+            f"UPDATE {history} SET ended_at = clock_timestamp(), reason = 'lost'"
+            " WHERE namespace = $1 AND ended_at IS NULL"
+        )
+        #: Open a history row: term ``$2``, node ``$3``, host ``$4``, pid ``$5``.
+        self.open_history = (
+            f"INSERT INTO {history} (namespace, term, node, host, pid, started_at)"
+            " VALUES ($1, $2, $3, $4, $5, clock_timestamp())"
+        )
+        #: Record this session as the leader: term ``$2``, node ``$3``, priority ``$4``,
+        #: host ``$5``, pid ``$6``.
+        self.record_leader = (
+            f"INSERT INTO {leader} AS l (namespace, term, node, priority, host, pid,"
+            " backend_pid, since, renewed_at, released)"
+            " VALUES ($1, $2, $3, $4, $5, $6, pg_backend_pid(), clock_timestamp(),"
+            " clock_timestamp(), false)"
+            " ON CONFLICT (namespace) DO UPDATE SET term = EXCLUDED.term,"
+            " node = EXCLUDED.node, priority = EXCLUDED.priority, host = EXCLUDED.host,"
+            " pid = EXCLUDED.pid, backend_pid = EXCLUDED.backend_pid,"
+            " since = EXCLUDED.since, renewed_at = EXCLUDED.renewed_at, released = false"
+        )
+        #: Who holds the claim (``$2``, ``$3``: key halves) and for how long its session has
+        #: been idle, how old the leader's renewal is (database clock: used only to
+        #: decide whether to fence, never how long to wait), and the recorded leader's
+        #: backend. Columns: holder, holder_idle, age, leader_pid.
+        self.fence_view = (
+            f"WITH c AS (SELECT ({_CLAIM_HOLDER}) AS holder)"
+            " SELECT c.holder,"
+            " (SELECT extract(epoch FROM clock_timestamp() - a.state_change)::float8"
+            "  FROM pg_stat_activity a WHERE a.pid = c.holder) AS holder_idle,"
+            f" (SELECT extract(epoch FROM clock_timestamp() - renewed_at)::float8"
+            f"  FROM {leader} WHERE namespace = $1 AND NOT released) AS age,"
+            f" (SELECT backend_pid FROM {leader}"
+            f"  WHERE namespace = $1 AND NOT released) AS leader_pid"
+            " FROM c"
+        )
+        #: Renew term ``$3`` of node ``$2``. Columns: ok (the term is still this node's,
+        #: unreleased), standby (the best other live member).
+        self.renew = (
+            f"WITH r AS (UPDATE {leader} SET renewed_at = clock_timestamp()"
+            "            WHERE namespace = $1 AND term = $3 AND node = $2 AND NOT released"
+            "            RETURNING 1)"
+            f" SELECT EXISTS (SELECT FROM r) AS ok, ({self.successor}) AS standby"
+        )
+        #: Mark term ``$2`` released and close its history row with reason ``$3``.
+        self.release = (
+            f"WITH l AS (UPDATE {leader} SET released = true,"
+            "            renewed_at = clock_timestamp() WHERE namespace = $1 AND term = $2)"
+            f" UPDATE {history} SET ended_at = clock_timestamp(), reason = $3"
+            " WHERE namespace = $1 AND term = $2"
+        )
+        #: Whether the claim (``$2``, ``$3``: key halves) is held, and the best live
+        #: candidate, not counting the recorded leader while it holds the claim.
+        #: Columns: held, priority, node.
+        self.survey = (
+            f"WITH h AS (SELECT EXISTS ({_CLAIM_HOLDER}) AS held),"
+            f"     l AS (SELECT node FROM {leader} WHERE namespace = $1 AND NOT released)"
+            " SELECT h.held, b.priority, b.node FROM h LEFT JOIN LATERAL"
+            f" (SELECT m.priority, m.node FROM {member} m WHERE m.namespace = $1"
+            f"  AND {LIVE_MEMBER}"
+            "  AND NOT (h.held AND m.node IS NOT DISTINCT FROM (SELECT node FROM l))"
+            "  ORDER BY m.priority DESC, m.node DESC LIMIT 1) b ON true"
+        )
+        #: Whether node ``$2`` is a live member with priority ``$3``.
+        self.is_member = (
+            f"SELECT EXISTS (SELECT FROM {member} m WHERE m.namespace = $1"
+            f" AND m.node = $2 AND m.priority = $3 AND {LIVE_MEMBER})"
+        )
+        #: The next node id.
+        self.next_node = f"SELECT nextval('{q(names.sequence)}'::regclass)"

@@ -104,7 +104,6 @@ def main() -> None:
         election_interval=args.interval,
         lease=args.lease,
         leader_timeout=args.leader_timeout,
-        preempt=False,  # a node that comes back does not take over from the incumbent
     )
     asyncio.run(run(args.dsn, settings))
 

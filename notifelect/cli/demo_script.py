@@ -270,8 +270,8 @@ class Demo:
         say = self.say
         say(
             f"settings: heartbeat {INTERVAL:g}s, lease {LEASE:g}s, leader timeout "
-            f"{LEADER_TIMEOUT:g}s, preempt off (quick, for the demo; the defaults are "
-            "0.5s, 2s, 2s and preempt on)"
+            f"{LEADER_TIMEOUT:g}s (quick, for the demo; the defaults are 0.5s, 2s, 2s); "
+            "a running leader keeps leading until it fails or leaves"
         )
         for i in range(self.count):
             await self.spawn(i)
@@ -295,7 +295,9 @@ class Demo:
         self.leader = None
         t0 = self.signal(victim, signal.SIGKILL)
         elected = await self.wait_new_leader(self.term, "after the kill, a new leader")
-        self._result("leader killed (SIGKILL)", elected.t - t0, "PostgreSQL frees its lock")
+        self._result(
+            "leader killed (SIGKILL)", elected.t - t0, "seen at once, then its lease is waited out"
+        )
         await self.settle("the nodes following the new leader")
 
         # 2. pause

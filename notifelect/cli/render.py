@@ -64,7 +64,10 @@ def render_text(snap: Snapshot, *, wait: float | None = None) -> str:
         else:
             out.append("  members    none running")
         if g.transitions:
-            out.append("  terms      term  node      started              ended / reason")
+            width = max(5, *(len(str(t.term)) for t in g.transitions))
+            out.append(
+                f"  terms      {'term':<{width}} node      started              ended / reason"
+            )
             for t in g.transitions:
                 started = f"{t.started_at.astimezone():%Y-%m-%d %H:%M:%S}"
                 if t.ended_at is None:
@@ -72,7 +75,7 @@ def render_text(snap: Snapshot, *, wait: float | None = None) -> str:
                 else:
                     length = (t.ended_at - t.started_at).total_seconds()
                     end = f"after {_ago(length)}, {t.reason or 'ended'}"
-                out.append(f"             {t.term:<5} {t.node:<9} {started}  {end}")
+                out.append(f"             {t.term:<{width}} {t.node:<9} {started}  {end}")
         out.append("")
     return "\n".join(out)
 

@@ -34,6 +34,9 @@ class LeaderRecord:
     pid: int
     since: datetime
     released: bool
+    #: Seconds since the leader last renewed its lease, on the database's clock (used to
+    #: tell a silent leader from a live one, never to time a wait); None if unknown.
+    renewed_age: float | None = None
 
 
 @dataclass(frozen=True)
@@ -153,4 +156,13 @@ class Transport(abc.ABC):
 
     @abc.abstractmethod
     def abort(self) -> None:
-        """Drop the connection at once without talking to the database; never raises."""
+        """Drop the election connection at once without talking to the database (the
+        claim is freed); never raises. The node's anchor stays: see :meth:`release_anchor`.
+        """
+
+    @abc.abstractmethod
+    def release_anchor(self) -> None:
+        """Let the node's anchor go (its end tells a standby the node can act no more).
+
+        The group calls it only once its leader work has stopped; never raises.
+        """

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -49,7 +50,7 @@ class MemoryBus:
     """Shared state of all memory transports that talk to each other."""
 
     def __init__(
-        self, *, lease: float = 2.0, leader_timeout: float = 2.0, strict_takeover: bool = False
+        self, *, lease: float = 2.0, leader_timeout: float = 2.0, strict_takeover: bool = True
     ) -> None:
         self._next_node = 0
         self._groups: dict[str, _Group] = {}
@@ -65,8 +66,11 @@ class MemoryBus:
         #: Every leadership granted, in order, per namespace: (node, term).
         self.terms: dict[str, list[tuple[int, int]]] = {}
 
-    def transport(self, namespace: str, member: Member | None = None) -> MemoryTransport:
-        return MemoryTransport(self, namespace, member or Member())
+    def transport(
+        self, namespace: str, member: Member | None = None, *, strict_takeover: bool | None = None
+    ) -> MemoryTransport:
+        strict = self.strict_takeover if strict_takeover is None else strict_takeover
+        return MemoryTransport(self, namespace, member or Member(), strict_takeover=strict)
 
     def group(self, namespace: str) -> _Group:
         return self._groups.setdefault(namespace, _Group())
@@ -130,8 +134,11 @@ class MemoryBus:
 
 
 class MemoryTransport(Transport):
-    def __init__(self, bus: MemoryBus, namespace: str, member: Member) -> None:
+    def __init__(
+        self, bus: MemoryBus, namespace: str, member: Member, *, strict_takeover: bool = True
+    ) -> None:
         self.bus = bus
+        self.strict_takeover = strict_takeover
         self.namespace = namespace
         self.member = member
         self.node: int | None = None
@@ -205,7 +212,7 @@ class MemoryTransport(Transport):
         record = group.record
         unclean = record is not None and not record.released and record.node != self.node
         proven = evidence is not None and record is not None and record.node == evidence
-        if unclean and (fenced or self.bus.strict_takeover or not proven):
+        if unclean and (fenced or self.strict_takeover or not proven):
             await asyncio.sleep(max(0.0, taken_at + self.bus.lease - now()))
             if group.holder is not self:  # dropped while waiting
                 raise TransportError("the memory transport is closed")
@@ -269,7 +276,10 @@ class MemoryTransport(Transport):
         )
 
     async def leader(self) -> LeaderRecord | None:
-        return self._require().record
+        group = self._require()
+        if group.record is None:
+            return None
+        return dataclasses.replace(group.record, renewed_age=now() - group.renewed_at)
 
     async def watch(self, leader: int) -> Freed:
         self._require()
@@ -297,5 +307,7 @@ class MemoryTransport(Transport):
 
     def abort(self) -> None:
         self.drop(notify=True)
-        if self.node is not None:
+
+    def release_anchor(self) -> None:
+        if self.node is not None and not self.dead:
             self.bus.unanchor(self.node)

@@ -1,9 +1,14 @@
 """The PostgreSQL transport: LISTEN/NOTIFY for messages, an advisory lock for the claim.
 
-One dedicated asyncpg connection per node carries everything: it listens on the channel,
-holds the group's session advisory lock while the node leads, and renews the lease. The
-standby opens one more connection, blocked on the lock, to notice a crashed leader within
-milliseconds (PostgreSQL releases a dead session's locks at once).
+(Longer than most modules on purpose: one node's three kinds of session and the order of
+what happens on them belong together; the statements themselves are in
+:mod:`notifelect.sql`.)
+
+A node's election connection listens on the channel, holds the group's session advisory
+lock while the node leads, and renews the lease; its anchor is an idle session holding a
+lock named after the node; the standby opens one more connection, waiting on the leader's
+anchor, to notice a crashed leader within milliseconds (PostgreSQL ends a dead process's
+sessions, and frees their locks, at once).
 """
 
 from __future__ import annotations
@@ -20,8 +25,8 @@ import asyncpg
 
 from .._clock import now
 from ..errors import ConfigurationError, SchemaError
-from ..schema import SCHEMA_VERSION, Names, missing_schema_message, quote_ident, required_relations
-from ..sql import LIVE_MEMBER
+from ..schema import SCHEMA_VERSION, Names, missing_schema_message, required_relations
+from ..sql import RELATIONS_EXIST, ElectionQueries, schema_version
 from .base import (
     Freed,
     Granted,
@@ -33,6 +38,7 @@ from .base import (
     Transport,
     TransportError,
 )
+from .connect import anchor_name_for, application_name_for
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +52,6 @@ _POOLER_FIX = (
     "own DSN or engine that bypasses the pooler) or use a pool in session mode "
     "(PgBouncer: pool_mode = session)"
 )
-#: The wall-clock time in milliseconds: the floor of every new term (see _take_term).
-_TERM_FLOOR = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
-_LIVE = LIVE_MEMBER
 
 
 class _Serial:
@@ -131,7 +134,7 @@ class PostgresTransport(Transport):
         leader_timeout: float,
         io_timeout: float | None = None,
         fence: bool = True,
-        strict_takeover: bool = False,
+        strict_takeover: bool = True,
         connect: Connect | None = None,
         connection: asyncpg.Connection[Any] | None = None,
     ) -> None:
@@ -156,15 +159,8 @@ class PostgresTransport(Transport):
         self._on_lost: LostHandler | None = None
         self._fence_denied_logged = False
         self._environment_checked = False
-        q = quote_ident
-        self._t_term = q(names.term)
-        self._t_leader = q(names.leader)
-        self._t_member = q(names.member)
-        self._t_history = q(names.history)
-        self._standby_sql = (
-            f"SELECT m.node FROM {self._t_member} m WHERE m.namespace = $1 AND m.node <> $2"
-            f" AND {_LIVE} ORDER BY m.priority DESC, m.node DESC LIMIT 1"
-        )
+        self._q = ElectionQueries(names)
+        self._key_halves = ((self._key >> 32) & 0xFFFFFFFF, self._key & 0xFFFFFFFF)
 
     def _extra(self, event: str) -> dict[str, object]:
         return {
@@ -205,11 +201,7 @@ class PostgresTransport(Transport):
             await self._check_environment(conn)
             await self._check_schema(conn)
             if self._node is None:
-                self._node = int(
-                    await conn.fetchval(
-                        "SELECT nextval($1::regclass)", quote_ident(self._names.sequence)
-                    )
-                )
+                self._node = int(await conn.fetchval(self._q.next_node))
             if self._connect is not None:
                 anchor = await self._open_anchor(self._node)
             self._on_payload = on_payload
@@ -217,15 +209,7 @@ class PostgresTransport(Transport):
             await conn.add_listener(self._names.channel, self._notified)
             conn.add_termination_listener(self._terminated)
             await conn.execute(
-                f"WITH gone AS (DELETE FROM {self._t_member} m WHERE m.namespace = $1"
-                f" AND m.node <> $2 AND NOT {_LIVE})\n"
-                f"INSERT INTO {self._t_member}"
-                " (namespace, node, priority, host, pid, backend_pid, backend_start, joined_at)"
-                " SELECT $1, $2, $3, $4, $5, a.pid, a.backend_start, clock_timestamp()"
-                " FROM pg_stat_activity a WHERE a.pid = pg_backend_pid()"
-                " ON CONFLICT (namespace, node) DO UPDATE SET priority = EXCLUDED.priority,"
-                " host = EXCLUDED.host, pid = EXCLUDED.pid, backend_pid = EXCLUDED.backend_pid,"
-                " backend_start = EXCLUDED.backend_start",
+                self._q.register_member,
                 self._namespace,
                 self._node,
                 self._member.priority,
@@ -261,13 +245,25 @@ class PostgresTransport(Transport):
             )
             with contextlib.suppress(asyncpg.UndefinedObjectError):  # PostgreSQL < 14
                 await anchor.execute("SET idle_session_timeout = 0")
-            if not await anchor.fetchval(
-                "SELECT pg_try_advisory_lock($1)", self._names.anchor_key(node)
-            ):
-                raise ConfigurationError(
-                    f"node id {node} is already anchored by another session: two processes "
-                    "share one node id"
-                )
+            # Named apart from the election sessions, so that operators can leave anchors
+            # alone (ending one tells a standby this node's process is gone).
+            await anchor.execute(
+                "SELECT set_config('application_name', $2, false)"
+                " WHERE current_setting('application_name') = $1",
+                application_name_for(self._namespace),
+                anchor_name_for(self._namespace),
+            )
+            # A standby may hold the anchor's lock in share mode for a moment while it
+            # looks: wait for it, briefly (a retry follows if it takes longer).
+            try:
+                await anchor.execute(f"SET lock_timeout = {max(1, int(self._io_timeout * 1000))}")
+                await anchor.execute("SELECT pg_advisory_lock($1)", self._names.anchor_key(node))
+                await anchor.execute("SET lock_timeout = 0")
+            except asyncpg.LockNotAvailableError as exc:
+                raise TransportError(
+                    f"node id {node} is still anchored by another session (a standby looking, "
+                    "or the previous connection of this node not gone yet)"
+                ) from exc
             anchor.add_termination_listener(self._anchor_terminated)
         except BaseException:
             anchor.terminate()
@@ -279,15 +275,10 @@ class PostgresTransport(Transport):
         return await self._connect()
 
     async def _check_schema(self, conn: asyncpg.Connection[Any]) -> None:
-        present = await conn.fetchval(
-            "SELECT bool_and(to_regclass(n) IS NOT NULL) FROM unnest($1::text[]) AS n",
-            required_relations(self._names),
-        )
+        present = await conn.fetchval(RELATIONS_EXIST, required_relations(self._names))
         if not present:
             raise SchemaError(missing_schema_message(self._names, None))
-        version = await conn.fetchval(
-            f"SELECT max(version) FROM {quote_ident(self._names.version)}"
-        )
+        version = await conn.fetchval(schema_version(self._names))
         if version != SCHEMA_VERSION:
             raise SchemaError(missing_schema_message(self._names, version))
 
@@ -368,12 +359,15 @@ class PostgresTransport(Transport):
     def _anchor_terminated(self, conn: object) -> None:
         if conn is self._anchor:
             log.warning(
-                "the anchor session of node %s ended; dropping the election connection",
+                "the anchor session of node %s ended; stepping down and reconnecting",
                 self._node,
                 extra=self._extra("anchor_lost"),
             )
             self._anchor = None
-            self.abort()
+            # The group closes its gates now and stops its work; the claim stays held
+            # until then (the group's reconnect drops the election connection).
+            if self._on_lost is not None:
+                self._on_lost(None)
 
     def _lost(self) -> None:
         """The election session is gone. The anchor stays until the group has stopped its
@@ -381,6 +375,9 @@ class PostgresTransport(Transport):
         self._conn = None
         if self._on_lost is not None:
             self._on_lost(None)
+
+    def release_anchor(self) -> None:
+        self._drop_anchor()
 
     def _drop_anchor(self) -> None:
         anchor, self._anchor = self._anchor, None
@@ -415,11 +412,7 @@ class PostgresTransport(Transport):
             if conn is not None and not conn.is_closed():
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(
-                        conn.execute(
-                            f"DELETE FROM {self._t_member} WHERE namespace = $1 AND node = $2",
-                            self._namespace,
-                            self._node,
-                        ),
+                        conn.execute(self._q.unregister_member, self._namespace, self._node),
                         timeout=self._io_timeout,
                     )
             if conn is not None:
@@ -437,7 +430,6 @@ class PostgresTransport(Transport):
                 self._on_lost(None)  # the group closes its gates before the claim is freed
             if conn is not self._borrowed:
                 conn.terminate()
-        self._drop_anchor()
 
     def _require(self) -> _Serial:
         conn = self._conn
@@ -465,10 +457,7 @@ class PostgresTransport(Transport):
             fenced = True
         taken_at = now()
         try:
-            row = await conn.fetchrow(
-                f"SELECT node, released FROM {self._t_leader} WHERE namespace = $1",
-                self._namespace,
-            )
+            row = await conn.fetchrow(self._q.leader_released, self._namespace)
             # Act at once only after a clean release, on positive evidence that the old
             # leader's process is gone, or when the old leader was this very node (whose
             # gates closed when it lost the claim). Otherwise the old leader may still
@@ -482,7 +471,11 @@ class PostgresTransport(Transport):
                 log.info(
                     "waiting %.3fs for the previous leader's lease to run out (%s)",
                     self._lease,
-                    "fenced" if fenced else "no evidence that its process is gone",
+                    "fenced"
+                    if fenced
+                    else "strict_takeover"
+                    if proven
+                    else "no evidence that its process is gone",
                     extra=self._extra("lease_wait"),
                 )
                 await asyncio.sleep(max(0.0, taken_at + self._lease - now()))
@@ -515,37 +508,13 @@ class PostgresTransport(Transport):
             # database failover loses the last bump (asynchronous replication), the next
             # term still exceeds every term handed out before, as long as the new
             # primary's clock is not behind the old one by more than the failover took.
-            term = int(
-                await conn.fetchval(
-                    f"INSERT INTO {self._t_term} AS t (namespace, term) VALUES ($1, {_TERM_FLOOR})"
-                    " ON CONFLICT (namespace) DO UPDATE"
-                    " SET term = greatest(t.term + 1, EXCLUDED.term) RETURNING term",
-                    self._namespace,
-                )
+            term = int(await conn.fetchval(self._q.take_term, self._namespace))
+            await conn.execute(self._q.close_history, self._namespace)
+            await conn.execute(
+                self._q.open_history, self._namespace, term, self._node, m.host, m.pid
             )
             await conn.execute(
-                f"UPDATE {self._t_history} SET ended_at = clock_timestamp(), reason = 'lost'"
-                " WHERE namespace = $1 AND ended_at IS NULL",
-                self._namespace,
-            )
-            await conn.execute(
-                f"INSERT INTO {self._t_history} (namespace, term, node, host, pid, started_at)"
-                " VALUES ($1, $2, $3, $4, $5, clock_timestamp())",
-                self._namespace,
-                term,
-                self._node,
-                m.host,
-                m.pid,
-            )
-            await conn.execute(
-                f"INSERT INTO {self._t_leader} AS l (namespace, term, node, priority, host, pid,"
-                " backend_pid, since, renewed_at, released)"
-                " VALUES ($1, $2, $3, $4, $5, $6, pg_backend_pid(), clock_timestamp(),"
-                " clock_timestamp(), false)"
-                " ON CONFLICT (namespace) DO UPDATE SET term = EXCLUDED.term,"
-                " node = EXCLUDED.node, priority = EXCLUDED.priority, host = EXCLUDED.host,"
-                " pid = EXCLUDED.pid, backend_pid = EXCLUDED.backend_pid,"
-                " since = EXCLUDED.since, renewed_at = EXCLUDED.renewed_at, released = false",
+                self._q.record_leader,
                 self._namespace,
                 term,
                 self._node,
@@ -557,27 +526,19 @@ class PostgresTransport(Transport):
 
     async def _fence(self, conn: _Serial) -> bool:
         """Terminate a holder whose lease renewals stopped; True once we hold the claim."""
-        row = await conn.fetchrow(
-            "SELECT (SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
-            "         AND mode = 'ExclusiveLock' AND classid = $2 AND objid = $3 AND objsubid = 1"
-            "         AND database = (SELECT oid FROM pg_database"
-            "                         WHERE datname = current_database())) AS holder,"
-            f"       (SELECT extract(epoch FROM clock_timestamp() - renewed_at)::float8"
-            f"          FROM {self._t_leader} WHERE namespace = $1 AND NOT released) AS age,"
-            f"       (SELECT backend_pid FROM {self._t_leader}"
-            f"          WHERE namespace = $1 AND NOT released) AS leader_pid",
-            self._namespace,
-            (self._key >> 32) & 0xFFFFFFFF,
-            self._key & 0xFFFFFFFF,
-        )
+        row = await conn.fetchrow(self._q.fence_view, self._namespace, *self._key_halves)
         assert row is not None
         holder, age = row["holder"], row["age"]
         if holder is None:
             return bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", self._key))
-        if age is not None and age < self._leader_timeout:
-            return False  # the leader renews its lease: only our notifications are late
         if row["leader_pid"] != holder:
-            return False  # the holder is still taking over (waiting out the old lease)
+            # The holder is taking over (waiting out the old lease, idle meanwhile). Only a
+            # holder idle for longer than that wait can take is stuck (paused): fence it.
+            idle = row["holder_idle"]
+            if idle is None or idle < self._lease + self._io_timeout:
+                return False
+        elif age is not None and age < self._leader_timeout:
+            return False  # the leader renews its lease: only our notifications are late
         try:
             await conn.fetchval("SELECT pg_terminate_backend($1)", holder)
         except asyncpg.InsufficientPrivilegeError:
@@ -603,15 +564,7 @@ class PostgresTransport(Transport):
         return await self._lock_within(conn, self._lease)
 
     async def renew(self, term: int) -> int | None:
-        row = await self._require().fetchrow(
-            f"WITH r AS (UPDATE {self._t_leader} SET renewed_at = clock_timestamp()"
-            "            WHERE namespace = $1 AND term = $3 AND node = $2 AND NOT released"
-            "            RETURNING 1)"
-            f" SELECT EXISTS (SELECT FROM r) AS ok, ({self._standby_sql}) AS standby",
-            self._namespace,
-            self._node,
-            term,
-        )
+        row = await self._require().fetchrow(self._q.renew, self._namespace, self._node, term)
         if row is None or not row["ok"]:
             raise LeaseLostError(f"term {term} is no longer current")
         standby: int | None = row["standby"]
@@ -619,59 +572,27 @@ class PostgresTransport(Transport):
 
     async def release(self, term: int, reason: str) -> None:
         conn = self._require()
-        await conn.execute(
-            f"WITH l AS (UPDATE {self._t_leader} SET released = true,"
-            "            renewed_at = clock_timestamp() WHERE namespace = $1 AND term = $2)"
-            f" UPDATE {self._t_history} SET ended_at = clock_timestamp(), reason = $3"
-            " WHERE namespace = $1 AND term = $2",
-            self._namespace,
-            term,
-            reason,
-        )
+        await conn.execute(self._q.release, self._namespace, term, reason)
         await conn.execute("SELECT pg_advisory_unlock($1)", self._key)
 
     async def successor(self) -> int | None:
         node: int | None = await self._require().fetchval(
-            self._standby_sql, self._namespace, self._node
+            self._q.successor, self._namespace, self._node
         )
         return node
 
     async def survey(self) -> tuple[bool, tuple[int, int] | None]:
-        row = await self._require().fetchrow(
-            f"WITH h AS (SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory'"
-            "            AND granted AND mode = 'ExclusiveLock' AND classid = $2 AND objid = $3"
-            "            AND objsubid = 1 AND database = (SELECT oid FROM pg_database"
-            "                                             WHERE datname = current_database()))"
-            "            AS held),"
-            f"     l AS (SELECT node FROM {self._t_leader} WHERE namespace = $1 AND NOT released)"
-            " SELECT h.held, b.priority, b.node FROM h LEFT JOIN LATERAL"
-            f" (SELECT m.priority, m.node FROM {self._t_member} m WHERE m.namespace = $1"
-            f"  AND {_LIVE} AND NOT (h.held AND m.node IS NOT DISTINCT FROM (SELECT node FROM l))"
-            "  ORDER BY m.priority DESC, m.node DESC LIMIT 1) b ON true",
-            self._namespace,
-            (self._key >> 32) & 0xFFFFFFFF,
-            self._key & 0xFFFFFFFF,
-        )
+        row = await self._require().fetchrow(self._q.survey, self._namespace, *self._key_halves)
         assert row is not None
         best = None if row["node"] is None else (int(row["priority"]), int(row["node"]))
         return bool(row["held"]), best
 
     async def is_member(self, node: int, priority: int) -> bool:
-        found = await self._require().fetchval(
-            f"SELECT EXISTS (SELECT FROM {self._t_member} m WHERE m.namespace = $1"
-            f" AND m.node = $2 AND m.priority = $3 AND {_LIVE})",
-            self._namespace,
-            node,
-            priority,
-        )
+        found = await self._require().fetchval(self._q.is_member, self._namespace, node, priority)
         return bool(found)
 
     async def leader(self) -> LeaderRecord | None:
-        row = await self._require().fetchrow(
-            f"SELECT node, priority, term, host, pid, since, released FROM {self._t_leader}"
-            " WHERE namespace = $1",
-            self._namespace,
-        )
+        row = await self._require().fetchrow(self._q.leader_record, self._namespace)
         return None if row is None else LeaderRecord(**dict(row))
 
     async def watch(self, leader: int) -> Freed:
@@ -680,10 +601,15 @@ class PostgresTransport(Transport):
         key = self._names.anchor_key(leader)
         conn = await self._new_connection()
         try:
-            # The wait is meant to last: no server-side timeout of the user's settings may
-            # end it, and a client-side command_timeout only makes us ask again (on the
-            # same connection, so what it observed still holds).
-            await conn.execute("SET statement_timeout = 0; SET lock_timeout = 0")
+            # The wait goes on in rounds of a bounded lock wait on this one connection (so
+            # what it observed still holds): a backend blocked on a lock does not notice
+            # that its client has gone, and a watcher dropped while waiting must not leave
+            # its backend behind for longer than a round. Where PostgreSQL can (14 and
+            # later), the backend also checks every second that its client is still there.
+            wait_ms = max(1000, int(2 * self._lease * 1000))
+            await conn.execute(f"SET statement_timeout = 0; SET lock_timeout = {wait_ms}")
+            with contextlib.suppress(asyncpg.UndefinedObjectError):
+                await conn.execute("SET client_connection_check_interval = 1000")
             if await conn.fetchval("SELECT pg_try_advisory_lock_shared($1)", key):
                 await conn.execute("SELECT pg_advisory_unlock_shared($1)", key)
                 return await self._how_ended(conn, leader, observed=False)
@@ -693,7 +619,7 @@ class PostgresTransport(Transport):
                         "SELECT pg_advisory_lock_shared($1), pg_advisory_unlock_shared($1)", key
                     )
                     break
-                except TimeoutError:
+                except (TimeoutError, asyncpg.LockNotAvailableError):
                     continue
             return await self._how_ended(conn, leader, observed=True)
         finally:
@@ -703,9 +629,7 @@ class PostgresTransport(Transport):
         self, conn: asyncpg.Connection[Any], leader: int, *, observed: bool
     ) -> Freed:
         # A leader that resigns marks its term released before it lets go of anything.
-        row = await conn.fetchrow(
-            f"SELECT node, released FROM {self._t_leader} WHERE namespace = $1", self._namespace
-        )
+        row = await conn.fetchrow(self._q.leader_released, self._namespace)
         if row is None or row["node"] != leader:
             return Freed.UNOBSERVED  # the leadership had moved on already
         if row["released"]:

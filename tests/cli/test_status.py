@@ -25,10 +25,13 @@ async def join(stack: AsyncExitStack, dsn: str, name: str, n: int) -> list[Elect
 
 
 def the_leader(groups: list[ElectionGroup]) -> ElectionGroup | None:
-    """The one leader once the group has settled (the highest node leads: preempt is on)."""
+    """The one leader once the group has settled: every member knows it."""
     leaders = [g for g in groups if g.is_leader]
-    top = max(groups, key=lambda g: g.node or 0)
-    return top if leaders == [top] else None
+    if len(leaders) != 1:
+        return None
+    (leader,) = leaders
+    known = all(g.leader is not None and g.leader.node == leader.node for g in groups)
+    return leader if known else None
 
 
 def by_namespace(document: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -109,7 +109,7 @@ async def test_sigstop_for_three_leases(cluster: Cluster, size: Size) -> None:
         term = old.leading_term
         assert term is not None
         stopped = cluster.signal(old, signal.SIGSTOP)
-        await cluster.leader(timeout=30)
+        new = await cluster.leader(timeout=30)
         took.append(first_elected(cluster, stopped))
         # The pause itself is the fault: it lasts at least three leases.
         await asyncio.sleep(max(0.0, stopped + 3 * lease - time.time()))
@@ -133,7 +133,8 @@ async def test_sigstop_for_three_leases(cluster: Cluster, size: Size) -> None:
             resumed,
         )
         assert rows[0]["n"] == 0
-        await cluster.leader(timeout=20)
+        # The node that took over keeps leading: the resumed one follows it.
+        assert await cluster.leader(timeout=20) is new
     figures("SIGSTOP -> new leader elected", took)
     await cluster.verify()
 
@@ -461,4 +462,34 @@ async def test_blackholed_follower_leaves_within_its_bound(cluster: Cluster) -> 
     # And the leader's clean exit still hands over, even if it names the cut-off node.
     await cluster.stop_node(leader, timeout=30)
     await cluster.leader(timeout=40)
+    await cluster.verify()
+
+
+@pytest.mark.parametrize("size", [pytest.param(Size(1), id="ci"), *SIZES[1:]])
+async def test_half_open_leader_then_every_session_terminated(cluster: Cluster, size: Size) -> None:
+    """An operator terminates every session of the group (the leader's anchor included)
+    just as the leader's path has gone half-open. No evidence survives that: whoever takes
+    over waits a whole lease, and the cut-off leader has stopped acting by then."""
+    await cluster.spawn(size.nodes, proxied=True)
+    for _ in range(size.rounds):
+        old = await cluster.leader()
+        term = old.leading_term
+        assert old.proxy is not None
+        assert term is not None
+        old.proxy.set_mode(Mode.BLACKHOLE)
+        old.paused = True
+        rows = await cluster.sql(
+            "SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity"
+            " WHERE application_name IN ($1, $2)",
+            f"notifelect:{cluster.namespace}",
+            f"notifelect-anchor:{cluster.namespace}",
+        )
+        assert rows[0]["n"] >= 2 * size.nodes
+        new = await cluster.leader(timeout=40)
+        assert new is not old
+        assert cluster.acts_after(old, term, elected_at(new, 0.0)) == []
+        old.proxy.set_mode(Mode.PASS)
+        old.paused = False
+        await cluster.reported(old, "deposed", term=term, timeout=30, what="old leader left")
+        await cluster.leader(timeout=30)
     await cluster.verify()

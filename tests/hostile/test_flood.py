@@ -36,8 +36,6 @@ def agreed(groups: list[ElectionGroup]) -> tuple[int, int] | None:
     views = {(g.leader.node, g.leader.term) if g.leader else None for g in groups}
     if len(leaders) != 1 or len(views) != 1 or None in views:
         return None
-    if leaders[0].rank != max(g.rank for g in groups if g.rank is not None):
-        return None  # a higher-ranked node is still taking over
     ls = leaders[0].leadership
     assert ls is not None
     return leaders[0].node or 0, ls.term

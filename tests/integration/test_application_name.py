@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from notifelect import ElectionGroup
-from notifelect.transport.connect import APPLICATION_NAME
+from notifelect.transport.connect import application_name_for
 from tests.support.servers import sqlalchemy_url
 from tests.support.waiting import settled, until
 
@@ -41,7 +41,7 @@ async def _names_of_running_group(
 @pytest.mark.timeout(30)
 async def test_sessions_of_a_group_on_a_dsn_carry_notifelect(dsn: str, namespace: str) -> None:
     names = await _names_of_running_group(dsn, namespace, [dsn, dsn])
-    assert names == [APPLICATION_NAME, APPLICATION_NAME]
+    assert names == [application_name_for(namespace)] * 2
 
 
 @pytest.mark.timeout(30)
@@ -51,7 +51,7 @@ async def test_sessions_of_a_group_on_an_engine_carry_notifelect(dsn: str, names
         names = await _names_of_running_group(dsn, namespace, [engine, engine])
     finally:
         await engine.dispose()
-    assert names == [APPLICATION_NAME, APPLICATION_NAME]
+    assert names == [application_name_for(namespace)] * 2
 
 
 @pytest.mark.timeout(30)
@@ -80,3 +80,10 @@ async def test_pgappname_names_the_sessions(
     finally:
         await engine.dispose()
     assert names == ["from-pgappname", "from-pgappname"]
+
+
+def test_the_default_name_fits_what_postgresql_keeps() -> None:
+    assert application_name_for("reports") == "notifelect:reports"
+    long = application_name_for("é" * 100)
+    assert len(long.encode()) <= 63
+    assert long.startswith("notifelect:é")

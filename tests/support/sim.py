@@ -67,6 +67,7 @@ class Sim:
         self.now = 0.0
         self.states: dict[int, p.State] = {}
         self.alive: set[int] = set()
+        self.registered: dict[int, float] = {}
         self.paused: set[int] = set()
         self.queue: list[_Item] = []
         self.inbox: dict[int, tuple[collections.deque[p.Event], collections.deque[p.Event]]] = {}
@@ -93,6 +94,7 @@ class Sim:
 
     def add(self, node: int, priority: int = 0, at: float | None = None) -> None:
         self.states[node] = p.initial_state(self.namespace, Rank(priority, node), self.config)
+        self.registered[node] = self.now if at is None else at  # its member row
         self.alive.add(node)
         self.inbox[node] = (collections.deque(), collections.deque())
         self._push(self.now if at is None else at, node, p.Start())
@@ -200,7 +202,9 @@ class Sim:
 
     def _best(self) -> Rank | None:
         skip = self.record[0] if self.holder is not None and self.record else None
-        ranks = [self.states[n].rank for n in self.alive if n != skip and self.states[n].started]
+        ranks = [
+            self.states[n].rank for n in self.alive if n != skip and self.registered[n] <= self.now
+        ]
         return max(ranks) if ranks else None
 
     def _perform(self, node: int, effect: p.Effect) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from notifelect import protocol as p
@@ -197,3 +199,173 @@ def test_standby_leaves_a_cleanly_released_claim_to_the_named_successor() -> Non
     assert p.Claim(fence=False, evidence=4) in effects  # the process is gone: at once
     _, effects = p.step(sim.states[3], p.ClaimFreed(p.Freed.UNOBSERVED, 4), sim.now)
     assert p.Survey() in effects  # nothing seen: an ordinary search, no evidence
+
+
+# ---------------------------------------------------------------- leadership that sticks
+
+
+def test_a_newcomer_of_equal_priority_never_preempts() -> None:
+    sim = Sim()
+    sim.add(1)
+    settle(sim)
+    for node in range(2, 12):  # a rolling deploy: every newcomer draws a larger sequence
+        sim.add(node)
+        settle(sim, 3.0)
+    assert sim.leaders() == [1]
+    assert [node for _, node, _ in sim.elected_log] == [1]
+
+
+def test_a_higher_priority_newcomer_preempts_only_after_its_hold_off() -> None:
+    sim = Sim()
+    sim.add(1)
+    settle(sim)
+    joined = sim.now
+    sim.add(2, priority=1)
+    settle(sim, CONFIG.join_holdoff / 2)
+    assert sim.leaders() == [1]  # still holding off
+    settle(sim, CONFIG.join_holdoff)
+    assert sim.leaders() == [2]
+    took = next(t for t, node, _ in sim.elected_log if node == 2) - joined
+    assert CONFIG.join_holdoff <= took < CONFIG.join_holdoff + 0.1
+    assert sim.max_acting == 1
+
+
+def test_a_crash_looping_higher_priority_replica_never_takes_over() -> None:
+    sim = Sim()
+    sim.add(1)
+    settle(sim)
+    for node in range(2, 8):  # up for less than its hold-off each time
+        sim.add(node, priority=5)
+        settle(sim, CONFIG.join_holdoff / 2)
+        sim.crash(node)
+        settle(sim, 0.5)
+    assert sim.leaders() == [1]
+    assert [node for _, node, _ in sim.elected_log] == [1]
+
+
+def test_a_resumed_leader_never_takes_leadership_back() -> None:
+    sim = Sim()
+    for node in range(1, 4):
+        sim.add(node)
+    settle(sim)
+    sim.pause(3)
+    settle(sim, CONFIG.leader_timeout + sim.lease + 1.0)
+    assert sim.leaders() == [2]
+    sim.paused.discard(3)
+    sim.dispatch(3, p.Lost("lease expired"))  # it notices, steps down, reconnects
+    sim.states[3] = p.initial_state("sim", Rank(0, 3), CONFIG)
+    sim._push(sim.now, 3, p.Start())
+    settle(sim, 10.0)
+    assert sim.leaders() == [2]
+
+
+def test_a_node_that_learns_the_claim_is_held_does_not_elect() -> None:
+    state = p.initial_state("x", Rank(0, 5), CONFIG)
+    state, effects = p.step(state, p.Start(), 0.0)
+    assert effects[-1] == p.Survey()
+    assert not any(isinstance(e, p.Send) for e in effects)
+    state, effects = p.step(state, p.Surveyed(held=True, best=Rank(0, 5)), 0.01)
+    assert not any(isinstance(e, p.Send | p.Claim) for e in effects)  # it waits to hear
+    assert state.role is p.Role.FOLLOWER
+    # A refused claim also means somebody holds it: follow, no election.
+    claiming = dataclasses.replace(state, role=p.Role.CLAIMING)
+    state, effects = p.step(claiming, p.ClaimRefused(), 0.02)
+    assert not any(isinstance(e, p.Send) for e in effects)
+    assert state.role is p.Role.FOLLOWER
+
+
+def test_only_candidates_answer_an_election() -> None:
+    lower = Message(Kind.ELECTION, "x", Rank(0, 1))
+    follower = dataclasses.replace(
+        p.initial_state("x", Rank(0, 5), CONFIG), role=p.Role.FOLLOWER, started=True
+    )
+    # A follower without a leader, of the same priority: quiet (no ALIVE, no election).
+    _, effects = p.step(follower, p.Receive(lower), 1.0)
+    assert effects == []
+    # A candidate answers.
+    electing = dataclasses.replace(follower, role=p.Role.ELECTING)
+    _, effects = p.step(electing, p.Receive(lower), 1.0)
+    assert [e.message.kind for e in effects if isinstance(e, p.Send)] == [Kind.ALIVE]
+    # A follower of strictly higher priority is a rival candidate: it answers and runs.
+    higher = dataclasses.replace(follower, rank=Rank(1, 5))
+    _, effects = p.step(higher, p.Receive(lower), 1.0)
+    sent = [e.message.kind for e in effects if isinstance(e, p.Send)]
+    assert sent == [Kind.ALIVE, Kind.ELECTION]
+
+
+def test_search_timers_are_jittered_and_back_off() -> None:
+    state = dataclasses.replace(
+        p.initial_state("x", Rank(0, 1), CONFIG), role=p.Role.FOLLOWER, started=True
+    )
+    delays = []
+    for misses in range(2):
+        s = dataclasses.replace(state, misses=misses, surveying=True)
+        _, effects = p.step(s, p.Surveyed(held=False, best=Rank(0, 9)), 0.0)
+        (timer,) = [e for e in effects if isinstance(e, p.SetTimer)]
+        assert timer.timer is p.Timer.COORDINATOR
+        assert timer.spread > 0  # jittered
+        delays.append(timer.at)
+    assert delays[1] == 2 * delays[0]  # backed off
+    # After two misses it stops waiting for the better candidate and claims itself.
+    s = dataclasses.replace(state, misses=2, surveying=True)
+    _, effects = p.step(s, p.Surveyed(held=False, best=Rank(0, 9)), 0.0)
+    assert p.Claim(fence=False) in effects
+
+
+def test_the_leader_answers_a_burst_of_elections_once_per_window() -> None:
+    sim = Sim()
+    sim.add(1)
+    settle(sim)
+    leader = sim.states[1]
+    announced = 0
+    for node in range(2, 50):
+        leader, effects = p.step(
+            leader, p.Receive(Message(Kind.ELECTION, "sim", Rank(0, node))), sim.now
+        )
+        announced += sum(isinstance(e, p.Announce) for e in effects)
+    assert announced == 1
+
+
+def test_a_resign_that_names_a_node_mid_claim_makes_it_claim_again() -> None:
+    state = dataclasses.replace(
+        p.initial_state("x", Rank(0, 2), CONFIG), role=p.Role.CLAIMING, started=True
+    )
+    resign = Message(Kind.RESIGN, "x", Rank(0, 3), term=7, successor=2)
+    state, effects = p.step(state, p.Receive(resign), 0.0)
+    assert state.successor_named
+    state, effects = p.step(state, p.ClaimRefused(), 0.01)
+    assert p.Claim(fence=False) in effects  # not a wait of coordinator_wait + an election
+    assert state.role is p.Role.CLAIMING
+
+
+@pytest.mark.parametrize("n", [50, 100])
+def test_many_nodes_with_costly_deliveries_settle_on_one_leader(n: int) -> None:
+    # Each delivery costs its receiver 0.5 ms: a burst of N broadcasts (N^2 deliveries)
+    # would keep every node busy for N * N * 0.5 ms, longer than the timers that start
+    # more broadcasts (congestion collapse). One search round ends with one claim.
+    sim = Sim(cost=0.0005)
+    for node in range(1, n + 1):
+        sim.add(node, at=node * 0.01)  # joins spread over n * 10 ms, as processes start
+    settle(sim, n * 0.01 + 2.0)
+    assert len(sim.leaders()) == 1
+    (leader,) = sim.leaders()
+    assert sim.known_leaders() == {leader}  # every node knows it
+    assert len(sim.elected_log) == 1  # one term
+    elections = sum(1 for m in sim.sent if m.kind is Kind.ELECTION)
+    assert elections == 0  # the database said who should claim: nobody had to ask
+    assert sim.claims <= 3
+    assert sim.backlog() < n  # nobody is drowning
+
+
+def test_steady_state_messages_per_interval_are_flat_in_n() -> None:
+    per_interval = []
+    for n in (2, 10, 50):
+        sim = Sim()
+        for node in range(1, n + 1):
+            sim.add(node)
+        settle(sim, 2.0)
+        before = len(sim.sent)
+        settle(sim, 10.0)
+        per_interval.append((len(sim.sent) - before) / (10.0 / CONFIG.heartbeat_interval))
+    assert max(per_interval) <= 1.05
+    assert min(per_interval) >= 0.95

@@ -1,0 +1,253 @@
+"""Safety details on a real PostgreSQL: clocks, cancelled closes, terms across failovers,
+and nothing left unretrieved."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from notifelect import ElectionGroup, Settings, _clock
+from notifelect.messages import Kind, Message, Rank, encode
+from notifelect.schema import Names
+from notifelect.transport.postgres import PostgresTransport
+from tests.support.proxy import FaultProxy, Mode
+from tests.support.waiting import until
+
+ROOT = Path(__file__).resolve().parents[2]
+FAST = Settings(election_interval=0.1, lease=1.0, leader_timeout=0.5)
+
+
+def test_leases_run_on_a_clock_that_counts_a_suspend() -> None:
+    if sys.platform.startswith("linux"):
+        assert _clock.CLOCK_NAME == "CLOCK_BOOTTIME"
+    # No lease, timer or wait of the library reads the monotonic clock directly.
+    for source in (ROOT / "notifelect").rglob("*.py"):
+        if source.parent.name == "cli" or source.name == "_clock.py":
+            continue
+        assert "time.monotonic" not in source.read_text(), source
+
+
+@pytest.mark.timeout(60)
+async def test_a_server_clock_step_does_not_shorten_the_successors_wait(
+    dsn: str, namespace: str
+) -> None:
+    # The previous leader's last renewal looks an hour old, as it does after the server's
+    # clock jumped forward: its lease must still be waited out on the successor's clock.
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(
+            "INSERT INTO notifelect_term (namespace, term) VALUES ($1, 1)", namespace
+        )
+        await conn.execute(
+            "INSERT INTO notifelect_leader (namespace, term, node, priority, host, pid,"
+            " backend_pid, since, renewed_at, released) VALUES ($1, 1, 999999, 0, 'gone', 1,"
+            " 1, now() - interval '1 hour', now() - interval '1 hour', false)",
+            namespace,
+        )
+    finally:
+        await conn.close()
+    async with ElectionGroup(dsn, namespace, FAST) as group:
+        started = _clock.now()
+        await group.wait_for_leadership(timeout=20)
+        assert _clock.now() - started >= FAST.lease
+
+
+@pytest.mark.timeout(60)
+async def test_cancelling_close_still_tears_everything_down(dsn: str, namespace: str) -> None:
+    group = ElectionGroup(dsn, namespace, FAST)
+    await group.__aenter__()
+    await group.wait_for_leadership(timeout=10)
+    transport = group._transport
+    assert isinstance(transport, PostgresTransport)
+    assert transport.connection is not None
+    assert transport.anchor is not None
+    pids = [transport.connection.get_server_pid(), transport.anchor.get_server_pid()]
+    closing = asyncio.ensure_future(group.close())
+    await asyncio.sleep(0)  # let close() begin
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    admin = await asyncpg.connect(dsn)
+    try:
+        for _ in range(200):  # the server notices the terminated sessions within moments
+            left = await admin.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1::int[])", pids
+            )
+            if left == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert left == 0
+        key = Names().claim_key(namespace)
+        assert await admin.fetchval("SELECT pg_try_advisory_lock($1)", key)  # the claim is free
+    finally:
+        await admin.close()
+    started = time.monotonic()
+    await group.close()  # idempotent, and nothing left to do
+    assert time.monotonic() - started < 0.1
+    assert not group.is_open
+
+
+@pytest.mark.timeout(60)
+async def test_terms_stay_unique_when_a_database_failover_loses_the_last_bump(
+    dsn: str, namespace: str
+) -> None:
+    async with ElectionGroup(dsn, namespace, FAST) as first:
+        ls = await first.wait_for_leadership(timeout=10)
+        admin = await asyncpg.connect(dsn)
+        try:
+            # What an asynchronous replica promoted a moment too early would hold.
+            await admin.execute(
+                "UPDATE notifelect_term SET term = term - 1 WHERE namespace = $1", namespace
+            )
+        finally:
+            await admin.close()
+    async with ElectionGroup(dsn, namespace, FAST) as second:
+        again = await second.wait_for_leadership(timeout=10)
+        assert again.term > ls.term
+
+
+@pytest.mark.timeout(120)
+def test_nothing_is_left_unretrieved(dsn: str) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "tests.integration.noisy_run", dsn],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "done" in run.stdout
+    for noise in ("Traceback", "never retrieved", "Task was destroyed", "unexpected error"):
+        assert noise not in run.stderr, run.stderr
+
+
+@pytest.mark.timeout(60)
+async def test_a_replayed_heartbeat_does_not_keep_a_silent_leader_in_place(
+    dsn: str, namespace: str
+) -> None:
+    # The leader is cut off; somebody replays its genuine heartbeat on the channel. The
+    # followers re-check the database at least every leader_timeout and replace it.
+    proxy = await FaultProxy("127.0.0.1", _port(dsn)).start()
+    proxied = _via(dsn, proxy.port)
+    sender = await asyncpg.connect(dsn)
+    try:
+        async with (
+            ElectionGroup(proxied, namespace, FAST) as a,
+            ElectionGroup(dsn, namespace, FAST) as b,
+        ):
+            ls = await a.wait_for_leadership(timeout=10)
+            await b.wait_for_leader(timeout=10)
+            assert a.node is not None
+            heartbeat = encode(Message(Kind.HEARTBEAT, namespace, Rank(0, a.node), term=ls.term))
+            proxy.set_mode(Mode.BLACKHOLE)
+
+            async def replay() -> None:
+                while True:
+                    await sender.execute("SELECT pg_notify('ch_notifelect', $1)", heartbeat)
+                    await asyncio.sleep(0.05)  # the attacker's cadence
+
+            replaying = asyncio.create_task(replay())
+            try:
+                started = time.monotonic()
+                await b.wait_for_leadership(timeout=20)
+                took = time.monotonic() - started
+            finally:
+                replaying.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await replaying
+            # Silence detection, one re-check, fencing and a whole lease: well bounded.
+            assert took < 4 * (FAST.leader_timeout + FAST.lease)
+            assert b.stats["dropped:silent leader"] > 0
+            proxy.set_mode(Mode.PASS)
+    finally:
+        await sender.close()
+        await proxy.close()
+
+
+@pytest.mark.timeout(60)
+async def test_a_stuck_claimer_is_fenced(dsn: str, namespace: str) -> None:
+    # A session took the claim to take over from a gone leader, then froze while waiting
+    # out the lease (a SIGSTOP in that moment): it holds the lock but never leads. It must
+    # not keep the group leaderless.
+    stuck = await asyncpg.connect(dsn)
+    try:
+        await stuck.execute(
+            "INSERT INTO notifelect_term (namespace, term) VALUES ($1, 1);", namespace
+        )
+        await stuck.execute(
+            "INSERT INTO notifelect_leader (namespace, term, node, priority, host, pid,"
+            " backend_pid, since, renewed_at, released) VALUES ($1, 1, 999999, 0, 'gone', 1,"
+            " 1, now(), now(), false)",
+            namespace,
+        )
+        await stuck.execute("SELECT pg_advisory_lock($1)", Names().claim_key(namespace))
+        stuck_pid = stuck.get_server_pid()
+        async with ElectionGroup(dsn, namespace, FAST) as group:
+            await group.wait_for_leadership(timeout=30)
+        admin = await asyncpg.connect(dsn)
+        try:
+            alive = await admin.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", stuck_pid
+            )
+        finally:
+            await admin.close()
+        assert alive == 0  # it was fenced out
+    finally:
+        stuck.terminate()
+
+
+@pytest.mark.timeout(60)
+async def test_standby_watchers_leave_no_backend_behind(dsn: str, namespace: str) -> None:
+    # Members come and go while one leader stays: each standby's watcher is dropped when
+    # the standby changes, and its backend, blocked on a lock, must not linger.
+    admin = await asyncpg.connect(dsn)
+    try:
+        async with (
+            ElectionGroup(dsn, namespace, FAST) as leader,
+            ElectionGroup(dsn, namespace, FAST) as standby,
+        ):
+            await leader.wait_for_leadership(timeout=10)
+            await standby.wait_for_leader(timeout=10)
+            for _ in range(4):  # each newcomer becomes the standby, then leaves
+                async with ElectionGroup(dsn, namespace, FAST) as member:
+                    await member.wait_for_leader(timeout=10)
+                    await until([leader], lambda: _standby_is(leader, member), timeout=10)
+
+            async def waiting() -> int:
+                return int(
+                    await admin.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                        " AND wait_event_type = 'Lock'"
+                    )
+                )
+
+            for _ in range(100):  # dropped watchers notice their client is gone
+                if await waiting() <= 1:
+                    break
+                await asyncio.sleep(0.05)
+            assert await waiting() <= 1  # the standby's one watcher, nothing left behind
+    finally:
+        await admin.close()
+
+
+def _standby_is(leader: ElectionGroup, member: ElectionGroup) -> bool:
+    proto = member._driver.proto
+    return proto is not None and proto.watching == leader.node
+
+
+def _port(dsn: str) -> int:
+    return urlsplit(dsn).port or 5432
+
+
+def _via(dsn: str, port: int) -> str:
+    parts = urlsplit(dsn)
+    netloc = f"{parts.username}@127.0.0.1:{port}" if parts.username else f"127.0.0.1:{port}"
+    return urlunsplit(parts._replace(netloc=netloc))
