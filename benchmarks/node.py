@@ -11,6 +11,10 @@ Commands arrive as JSON lines on stdin::
     {"op": "leave"}       leave the group through the system's own context exit
     {"op": "quit"}
 
+SIGTERM leaves the group the same way (as a service's shutdown hook would) and then ends
+the process. Optional ``join`` fields of ours: ``lease``, ``leader_timeout``,
+``strict_takeover``, ``preempt``.
+
 Events leave as JSON lines on stdout, each stamped with ``time.monotonic()`` (one clock
 for every process on the host, so the harness compares stamps across processes):
 ``ready``, ``joined``, ``elected`` (leader-only work may start), ``deposed`` (it stopped),
@@ -64,7 +68,8 @@ class OursMember(Member):
         from notifelect import ElectionGroup, Settings
 
         cmd = self.cmd
-        extra = {k: cmd[k] for k in ("lease", "leader_timeout") if k in cmd}
+        names = ("lease", "leader_timeout", "strict_takeover", "preempt")
+        extra = {k: cmd[k] for k in names if k in cmd}
         settings = Settings(
             namespace=cmd["namespace"],
             election_interval=cmd["interval"],
@@ -177,7 +182,17 @@ async def main(system: str) -> None:
     def resumed() -> None:
         emit("resumed", **(member.on_resume() if member is not None else {}))
 
+    async def terminate() -> None:
+        emit("terminating")
+        if member is not None:
+            member.leave.set()
+        if task is not None:
+            await asyncio.wait([task])
+        os._exit(0)
+
     loop.add_signal_handler(signal.SIGCONT, resumed)
+    shutdown: list[asyncio.Task[None]] = []  # keeps the task referenced
+    loop.add_signal_handler(signal.SIGTERM, lambda: shutdown.append(loop.create_task(terminate())))
     # Everything a join needs is imported before "ready", so no import lands in a timing.
     import asyncpg  # noqa: F401
 

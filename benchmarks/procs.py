@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 NODE_SCRIPT = Path(__file__).with_name("node.py")
+ROOT = NODE_SCRIPT.parent.parent  # the checkout whose package the harness measures
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 Event = dict[str, Any]
@@ -109,6 +110,10 @@ class Cluster:
     def _env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "NOTIFELECT_"))}
         env["PYTHONUNBUFFERED"] = "1"
+        env.pop("PYTHONPATH", None)
+        if self.system == "ours":
+            # This checkout's package, whatever an editable install elsewhere points to.
+            env["PYTHONPATH"] = str(ROOT)
         return env
 
     def _stderr(self) -> Any:
@@ -168,6 +173,11 @@ class Cluster:
         self.idle = [n for n in self.idle if n.alive]
         taken, self.idle = self.idle[:count], self.idle[count:]
         return taken + await self.spawn(count - len(taken))
+
+    async def reserve(self, count: int) -> None:
+        """Have at least ``count`` idle processes ready (started in one batch)."""
+        self.idle = [n for n in self.idle if n.alive]
+        self.idle += await self.spawn(count - len(self.idle))
 
     def give_back(self, node: Node) -> None:
         if node.alive and not node.stopped:

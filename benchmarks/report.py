@@ -13,6 +13,7 @@ from .scenarios import Sample
 FAILOVER = ["cold start", "hand-over", "crash (SIGKILL)", "pause (SIGSTOP)"]
 EXTRA = ["join (enter returns)", "all agree on the leader", "paused leader stops acting"]
 SYSTEM_NAMES = {"ours": "notifelect (this)", "seed": "notifelect 0.0.3"}
+SETTINGS = ("default", "fast", "strict", "fastcrash")
 
 
 @dataclass(frozen=True)
@@ -83,11 +84,10 @@ def ratio(seed: Summary | None, ours: Summary | None) -> str:
     if seed.p50 is None:
         assert seed.limit is not None
         return f"> {seed.limit / ours.p50:,.0f}x"
-    return (
-        f"{seed.p50 / ours.p50:,.0f}x"
-        if seed.p50 >= 10 * ours.p50
-        else (f"{seed.p50 / ours.p50:.1f}x")
-    )
+    times = seed.p50 / ours.p50
+    if times >= 10:
+        return f"{times:,.0f}x"
+    return f"{times:.1f}x" if times >= 0.1 else f"{times:.2g}x"
 
 
 def write_csv(path: Path, samples: Sequence[Sample]) -> None:
@@ -131,9 +131,10 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def failover_rows(samples: Sequence[Sample], n: int) -> list[list[str]]:
+    """One row per scenario, settings and system: each scenario exactly once."""
     rows = []
     for scenario in [*FAILOVER[:1], *EXTRA[:2], *FAILOVER[1:], *EXTRA[2:]]:
-        for settings in ("default", "fast"):
+        for settings in SETTINGS:
             ours = Summary.of(
                 select(samples, system="ours", settings=settings, n=n, scenario=scenario)
             )
@@ -158,11 +159,146 @@ def failover_rows(samples: Sequence[Sample], n: int) -> list[list[str]]:
     return rows
 
 
+def takeover_rows(samples: Sequence[Sample], n: int, strict_default: bool) -> list[list[str]]:
+    """Unclean failover of ours side by side: SIGKILL at the default take-over and at the
+    other one, and SIGSTOP at defaults."""
+    strict = "SIGKILL, strict_takeover=True (waits out the lease)"
+    fast = "SIGKILL, strict_takeover=False (standby saw the process end)"
+    rows = []
+    for scenario, settings, what in [
+        ("crash (SIGKILL)", "default", f"{strict if strict_default else fast}, the default"),
+        (
+            "crash (SIGKILL)",
+            "fastcrash" if strict_default else "strict",
+            fast if strict_default else strict,
+        ),
+        ("pause (SIGSTOP)", "default", "SIGSTOP, default (leader_timeout, then a lease)"),
+    ]:
+        summary = Summary.of(
+            select(samples, system="ours", settings=settings, n=n, scenario=scenario)
+        )
+        if summary is None:
+            continue
+        rows.append(
+            [
+                what,
+                str(summary.n),
+                fmt_seconds(summary.p50, summary.limit),
+                fmt_seconds(summary.p99, summary.limit),
+                fmt_seconds(summary.max, summary.limit),
+            ]
+        )
+    return rows
+
+
+def _counts(samples: Sequence[Sample]) -> str:
+    """p50 / max of count samples, or n/a."""
+    summary = Summary.of(samples)
+    if summary is None or summary.p50 is None or summary.max is None:
+        return "n/a"
+    return f"{summary.p50:g} / {summary.max:g}"
+
+
+def election_rows(samples: Sequence[Sample], ns: Sequence[int]) -> list[list[str]]:
+    """Per N (ours, default settings): trials settled of trials run, the time until all
+    agree, notifications per cold start and per hand-over, and per steady interval."""
+    rows = []
+    for n in ns:
+        found = select(samples, system="ours", settings="default", n=n)
+        settled = select(found, scenario="settled")
+        if not settled:
+            continue
+        ok = sum(1 for s in settled if s.value)
+        agree = Summary.of(select(found, scenario="all agree on the leader"))
+        steady = select(found, scenario="messages per interval")
+        rows.append(
+            [
+                str(n),
+                f"{ok} of {len(settled)}",
+                fmt_seconds(agree.p50, agree.limit) if agree else "n/a",
+                _counts(select(found, scenario="messages: cold start")),
+                _counts(select(found, scenario="messages: hand-over")),
+                f"{steady[0].value:.2f}" if steady and steady[0].value is not None else "n/a",
+            ]
+        )
+    return rows
+
+
+def kind_rows(samples: Sequence[Sample], ns: Sequence[int]) -> list[list[str]]:
+    """Mean notifications per election by message kind (ours, default settings)."""
+    rows = []
+    for scenario in ("messages: cold start", "messages: hand-over"):
+        for n in ns:
+            found = select(samples, system="ours", settings="default", n=n, scenario=scenario)
+            if not found:
+                continue
+            total: dict[str, int] = {}
+            for s in found:
+                for part in s.note.split():
+                    kind, _, count = part.partition("=")
+                    total[kind] = total.get(kind, 0) + int(count or 0)
+            mean = ", ".join(f"{k} {v / len(found):.1f}" for k, v in sorted(total.items()))
+            rows.append([scenario.split(": ")[1], str(n), str(len(found)), mean or "none"])
+    return rows
+
+
+def rolling_rows(samples: Sequence[Sample]) -> list[list[str]]:
+    """Rolling restarts per R (ours): leadership changes, leader-less time, overlaps."""
+    rows = []
+    keys = sorted(
+        {(s.system, s.settings, s.n) for s in samples if s.scenario == "rolling: settled"}
+    )
+    for system, settings, r in keys:
+        found = select(samples, system=system, settings=settings, n=r)
+        settled = select(found, scenario="rolling: settled")
+        changes = [s.value for s in select(found, scenario="rolling: leadership changes")]
+        gaps = Summary.of(select(found, scenario="rolling: leader-less time"))
+        took = Summary.of(select(found, scenario="rolling: duration"))
+        overlaps = [s for s in select(found, scenario="overlap") if s.note == "rolling restart"]
+        rows.append(
+            [
+                SYSTEM_NAMES[system],
+                settings,
+                str(r),
+                f"{sum(1 for s in settled if s.value)} of {len(settled)}",
+                ", ".join(f"{v:g}" for v in changes if v is not None) or "n/a",
+                f"{max((v for v in changes if v is not None), default=0):g}",
+                fmt_seconds(gaps.p50) if gaps else "n/a",
+                fmt_seconds(gaps.max) if gaps else "n/a",
+                fmt_seconds(took.p50) if took else "n/a",
+                str(len(overlaps)),
+            ]
+        )
+    return rows
+
+
+def size_rows(samples: Sequence[Sample], small: int, big: int) -> list[list[str]]:
+    """p50 at N=big next to N=small (ours, default settings, same run) and their ratio."""
+    rows = []
+    for scenario in ("hand-over", "crash (SIGKILL)"):
+        a = Summary.of(
+            select(samples, system="ours", settings="default", n=small, scenario=scenario)
+        )
+        b = Summary.of(select(samples, system="ours", settings="default", n=big, scenario=scenario))
+        if a is None or b is None:
+            continue
+        both = a.p50 is not None and b.p50 is not None and a.p50 > 0
+        rows.append(
+            [
+                scenario,
+                f"{fmt_seconds(a.p50, a.limit)} ({a.n})",
+                f"{fmt_seconds(b.p50, b.limit)} ({b.n})",
+                f"{b.p50 / a.p50:.1f}x" if both else "n/a",  # type: ignore[operator]
+            ]
+        )
+    return rows
+
+
 def scale_rows(samples: Sequence[Sample], ns: Sequence[int]) -> list[list[str]]:
     rows = []
     for scenario in [*FAILOVER[:1], *EXTRA[:2], *FAILOVER[1:]]:
         for n in ns:
-            for system in ("ours", "seed"):
+            for system in ("ours",):  # the seed's rows are in the failover table
                 for settings in ("default",):
                     summary = Summary.of(
                         select(samples, system=system, settings=settings, n=n, scenario=scenario)
@@ -190,6 +326,7 @@ def steady_rows(samples: Sequence[Sample]) -> list[list[str]]:
     for system, settings, n in keys:
         found = select(samples, system=system, settings=settings, n=n)
         rate = select(found, scenario="notifications")
+        per = select(found, scenario="messages per interval")
         conns = select(found, scenario="connections")
         cpu = select(found, scenario="idle CPU")
         rss = select(found, scenario="RSS")
@@ -202,6 +339,7 @@ def steady_rows(samples: Sequence[Sample]) -> list[list[str]]:
                 settings,
                 str(n),
                 fmt_value(rate[0].value, "1/s") if rate else "n/a",
+                f"{per[0].value:.2f}" if per and per[0].value is not None else "n/a",
                 fmt_value(follower_cpu.p50 if follower_cpu else None, "%"),
                 fmt_value(follower_cpu.max if follower_cpu else None, "%"),
                 fmt_value(leader_cpu[0] if leader_cpu else None, "%"),
@@ -213,17 +351,28 @@ def steady_rows(samples: Sequence[Sample]) -> list[list[str]]:
 
 
 def overlap_rows(samples: Sequence[Sample]) -> list[list[str]]:
+    """Overlaps per system, settings, kind of trial (chains or rolling restarts) and N."""
     rows = []
-    keys = sorted({(s.system, s.settings, s.n) for s in samples if s.scenario in FAILOVER})
-    for system, settings, n in keys:
-        found = select(samples, system=system, settings=settings, n=n, scenario="overlap")
-        trials = len(select(samples, system=system, settings=settings, n=n, scenario="cold start"))
+    kinds = {"settled": "failover chain", "rolling: settled": "rolling restart"}
+    keys = sorted(
+        {(s.system, s.settings, s.scenario, s.n) for s in samples if s.scenario in kinds},
+        key=lambda k: (k[0], k[1], k[2] != "settled", k[3]),
+    )
+    for system, settings, scenario, n in keys:
+        rolling = scenario == "rolling: settled"
+        found = [
+            s
+            for s in select(samples, system=system, settings=settings, n=n, scenario="overlap")
+            if (s.note == "rolling restart") == rolling
+        ]
+        trials = len(select(samples, system=system, settings=settings, n=n, scenario=scenario))
         worst = max((s.value for s in found if s.value is not None), default=None)
         notes = sorted({s.note.split(":")[0] for s in found})
         rows.append(
             [
                 SYSTEM_NAMES[system],
                 settings,
+                kinds[scenario],
                 str(n),
                 str(trials),
                 str(len(found)),

@@ -27,15 +27,18 @@ from notifelect import Settings
 from notifelect.schema import Names, install_statements
 
 from . import report
-from .procs import Cluster, Log
+from .procs import ROOT, Cluster, Log
 from .report import Summary, fmt_seconds, select, table
 from .scenarios import (
+    SETTLE,
+    Bus,
     Config,
     Recorder,
     chain,
     floor_lock_kill,
     floor_lock_release,
     floor_notify,
+    rolling_restart,
     steady_state,
 )
 from .seed import ensure_seed, seed_facts
@@ -48,14 +51,19 @@ class Plan:
     """How much to run; ``full()`` is what the README's figures come from."""
 
     n: int = 10
-    repeats_ours: int = 12
-    repeats_seed_fast: int = 10
+    repeats_ours: int = 10
+    repeats_seed_fast: int = 8
     seed_default_groups: int = 4  # parallel trials (its rounds take 25 s)
     steady_seconds: float = 60.0
     scale: list[tuple[int, int]] = field(
-        default_factory=lambda: [(2, 8), (50, 5), (100, 2)]
+        default_factory=lambda: [(2, 6), (50, 3), (100, 3)]
     )  # (N, repeats) besides n
     scale_steady_seconds: float = 15.0
+    takeover_repeats: int = 4  # ours at the other strict_takeover: trials of N=n ...
+    takeover_crashes: int = 3  # ... each killing this many leaders in turn
+    rolling: list[tuple[int, int]] = field(
+        default_factory=lambda: [(5, 3), (10, 3)]
+    )  # rolling restarts at default settings: (replicas, repeats)
     floor_samples: int = 200
     kill_floor_samples: int = 20
     seed: bool = True
@@ -71,11 +79,19 @@ class Plan:
             steady_seconds=2.0,
             scale=[(2, 1)],
             scale_steady_seconds=2.0,
+            takeover_repeats=1,
+            takeover_crashes=1,
+            rolling=[(3, 1)],
             floor_samples=20,
             kill_floor_samples=2,
             seed=False,
             max_connections=100,
         )
+
+
+def other_takeover(settings: Settings) -> str:
+    """The settings label of ours at the take-over that is not the default."""
+    return "fastcrash" if settings.strict_takeover else "strict"
 
 
 def configs(seed_defaults: tuple[float, float] | None) -> dict[tuple[str, str], Config]:
@@ -97,6 +113,15 @@ def configs(seed_defaults: tuple[float, float] | None) -> dict[tuple[str, str], 
             fast.election_timeout,
             fast.lease,
             fast.leader_timeout,
+        ),
+        ("ours", other_takeover(ours)): Config(
+            "ours",
+            other_takeover(ours),
+            ours.election_interval,
+            ours.election_timeout,
+            ours.lease,
+            ours.leader_timeout,
+            strict_takeover=not ours.strict_takeover,
         ),
     }
     if seed_defaults is not None:
@@ -221,10 +246,10 @@ async def _chains(
     repeats: int,
     rec: Recorder,
     steps: Sequence[str],
-    first: int = 0,
+    bus: Bus | None = None,
 ) -> None:
-    for trial in range(first, first + repeats):
-        await chain(cluster, cfg, dsn, n, trial, rec, steps)
+    for trial in range(repeats):
+        await chain(cluster, cfg, dsn, n, trial, rec, steps, bus)
 
 
 async def _gather(*aws: Awaitable[None]) -> None:
@@ -243,6 +268,10 @@ async def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         plan.seed_default_groups = args.seed_default_groups
     if args.scale is not None:
         plan.scale = [_scale_item(item) for item in args.scale.split(",") if item]
+    if args.rolling is not None:
+        plan.rolling = [
+            item for item in map(_scale_item, filter(None, args.rolling.split(","))) if item[0]
+        ]
     if args.no_seed:
         plan.seed = False
     if args.seed:
@@ -274,6 +303,7 @@ async def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     await server.start()
     log = Log()
     rec = Recorder()
+    buses: dict[str, Bus] = {}
     clusters = {"ours": Cluster("ours", sys.executable, log, out)}
     if seed_python is not None:
         clusters["seed"] = Cluster("seed", str(seed_python), log, out)
@@ -284,13 +314,18 @@ async def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
             dbs[system, settings] = await server.database(
                 f"nb{os.getpid()}_{system}_{settings}", system
             )
-            dbs["steady", system, settings] = await server.database(
-                f"nb{os.getpid()}_ss_{system}_{settings}", system
-            )
-        budget = int(pg["max_connections"]) - 10 - len(cfgs) * 3
-        scale = [(n, r) for n, r in plan.scale if n + 2 <= budget]
+            if settings not in ("strict", "fastcrash"):
+                dbs["steady", system, settings] = await server.database(
+                    f"nb{os.getpid()}_ss_{system}_{settings}", system
+                )
+            if system == "ours":  # every notification of ours, for messages per election
+                buses[settings] = Bus()
+                await buses[settings].start(dbs[system, settings])
+        # Each node of ours holds two sessions (its election session and its anchor).
+        budget = int(pg["max_connections"]) - 10 - len(cfgs) * 4
+        scale = [(n, r) for n, r in plan.scale if 2 * n + 2 <= budget]
         for n, _ in plan.scale:
-            if n + 2 > budget:
+            if 2 * n + 2 > budget:
                 rec.problem(f"N={n} skipped: the server allows {pg['max_connections']} connections")
 
         _progress("physical floors")
@@ -306,19 +341,42 @@ async def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
         _progress(f"spawning node processes (N={plan.n})")
         await clusters["ours"].spawn(plan.n * 2)
-        phase_a = []
-        steady_n = plan.n
+        steady = []
         for key, cfg in cfgs.items():
-            phase_a.append(
+            if cfg.settings in ("strict", "fastcrash"):
+                continue
+            steady.append(
                 steady_state(
                     clusters[cfg.system],
                     cfg,
                     dbs["steady", *key],
-                    steady_n,
+                    plan.n,
                     plan.steady_seconds,
                     rec,
                 )
             )
+
+        async def steady_then_takeover() -> None:
+            """The steady state of every system, then ours at the other strict_takeover
+            (strict failovers wait a whole lease, so they share the time of the seed's
+            25 s rounds)."""
+            await _gather(*steady)
+            cfg = cfgs["ours", other_takeover(Settings())]
+            _progress(
+                f"ours with strict_takeover={cfg.strict_takeover}: {plan.takeover_repeats} "
+                f"trials, N={plan.n}, {plan.takeover_crashes} SIGKILLs each"
+            )
+            await _chains(
+                clusters["ours"],
+                cfg,
+                dbs["ours", cfg.settings],
+                plan.n,
+                plan.takeover_repeats,
+                rec,
+                ("cold", *["crash"] * plan.takeover_crashes),
+            )
+
+        phase_a = [steady_then_takeover()]
         if plan.seed and plan.seed_default_groups:
             cfg = cfgs["seed", "default"]
             await clusters["seed"].spawn(plan.n * (plan.seed_default_groups + 2))
@@ -349,7 +407,22 @@ async def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
                 repeats,
                 rec,
                 ("cold", "handover", "crash", "pause"),
+                buses.get(cfg.settings) if cfg.system == "ours" else None,
             )
+
+        cfg = cfgs["ours", "default"]
+        for replicas, repeats in plan.rolling:
+            _progress(f"rolling restart at default settings, R={replicas}: {repeats} trials")
+            for trial in range(repeats):
+                await rolling_restart(
+                    clusters["ours"],
+                    cfg,
+                    dbs["ours", "default"],
+                    replicas,
+                    trial,
+                    rec,
+                    buses["default"],
+                )
 
         cfg = cfgs["ours", "default"]
         for n, repeats in scale:
@@ -362,6 +435,7 @@ async def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
                 repeats,
                 rec,
                 ("cold", "handover", "crash"),
+                buses["default"],
             )
             await steady_state(
                 clusters["ours"],
@@ -374,9 +448,15 @@ async def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     finally:
         for cluster in clusters.values():
             await cluster.close()
+        for bus in buses.values():
+            await bus.close()
         await server.close()
 
     wall = time.monotonic() - started
+    modules = sorted({str(e["module"]) for e in log.events if e["ev"] == "ready"})
+    for module in modules:
+        if "site-packages" not in module and not module.startswith(str(ROOT)):
+            rec.problem(f"a node imported notifelect from {module}, not from {ROOT}")
     meta: dict[str, Any] = {
         "date": when.strftime("%Y-%m-%d %H:%M UTC"),
         "load": {"start": load_start, "end": os.getloadavg()},
@@ -388,6 +468,7 @@ async def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         "settings": {f"{c.system}/{c.settings}": c.__dict__ for c in cfgs.values()},
         "command": " ".join(["python -m benchmarks", *(argv or [])]),
         "problems": rec.problems,
+        "node_modules": modules,
     }
     report.write_csv(out / "samples.csv", rec.samples)
     raw = out / "raw"
@@ -459,6 +540,12 @@ def render(
             report.failover_rows(rec.samples, plan.n),
         ),
     ]
+    takeover = report.takeover_rows(rec.samples, plan.n, Settings().strict_takeover)
+    if takeover:
+        parts += [
+            f"### Unclean failover of this package, N={plan.n}: strict and fast take-over",
+            table(["fault, settings", "n", "p50", "p99", "max"], takeover),
+        ]
     parts += [
         "### Steady state (idle group, leader elected)",
         table(
@@ -467,6 +554,7 @@ def render(
                 "settings",
                 "N",
                 "notifications",
+                "per interval",
                 "CPU/follower p50",
                 "CPU/follower max",
                 "CPU leader",
@@ -485,9 +573,63 @@ def render(
         ),
     ]
     parts += [
+        "### Elections per N (this package, default settings)",
+        "Settled: one leader known to every node and held for "
+        f"{SETTLE:g} s. Messages: notifications on the channel (a listener counts them) from "
+        "the join instant until settled (cold start), and from the leader's exit until the "
+        "next leader is known to all (hand-over); p50 / max over trials. Per interval: "
+        "steady-state notifications per election_interval.",
+        table(
+            [
+                "N",
+                "trials settled of trials run",
+                "all agree p50",
+                "messages per cold start",
+                "messages per hand-over",
+                "steady messages per interval",
+            ],
+            report.election_rows(rec.samples, sorted(set(ns))),
+        ),
+        table(
+            ["election", "N", "trials", "mean notifications by kind"],
+            report.kind_rows(rec.samples, sorted(set(ns))),
+        ),
+    ]
+    big = max(ns)
+    sizes = report.size_rows(rec.samples, plan.n, big) if big != plan.n else []
+    if sizes:
+        parts += [
+            f"### N={big} next to N={plan.n} (p50, trials in brackets, same run)",
+            table(["scenario", f"N={plan.n}", f"N={big}", "ratio"], sizes),
+        ]
+    rolling = report.rolling_rows(rec.samples)
+    if rolling:
+        parts += [
+            "### Rolling restart (this package, default settings)",
+            "R replicas; for each old replica in turn a replacement starts and joins, then "
+            "the old one gets SIGTERM and the next step waits for its exit. Leadership "
+            "changes: new terms during the roll. Leader-less: total time no node acted as "
+            "leader, from the first replacement until a leader is known to all.",
+            table(
+                [
+                    "system",
+                    "settings",
+                    "R",
+                    "settled",
+                    "leadership changes per trial",
+                    "max",
+                    "leader-less p50",
+                    "leader-less max",
+                    "roll p50",
+                    "overlaps",
+                ],
+                rolling,
+            ),
+        ]
+    parts += [
         "### Overlap: two nodes acting as leader at once",
         table(
-            ["system", "settings", "N", "trials", "overlaps", "longest", "in"],
+            ["system", "settings", "trial kind", "N", "trials", "overlaps", "longest", "in"],
             report.overlap_rows(rec.samples),
         ),
     ]
@@ -504,10 +646,8 @@ def targets(rec: Recorder, plan: Plan) -> list[list[str]]:
     samples = rec.samples
     ours = Settings()
 
-    def summary(scenario: str, n: int = plan.n) -> Summary | None:
-        return Summary.of(
-            select(samples, system="ours", settings="default", n=n, scenario=scenario)
-        )
+    def summary(scenario: str, n: int = plan.n, settings: str = "default") -> Summary | None:
+        return Summary.of(select(samples, system="ours", settings=settings, n=n, scenario=scenario))
 
     def check(ok: bool | None) -> str:
         return "n/a" if ok is None else ("yes" if ok else "**no**")
@@ -530,37 +670,82 @@ def targets(rec: Recorder, plan: Plan) -> list[list[str]]:
                 check(bool(le(hand.p50, 0.02)) and bool(le(hand.p99, 0.05))),
             ]
         )
-    crash = summary("crash (SIGKILL)")
+    fast_crash = "fastcrash" if ours.strict_takeover else "default"
+    crash = summary("crash (SIGKILL)", settings=fast_crash)
     if crash:
         rows.append(
             [
-                "SIGKILL failover p50 ≤ 50 ms, p99 ≤ 100 ms",
+                "SIGKILL failover, strict_takeover=False: p50 ≤ 50 ms, p99 ≤ 100 ms",
                 f"{fmt_seconds(crash.p50, crash.limit)} / {fmt_seconds(crash.p99, crash.limit)}",
                 check(bool(le(crash.p50, 0.05)) and bool(le(crash.p99, 0.1))),
             ]
         )
     pause = summary("pause (SIGSTOP)")
     if pause:
-        bound = ours.lease + 0.5
+        bound = ours.leader_timeout + ours.lease + 0.5
         rows.append(
             [
-                f"SIGSTOP failover ≤ lease + 0.5 s = {bound:g} s (max); lease "
-                f"{ours.lease:g} s ≤ 5 s",
+                f"SIGSTOP failover ≤ leader_timeout + lease + 0.5 s = {bound:g} s (max); "
+                f"lease {ours.lease:g} s ≤ 5 s",
                 fmt_seconds(pause.max, pause.limit),
                 check(bool(le(pause.max, bound)) and ours.lease <= 5),
             ]
         )
-    rates = [
-        (s.n, s.value)
-        for s in select(samples, system="ours", settings="default", scenario="notifications")
-    ]
-    if rates:
-        worst = max(v for _, v in rates if v is not None)
+    strict = summary("crash (SIGKILL)", settings="default" if ours.strict_takeover else "strict")
+    if strict:
+        bound = ours.lease + 0.5
         rows.append(
             [
-                "steady notifications ≤ 2/s per group, any N",
-                ", ".join(f"N={n}: {v:.2f}/s" for n, v in sorted(rates) if v is not None),
-                check(worst <= 2),
+                f"SIGKILL failover, strict_takeover=True: ≤ lease + 0.5 s = {bound:g} s (max)",
+                fmt_seconds(strict.max, strict.limit),
+                check(le(strict.max, bound)),
+            ]
+        )
+    for replicas, _ in plan.rolling:
+        found = select(samples, system="ours", settings="default", n=replicas)
+        changes = [s.value for s in select(found, scenario="rolling: leadership changes")]
+        settled = select(found, scenario="rolling: settled")
+        if not settled:
+            continue
+        worst = max((v for v in changes if v is not None), default=None)
+        ok = worst is not None and worst <= 2 and len(changes) == len(settled)
+        rows.append(
+            [
+                f"rolling restart R={replicas}: ≤ 2 leadership changes",
+                f"max {worst:g} in {len(changes)} of {len(settled)} trials"
+                if worst is not None
+                else f"no roll completed ({len(settled)} trials)",
+                check(ok),
+            ]
+        )
+    ns = sorted(
+        {s.n for s in select(samples, system="ours", settings="default", scenario="settled")}
+    )
+    if ns:
+        counts = []
+        for n in ns:
+            found = select(samples, system="ours", settings="default", n=n, scenario="settled")
+            counts.append((n, sum(1 for s in found if s.value), len(found)))
+        rows.append(
+            [
+                "every trial settles, any N",
+                ", ".join(f"N={n}: {ok} of {run}" for n, ok, run in counts),
+                check(all(ok == run for _, ok, run in counts)),
+            ]
+        )
+    per = [
+        (s.n, s.value)
+        for s in select(
+            samples, system="ours", settings="default", scenario="messages per interval"
+        )
+        if s.value is not None
+    ]
+    if per:
+        rows.append(
+            [
+                "steady state: one heartbeat per election_interval (≤ 1.05), any N",
+                ", ".join(f"N={n}: {v:.2f}" for n, v in sorted(per)),
+                check(max(v for _, v in per) <= 1.05),
             ]
         )
     cpu = [
@@ -602,7 +787,13 @@ def targets(rec: Recorder, plan: Plan) -> list[list[str]]:
             ]
         )
     overlaps = select(samples, system="ours", scenario="overlap")
-    rows.append(["never two acting leaders", f"{len(overlaps)} overlaps", check(not overlaps)])
+    rows.append(
+        [
+            "never two acting leaders (failover chains and rolling restarts)",
+            f"{len(overlaps)} overlaps",
+            check(not overlaps),
+        ]
+    )
     return rows
 
 
@@ -632,14 +823,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     tune = parser.add_argument_group("tuning (defaults: the full plan, or --quick)")
     tune.add_argument("--n", type=int, help="group size of the failover runs (10)")
-    tune.add_argument("--repeats", type=int, help="trials per system and settings (12 / 10)")
+    tune.add_argument("--repeats", type=int, help="trials per system and settings (10 / 8)")
     tune.add_argument("--steady-seconds", type=float, help="steady-state window (60)")
     tune.add_argument(
         "--seed-default-groups",
         type=int,
         help="parallel trials of the seed package at its defaults (4)",
     )
-    tune.add_argument("--scale", help="extra group sizes as N:trials,... (2:8,50:5,100:2)")
+    tune.add_argument("--scale", help="extra group sizes as N:trials,... (2:6,50:3,100:3)")
+    tune.add_argument(
+        "--rolling", help="rolling restarts as replicas:trials,... (5:3,10:3; 0 to skip)"
+    )
     args = parser.parse_args(argv)
     args.out = args.out or (RESULTS / "quick" if args.quick else RESULTS)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import signal
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,11 +34,13 @@ class Config:
     """One system at one group of settings."""
 
     system: str  # "ours" or "seed"
-    settings: str  # "default" or "fast"
+    settings: str  # "default", "fast", or the other take-over than the default ("strict"
+    # for strict_takeover=True, "fastcrash" for strict_takeover=False)
     interval: float
     timeout: float
     lease: float = 0.0  # ours only: lease and leader_timeout (0 for the seed)
     leader_timeout: float = 0.0
+    strict_takeover: bool | None = None  # ours only; None: the library's default
 
     @property
     def limit(self) -> float:
@@ -54,6 +58,8 @@ class Config:
             "timeout": self.timeout,
             "at": at,
         }
+        if self.strict_takeover is not None:
+            cmd["strict_takeover"] = self.strict_takeover
         return cmd
 
 
@@ -97,6 +103,40 @@ class Recorder:
         print(f"  ! {text}", file=sys.stderr, flush=True)
 
 
+class Bus:
+    """Every notification on the channel of one database, stamped on arrival, with the
+    namespace and kind its payload names (ours; the seed's payloads name neither)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[float, str, str]] = []
+        self._conn: asyncpg.Connection[Any] | None = None
+
+    async def start(self, dsn: str) -> None:
+        self._conn = await asyncpg.connect(dsn)
+        await self._conn.add_listener(CHANNEL, self._got)
+
+    def _got(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+        t = time.monotonic()
+        try:
+            body = json.loads(str(payload))
+            ns, kind = str(body.get("ns", "")), str(body.get("k", "?"))
+        except (ValueError, AttributeError):
+            ns, kind = "", "?"
+        self.seen.append((t, ns, kind))
+
+    def count(self, namespace: str, t0: float, t1: float) -> Counter[str]:
+        """Notifications of ``namespace`` that arrived in [t0, t1], by kind."""
+        return Counter(k for t, ns, k in self.seen if ns == namespace and t0 <= t <= t1)
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+
+
+def _kinds(counts: Counter[str]) -> str:
+    return " ".join(f"{k}={v}" for k, v in sorted(counts.items()))
+
+
 _namespaces = itertools.count(1)
 
 
@@ -107,9 +147,18 @@ def _fresh_namespace() -> str:
 class Membership:
     """The nodes of one group during one trial, and what their events say."""
 
-    def __init__(self, cluster: Cluster, cfg: Config, nodes: Sequence[Node], start: int) -> None:
+    def __init__(
+        self,
+        cluster: Cluster,
+        cfg: Config,
+        nodes: Sequence[Node],
+        start: int,
+        bus: Bus | None = None,
+    ) -> None:
         self.cluster = cluster
         self.cfg = cfg
+        self.bus = bus
+        self.namespace = _fresh_namespace()
         self.log: Log = cluster.log
         self.nodes = list(nodes)
         self.start = start
@@ -221,14 +270,16 @@ async def chain(
     trial: int,
     rec: Recorder,
     steps: Sequence[str] = ("cold", "handover", "crash", "pause"),
+    bus: Bus | None = None,
 ) -> None:
     """One trial: n nodes start together, then the leader leaves, is killed, is paused.
 
     Each step waits for a stable leader first; a step runs only while two nodes are live.
+    ``bus`` (ours): count the notifications of each election on the channel.
     """
     nodes = await cluster.take(n)
     start = cluster.log.mark()
-    group = Membership(cluster, cfg, nodes, start)
+    group = Membership(cluster, cfg, nodes, start, bus)
     try:
         await _chain_steps(group, cfg, dsn, n, trial, rec, steps)
     finally:
@@ -246,26 +297,42 @@ async def _chain_steps(
 ) -> None:
     log = group.log
     at = time.monotonic() + GO_DELAY
-    namespace = _fresh_namespace()
     await asyncio.gather(
-        *(node.send(**cfg.join_command(dsn, namespace, at)) for node in group.nodes)
+        *(node.send(**cfg.join_command(dsn, group.namespace, at)) for node in group.nodes)
     )
     first = await log.first(
         lambda e: e["ev"] == "elected" and e["pid"] in group.pids, cfg.limit, group.start
     )
-    if "cold" in steps:
+    cold = "cold" in steps
+    if cold:
         rec.add(cfg, n, "cold start", trial, None if first is None else first["t"] - at, cfg.limit)
+    # Many nodes joining at once on few cores take a while to all get connected.
+    limit = cfg.limit + 0.1 * n
+    agreed = None if first is None else await group.settle(limit)
+    # Settled: one leader, known to every node (ours; the seed reports no beliefs), held
+    # for SETTLE seconds. The seed's "all agree" would only repeat its cold start.
+    rec.add(cfg, n, "settled", trial, float(agreed is not None), unit="count")
+    if cold:  # every node has joined by now, or never will
         for e in log.events[group.start :]:
             if e["ev"] == "joined" and e["pid"] in group.pids:
                 rec.add(cfg, n, "join (enter returns)", trial, e["t"] - at)
+    if cold and cfg.system == "ours":
+        value = None if group.stable_since is None else group.stable_since - at
+        rec.add(cfg, n, "all agree on the leader", trial, value, limit)
+        if group.bus is not None and group.stable_since is not None:
+            counts = group.bus.count(group.namespace, at, group.stable_since)
+            rec.add(
+                cfg,
+                n,
+                "messages: cold start",
+                trial,
+                counts.total(),
+                unit="count",
+                note=_kinds(counts),
+            )
     if first is None:
         rec.problem(f"{cfg.system}/{cfg.settings} N={n} trial {trial}: no first leader")
         return
-    # Many nodes joining at once on few cores take a while to all get connected.
-    agreed = await group.settle(cfg.limit + 0.1 * n)
-    if "cold" in steps:
-        value = None if group.stable_since is None else group.stable_since - at
-        rec.add(cfg, n, "all agree on the leader", trial, value, cfg.limit + 0.1 * n)
     if agreed is None:
         rec.problem(f"{cfg.system}/{cfg.settings} N={n} trial {trial}: no stable leader")
         return
@@ -278,24 +345,26 @@ async def _chain_steps(
             rec.problem(f"{cfg.system}/{cfg.settings} N={n} trial {trial}: no stable leader")
             return
         if step == "handover":
-            await _handover(group, cfg, n, trial, rec, leader)
+            leader = await _handover(group, cfg, n, trial, rec, leader)
         elif step == "crash":
             await _crash(group, cfg, n, trial, rec, leader)
+            leader = None
         elif step == "pause":
             await _pause(group, cfg, n, trial, rec, leader)
-        leader = None
+            leader = None
 
 
 async def _handover(
     group: Membership, cfg: Config, n: int, trial: int, rec: Recorder, leader: Node
-) -> None:
+) -> Node | None:
+    """The leader leaves; returns the next leader once every node knows it (ours)."""
     mark = group.log.mark()
     group.gone.add(leader.pid)
     await leader.send(op="leave")
     leaving = await group.event_of(leader, "leaving", mark, 10.0)
     if leaving is None:
         rec.problem(f"{cfg.system} N={n} trial {trial}: leader did not start leaving")
-        return
+        return None
     new = await group.next_leader(leader, leaving["t"], mark)
     rec.add(cfg, n, "hand-over", trial, None if new is None else new["t"] - leaving["t"], cfg.limit)
     # When did the old leader's leader-only work stop? Ours: its on_elected task ended
@@ -311,6 +380,17 @@ async def _handover(
             await leader.kill()
     else:
         await leader.kill()
+        return None
+    if new is None:
+        return None
+    settled = await group.settle(cfg.limit)
+    if settled is not None and group.bus is not None and group.stable_since is not None:
+        counts = group.bus.count(group.namespace, leaving["t"], group.stable_since)
+        rec.add(
+            cfg, n, "messages: hand-over", trial, counts.total(), unit="count",
+            note=_kinds(counts),
+        )  # fmt: skip
+    return settled
 
 
 async def _crash(
@@ -390,7 +470,7 @@ async def steady_state(
     group = Membership(cluster, cfg, nodes, cluster.log.mark())
     try:
         at = time.monotonic() + GO_DELAY
-        join = cfg.join_command(dsn, _fresh_namespace(), at)
+        join = cfg.join_command(dsn, group.namespace, at)
         await asyncio.gather(*(node.send(**join) for node in nodes))
         # The seed's first round ends after interval + timeout; many nodes take a while
         # to all connect.
@@ -418,6 +498,8 @@ async def steady_state(
         rec.add(
             cfg, n, "notifications", 0, rate, unit="1/s", note=f"{len(window)} in {elapsed:.1f} s"
         )
+        if cfg.system == "ours":
+            rec.add(cfg, n, "messages per interval", 0, rate * cfg.interval, unit="count")
         rec.add(cfg, n, "connections", 0, float(connections), unit="count")
         for i, node in enumerate(nodes):
             a, b, rss = cpu0[node.pid], cpu1[node.pid], rss_mib(node.pid)
@@ -431,6 +513,123 @@ async def steady_state(
     finally:
         await group.teardown()
         await listener.close()
+
+
+def _acting_time(
+    events: Sequence[Event], pids: set[int], exits: dict[int, float], t0: float, t1: float
+) -> tuple[float, float]:
+    """(time with no acting node, time with two or more) within [t0, t1].
+
+    A node acts from its ``elected`` to its ``deposed`` or ``left``; a process that ended
+    while acting stops at its exit (as the harness saw it).
+    """
+    edges: list[tuple[float, int]] = []
+    opened: dict[int, float] = {}
+    for e in events:
+        if e["pid"] not in pids:
+            continue
+        if e["ev"] == "elected" and e["pid"] not in opened:
+            opened[e["pid"]] = e["t"]
+        elif e["ev"] in ("deposed", "left") and e["pid"] in opened:
+            edges += [(opened.pop(e["pid"]), 1), (e["t"], -1)]
+    for pid, since in opened.items():
+        edges += [(since, 1), (min(exits.get(pid, t1), t1), -1)]
+    edges.sort()
+    acting = 0
+    none = many = 0.0
+    last = t0
+    for t, step in edges:
+        t = min(max(t, t0), t1)
+        if acting == 0:
+            none += t - last
+        elif acting >= 2:
+            many += t - last
+        acting += step
+        last = t
+    if acting == 0:
+        none += t1 - last
+    elif acting >= 2:
+        many += t1 - last
+    return none, many
+
+
+async def rolling_restart(
+    cluster: Cluster,
+    cfg: Config,
+    dsn: str,
+    replicas: int,
+    trial: int,
+    rec: Recorder,
+    bus: Bus | None = None,
+) -> None:
+    """A rolling deploy of ``replicas`` processes: for each old replica in turn, start a
+    replacement, wait until it has joined, then SIGTERM the old one and wait for its exit.
+
+    Records the leadership changes (new terms) and the leader-less time during the roll,
+    and every overlap of two acting nodes.
+    """
+    await cluster.reserve(2 * replicas)
+    olds = await cluster.take(replicas)
+    log = cluster.log
+    group = Membership(cluster, cfg, olds, log.mark(), bus)
+    name = f"{cfg.system}/{cfg.settings} rolling R={replicas} trial {trial}"
+    exits: dict[int, float] = {}
+    try:
+        at = time.monotonic() + GO_DELAY
+        join = cfg.join_command(dsn, group.namespace, at)
+        await asyncio.gather(*(node.send(**join) for node in olds))
+        if await group.settle(cfg.limit + 0.1 * replicas) is None:
+            rec.add(cfg, replicas, "rolling: settled", trial, 0.0, unit="count")
+            rec.problem(f"{name}: no stable leader before the roll")
+            return
+        roll = log.mark()
+        t0 = time.monotonic()
+        for old in olds:
+            [new] = await cluster.take(1)
+            group.nodes.append(new)
+            mark = log.mark()
+            await new.send(**cfg.join_command(dsn, group.namespace, time.monotonic()))
+            if await group.event_of(new, "joined", mark, cfg.limit) is None:
+                rec.problem(f"{name}: a replacement did not join")
+                return
+            group.gone.add(old.pid)
+            old.signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(old.proc.wait(), cfg.limit)
+            except TimeoutError:
+                rec.problem(f"{name}: an old replica did not exit after SIGTERM")
+                await old.kill()
+            exits[old.pid] = time.monotonic()
+            if old.reader is not None:
+                await old.reader
+        settled = await group.settle(cfg.limit)
+        rec.add(cfg, replicas, "rolling: settled", trial, float(settled is not None), unit="count")
+        if settled is None or group.stable_since is None:
+            rec.problem(f"{name}: no stable leader after the roll")
+            return
+        t1 = group.stable_since
+        events = log.events[roll:]
+        terms = {e.get("term") for e in events if e["ev"] == "elected" and e["pid"] in group.pids}
+        none, many = _acting_time(log.events[group.start :], group.pids, exits, t0, t1)
+        rec.add(cfg, replicas, "rolling: leadership changes", trial, len(terms), unit="count")
+        rec.add(cfg, replicas, "rolling: leader-less time", trial, none)
+        rec.add(cfg, replicas, "rolling: duration", trial, t1 - t0)
+        if many > 0:
+            rec.add(cfg, replicas, "overlap", trial, many, note="rolling restart")
+        if bus is not None:
+            counts = bus.count(group.namespace, t0, t1)
+            heartbeats = counts.pop("heartbeat", 0)
+            rec.add(
+                cfg,
+                replicas,
+                "rolling: messages",
+                trial,
+                counts.total(),
+                unit="count",
+                note=f"{_kinds(counts)}; and {heartbeats} heartbeats",
+            )
+    finally:
+        await group.teardown()
 
 
 # --------------------------------------------------------------------- physical floors

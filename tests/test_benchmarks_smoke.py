@@ -49,8 +49,27 @@ def test_quick_benchmark_writes_samples_table_and_chart(server_dsn: str, tmp_pat
     assert elections
     assert all(r["censored"] == "0" and float(r["value"]) > 0 for r in elections)
     assert not [r for r in rows if r["scenario"] == "overlap"], "two leaders acted at once"
+    settled = [r for r in rows if r["scenario"] in ("settled", "rolling: settled")]
+    assert settled
+    assert all(r["value"] == "1.000000" for r in settled), "a trial never settled"
+    other = [
+        r
+        for r in rows
+        if r["settings"] in ("strict", "fastcrash") and r["scenario"] == "crash (SIGKILL)"
+    ]
+    assert other, "no SIGKILL failover at the take-over that is not the default"
+    changes = [r for r in rows if r["scenario"] == "rolling: leadership changes"]
+    assert changes
+    assert all(1 <= float(r["value"]) <= 2 for r in changes)
+    messages = [r for r in rows if r["scenario"].startswith("messages")]
+    assert {"messages: cold start", "messages: hand-over", "messages per interval"} <= {
+        r["scenario"] for r in messages
+    }
+    assert all(float(r["value"]) >= 1 for r in messages if r["scenario"] != "messages per interval")
 
     results = (tmp_path / "results.md").read_text()
-    assert "| cold start | default | notifelect (this) |" in results
+    assert results.count("| cold start | default | notifelect (this) |") == 1
+    assert "### Rolling restart" in results
+    assert "trials settled of trials run" in results
     assert "PostgreSQL" in results
     assert (tmp_path / "chart.png").read_bytes().startswith(b"\x89PNG")
