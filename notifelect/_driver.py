@@ -480,6 +480,11 @@ class Driver:
             self.leader_info = LeaderInfo.from_record(record)
             return True
         if m.kind is Kind.RESIGN:
+            if m.successor is not None and m.successor != self.node:
+                # Another node is named: it claims, and its announcement follows within
+                # milliseconds. Nothing to do here, and no query for every follower.
+                self.stats["ignored:resign naming another"] += 1
+                return False
             # Only the leader itself can resign, and only after releasing its term.
             record = await self._guarded(self.transport.leader())
             ok = (
@@ -550,8 +555,16 @@ class Driver:
     async def _survey(self, generation: int) -> None:
         result = await self._guarded(self.transport.survey())
         if result is not None and generation == self._generation:
-            held, best = result
-            self._inbox.put(protocol.Surveyed(held, None if best is None else Rank(*best)))
+            held, best, leader = result
+            known = None if leader is None else (Rank(leader[0], leader[1]), leader[2])
+            self._inbox.put(
+                protocol.Surveyed(
+                    held,
+                    None if best is None else Rank(*best),
+                    None if known is None else known[0],
+                    None if known is None else known[1],
+                )
+            )
 
     def _set_watch(self, leader: int | None) -> None:
         if self._watcher is not None:

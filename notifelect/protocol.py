@@ -200,6 +200,10 @@ class Surveyed:
 
     held: bool
     best: Rank | None
+    #: The leadership the database records while the claim is held (rank and term), so
+    #: that a newcomer follows it at once instead of waiting for the next heartbeat.
+    leader: Rank | None = None
+    term: int | None = None
 
 
 @dataclass(frozen=True)
@@ -378,8 +382,8 @@ def step(state: State, event: Event, now: float) -> tuple[State, list[Effect]]:
             _receive(st, message, now)
         case TimerFired(timer):
             _timer(st, timer, now)
-        case Surveyed(held, best):
-            _surveyed(st, held, best, now)
+        case Surveyed(held, best, leader, term):
+            _surveyed(st, held, best, now, leader, term)
         case ClaimGranted(term):
             _granted(st, term, now)
         case ClaimRefused():
@@ -406,13 +410,28 @@ def _search(st: _Step, now: float, *, fence: bool = False) -> None:
     st.effects.append(Survey())
 
 
-def _surveyed(st: _Step, held: bool, best: Rank | None, now: float) -> None:
+def _surveyed(
+    st: _Step,
+    held: bool,
+    best: Rank | None,
+    now: float,
+    leader: Rank | None = None,
+    term: int | None = None,
+) -> None:
     s = st.state
     if not s.surveying or s.role is not Role.FOLLOWER:
         return  # the answer came too late: something else happened meanwhile
     st.set(surveying=False)
     if s.leader is not None:
         return  # a leader was heard while we asked
+    newer = term is not None and (s.leader_term is None or term >= s.leader_term)
+    recorded = held and leader is not None and leader.node != s.rank.node
+    if recorded and newer and not s.fencing:
+        # The database names the leader: follow it now; its heartbeats keep it so.
+        st.set(leader=leader, leader_term=term, misses=0)
+        st.timer(Timer.LEADER, now + s.config.leader_timeout)
+        _challenge(st, now)
+        return
     if s.abstaining(now):
         st.timer(Timer.COORDINATOR, s.abstain_until)
         return
@@ -619,7 +638,13 @@ def _refused(st: _Step, now: float) -> None:
     # Someone holds the claim: follow it and wait for its announcement. If none comes,
     # the next search may fence it (the transport does so only if its lease is stale).
     st.set(role=Role.FOLLOWER, fencing=s.leader is None)
-    st.backed_off(Timer.LEADER, now, s.config.leader_timeout)
+    if s.fencing:
+        # A fencing claim found the holder alive after all (a renewal came late): look
+        # again soon, without backing off, or a paused leader would be left for long.
+        half = s.config.leader_timeout / 2
+        st.timer(Timer.LEADER, now + half, half / 5)
+    else:
+        st.backed_off(Timer.LEADER, now, s.config.leader_timeout)
     if s.leader is not None:
         _challenge(st, now)
 

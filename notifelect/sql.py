@@ -189,13 +189,17 @@ class ElectionQueries:
             f" UPDATE {history} SET ended_at = clock_timestamp(), reason = $3"
             " WHERE namespace = $1 AND term = $2"
         )
-        #: Whether the claim (``$2``, ``$3``: key halves) is held, and the best live
-        #: candidate, not counting the recorded leader while it holds the claim.
-        #: Columns: held, priority, node.
+        #: Whether the claim (``$2``, ``$3``: key halves) is held, the best live candidate,
+        #: not counting the recorded leader while it holds the claim, and the recorded
+        #: (unreleased) leadership. Columns: held, priority, node, leader_priority,
+        #: leader_node, leader_term.
         self.survey = (
             f"WITH h AS (SELECT EXISTS ({_CLAIM_HOLDER}) AS held),"
-            f"     l AS (SELECT node FROM {leader} WHERE namespace = $1 AND NOT released)"
-            " SELECT h.held, b.priority, b.node FROM h LEFT JOIN LATERAL"
+            f"     l AS (SELECT node, priority, term FROM {leader}"
+            "           WHERE namespace = $1 AND NOT released)"
+            " SELECT h.held, b.priority, b.node, (SELECT priority FROM l) AS leader_priority,"
+            " (SELECT node FROM l) AS leader_node, (SELECT term FROM l) AS leader_term"
+            " FROM h LEFT JOIN LATERAL"
             f" (SELECT m.priority, m.node FROM {member} m WHERE m.namespace = $1"
             f"  AND {LIVE_MEMBER}"
             "  AND NOT (h.held AND m.node IS NOT DISTINCT FROM (SELECT node FROM l))"

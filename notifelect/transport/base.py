@@ -123,8 +123,11 @@ class Transport(abc.ABC):
         """The highest-ranked other live member, if any."""
 
     @abc.abstractmethod
-    async def survey(self) -> tuple[bool, tuple[int, int] | None]:
-        """Whether the claim is held, and the best candidate as (priority, node).
+    async def survey(
+        self,
+    ) -> tuple[bool, tuple[int, int] | None, tuple[int, int, int] | None]:
+        """Whether the claim is held, the best candidate as (priority, node), and the
+        recorded leadership as (priority, node, term) while the claim is held.
 
         The best candidate is the highest-ranked live member, not counting the recorded
         leader while the claim is held: the node that should take over from it.

@@ -257,16 +257,22 @@ class MemoryTransport(Transport):
         best = max(others, key=lambda t: (t.member.priority, t.node or 0))
         return best.node
 
-    async def survey(self) -> tuple[bool, tuple[int, int] | None]:
+    async def survey(
+        self,
+    ) -> tuple[bool, tuple[int, int] | None, tuple[int, int, int] | None]:
         group = self._require()
         held = group.holder is not None
-        leader = group.record.node if held and group.record is not None else None
+        record = group.record if held and group.record is not None else None
+        leader = None if record is None else record.node
         ranks = [
             (t.member.priority, t.node)
             for t in self.bus.members(self.namespace)
             if t.node is not None and t.node != leader
         ]
-        return held, max(ranks) if ranks else None
+        recorded = None
+        if record is not None and not record.released:
+            recorded = (record.priority, record.node, record.term)
+        return held, max(ranks) if ranks else None, recorded
 
     async def is_member(self, node: int, priority: int) -> bool:
         self._require()

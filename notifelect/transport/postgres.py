@@ -598,11 +598,17 @@ class PostgresTransport(Transport):
         )
         return node
 
-    async def survey(self) -> tuple[bool, tuple[int, int] | None]:
+    async def survey(
+        self,
+    ) -> tuple[bool, tuple[int, int] | None, tuple[int, int, int] | None]:
         row = await self._require().fetchrow(self._q.survey, self._namespace, *self._key_halves)
         assert row is not None
         best = None if row["node"] is None else (int(row["priority"]), int(row["node"]))
-        return bool(row["held"]), best
+        held = bool(row["held"])
+        leader = None
+        if held and row["leader_node"] is not None:
+            leader = (int(row["leader_priority"]), int(row["leader_node"]), int(row["leader_term"]))
+        return held, best, leader
 
     async def is_member(self, node: int, priority: int) -> bool:
         found = await self._require().fetchval(self._q.is_member, self._namespace, node, priority)

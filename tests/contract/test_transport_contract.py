@@ -131,16 +131,20 @@ async def test_a_standby_sees_how_a_leadership_ended(make: Factory) -> None:
 
 async def test_survey_says_whether_held_and_who_should_lead(make: Factory) -> None:
     low, high = await opened(make, 0), await opened(make, 5)
-    held, best = await low.transport.survey()
+    held, best, leader = await low.transport.survey()
     assert not held
     assert best == (5, high.node)
+    assert leader is None
     granted = await low.transport.claim(fence=False)
     assert granted is not None
-    held, best = await high.transport.survey()
+    held, best, leader = await high.transport.survey()
     assert held
     assert best == (5, high.node)  # the recorded leader itself does not count
-    held, best = await low.transport.survey()
-    assert best == (5, high.node)
+    assert leader == (0, low.node, granted.term)  # a newcomer follows it at once
+    await low.transport.release(granted.term, "test")
+    held, best, leader = await high.transport.survey()
+    assert not held
+    assert leader is None
 
 
 async def test_renewal_fails_once_the_term_is_gone(make: Factory) -> None:

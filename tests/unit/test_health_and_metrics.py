@@ -67,6 +67,7 @@ async def test_the_metrics_describe_leader_and_follower() -> None:
         await leader.wait_for_leadership(timeout=5)
         follower = await stack.enter_async_context(ElectionGroup.in_memory(bus, "g", FAST))
         await follower.wait_for_leader(timeout=5)
+        await until([follower], lambda: follower.stats["received"] >= 1)  # a heartbeat
         register(leader, follower, registry=registry)
         text = generate_latest(registry).decode()
     lines = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()

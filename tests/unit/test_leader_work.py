@@ -218,11 +218,14 @@ def test_the_message_queue_is_bounded_and_timers_go_first() -> None:
 
 
 async def test_a_stale_term_is_dropped_without_asking_the_database() -> None:
-    bus = MemoryBus(lease=FAST.lease, leader_timeout=FAST.leader_timeout)
+    settings = FAST.replace(lease=3.0, leader_timeout=2.0)  # no re-check during the test
+    bus = MemoryBus(lease=settings.lease, leader_timeout=settings.leader_timeout)
     async with AsyncExitStack() as stack:
-        leader = await leader_of(stack, bus)
-        follower = await stack.enter_async_context(ElectionGroup.in_memory(bus, "g", FAST))
+        leader = await leader_of(stack, bus, settings)
+        follower = await stack.enter_async_context(ElectionGroup.in_memory(bus, "g", settings))
         await follower.wait_for_leader(timeout=5)
+        # Its first heartbeat is checked against the database once; then it is believed.
+        await until([follower], lambda: follower._driver._verified is not None, timeout=5)
         asked: list[object] = []
         transport = follower._transport
         original = transport.leader

@@ -369,3 +369,27 @@ def test_steady_state_messages_per_interval_are_flat_in_n() -> None:
         per_interval.append((len(sim.sent) - before) / (10.0 / CONFIG.heartbeat_interval))
     assert max(per_interval) <= 1.05
     assert min(per_interval) >= 0.95
+
+
+def test_a_newcomer_follows_the_leader_the_database_names_at_once() -> None:
+    state = p.initial_state("x", Rank(0, 9), CONFIG)
+    state, _ = p.step(state, p.Start(), 0.0)
+    state, effects = p.step(state, p.Surveyed(True, Rank(0, 9), Rank(0, 3), 42), 0.01)
+    assert state.leader == Rank(0, 3)
+    assert state.leader_term == 42
+    assert p.SetTimer(p.Timer.LEADER, 0.01 + CONFIG.leader_timeout) in effects
+    assert not any(isinstance(e, p.Send | p.Claim) for e in effects)
+
+
+def test_a_refused_fencing_claim_looks_again_soon_without_backing_off() -> None:
+    state = dataclasses.replace(
+        p.initial_state("x", Rank(0, 2), CONFIG),
+        role=p.Role.CLAIMING,
+        started=True,
+        fencing=True,
+        misses=3,
+    )
+    _, effects = p.step(state, p.ClaimRefused(), 10.0)
+    (timer,) = [e for e in effects if isinstance(e, p.SetTimer)]
+    assert timer.timer is p.Timer.LEADER
+    assert timer.at == 10.0 + CONFIG.leader_timeout / 2  # not leader_timeout * 2**misses
