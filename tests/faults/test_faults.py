@@ -40,6 +40,13 @@ SIZES = [
 ]
 
 
+#: One-scenario tests: once in CI, five times (each on a fresh cluster) in the soak.
+TRIALS = [
+    pytest.param(0, id="ci"),
+    *(pytest.param(i, id=f"soak-{i}", marks=pytest.mark.soak) for i in range(1, 6)),
+]
+
+
 def figures(name: str, seconds: list[float]) -> None:
     """Print timing figures (visible with ``-s``); never asserted: bounds only."""
     if seconds:
@@ -380,8 +387,9 @@ async def test_restart_while_the_leader_is_cut_off(cluster: Cluster, size: Size)
     await cluster.verify()
 
 
+@pytest.mark.parametrize("trial", TRIALS)
 @pytest.mark.timeout(150)
-async def test_preempted_during_a_call_that_may_finish(cluster: Cluster) -> None:
+async def test_preempted_during_a_call_that_may_finish(cluster: Cluster, trial: int) -> None:
     """finish_on_loss: the preempted leader keeps its claim (and renews its lease) until
     the call has finished; the preempting node starts only after that."""
     (old,) = await cluster.spawn(1, extra=("--finish-call", "1.5"))
@@ -401,8 +409,9 @@ async def test_preempted_during_a_call_that_may_finish(cluster: Cluster) -> None
     await cluster.verify()
 
 
+@pytest.mark.parametrize("trial", TRIALS)
 @pytest.mark.timeout(150)
-async def test_clean_hand_over_waits_for_a_plain_def_call(cluster: Cluster) -> None:
+async def test_clean_hand_over_waits_for_a_plain_def_call(cluster: Cluster, trial: int) -> None:
     """A plain def leader-only call in a thread cannot be cancelled: a clean hand-over
     waits for it before the successor is named."""
     await cluster.spawn(2, extra=("--thread-call", "1.0"))
@@ -420,8 +429,9 @@ async def test_clean_hand_over_waits_for_a_plain_def_call(cluster: Cluster) -> N
     await cluster.verify()
 
 
+@pytest.mark.parametrize("trial", TRIALS)
 @pytest.mark.timeout(150)
-async def test_suspended_leader_does_not_act_on_resume(cluster: Cluster) -> None:
+async def test_suspended_leader_does_not_act_on_resume(cluster: Cluster, trial: int) -> None:
     """A host suspend stops CLOCK_MONOTONIC but not CLOCK_BOOTTIME: simulated by freezing
     the leader (SIGSTOP) and making its monotonic clock lag by the frozen time on resume."""
     suspend = cluster.workdir / "suspend"
@@ -442,8 +452,9 @@ async def test_suspended_leader_does_not_act_on_resume(cluster: Cluster) -> None
     await cluster.verify()
 
 
+@pytest.mark.parametrize("trial", TRIALS)
 @pytest.mark.timeout(150)
-async def test_blackholed_follower_leaves_within_its_bound(cluster: Cluster) -> None:
+async def test_blackholed_follower_leaves_within_its_bound(cluster: Cluster, trial: int) -> None:
     """A follower cut off by the network hangs nothing: its calls time out, and leaving
     the group finishes within the documented bound whatever the network does."""
     nodes = await cluster.spawn(3, proxied=True)
