@@ -65,15 +65,16 @@ def first_elected(cluster: Cluster, after: float) -> float:
     return float(first) - after
 
 
-async def cut_off_leader(cluster: Cluster) -> tuple[NodeProcess, int]:
-    """Black-hole the current leader's path (half-open); return it and its term."""
+async def cut_off_leader(cluster: Cluster) -> tuple[NodeProcess, int, float]:
+    """Black-hole the current leader's path (half-open); return it, its term and when."""
     old = await cluster.leader()
     term = old.leading_term
     assert old.proxy is not None
     assert term is not None
+    at = time.time()
     old.proxy.set_mode(Mode.BLACKHOLE)
     old.paused = True  # cut off: for the harness's leader count only
-    return old, term
+    return old, term, at
 
 
 async def heal(cluster: Cluster, old: NodeProcess, term: int) -> None:
@@ -356,7 +357,7 @@ async def test_half_open_leader_then_its_backend_terminated(cluster: Cluster, si
     await cluster.spawn(size.nodes, proxied=True)
     for _ in range(size.rounds):
         row = await cluster.db_leader()
-        old, term = await cut_off_leader(cluster)
+        old, term, cut = await cut_off_leader(cluster)
         assert row is not None
         assert row["node"] == old.node
         (ok,) = await cluster.sql("SELECT pg_terminate_backend($1) AS ok", row["backend_pid"])
@@ -365,7 +366,7 @@ async def test_half_open_leader_then_its_backend_terminated(cluster: Cluster, si
         assert new is not old
         # The old process acted on until its lease ran out, and never after the successor
         # began (the checker below proves it from the processes' own records).
-        began = elected_at(new, 0.0)
+        began = elected_at(new, cut)
         assert cluster.acts_after(old, term, began) == []
         await heal(cluster, old, term)
     await cluster.verify()
@@ -377,12 +378,12 @@ async def test_restart_while_the_leader_is_cut_off(cluster: Cluster, size: Size)
     lease ends. The others must wait that lease out after the database is back."""
     await cluster.spawn(size.nodes, proxied=True)
     for _ in range(size.rounds):
-        old, term = await cut_off_leader(cluster)
+        old, term, cut = await cut_off_leader(cluster)
         cluster.cluster_faults.append(("restart", time.time()))
         await asyncio.to_thread(cluster.server.restart, "fast")
         new = await cluster.leader(timeout=40)
         assert new is not old
-        assert cluster.acts_after(old, term, elected_at(new, 0.0)) == []
+        assert cluster.acts_after(old, term, elected_at(new, cut)) == []
         await heal(cluster, old, term)
     await cluster.verify()
 
@@ -483,7 +484,7 @@ async def test_half_open_leader_then_every_session_terminated(cluster: Cluster, 
     over waits a whole lease, and the cut-off leader has stopped acting by then."""
     await cluster.spawn(size.nodes, proxied=True)
     for _ in range(size.rounds):
-        old, term = await cut_off_leader(cluster)
+        old, term, cut = await cut_off_leader(cluster)
         rows = await cluster.sql(
             "SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity"
             " WHERE application_name IN ($1, $2)",
@@ -493,6 +494,6 @@ async def test_half_open_leader_then_every_session_terminated(cluster: Cluster, 
         assert rows[0]["n"] >= 2 * size.nodes
         new = await cluster.leader(timeout=40)
         assert new is not old
-        assert cluster.acts_after(old, term, elected_at(new, 0.0)) == []
+        assert cluster.acts_after(old, term, elected_at(new, cut)) == []
         await heal(cluster, old, term)
     await cluster.verify()
