@@ -217,6 +217,7 @@ class PostgresTransport(Transport):
         try:
             await self._check_environment(conn)
             await self._check_schema(conn)
+            await self._bound_waits(conn)
             if self._node is None:
                 self._node = int(await conn.fetchval(self._q.next_node))
             if self._connect is not None:
@@ -243,6 +244,17 @@ class PostgresTransport(Transport):
         self._anchor = anchor
         self._serial = _Serial(conn, self._io_timeout)
         return self._node
+
+    async def _bound_waits(self, conn: asyncpg.Connection[Any]) -> None:
+        """Let the server itself end any lock wait of the election session after
+        ``io_timeout`` (the claim's own waits set a longer one), and end the session of a
+        client that has gone even while it waits (PostgreSQL 14 and later): a client-side
+        timeout alone would leave a backend behind, waiting and holding what it took."""
+        if self._borrowed is not None:
+            return  # a borrowed connection's settings are its owner's
+        await conn.execute(f"SET lock_timeout = {max(1, int(self._io_timeout * 1000))}")
+        with contextlib.suppress(asyncpg.UndefinedObjectError):
+            await conn.execute("SET client_connection_check_interval = 1000")
 
     async def _open_anchor(self, node: int) -> asyncpg.Connection[Any]:
         """Open the node's anchor and take its lock (see the class docstring)."""
@@ -497,7 +509,17 @@ class PostgresTransport(Transport):
                 )
                 await asyncio.sleep(max(0.0, taken_at + self._lease - now()))
             confirmed_at = now()
-            term = await self._take_term(conn)
+            try:
+                term = await self._take_term(conn)
+            except asyncpg.LockNotAvailableError:
+                # A transaction guarded by the old term still holds its row (FOR SHARE):
+                # the new term must wait for it. Give the claim back and try again later.
+                log.info(
+                    "the previous term is still held by a guarded transaction; claim later",
+                    extra=self._extra("term_busy"),
+                )
+                await conn.execute("SELECT pg_advisory_unlock($1)", self._key)
+                return None
         except BaseException:
             with contextlib.suppress(Exception):
                 if not conn.is_closed():
@@ -517,7 +539,9 @@ class PostgresTransport(Transport):
 
     async def _take_term(self, serial: _Serial) -> int:
         m = self._member
-        async with serial.transaction() as conn:
+        # The server's lock_timeout (io_timeout) ends a wait for a guarded transaction
+        # first, cleanly; the client-side bound is only for a path that does not answer.
+        async with serial.transaction(timeout=2 * self._io_timeout) as conn:
             # A term must never be handed out twice, even if the server runs with
             # asynchronous commit and crashes right after: make this commit durable.
             await conn.execute("SET LOCAL synchronous_commit = on")
