@@ -62,7 +62,7 @@ async def test_a_name_the_user_set_is_kept(dsn: str, namespace: str) -> None:
     )
     try:
         names = await _names_of_running_group(
-            dsn, namespace, [f"{dsn}?application_name=billing-dsn", engine]
+            dsn, namespace, [_with_query(dsn, "application_name=billing-dsn"), engine]
         )
     finally:
         await engine.dispose()
@@ -87,3 +87,8 @@ def test_the_default_name_fits_what_postgresql_keeps() -> None:
     long = application_name_for("é" * 100)
     assert len(long.encode()) <= 63
     assert long.startswith("notifelect:é")
+
+
+def _with_query(dsn: str, parameter: str) -> str:
+    """``dsn`` with one more query parameter (it may have some already: a socket host)."""
+    return f"{dsn}{'&' if '?' in dsn else '?'}{parameter}"

@@ -20,6 +20,7 @@ from notifelect.messages import Kind, Message, Rank, encode
 from notifelect.schema import Names
 from notifelect.transport.postgres import PostgresTransport
 from tests.support.proxy import FaultProxy, Mode
+from tests.support.servers import ThrowawayPostgres
 from tests.support.waiting import until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -137,11 +138,13 @@ def test_nothing_is_left_unretrieved(dsn: str) -> None:
 
 @pytest.mark.timeout(60)
 async def test_a_replayed_heartbeat_does_not_keep_a_silent_leader_in_place(
-    dsn: str, namespace: str
+    throwaway_pg: ThrowawayPostgres, namespace: str
 ) -> None:
     # The leader is cut off; somebody replays its genuine heartbeat on the channel. The
-    # followers re-check the database at least every leader_timeout and replace it.
-    proxy = await FaultProxy("127.0.0.1", _port(dsn)).start()
+    # followers re-check the database at least every leader_timeout and replace it. (A
+    # server of its own: the leader's path goes through a TCP proxy.)
+    dsn = throwaway_pg.dsn
+    proxy = await FaultProxy("127.0.0.1", throwaway_pg.port).start()
     proxied = _via(dsn, proxy.port)
     sender = await asyncpg.connect(dsn)
     try:
@@ -239,10 +242,6 @@ async def test_standby_watchers_leave_no_backend_behind(dsn: str, namespace: str
 def _standby_is(leader: ElectionGroup, member: ElectionGroup) -> bool:
     proto = member._driver.proto
     return proto is not None and proto.watching == leader.node
-
-
-def _port(dsn: str) -> int:
-    return urlsplit(dsn).port or 5432
 
 
 def _via(dsn: str, port: int) -> str:
