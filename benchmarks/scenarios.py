@@ -110,6 +110,8 @@ class Bus:
     def __init__(self) -> None:
         self.seen: list[tuple[float, str, str]] = []
         self._conn: asyncpg.Connection[Any] | None = None
+        self._marker = 0
+        self._waiting: dict[str, asyncio.Event] = {}
 
     async def start(self, dsn: str) -> None:
         self._conn = await asyncpg.connect(dsn)
@@ -117,6 +119,10 @@ class Bus:
 
     def _got(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
         t = time.monotonic()
+        marker = self._waiting.get(str(payload))
+        if marker is not None:
+            marker.set()
+            return
         try:
             body = json.loads(str(payload))
             ns, kind = str(body.get("ns", "")), str(body.get("k", "?"))
@@ -124,9 +130,33 @@ class Bus:
             ns, kind = "", "?"
         self.seen.append((t, ns, kind))
 
-    def count(self, namespace: str, t0: float, t1: float) -> Counter[str]:
-        """Notifications of ``namespace`` that arrived in [t0, t1], by kind."""
-        return Counter(k for t, ns, k in self.seen if ns == namespace and t0 <= t <= t1)
+    async def count(self, namespace: str, t0: float, t1: float) -> Counter[str]:
+        """Notifications of ``namespace`` sent in [t0, t1], by kind.
+
+        Arrival stamps lag the sending under load, sometimes by more than a whole
+        hand-over, so the end is taken from a marker: every election message sent before
+        ``t1`` has arrived once a marker sent now comes back (a listener gets
+        notifications in commit order). Periodic heartbeats are counted up to ``t1``
+        only, as they keep coming after the election has settled.
+        """
+        await self._barrier()
+        return Counter(
+            k
+            for t, ns, k in self.seen
+            if ns == namespace and t0 <= t and (t <= t1 or k != "heartbeat")
+        )
+
+    async def _barrier(self) -> None:
+        assert self._conn is not None
+        self._marker += 1
+        marker = f"bench-barrier-{self._marker}"
+        arrived = asyncio.Event()
+        self._waiting[marker] = arrived
+        try:
+            await self._conn.execute("SELECT pg_notify($1, $2)", CHANNEL, marker)
+            await asyncio.wait_for(arrived.wait(), 30)
+        finally:
+            del self._waiting[marker]
 
     async def close(self) -> None:
         if self._conn is not None:
@@ -320,7 +350,7 @@ async def _chain_steps(
         value = None if group.stable_since is None else group.stable_since - at
         rec.add(cfg, n, "all agree on the leader", trial, value, limit)
         if group.bus is not None and group.stable_since is not None:
-            counts = group.bus.count(group.namespace, at, group.stable_since)
+            counts = await group.bus.count(group.namespace, at, group.stable_since)
             rec.add(
                 cfg,
                 n,
@@ -385,7 +415,7 @@ async def _handover(
         return None
     settled = await group.settle(cfg.limit)
     if settled is not None and group.bus is not None and group.stable_since is not None:
-        counts = group.bus.count(group.namespace, leaving["t"], group.stable_since)
+        counts = await group.bus.count(group.namespace, leaving["t"], group.stable_since)
         rec.add(
             cfg, n, "messages: hand-over", trial, counts.total(), unit="count",
             note=_kinds(counts),
@@ -617,7 +647,7 @@ async def rolling_restart(
         if many > 0:
             rec.add(cfg, replicas, "overlap", trial, many, note="rolling restart")
         if bus is not None:
-            counts = bus.count(group.namespace, t0, t1)
+            counts = await bus.count(group.namespace, t0, t1)
             heartbeats = counts.pop("heartbeat", 0)
             rec.add(
                 cfg,
