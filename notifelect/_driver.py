@@ -46,7 +46,7 @@ from .errors import ConfigurationError, SchemaError
 from .leadership import DeposedCallback, ElectedCallback, LeaderInfo, Leadership
 from .messages import Kind, Message, Rank
 from .settings import RetryPolicy, Settings
-from .transport.base import Freed, LeaseLostError, Member, Transport
+from .transport.base import Freed, LeaderRecord, LeaseLostError, Member, Transport
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +165,9 @@ class Driver:
             preempt=protocol.Preempt(cfg.preempt),
             join_holdoff=cfg.holdoff,
         )
+        transport.observe(self._on_record)
+        #: How old a leader's last renewal may be for it to count as a heartbeat heard now.
+        self._fresh_renewal = min(2 * cfg.election_interval, cfg.leader_timeout / 2)
 
     def _extra(self, event: str, **fields: object) -> dict[str, object]:
         extra: dict[str, object] = {
@@ -521,15 +524,45 @@ class Driver:
             return None
 
     async def _announce(self, kind: Kind, term: int) -> None:
-        sent_at = now()
-        standby = await self.transport.renew(term)
+        renewal = await self.transport.renew(term)
         ls = self.leadership
         if ls is not None and ls.term == term:
-            ls._renewed(sent_at, self.settings.lease)
+            ls._renewed(renewal.confirmed_at, self.settings.lease)
             self._arm_lease_timer()
+        if kind is Kind.HEARTBEAT and not self.transport.publishes_heartbeats:
+            return  # the followers read the renewal from the database (see _on_record)
         assert self.proto is not None
-        message = Message(kind, self.name, self.proto.rank, term=term, standby=standby)
+        message = Message(kind, self.name, self.proto.rank, term=term, standby=renewal.standby)
         await self.transport.publish(messages.encode(message, self.settings.secret_key))
+
+    def _on_record(self, record: LeaderRecord) -> None:
+        """The database's record of the group's leadership, read by the session about once
+        per interval: to a follower it is the leader's heartbeat, already verified."""
+        proto = self.proto
+        if (
+            proto is None
+            or not self.connected
+            or proto.role is protocol.Role.LEADER
+            or record.node == self.node
+            or record.released
+            or record.renewed_age is None
+            or record.renewed_age >= self._fresh_renewal
+        ):
+            # Only a renewal as recent as a heartbeat would be counts as one: a leader
+            # that fell silent is then noticed within about leader_timeout (and fenced).
+            return
+        self.stats["records"] += 1
+        self._verified = (record.node, record.term)
+        self._verified_at = now()
+        self.leader_info = LeaderInfo.from_record(record)
+        heartbeat = Message(
+            Kind.HEARTBEAT,
+            self.name,
+            Rank(record.priority, record.node),
+            term=record.term,
+            standby=record.standby,
+        )
+        self._inbox.put(protocol.Receive(heartbeat))
 
     async def _claim(self, fence: bool, evidence: int | None, generation: int) -> None:
         try:
@@ -683,9 +716,8 @@ class Driver:
         )
 
     async def _renew(self, ls: Leadership) -> None:
-        sent_at = now()
-        await self.transport.renew(ls.term)
-        ls._renewed(sent_at, self.settings.lease)
+        renewal = await self.transport.renew(ls.term)
+        ls._renewed(renewal.confirmed_at, self.settings.lease)
         self._arm_lease_timer()
 
     async def _stop(self) -> None:

@@ -392,12 +392,10 @@ class ElectionGroup:
 
 
 def _postgres_transport(engine: Any, settings: Settings, member: Member) -> Transport:
-    from .transport.connect import application_name_for, connector_for
+    from .transport.connect import connector_for
     from .transport.postgres import PostgresTransport
 
-    connect, borrowed = connector_for(
-        engine, application_name=application_name_for(settings.namespace)
-    )
+    connect, borrowed = connector_for(engine)
     return PostgresTransport(
         namespace=settings.namespace,
         names=settings.names,
@@ -405,8 +403,10 @@ def _postgres_transport(engine: Any, settings: Settings, member: Member) -> Tran
         lease=settings.lease,
         leader_timeout=settings.leader_timeout,
         io_timeout=settings.io_timeout,
+        interval=settings.election_interval,
         fence=settings.fence,
         strict_takeover=settings.strict_takeover,
         connect=connect,
         connection=borrowed,
+        share=engine,
     )

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from .errors import ConfigurationError
 
 #: Version of the schema this code expects; bumped with every Alembic revision.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 PREFIX_ENV = "NOTIFELECT_PREFIX"
 _PREFIX_RULE = re.compile(r"[a-z0-9_]{0,30}")
@@ -105,6 +105,10 @@ class Names:
         return f"{self.prefix}notifelect_history"
 
     @property
+    def session(self) -> str:
+        return f"{self.prefix}notifelect_session"
+
+    @property
     def version(self) -> str:
         return f"{self.prefix}notifelect_version"
 
@@ -113,7 +117,11 @@ class Names:
         return f"{self.prefix}notifelect_status"
 
     def tables(self) -> tuple[str, ...]:
-        return (self.version, self.term, self.leader, self.member, self.history)
+        return (self.version, self.term, self.leader, self.member, self.history, self.session)
+
+    def group_channel(self, namespace: str) -> str:
+        """The channel of one group's election messages (a hash of prefix and name)."""
+        return f"{self.prefix}ch_notifelect_{self.claim_key(namespace) & (2**64 - 1):016x}"
 
     def claim_key(self, namespace: str) -> int:
         """The advisory-lock key of a group: a stable signed 64-bit hash of prefix and name."""
@@ -161,6 +169,8 @@ def statements_for_version(names: Names, version: int) -> list[str]:
     """
     if version == 1:
         return _version_1(names)
+    if version == 2:
+        return _version_2(names)
     raise ConfigurationError(
         f"no schema version {version}: this notifelect knows versions 1 to {SCHEMA_VERSION}"
     )
@@ -173,6 +183,13 @@ def downgrade_statements(names: Names, version: int) -> list[str]:
     """
     if version == 1:
         return uninstall_statements(names)
+    if version == 2:
+        q = quote_ident
+        return [
+            f"DROP TABLE IF EXISTS {q(names.session)}",
+            f"ALTER TABLE IF EXISTS {q(names.leader)} DROP COLUMN IF EXISTS standby",
+            f"UPDATE {q(names.version)} SET version = 1 WHERE version > 1",
+        ]
     raise ConfigurationError(
         f"no schema version {version}: this notifelect knows versions 1 to {SCHEMA_VERSION}"
     )
@@ -262,6 +279,26 @@ def _version_1(names: Names) -> list[str]:
     ]
 
 
+def _version_2(names: Names) -> list[str]:
+    """Sessions: one row per election session (shared by every group of a process on one
+    engine), renewed once per interval for all the groups it leads; and each leadership's
+    standby, written by its leader when it changes and read by the followers."""
+    q = quote_ident
+    return [
+        f"CREATE TABLE IF NOT EXISTS {q(names.session)} (\n"
+        "    node bigint PRIMARY KEY,\n"
+        "    host text NOT NULL,\n"
+        "    pid integer NOT NULL,\n"
+        "    backend_pid integer NOT NULL,\n"
+        "    backend_start timestamptz NOT NULL,\n"
+        "    started_at timestamptz NOT NULL,\n"
+        "    renewed_at timestamptz NOT NULL\n"
+        ")",
+        f"ALTER TABLE {q(names.leader)} ADD COLUMN IF NOT EXISTS standby bigint",
+        *record_version_statements(names, 2),
+    ]
+
+
 def status_view_statement(names: Names) -> str:
     """The view that answers "who leads, since when, who else is there" from psql."""
     q = quote_ident
@@ -302,6 +339,7 @@ def required_relations(names: Names) -> list[str]:
             names.leader,
             names.member,
             names.history,
+            names.session,
         )
     ]
 

@@ -38,17 +38,18 @@ def status_leaders(names: Names) -> str:
     """Each group's recorded leader (``$1``: namespace or NULL for all).
 
     Columns: namespace, node, priority, term, host, pid, since, renewed_at, released,
-    renewed_age (seconds since the last renewal, database clock) and live (whether the
+    standby, renewed_age (seconds since the last renewal, database clock) and live (whether the
     leader's member session is still connected).
     """
     q = quote_ident
     return (
         "SELECT l.namespace, l.node, l.priority, l.term, l.host, l.pid, l.since,"
-        " l.renewed_at, l.released,"
-        " extract(epoch FROM clock_timestamp() - l.renewed_at)::float8 AS renewed_age,"
+        " greatest(l.renewed_at, s.renewed_at) AS renewed_at, l.released, l.standby,"
+        f" {_RENEWED_AGE} AS renewed_age,"
         f" EXISTS (SELECT FROM {q(names.member)} m WHERE m.namespace = l.namespace"
         f"         AND m.node = l.node AND {LIVE_MEMBER}) AS live"
-        f" FROM {q(names.leader)} l WHERE {_ONE_OR_ALL.format(column='l.namespace')}"
+        f" FROM {q(names.leader)} l LEFT JOIN {q(names.session)} s ON s.node = l.node"
+        f" WHERE {_ONE_OR_ALL.format(column='l.namespace')}"
     )
 
 
@@ -79,7 +80,25 @@ def status_history(names: Names) -> str:
     )
 
 
+def group_names(names: Names) -> str:
+    """Every group that has members or a leader row. Column: namespace."""
+    return (
+        f"SELECT namespace FROM {quote_ident(names.member)}"
+        f" UNION SELECT namespace FROM {quote_ident(names.leader)}"
+    )
+
+
 # ---------------------------------------------------------------- the election's own
+
+#: Seconds since the leader (``l``) or its session (``s``, LEFT JOINed) last renewed.
+_RENEWED_AGE = (
+    "extract(epoch FROM clock_timestamp() - greatest(l.renewed_at, s.renewed_at))::float8"
+)
+
+#: The order in which live members (``m``) become a leader's standby: the highest priority,
+#: and among equals the next node id after the leader's (``{leader}``), wrapping around.
+#: Among equals each session then watches one other, whatever the number of groups.
+STANDBY_ORDER = "m.priority DESC, (m.node > {leader}) DESC, m.node"
 
 #: The wall-clock time in milliseconds: the floor of every new term (see ``take_term``).
 TERM_FLOOR = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
@@ -103,6 +122,7 @@ class ElectionQueries:
         q = quote_ident
         member, leader = q(names.member), q(names.leader)
         term, history = q(names.term), q(names.history)
+        session = q(names.session)
         #: The best other live member (``$2``: this node). Column: node.
         self.successor = (
             f"SELECT m.node FROM {member} m WHERE m.namespace = $1 AND m.node <> $2"
@@ -127,9 +147,9 @@ class ElectionQueries:
         self.leader_released = f"SELECT node, released FROM {leader} WHERE namespace = $1"
         #: The whole leader record. Columns as :class:`~notifelect.transport.LeaderRecord`.
         self.leader_record = (
-            "SELECT node, priority, term, host, pid, since, released,"
-            " extract(epoch FROM clock_timestamp() - renewed_at)::float8 AS renewed_age"
-            f" FROM {leader} WHERE namespace = $1"
+            "SELECT l.node, l.priority, l.term, l.host, l.pid, l.since, l.released, l.standby,"
+            f" {_RENEWED_AGE} AS renewed_age"
+            f" FROM {leader} l LEFT JOIN {session} s ON s.node = l.node WHERE l.namespace = $1"
         )
         #: Take the next term; durable commit is the caller's (``SET LOCAL``). Column: term.
         self.take_term = (
@@ -168,19 +188,71 @@ class ElectionQueries:
             " SELECT c.holder,"
             " (SELECT extract(epoch FROM clock_timestamp() - a.state_change)::float8"
             "  FROM pg_stat_activity a WHERE a.pid = c.holder) AS holder_idle,"
-            f" (SELECT extract(epoch FROM clock_timestamp() - renewed_at)::float8"
-            f"  FROM {leader} WHERE namespace = $1 AND NOT released) AS age,"
+            f" (SELECT {_RENEWED_AGE} FROM {leader} l LEFT JOIN {session} s ON s.node = l.node"
+            "  WHERE l.namespace = $1 AND NOT l.released) AS age,"
             f" (SELECT backend_pid FROM {leader}"
             f"  WHERE namespace = $1 AND NOT released) AS leader_pid"
             " FROM c"
         )
-        #: Renew term ``$3`` of node ``$2``. Columns: ok (the term is still this node's,
-        #: unreleased), standby (the best other live member).
+        #: The live member of group ``$1`` that watches leader ``$2`` (see :data:`STANDBY_ORDER`).
+        self.standby = (
+            f"SELECT m.node FROM {member} m WHERE m.namespace = $1 AND m.node <> $2"
+            f" AND {LIVE_MEMBER} ORDER BY {STANDBY_ORDER.format(leader='$2')} LIMIT 1"
+        )
+        #: Renew term ``$3`` of node ``$2`` and record its standby. Columns: ok (the term is
+        #: still this node's, unreleased), standby.
         self.renew = (
-            f"WITH r AS (UPDATE {leader} SET renewed_at = clock_timestamp()"
-            "            WHERE namespace = $1 AND term = $3 AND node = $2 AND NOT released"
-            "            RETURNING 1)"
-            f" SELECT EXISTS (SELECT FROM r) AS ok, ({self.successor}) AS standby"
+            f"WITH b AS ({self.standby}),"
+            f" r AS (UPDATE {leader} SET renewed_at = clock_timestamp(),"
+            "        standby = (SELECT node FROM b)"
+            "        WHERE namespace = $1 AND term = $3 AND node = $2 AND NOT released"
+            "        RETURNING 1)"
+            " SELECT EXISTS (SELECT FROM r) AS ok, (SELECT node FROM b) AS standby"
+        )
+        #: One session's periodic statement: renew session ``$1`` (one lease for every
+        #: group it leads) and read the leadership of its groups (``$2``: text[]).
+        #: Columns: renewed (1 if the session row was renewed), then, one row per group
+        #: that has a leader (NULLs if none has), namespace and the columns of
+        #: :class:`~notifelect.transport.LeaderRecord`.
+        self.tick = (
+            f"WITH r AS (UPDATE {session} SET renewed_at = clock_timestamp()"
+            "            WHERE node = $1 RETURNING 1),"
+            "     g AS (SELECT l.namespace, l.node, l.priority, l.term, l.host, l.pid, l.since,"
+            f"            l.released, l.standby, {_RENEWED_AGE} AS renewed_age"
+            f"           FROM {leader} l LEFT JOIN {session} s ON s.node = l.node"
+            "           WHERE l.namespace = ANY($2::text[]))"
+            " SELECT (SELECT count(*) FROM r) AS renewed, g.* FROM (SELECT) AS one"
+            " LEFT JOIN g ON true"
+        )
+        #: Record the standby of every group (``$2``: text[]) that session ``$1`` leads,
+        #: where it changed. Columns: namespace, standby (the changed ones).
+        self.update_standbys = (
+            "WITH b AS (SELECT g.namespace, ("
+            f"   SELECT m.node FROM {member} m WHERE m.namespace = g.namespace"
+            f"   AND m.node <> $1 AND {LIVE_MEMBER}"
+            f"   ORDER BY {STANDBY_ORDER.format(leader='$1')} LIMIT 1) AS standby"
+            "   FROM unnest($2::text[]) AS g(namespace))"
+            f" UPDATE {leader} l SET standby = b.standby FROM b"
+            " WHERE l.namespace = b.namespace AND l.node = $1 AND NOT l.released"
+            " AND l.standby IS DISTINCT FROM b.standby RETURNING l.namespace, l.standby"
+        )
+        #: Register session ``$1`` (host ``$2``, pid ``$3``), dropping sessions whose
+        #: backends are gone.
+        self.register_session = (
+            f"WITH gone AS (DELETE FROM {session} m WHERE m.node <> $1 AND NOT {LIVE_MEMBER})\n"
+            f"INSERT INTO {session}"
+            " (node, host, pid, backend_pid, backend_start, started_at, renewed_at)"
+            " SELECT $1, $2, $3, a.pid, a.backend_start, clock_timestamp(), clock_timestamp()"
+            " FROM pg_stat_activity a WHERE a.pid = pg_backend_pid()"
+            " ON CONFLICT (node) DO UPDATE SET backend_pid = EXCLUDED.backend_pid,"
+            " backend_start = EXCLUDED.backend_start, renewed_at = EXCLUDED.renewed_at"
+        )
+        #: Drop session ``$1``.
+        self.unregister_session = f"DELETE FROM {session} WHERE node = $1"
+        #: Leadership of several groups (``$1``: text[]) as node ``$2`` recorded it.
+        #: Columns: namespace, node, released.
+        self.leaders_released = (
+            f"SELECT namespace, node, released FROM {leader} WHERE namespace = ANY($1::text[])"
         )
         #: Mark term ``$2`` released and close its history row with reason ``$3``.
         self.release = (

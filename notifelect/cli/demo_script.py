@@ -376,15 +376,10 @@ class Demo:
     async def _show_status(self) -> None:
         conn = await asyncpg.connect(self.dsn)
         try:
-            snap = await snapshot(
-                conn, Names.from_env(self.prefix), namespace=self.namespace, wait=0.5
-            )
+            snap = await snapshot(conn, Names.from_env(self.prefix), namespace=self.namespace)
         finally:
             await conn.close()
-        self.say(
-            "\nwhat 'python -m notifelect status' shows now:\n"
-            + render_text(snap, wait=0.5).rstrip()
-        )
+        self.say("\nwhat 'python -m notifelect status' shows now:\n" + render_text(snap).rstrip())
 
     async def stop_all(self) -> None:
         """Ask live nodes to leave, kill what remains, reap everything; safe to repeat."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 from collections.abc import Callable
@@ -12,7 +13,7 @@ from typing import Any, TextIO
 
 import asyncpg
 
-from .. import messages
+from .. import messages, sql
 from ..messages import Message, Rejected
 from ..schema import Names
 from ._common import (
@@ -115,17 +116,24 @@ async def listen(
     names: Names,
     printer: Callable[[str, int], bool],
     *,
+    namespace: str | None = None,
     count: int | None = None,
     duration: float | None = None,
-    ready: Callable[[], None] | None = None,
+    ready: Callable[[int], None] | None = None,
+    rescan: float = 1.0,
 ) -> int:
-    """Feed every notification on the channel to ``printer`` until ``count`` messages were
-    printed, ``duration`` seconds passed, or the task is cancelled. Returns the count.
+    """Feed every notification on the groups' channels to ``printer`` until ``count``
+    messages were printed, ``duration`` seconds passed, or the task is cancelled. Returns
+    the count.
 
-    ``ready`` is called once LISTEN is active (nothing sent before that is seen).
+    Each group has a channel of its own: with ``namespace`` only that group's is heard;
+    otherwise every group that has members or a leader, looked up again every ``rescan``
+    seconds for groups that start later. ``ready`` is called once LISTEN is active (with
+    the number of channels); nothing sent before that is seen.
     """
     done = asyncio.Event()
     printed = 0
+    channels: set[str] = set()
 
     def on_notify(_conn: object, pid: int, _channel: str, payload: object) -> None:
         nonlocal printed
@@ -134,19 +142,37 @@ async def listen(
             if count is not None and printed >= count:
                 done.set()
 
-    await conn.add_listener(names.channel, on_notify)
+    async def follow() -> None:
+        groups = [namespace] if namespace is not None else await _group_names(conn, names)
+        for group in groups:
+            channel = names.group_channel(group)
+            if channel not in channels:
+                await conn.add_listener(channel, on_notify)
+                channels.add(channel)
+
     try:
+        await follow()
         if ready is not None:
-            ready()
+            ready(len(channels))
         try:
             async with asyncio.timeout(duration):
-                await done.wait()
+                while not done.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(done.wait(), rescan)
+                    if namespace is None and not done.is_set():
+                        await follow()
         except TimeoutError:
             pass
     finally:
         if not conn.is_closed():
-            await conn.remove_listener(names.channel, on_notify)
+            for channel in channels:
+                await conn.remove_listener(channel, on_notify)
     return printed
+
+
+async def _group_names(conn: asyncpg.Connection[Any], names: Names) -> list[str]:
+    rows = await conn.fetch(sql.group_names(names))
+    return [row["namespace"] for row in rows]
 
 
 # ---------------------------------------------------------------- the command
@@ -178,17 +204,27 @@ def listen_command(args: argparse.Namespace) -> int:
         conn = await open_connection(args)
         try:
             printer = Printer(as_json=args.json, namespace=namespace)
-            only = f" for group {namespace!r}" if namespace else ""
 
-            def ready() -> None:
+            def ready(channels: int) -> None:
+                where = (
+                    f"the channel of group {namespace!r}"
+                    if namespace
+                    else f"the channels of {channels} group(s), and of any that starts"
+                )
                 print(
-                    f"notifelect: listening on channel {names.channel!r}{only} (Ctrl-C to stop)",
+                    f"notifelect: listening on {where} (Ctrl-C to stop)",
                     file=sys.stderr,
                     flush=True,
                 )
 
             await listen(
-                conn, names, printer, count=args.count, duration=args.duration, ready=ready
+                conn,
+                names,
+                printer,
+                namespace=namespace,
+                count=args.count,
+                duration=args.duration,
+                ready=ready,
             )
             return 0
         finally:

@@ -1,8 +1,8 @@
 """What ``notifelect status`` reports, read from the database in one transaction.
 
-The database is the source of truth: the leader row, the live members and the history of
-terms. What only the channel can add (how recently each leader was heard) comes from a
-:class:`Heard`, which :mod:`.status` feeds from the channel.
+The database is the source of truth: the leader row (with the age of its session's last
+lease renewal, which is how the followers hear a leader), the live members and the
+history of terms.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 import asyncpg
 
@@ -20,14 +20,6 @@ from ..schema import SCHEMA_VERSION, Names, missing_schema_message, required_rel
 
 #: How many past terms each group shows by default.
 DEFAULT_TRANSITIONS = 5
-
-
-class Heard(Protocol):
-    """What was heard on the channel: the age of a leader's last heartbeat."""
-
-    def age(self, namespace: str, node: int, term: int) -> float | None:
-        """Seconds since ``node`` was heard leading ``term`` of ``namespace``, else None."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -43,8 +35,8 @@ class LeaderStatus:
     renewed_at: datetime
     #: Seconds since the leader last renewed its lease (database clock).
     renewed_age: float
-    #: Seconds since a heartbeat of this leader and term was heard on the channel, or None
-    #: if none was heard while status listened.
+    #: The same as ``renewed_age`` (kept for scripts written for 0.1, which heard leaders'
+    #: heartbeats on the channel; since 0.2 the session's renewal is the heartbeat).
     heartbeat_age: float | None = None
 
 
@@ -146,7 +138,7 @@ class StatusReader:
         self._members_sql = sql.status_members(names)
         self._history_sql = sql.status_history(names)
 
-    async def read(self, heard: Heard | None = None) -> Snapshot:
+    async def read(self) -> Snapshot:
         """One consistent snapshot (a single read-only transaction)."""
         conn = self.conn
         async with conn.transaction(isolation="repeatable_read", readonly=True):
@@ -154,7 +146,7 @@ class StatusReader:
             leaders = await conn.fetch(self._leaders_sql, self.namespace)
             members = await conn.fetch(self._members_sql, self.namespace)
             history = await conn.fetch(self._history_sql, self.namespace, self.transitions)
-        return _assemble(at, leaders, members, history, self.namespace, self.names, heard)
+        return _assemble(at, leaders, members, history, self.namespace, self.names)
 
 
 def _assemble(
@@ -164,7 +156,6 @@ def _assemble(
     history: Sequence[asyncpg.Record],
     namespace: str | None,
     names: Names,
-    heard: Heard | None,
 ) -> Snapshot:
     by_ns_members: dict[str, list[asyncpg.Record]] = {}
     for row in members:
@@ -197,7 +188,7 @@ def _assemble(
                 since=lrow["since"],
                 renewed_at=lrow["renewed_at"],
                 renewed_age=round(max(0.0, lrow["renewed_age"]), 3),
-                heartbeat_age=heard.age(ns, lrow["node"], lrow["term"]) if heard else None,
+                heartbeat_age=round(max(0.0, lrow["renewed_age"]), 3),
             )
         elif lrow is not None and lrow["released"]:
             vacancy = f"node {lrow['node']} released term {lrow['term']}"
@@ -205,12 +196,13 @@ def _assemble(
             vacancy = f"the session of node {lrow['node']} (term {lrow['term']}) is gone"
         ranked = by_ns_members.get(ns, [])
         leader_node = leader.node if leader else None
+        recorded_standby = lrow["standby"] if leader is not None and lrow is not None else None
         standby_taken = False
         member_list = []
         for rank, m in enumerate(ranked, start=1):
             if m["node"] == leader_node:
                 role = "leader"
-            elif not standby_taken:
+            elif m["node"] == recorded_standby or (recorded_standby is None and not standby_taken):
                 role, standby_taken = "standby", True
             else:
                 role = "follower"

@@ -30,7 +30,7 @@ def _when(value: datetime, now: datetime) -> str:
     return f"{local:%Y-%m-%d %H:%M:%S} ({_ago((now - value).total_seconds())} ago)"
 
 
-def render_text(snap: Snapshot, *, wait: float | None = None) -> str:
+def render_text(snap: Snapshot) -> str:
     """The human-readable status: one block per group."""
     out: list[str] = []
     prefix = f" (prefix {snap.prefix!r})" if snap.prefix else ""
@@ -47,13 +47,7 @@ def render_text(snap: Snapshot, *, wait: float | None = None) -> str:
                 f"  leader     node {ld.node} (host {ld.host}, pid {ld.pid}), term {ld.term}"
             )
             out.append(f"  since      {_when(ld.since, snap.at)}")
-            if ld.heartbeat_age is not None:
-                beat = f"heard {_ago(ld.heartbeat_age)} ago"
-            elif wait is not None:
-                beat = f"none heard within {wait:g}s (slow heartbeat, or a paused leader?)"
-            else:
-                beat = "none heard yet"
-            out.append(f"  lease      renewed {_ago(ld.renewed_age)} ago; heartbeat {beat}")
+            out.append(f"  lease      renewed {_ago(ld.renewed_age)} ago")
         if g.members:
             out.append("  members    rank  node      priority  role      host/pid")
             for m in g.members:

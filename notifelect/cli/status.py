@@ -1,8 +1,8 @@
 """``notifelect status``: who leads each election group, since when, and who else is there.
 
-The records come from the database (:mod:`.records`); the channel adds what only a live
-leader can show, its heartbeats. A one-shot status listens for up to one heartbeat so
-that it can say whether each leader is heard; ``--watch`` redraws on every change.
+The records come from the database (:mod:`.records`), including how recently each
+leader's session renewed its lease; ``--watch`` also listens on the groups' channels so
+that it redraws at once when a leadership changes.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import argparse
 import asyncio
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TextIO
 
 import asyncpg
@@ -26,7 +26,6 @@ from ._common import (
     close_quietly,
     names_from,
     namespace_from,
-    non_negative_float,
     non_negative_int,
     open_connection,
     positive_float,
@@ -35,72 +34,48 @@ from ._common import (
 from .records import DEFAULT_TRANSITIONS, Snapshot, StatusReader, check_schema
 from .render import render_json, render_text
 
-#: How long a one-shot status listens for heartbeats: a little over the default interval.
-DEFAULT_WAIT = 0.6
+# ---------------------------------------------------------------- the channels
 
 
-# ---------------------------------------------------------------- the channel
+class Turnovers:
+    """Leadership changes (coordinator and resign messages) on the groups' channels, so
+    that ``--watch`` redraws at once rather than at its next refresh."""
 
-
-class HeartbeatLog:
-    """The last heartbeat or coordinator message heard from each group's leader."""
-
-    def __init__(self, namespace: str | None = None) -> None:
-        self.namespace = namespace
-        self._last: dict[str, tuple[int, int, float]] = {}  # ns -> (node, term, monotonic)
+    def __init__(self, conn: asyncpg.Connection[Any], names: Names) -> None:
+        self.conn = conn
+        self.names = names
+        self._channels: set[str] = set()
         self._changed = asyncio.Event()
-        #: Set when a message announced a change of leadership (coordinator or resign).
-        self.turnover = False
 
-    def feed(self, payload: str) -> Message | None:
-        message = messages.parse(payload, None)
-        if not isinstance(message, Message):
-            return None
-        if self.namespace is not None and message.namespace != self.namespace:
-            return None
-        if message.kind in (Kind.HEARTBEAT, Kind.COORDINATOR) and message.term is not None:
-            self._last[message.namespace] = (message.rank.node, message.term, time.monotonic())
-        if message.kind in (Kind.COORDINATOR, Kind.RESIGN):
-            self.turnover = True
-        self._changed.set()
-        return message
+    def _on(self, conn: object, pid: int, channel: str, payload: object) -> None:
+        message = messages.parse(str(payload), None)
+        if isinstance(message, Message) and message.kind in (Kind.COORDINATOR, Kind.RESIGN):
+            self._changed.set()
 
-    def age(self, namespace: str, node: int, term: int) -> float | None:
-        last = self._last.get(namespace)
-        if last is None or last[0] != node or last[1] != term:
-            return None
-        return round(time.monotonic() - last[2], 3)
+    async def follow(self, namespaces: Iterable[str]) -> None:
+        """Listen on the channel of every group in ``namespaces`` too."""
+        for namespace in namespaces:
+            channel = self.names.group_channel(namespace)
+            if channel not in self._channels:
+                await self.conn.add_listener(channel, self._on)
+                self._channels.add(channel)
 
     async def wait(self, timeout: float) -> bool:
-        """Wait for the next message (True) or until ``timeout`` (False)."""
-        self._changed.clear()
+        """Wait for a change of leadership (True) or until ``timeout`` (False)."""
         try:
             async with asyncio.timeout(timeout):
                 await self._changed.wait()
         except TimeoutError:
             return False
+        finally:
+            self._changed.clear()
         return True
 
-
-class _Listening:
-    """LISTEN on the channel for the duration of an ``async with`` block."""
-
-    def __init__(self, conn: asyncpg.Connection[Any], channel: str, heard: HeartbeatLog) -> None:
-        self.conn = conn
-        self.channel = channel
-        self.heard = heard
-
-    def _on(self, conn: object, pid: int, channel: str, payload: object) -> None:
-        if isinstance(payload, str):
-            self.heard.feed(payload)
-
-    async def __aenter__(self) -> HeartbeatLog:
-        await self.conn.add_listener(self.channel, self._on)
-        return self.heard
-
-    async def __aexit__(self, *exc: object) -> None:
+    async def close(self) -> None:
         if not self.conn.is_closed():
-            await self.conn.remove_listener(self.channel, self._on)
+            for channel in self._channels:
+                await self.conn.remove_listener(channel, self._on)
+        self._channels.clear()
 
 
 async def snapshot(
@@ -108,34 +83,15 @@ async def snapshot(
     names: Names,
     *,
     namespace: str | None = None,
-    wait: float = DEFAULT_WAIT,
     transitions: int = DEFAULT_TRANSITIONS,
 ) -> Snapshot:
-    """Status of every running group (or of ``namespace``), within about one heartbeat.
+    """Status of every running group (or of ``namespace``), as the database has it now.
 
-    Reads the database, then listens up to ``wait`` seconds until every leader has been
-    heard on the channel; reads again if a leadership changed meanwhile.
+    How recently each leader was heard is the age of its session's last lease renewal:
+    leaders renew once per interval for all their groups and send no per-group heartbeat.
     """
     await check_schema(conn, names)
-    reader = StatusReader(conn, names, namespace=namespace, transitions=transitions)
-    async with _Listening(conn, names.channel, HeartbeatLog(namespace)) as heard:
-        snap = await reader.read(heard)
-        deadline = time.monotonic() + wait
-        while True:
-            unheard = [
-                g
-                for g in snap.groups
-                if g.leader is not None
-                and heard.age(g.namespace, g.leader.node, g.leader.term) is None
-            ]
-            remaining = deadline - time.monotonic()
-            if not unheard or remaining <= 0:
-                break
-            await heard.wait(remaining)
-            if heard.turnover:
-                heard.turnover = False
-                snap = await reader.read(heard)
-        return await reader.read(heard)
+    return await StatusReader(conn, names, namespace=namespace, transitions=transitions).read()
 
 
 async def watch(
@@ -155,18 +111,19 @@ async def watch(
     await check_schema(conn, names)
     reader = StatusReader(conn, names, namespace=namespace, transitions=transitions)
     stop = stop or asyncio.Event()
-    async with _Listening(conn, names.channel, HeartbeatLog(namespace)) as heard:
+    turnovers = Turnovers(conn, names)
+    try:
         while not stop.is_set():
-            show(await reader.read(heard))
+            snap = await reader.read()
+            await turnovers.follow(g.namespace for g in snap.groups)
+            show(snap)
             next_at = time.monotonic() + interval
             while not stop.is_set():
                 remaining = next_at - time.monotonic()
-                if remaining <= 0:
+                if remaining <= 0 or await turnovers.wait(min(remaining, 0.25)):
                     break
-                await heard.wait(min(remaining, 0.25))
-                if heard.turnover:
-                    heard.turnover = False
-                    break
+    finally:
+        await turnovers.close()
 
 
 class Screen:
@@ -200,8 +157,8 @@ def configure_status_parser(subparsers: Subparsers) -> None:
         description=(
             "Show, for each election group running in the database (or the one given), "
             "the current leader (node, host, pid, term, since), the live members in rank "
-            "order and the last terms. Listens up to --wait seconds for the leaders' "
-            "heartbeats. Exits 2 if the schema is missing, 1 if the database is unreachable."
+            "order and the last terms. Exits 2 if the schema is missing, 1 if the database "
+            "is unreachable."
         ),
     )
     add_connection_arguments(parser)
@@ -217,12 +174,9 @@ def configure_status_parser(subparsers: Subparsers) -> None:
         default=1.0,
         help="--watch: seconds between refreshes; changes show at once (default 1)",
     )
-    parser.add_argument(
-        "--wait",
-        type=non_negative_float,
-        default=None,
-        help="seconds to listen for leaders' heartbeats (default 0.6, one default heartbeat)",
-    )
+    # Accepted and ignored since 0.2: leaders are heard through their lease renewals in
+    # the database, so there is nothing to listen for.
+    parser.add_argument("--wait", type=float, default=None, help=argparse.SUPPRESS)
     parser.add_argument(
         "--terms",
         type=non_negative_int,
@@ -250,14 +204,11 @@ def status(args: argparse.Namespace) -> int:
                     transitions=args.terms,
                 )
                 return 0
-            wait = DEFAULT_WAIT if args.wait is None else args.wait
-            snap = await snapshot(
-                conn, names, namespace=namespace, wait=wait, transitions=args.terms
-            )
+            snap = await snapshot(conn, names, namespace=namespace, transitions=args.terms)
             if args.json:
                 print(render_json(snap))
             else:
-                print(render_text(snap, wait=wait), end="")
+                print(render_text(snap), end="")
             return 0
         finally:
             await close_quietly(conn)

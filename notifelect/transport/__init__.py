@@ -1,6 +1,6 @@
 """Transports: where election traffic meets PostgreSQL (or memory, for tests)."""
 
-from .base import Granted, LeaderRecord, LeaseLostError, Member, Transport
+from .base import Granted, LeaderRecord, LeaseLostError, Member, Renewal, Transport
 from .memory import MemoryBus, MemoryTransport
 
 __all__ = [
@@ -10,5 +10,6 @@ __all__ = [
     "Member",
     "MemoryBus",
     "MemoryTransport",
+    "Renewal",
     "Transport",
 ]

@@ -12,6 +12,7 @@ from datetime import datetime
 
 PayloadHandler = Callable[[str], None]
 LostHandler = Callable[[BaseException | None], None]
+RecordHandler = Callable[["LeaderRecord"], None]
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,8 @@ class LeaderRecord:
     #: Seconds since the leader last renewed its lease, on the database's clock (used to
     #: tell a silent leader from a live one, never to time a wait); None if unknown.
     renewed_age: float | None = None
+    #: The member that watches this leader's process to take over at once, if recorded.
+    standby: int | None = None
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,15 @@ class Granted:
     """
 
     term: int
+    confirmed_at: float
+
+
+@dataclass(frozen=True)
+class Renewal:
+    """A lease renewal: the standby to name, and the monotonic time at which the renewal
+    was sent (the lease runs from there)."""
+
+    standby: int | None
     confirmed_at: float
 
 
@@ -85,6 +97,16 @@ class Transport(abc.ABC):
     block.
     """
 
+    #: Whether the leader's HEARTBEAT messages must be broadcast. A transport that renews
+    #: leases per session and reports each group's leadership to its followers itself
+    #: (:meth:`observe`) needs no per-group heartbeat traffic.
+    publishes_heartbeats: bool = True
+
+    def observe(self, on_record: RecordHandler) -> None:
+        """Have ``on_record`` called with the group's leadership as the database records it,
+        about once per interval (transports that do not publish heartbeats)."""
+        del on_record  # transports that publish heartbeats have nothing to report
+
     @abc.abstractmethod
     async def open(self, on_payload: PayloadHandler, on_lost: LostHandler) -> int:
         """Connect, check the schema, listen, register; return this node's sequence id.
@@ -108,8 +130,9 @@ class Transport(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def renew(self, term: int) -> int | None:
-        """Confirm ``term`` is still current and renew its lease; return the standby's id.
+    async def renew(self, term: int) -> Renewal:
+        """Confirm ``term`` is still current and renew its lease; return the standby's id
+        and when the renewal was sent.
 
         Raises LeaseLostError if the term is no longer current.
         """

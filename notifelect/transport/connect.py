@@ -25,24 +25,12 @@ _ASYNC_HINT = (
 )
 
 
-#: ``application_name`` of the election's own sessions unless the user set one; a group's
-#: sessions add its name: ``notifelect:reports`` (see :func:`application_name_for`).
+#: ``application_name`` of the election sessions unless the user set one. The session's
+#: anchor and watchers are named apart (:data:`ANCHOR_NAME`, :data:`WATCHER_NAME`) so that
+#: operators can tell them apart and leave anchors alone.
 APPLICATION_NAME = "notifelect"
-_NAME_MAX = 63  # PostgreSQL keeps NAMEDATALEN - 1 bytes of it
-
-
-def application_name_for(namespace: str) -> str:
-    """``notifelect:<namespace>``, cut to what PostgreSQL keeps (on a character boundary)."""
-    return _cut(f"{APPLICATION_NAME}:{namespace}")
-
-
-def anchor_name_for(namespace: str) -> str:
-    """``notifelect-anchor:<namespace>``: the name of a node's anchor session."""
-    return _cut(f"{APPLICATION_NAME}-anchor:{namespace}")
-
-
-def _cut(name: str) -> str:
-    return name.encode()[:_NAME_MAX].decode(errors="ignore")
+ANCHOR_NAME = "notifelect-anchor"
+WATCHER_NAME = "notifelect-watch"
 
 
 def connector_for(

@@ -32,6 +32,7 @@ from .base import (
     LostHandler,
     Member,
     PayloadHandler,
+    Renewal,
     Transport,
     TransportError,
 )
@@ -232,7 +233,8 @@ class MemoryTransport(Transport):
         self.bus.terms.setdefault(self.namespace, []).append((self.node, group.term))
         return Granted(group.term, confirmed_at)
 
-    async def renew(self, term: int) -> int | None:
+    async def renew(self, term: int) -> Renewal:
+        sent_at = now()
         group = self._require()
         while self.paused and self._open:
             await self._wake.wait()  # a paused session does not answer
@@ -240,7 +242,7 @@ class MemoryTransport(Transport):
         if group.holder is not self or group.term != term:
             raise LeaseLostError(f"term {term} is no longer current")
         group.renewed_at = now()
-        return await self.successor()
+        return Renewal(await self.successor(), sent_at)
 
     async def release(self, term: int, reason: str) -> None:
         group = self._require()

@@ -1,14 +1,9 @@
-"""The PostgreSQL transport: LISTEN/NOTIFY for messages, an advisory lock for the claim.
+"""The PostgreSQL transport: a group's handle on its process's shared election session.
 
-(Longer than most modules on purpose: one node's three kinds of session and the order of
-what happens on them belong together; the statements themselves are in
-:mod:`notifelect.sql`.)
-
-A node's election connection listens on the channel, holds the group's session advisory
-lock while the node leads, and renews the lease; its anchor is an idle session holding a
-lock named after the node; the standby opens one more connection, waiting on the leader's
-anchor, to notice a crashed leader within milliseconds (PostgreSQL ends a dead process's
-sessions, and frees their locks, at once).
+The session (:mod:`notifelect.transport.session`) owns the connections; this module is
+what one group does on them: LISTEN on the group's channel, take the group's claim (a
+session advisory lock) and its term, and release or fence it. The statements themselves
+are in :mod:`notifelect.sql`.
 """
 
 from __future__ import annotations
@@ -16,17 +11,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
-import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Hashable
 from typing import Any
 
 import asyncpg
 
 from .._clock import now
-from ..errors import ConfigurationError, SchemaError
-from ..schema import SCHEMA_VERSION, Names, missing_schema_message, required_relations
-from ..sql import RELATIONS_EXIST, ElectionQueries, schema_version
+from ..errors import ConfigurationError
+from ..schema import Names
+from ..sql import ElectionQueries
 from .base import (
     Freed,
     Granted,
@@ -35,111 +28,38 @@ from .base import (
     LostHandler,
     Member,
     PayloadHandler,
+    RecordHandler,
+    Renewal,
     Transport,
     TransportError,
 )
-from .connect import anchor_name_for, application_name_for
+from .session import _REGISTRY, Connect, Session, Tick, Timing, _Serial
 
 log = logging.getLogger(__name__)
 
-Connect = Callable[[], Awaitable["asyncpg.Connection[Any]"]]
-#: How long the first open waits for a notification sent by a second session to itself.
-PROBE_TIMEOUT = 2.0
-_POOLER_FIX = (
-    "LISTEN/NOTIFY and session advisory locks do not work through a pooler in transaction or "
-    "statement mode (such as PgBouncer with pool_mode = transaction), so the election could "
-    "not keep one leader. Connect notifelect directly to PostgreSQL (give ElectionGroup its "
-    "own DSN or engine that bypasses the pooler) or use a pool in session mode "
-    "(PgBouncer: pool_mode = session)"
-)
-
-
-class _Serial:
-    """The election connection, used by the election driver and a claim task at once.
-
-    asyncpg runs one operation per connection at a time; this runs them one after another
-    instead of failing with "another operation is in progress". Every call is bounded by
-    ``timeout`` (waiting for the connection included) and every failure of the driver
-    comes out as a :class:`TransportError`, so a black-holed path never hangs the election.
-    """
-
-    def __init__(self, conn: asyncpg.Connection[Any], timeout: float) -> None:
-        self.raw = conn
-        self.timeout = timeout
-        self._lock = asyncio.Lock()
-        self._broken: str | None = None
-
-    def is_closed(self) -> bool:
-        return self.raw.is_closed()
-
-    @contextlib.asynccontextmanager
-    async def _bounded(self, what: str, timeout: float | None) -> AsyncIterator[None]:
-        limit = self.timeout if timeout is None else timeout
-        if self._broken is not None:
-            # A call was cut off mid-way: the connection's state is unknown. It stays open
-            # (it holds the claim) until the group drops it, but it is used no more.
-            raise TransportError(f"{what} refused: {self._broken}")
-        try:
-            async with asyncio.timeout(limit), self._lock:
-                try:
-                    yield
-                except asyncio.CancelledError:
-                    self._broken = f"an earlier call was cancelled while it ran ({what})"
-                    raise
-        except TimeoutError as exc:
-            self._broken = f"{what} took over {limit:g}s"
-            raise TransportError(f"{what} on the election connection took over {limit:g}s") from exc
-        except (
-            asyncpg.PostgresConnectionError,
-            asyncpg.InterfaceError,
-            asyncpg.InternalClientError,
-            OSError,
-        ) as exc:
-            self._broken = f"{what} failed: {exc!r}"
-            raise TransportError(f"{what} failed: {exc!r}") from exc
-        except asyncpg.AdminShutdownError as exc:
-            self._broken = "the server ended the session"
-            raise TransportError(f"{what} failed: the server ended the session") from exc
-
-    async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:
-        async with self._bounded("a statement", timeout):
-            return await self.raw.execute(query, *args)
-
-    async def fetchval(self, query: str, *args: Any, timeout: float | None = None) -> Any:
-        async with self._bounded("a query", timeout):
-            return await self.raw.fetchval(query, *args)
-
-    async def fetchrow(
-        self, query: str, *args: Any, timeout: float | None = None
-    ) -> asyncpg.Record | None:
-        async with self._bounded("a query", timeout):
-            return await self.raw.fetchrow(query, *args)
-
-    @contextlib.asynccontextmanager
-    async def transaction(
-        self, timeout: float | None = None
-    ) -> AsyncIterator[asyncpg.Connection[Any]]:
-        async with self._bounded("a transaction", timeout), self.raw.transaction():
-            yield self.raw
+#: How long a claim waits on the server for a lock it expects to be freed within
+#: milliseconds (a dead leader's, a fenced one's). Short, since every group of the session
+#: waits behind it; if the lock is still held the claim is refused and tried again later.
+_SHORT_LOCK_WAIT = 0.2
 
 
 class PostgresTransport(Transport):
-    """Transport over asyncpg.
+    """A group's transport over asyncpg, on the election session it shares with every
+    other group of this process on the same engine (or DSN, or borrowed connection).
 
-    ``connect`` opens a new dedicated connection (the election connection, the anchor,
-    and the standby's watcher). With ``connection`` an existing connection is used instead
-    and never closed; a node on a borrowed connection cannot reconnect, has no anchor and
-    no standby watcher, so a successor always waits out its lease.
+    ``connect`` opens new dedicated connections (the election session, its anchor and its
+    watchers). With ``connection`` an existing connection is used instead and never
+    closed; groups on a borrowed connection cannot reconnect, have no anchor and no
+    standby watcher, so a successor always waits out the lease. ``share`` names what the
+    connections go to (the engine, the DSN): groups with equal ``share``, names and timing
+    share a session. By default only groups given the very same ``connect`` share one.
 
-    Besides the election connection every node holds an *anchor*: an idle session that
-    holds a lock named after the node and carries no traffic. It is set up so that the
-    server does not end it before the node's lease has run out (no ``tcp_user_timeout``,
-    keep-alive probes spread over more than a lease, no idle timeout), and notifelect
-    never terminates it. The anchor ending is therefore evidence that the node's process
-    is gone (or that the node closed it itself after closing its gates); the standby
+    Every node holds an *anchor* (see :mod:`~notifelect.transport.session`); the standby
     watches it to take over from a crashed leader at once. Every other unclean end of a
     leadership makes the successor wait a whole lease on its own clock.
     """
+
+    publishes_heartbeats = False
 
     def __init__(
         self,
@@ -150,39 +70,49 @@ class PostgresTransport(Transport):
         lease: float,
         leader_timeout: float,
         io_timeout: float | None = None,
+        interval: float = 0.5,
         fence: bool = True,
         strict_takeover: bool = True,
         connect: Connect | None = None,
         connection: asyncpg.Connection[Any] | None = None,
+        share: Hashable | None = None,
     ) -> None:
         if connect is None and connection is None:
             raise ConfigurationError("PostgresTransport needs connect= or connection=")
         self._connect = connect
         self._borrowed = connection
-        self._namespace = namespace
+        self.namespace = namespace
+        self.channel = names.group_channel(namespace)
         self._names = names
         self._member = member
         self._lease = lease
         self._leader_timeout = leader_timeout
         self._io_timeout = io_timeout if io_timeout is not None else max(lease, leader_timeout)
+        self._timing = Timing(lease, leader_timeout, self._io_timeout, interval)
+        target = connection if connection is not None else (share if share is not None else connect)
+        self._share = (target, names, self._timing, member.host, member.pid)
         self._fence_enabled = fence
         self._strict = strict_takeover
         self._key = names.claim_key(namespace)
-        self._conn: asyncpg.Connection[Any] | None = None
-        self._serial: _Serial | None = None
-        self._anchor: asyncpg.Connection[Any] | None = None
+        self._key_halves = ((self._key >> 32) & 0xFFFFFFFF, self._key & 0xFFFFFFFF)
+        self._q = ElectionQueries(names)
+        self._session: Session | None = None  # while joined
+        self._anchored: Session | None = None  # until the group's work has stopped
         self._node: int | None = None
         self._on_payload: PayloadHandler | None = None
         self._on_lost: LostHandler | None = None
+        self._on_record: RecordHandler | None = None
         self._fence_denied_logged = False
-        self._environment_checked = False
-        self._q = ElectionQueries(names)
-        self._key_halves = ((self._key >> 32) & 0xFFFFFFFF, self._key & 0xFFFFFFFF)
+        self._holds_claim = False
+        self._term: int | None = None
+        self._term_taken_at = 0.0
+        self._last: tuple[float, LeaderRecord | None] | None = None
+        self._leaving: asyncio.Future[None] | None = None
 
     def _extra(self, event: str) -> dict[str, object]:
         return {
             "notifelect_event": event,
-            "notifelect_namespace": self._namespace,
+            "notifelect_namespace": self.namespace,
             "notifelect_node": self._node,
         }
 
@@ -193,283 +123,154 @@ class PostgresTransport(Transport):
         return self._node
 
     @property
+    def session(self) -> Session | None:
+        """The shared election session while joined (for diagnostics and tests)."""
+        return self._session
+
+    @property
     def connection(self) -> asyncpg.Connection[Any] | None:
         """The election connection while open (for diagnostics and tests)."""
-        return self._conn
+        return None if self._session is None else self._session.conn
 
     @property
     def anchor(self) -> asyncpg.Connection[Any] | None:
         """The anchor connection while open (for diagnostics and tests)."""
-        return self._anchor
+        return None if self._session is None else self._session.anchor
+
+    @property
+    def leading(self) -> bool:
+        return self._term is not None
+
+    def observe(self, on_record: RecordHandler) -> None:
+        self._on_record = on_record
 
     async def open(self, on_payload: PayloadHandler, on_lost: LostHandler) -> int:
+        if self._leaving is not None:
+            # The previous membership is still being given back on the shared session.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._leaving), 3 * self._io_timeout)
+            self._leaving = None
+        session = _REGISTRY.take(self._share, self, self._make_session)
+        self._on_payload = on_payload
+        self._on_lost = on_lost
+        self._last = None
+        node = await session.join(self)
+        self._session = self._anchored = session
+        self._node = node
         try:
-            async with asyncio.timeout(self._io_timeout + PROBE_TIMEOUT):
-                return await self._open(on_payload, on_lost)
-        except TimeoutError as exc:
-            raise TransportError(
-                f"connecting the election session took over {self._io_timeout + PROBE_TIMEOUT:g}s"
-            ) from exc
-
-    async def _open(self, on_payload: PayloadHandler, on_lost: LostHandler) -> int:
-        conn = self._borrowed if self._borrowed is not None else await self._new_connection()
-        anchor: asyncpg.Connection[Any] | None = None
-        try:
-            await self._check_environment(conn)
-            await self._check_schema(conn)
-            await self._bound_waits(conn)
-            if self._node is None:
-                self._node = int(await conn.fetchval(self._q.next_node))
-            if self._connect is not None:
-                anchor = await self._open_anchor(self._node)
-            self._on_payload = on_payload
-            self._on_lost = on_lost
-            await conn.add_listener(self._names.channel, self._notified)
-            conn.add_termination_listener(self._terminated)
-            await conn.execute(
+            await self._serial().execute(
                 self._q.register_member,
-                self._namespace,
-                self._node,
+                self.namespace,
+                node,
                 self._member.priority,
                 self._member.host,
                 self._member.pid,
             )
         except BaseException:
-            await self._discard(conn)
-            if anchor is not None:
-                anchor.remove_termination_listener(self._anchor_terminated)
-                anchor.terminate()
+            self._session = None
+            await session.leave(self)
             raise
-        self._conn = conn
-        self._anchor = anchor
-        self._serial = _Serial(conn, self._io_timeout)
-        return self._node
+        return node
 
-    async def _bound_waits(self, conn: asyncpg.Connection[Any]) -> None:
-        """Let the server itself end any lock wait of the election session after
-        ``io_timeout`` (the claim's own waits set a longer one), and end the session of a
-        client that has gone even while it waits (PostgreSQL 14 and later): a client-side
-        timeout alone would leave a backend behind, waiting and holding what it took."""
-        if self._borrowed is not None:
-            return  # a borrowed connection's settings are its owner's
-        await conn.execute(f"SET lock_timeout = {max(1, int(self._io_timeout * 1000))}")
-        with contextlib.suppress(asyncpg.UndefinedObjectError):
-            await conn.execute("SET client_connection_check_interval = 1000")
+    def _make_session(self) -> Session:
+        return Session(
+            key=self._share,
+            names=self._names,
+            timing=self._timing,
+            host=self._member.host,
+            pid=self._member.pid,
+            connect=self._connect,
+            connection=self._borrowed,
+        )
 
-    async def _open_anchor(self, node: int) -> asyncpg.Connection[Any]:
-        """Open the node's anchor and take its lock (see the class docstring)."""
-        anchor = await self._new_connection()
-        try:
-            # Keep-alive probes: the server may end a silent anchor only after more than a
-            # lease, when the node has stopped acting on its own. Unix sockets ignore these.
-            probe = max(1, math.ceil(self._lease))
-            await anchor.execute(
-                "SELECT set_config('tcp_user_timeout', '0', false),"
-                " set_config('tcp_keepalives_idle', $1, false),"
-                " set_config('tcp_keepalives_interval', $1, false),"
-                " set_config('tcp_keepalives_count', '3', false),"
-                " set_config('statement_timeout', '0', false),"
-                " set_config('idle_in_transaction_session_timeout', '0', false)",
-                str(probe),
-            )
-            with contextlib.suppress(asyncpg.UndefinedObjectError):  # PostgreSQL < 14
-                await anchor.execute("SET idle_session_timeout = 0")
-            # Named apart from the election sessions, so that operators can leave anchors
-            # alone (ending one tells a standby this node's process is gone).
-            await anchor.execute(
-                "SELECT set_config('application_name', $2, false)"
-                " WHERE current_setting('application_name') = $1",
-                application_name_for(self._namespace),
-                anchor_name_for(self._namespace),
-            )
-            # A standby may hold the anchor's lock in share mode for a moment while it
-            # looks: wait for it, briefly (a retry follows if it takes longer).
-            try:
-                await anchor.execute(f"SET lock_timeout = {max(1, int(self._io_timeout * 1000))}")
-                await anchor.execute("SELECT pg_advisory_lock($1)", self._names.anchor_key(node))
-                await anchor.execute("SET lock_timeout = 0")
-            except asyncpg.LockNotAvailableError as exc:
-                raise TransportError(
-                    f"node id {node} is still anchored by another session (a standby looking, "
-                    "or the previous connection of this node not gone yet)"
-                ) from exc
-            anchor.add_termination_listener(self._anchor_terminated)
-        except BaseException:
-            anchor.terminate()
-            raise
-        return anchor
-
-    async def _new_connection(self) -> asyncpg.Connection[Any]:
-        assert self._connect is not None
-        return await self._connect()
-
-    async def _check_schema(self, conn: asyncpg.Connection[Any]) -> None:
-        present = await conn.fetchval(RELATIONS_EXIST, required_relations(self._names))
-        if not present:
-            raise SchemaError(missing_schema_message(self._names, None))
-        version = await conn.fetchval(schema_version(self._names))
-        if version != SCHEMA_VERSION:
-            raise SchemaError(missing_schema_message(self._names, version))
-
-    async def _check_environment(self, conn: asyncpg.Connection[Any]) -> None:
-        """On the first open, fail fast if the session is not PostgreSQL's own.
-
-        A transaction-pooling proxy hands each transaction to whichever server session is
-        free: another client can share our backend (and our advisory locks), and a
-        notification sent to us while we are idle is never delivered. A second session
-        therefore compares backend pids and notifies a private channel this one listens on.
-        A borrowed connection has no second session; it only gets the prepared-statement
-        check that such proxies usually trip.
-        """
-        if self._environment_checked:
-            return
-        try:
-            await self._probe_session(conn)
-        except (
-            asyncpg.exceptions.DuplicatePreparedStatementError,
-            asyncpg.exceptions.InvalidSQLStatementNameError,
-        ) as exc:
-            raise ConfigurationError(
-                f"the election connection lost its prepared statements between transactions "
-                f"({exc.__class__.__name__}), so it goes through a transaction-pooling proxy; "
-                + _POOLER_FIX
-            ) from exc
-        self._environment_checked = True
-
-    async def _probe_session(self, conn: asyncpg.Connection[Any]) -> None:
-        pid = await conn.fetchval("SELECT pg_backend_pid()")
-        if self._connect is None:
-            return
-        channel = f"notifelect_probe_{pid}_{secrets.token_hex(4)}"
-        arrived = asyncio.Event()
-
-        def on_probe(*_: object) -> None:
-            arrived.set()
-
-        await conn.add_listener(channel, on_probe)
-        try:
-            other = await self._new_connection()
-            try:
-                other_pid = await other.fetchval("SELECT pg_backend_pid()")
-                if other_pid == pid:
-                    raise ConfigurationError(
-                        f"two connections to the database share one server session (backend "
-                        f"pid {pid}): they go through a transaction-pooling proxy; " + _POOLER_FIX
-                    )
-                await other.execute("SELECT pg_notify($1, '')", channel)
-            finally:
-                await self._discard(other)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(arrived.wait(), PROBE_TIMEOUT)
-            if not arrived.is_set():
-                # A direct session has received it by the end of its next round trip.
-                await conn.fetchval("SELECT 1")
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(arrived.wait(), 0.2)
-            if not arrived.is_set():
-                raise ConfigurationError(
-                    f"a notification sent to this connection by another one never arrived "
-                    f"(waited {PROBE_TIMEOUT:g}s): it goes through a transaction-pooling "
-                    "proxy; " + _POOLER_FIX
-                )
-        finally:
-            if not conn.is_closed():
-                with contextlib.suppress(Exception):  # never mask the probe's own error
-                    await conn.remove_listener(channel, on_probe)
-
-    def _notified(self, conn: object, pid: int, channel: str, payload: object) -> None:
-        if self._on_payload is not None and isinstance(payload, str):
+    def notified(self, payload: str) -> None:
+        if self._on_payload is not None and self._session is not None:
             self._on_payload(payload)
 
-    def _terminated(self, conn: object) -> None:
-        if conn is self._conn:
-            self._lost()
+    def ticked(self, tick: Tick, record: LeaderRecord | None) -> None:
+        """The session's periodic statement read ``record`` for this group."""
+        self._last = (tick.sent_at, record)
+        if record is not None and self._on_record is not None and self._session is not None:
+            self._on_record(record)
 
-    def _anchor_terminated(self, conn: object) -> None:
-        if conn is self._anchor:
-            log.warning(
-                "the anchor session of node %s ended; stepping down and reconnecting",
-                self._node,
-                extra=self._extra("anchor_lost"),
-            )
-            self._anchor = None
-            # The group closes its gates now and stops its work; the claim stays held
-            # until then (the group's reconnect drops the election connection).
-            if self._on_lost is not None:
-                self._on_lost(None)
-
-    def _lost(self) -> None:
-        """The election session is gone. The anchor stays until the group has stopped its
-        leader work and calls :meth:`abort` or :meth:`close`."""
-        self._conn = None
-        if self._on_lost is not None:
+    def lost(self) -> None:
+        """The session is lost: the group closes its gates (it lets go later, by abort)."""
+        self._term = None
+        if self._on_lost is not None and self._session is not None:
             self._on_lost(None)
 
     def release_anchor(self) -> None:
-        self._drop_anchor()
-
-    def _drop_anchor(self) -> None:
-        anchor, self._anchor = self._anchor, None
-        if anchor is not None:
-            anchor.remove_termination_listener(self._anchor_terminated)
-            anchor.terminate()
-
-    async def _discard(self, conn: asyncpg.Connection[Any]) -> None:
-        """Detach our callbacks from ``conn`` and close it if it is ours (bounded)."""
-        conn.remove_termination_listener(self._terminated)
-        if self._borrowed is conn:
-            if not conn.is_closed():
-                with contextlib.suppress(Exception, TimeoutError):
-                    async with asyncio.timeout(self._io_timeout):
-                        await conn.remove_listener(self._names.channel, self._notified)
-            return
-        try:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(conn.close(), timeout=self._io_timeout)
-        finally:
-            if not conn.is_closed():
-                conn.terminate()
+        session, self._anchored = self._anchored, None
+        if session is not None:
+            session.work_stopped(self)
 
     async def close(self) -> None:
-        """Unregister and disconnect within about two ``io_timeout``; never raises.
+        """Unregister and leave the session within about two ``io_timeout``; never raises.
 
-        If the caller is cancelled, the connections are terminated before the
-        cancellation propagates: nothing is left holding a lock.
+        If the caller is cancelled, the group's claim is given back by dropping the whole
+        session before the cancellation propagates: nothing is left holding a lock.
         """
-        conn, self._conn = self._conn, None
+        session, self._session = self._session, None
+        self._on_payload = None
+        if session is None:
+            self.release_anchor()
+            return
         try:
-            if conn is not None and not conn.is_closed():
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(
-                        conn.execute(self._q.unregister_member, self._namespace, self._node),
-                        timeout=self._io_timeout,
-                    )
-            if conn is not None:
-                await self._discard(conn)
+            await self._give_back(session)
+        except asyncio.CancelledError:
+            if self._holds_claim:
+                session.lose("a group was cancelled while giving its claim back")
+            raise
         finally:
-            if conn is not None and conn is not self._borrowed and not conn.is_closed():
-                conn.terminate()
-            self._drop_anchor()
+            await session.leave(self)
+            self.release_anchor()
+
+    async def _give_back(self, session: Session) -> None:
+        """Release the claim if still held, unregister (bounded; errors break the session)."""
+        serial = session.serial
+        if serial is None or not session.usable:
+            return
+        with contextlib.suppress(TransportError):
+            if self._holds_claim:
+                await serial.execute("SELECT pg_advisory_unlock($1)", self._key)
+                self._holds_claim = False
+            self._term = None
+            await serial.execute(self._q.unregister_member, self.namespace, self._node)
 
     def abort(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.remove_termination_listener(self._terminated)
-            if self._on_lost is not None:
-                self._on_lost(None)  # the group closes its gates before the claim is freed
-            if conn is not self._borrowed:
-                conn.terminate()
+        session, self._session = self._session, None
+        self._term = None
+        if session is None:
+            return
+        if self._on_lost is not None:
+            self._on_lost(None)  # the group closes its gates before the claim is freed
+        self._on_payload = None
+        if not session.usable:
+            session.forget(self)
+            session.detach(self)
+            return
+        # The session serves other groups: give this group's claim back and leave it.
+        self._leaving = asyncio.ensure_future(self._leave(session))
+
+    async def _leave(self, session: Session) -> None:
+        try:
+            await self._give_back(session)
+        finally:
+            await session.leave(self)
+
+    def _serial(self) -> _Serial:
+        session = self._session
+        if session is None or session.serial is None or not session.usable:
+            raise TransportError("the election session is closed")
+        return session.serial
 
     def _require(self) -> _Serial:
-        conn = self._conn
-        if conn is None or conn.is_closed() or self._serial is None:
-            raise TransportError("the election connection is closed")
-        return self._serial
+        return self._serial()
 
     # ------------------------------------------------------------ traffic
 
     async def publish(self, payload: str) -> None:
-        await self._require().execute("SELECT pg_notify($1, $2)", self._names.channel, payload)
+        await self._require().execute("SELECT pg_notify($1, $2)", self.channel, payload)
 
     async def claim(self, *, fence: bool, evidence: int | None = None) -> Granted | None:
         conn = self._require()
@@ -477,16 +278,17 @@ class PostgresTransport(Transport):
         if evidence is not None:
             # The standby saw the leader's process end; its election session is ending
             # too (PostgreSQL frees the lock within milliseconds of the process's death).
-            got = await self._lock_within(conn, self._leader_timeout)
+            got = await self._lock_within(conn, _SHORT_LOCK_WAIT)
         else:
             got = bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", self._key))
         if not got:
             if not (fence and self._fence_enabled) or not await self._fence(conn):
                 return None
             fenced = True
+        self._holds_claim = True
         taken_at = now()
         try:
-            row = await conn.fetchrow(self._q.leader_released, self._namespace)
+            row = await conn.fetchrow(self._q.leader_released, self.namespace)
             # Act at once only after a clean release, on positive evidence that the old
             # leader's process is gone, or when the old leader was this very node (whose
             # gates closed when it lost the claim). Otherwise the old leader may still
@@ -519,12 +321,15 @@ class PostgresTransport(Transport):
                     extra=self._extra("term_busy"),
                 )
                 await conn.execute("SELECT pg_advisory_unlock($1)", self._key)
+                self._holds_claim = False
                 return None
         except BaseException:
             with contextlib.suppress(Exception):
-                if not conn.is_closed():
-                    await asyncio.shield(conn.execute("SELECT pg_advisory_unlock($1)", self._key))
+                await asyncio.shield(conn.execute("SELECT pg_advisory_unlock($1)", self._key))
+                self._holds_claim = False
             raise
+        self._term = term
+        self._term_taken_at = now()
         return Granted(term, confirmed_at)
 
     async def _lock_within(self, conn: _Serial, seconds: float) -> bool:
@@ -549,14 +354,14 @@ class PostgresTransport(Transport):
             # database failover loses the last bump (asynchronous replication), the next
             # term still exceeds every term handed out before, as long as the new
             # primary's clock is not behind the old one by more than the failover took.
-            term = int(await conn.fetchval(self._q.take_term, self._namespace))
-            await conn.execute(self._q.close_history, self._namespace)
+            term = int(await conn.fetchval(self._q.take_term, self.namespace))
+            await conn.execute(self._q.close_history, self.namespace)
             await conn.execute(
-                self._q.open_history, self._namespace, term, self._node, m.host, m.pid
+                self._q.open_history, self.namespace, term, self._node, m.host, m.pid
             )
             await conn.execute(
                 self._q.record_leader,
-                self._namespace,
+                self.namespace,
                 term,
                 self._node,
                 m.priority,
@@ -567,7 +372,7 @@ class PostgresTransport(Transport):
 
     async def _fence(self, conn: _Serial) -> bool:
         """Terminate a holder whose lease renewals stopped; True once we hold the claim."""
-        row = await conn.fetchrow(self._q.fence_view, self._namespace, *self._key_halves)
+        row = await conn.fetchrow(self._q.fence_view, self.namespace, *self._key_halves)
         assert row is not None
         holder, age = row["holder"], row["age"]
         if holder is None:
@@ -602,30 +407,43 @@ class PostgresTransport(Transport):
         )
         # Wait for the terminated backend to let go, bounded on the server side: a client-side
         # timeout would leave the connection busy cancelling the statement.
-        return await self._lock_within(conn, self._lease)
+        return await self._lock_within(conn, _SHORT_LOCK_WAIT)
 
-    async def renew(self, term: int) -> int | None:
-        row = await self._require().fetchrow(self._q.renew, self._namespace, self._node, term)
+    async def renew(self, term: int) -> Renewal:
+        last = self._last
+        if last is not None and last[0] > self._term_taken_at:
+            # The session's periodic statement renewed the lease of every group it leads,
+            # after this term was taken: what it read decides.
+            sent_at, record = last
+            if record is None or record.node != self._node or record.term != term:
+                raise LeaseLostError(f"term {term} is no longer current")
+            if record.released:
+                raise LeaseLostError(f"term {term} was released")
+            return Renewal(record.standby, sent_at)
+        sent_at = now()
+        row = await self._require().fetchrow(self._q.renew, self.namespace, self._node, term)
         if row is None or not row["ok"]:
             raise LeaseLostError(f"term {term} is no longer current")
         standby: int | None = row["standby"]
-        return standby
+        return Renewal(standby, sent_at)
 
     async def release(self, term: int, reason: str) -> None:
         conn = self._require()
-        await conn.execute(self._q.release, self._namespace, term, reason)
+        await conn.execute(self._q.release, self.namespace, term, reason)
+        self._term = None
         await conn.execute("SELECT pg_advisory_unlock($1)", self._key)
+        self._holds_claim = False
 
     async def successor(self) -> int | None:
         node: int | None = await self._require().fetchval(
-            self._q.successor, self._namespace, self._node
+            self._q.successor, self.namespace, self._node
         )
         return node
 
     async def survey(
         self,
     ) -> tuple[bool, tuple[int, int] | None, tuple[int, int, int] | None]:
-        row = await self._require().fetchrow(self._q.survey, self._namespace, *self._key_halves)
+        row = await self._require().fetchrow(self._q.survey, self.namespace, *self._key_halves)
         assert row is not None
         best = None if row["node"] is None else (int(row["priority"]), int(row["node"]))
         held = bool(row["held"])
@@ -635,50 +453,16 @@ class PostgresTransport(Transport):
         return held, best, leader
 
     async def is_member(self, node: int, priority: int) -> bool:
-        found = await self._require().fetchval(self._q.is_member, self._namespace, node, priority)
+        found = await self._require().fetchval(self._q.is_member, self.namespace, node, priority)
         return bool(found)
 
     async def leader(self) -> LeaderRecord | None:
-        row = await self._require().fetchrow(self._q.leader_record, self._namespace)
+        row = await self._require().fetchrow(self._q.leader_record, self.namespace)
         return None if row is None else LeaderRecord(**dict(row))
 
     async def watch(self, leader: int) -> Freed:
-        if self._connect is None:
+        session = self._session
+        if self._connect is None or session is None:
             await asyncio.Future()  # a borrowed connection has no standby watcher
-        key = self._names.anchor_key(leader)
-        conn = await self._new_connection()
-        try:
-            # The wait goes on in rounds of a bounded lock wait on this one connection (so
-            # what it observed still holds): a backend blocked on a lock does not notice
-            # that its client has gone, and a watcher dropped while waiting must not leave
-            # its backend behind for longer than a round. Where PostgreSQL can (14 and
-            # later), the backend also checks every second that its client is still there.
-            wait_ms = max(1000, int(2 * self._lease * 1000))
-            await conn.execute(f"SET statement_timeout = 0; SET lock_timeout = {wait_ms}")
-            with contextlib.suppress(asyncpg.UndefinedObjectError):
-                await conn.execute("SET client_connection_check_interval = 1000")
-            if await conn.fetchval("SELECT pg_try_advisory_lock_shared($1)", key):
-                await conn.execute("SELECT pg_advisory_unlock_shared($1)", key)
-                return await self._how_ended(conn, leader, observed=False)
-            while True:
-                try:
-                    await conn.execute(
-                        "SELECT pg_advisory_lock_shared($1), pg_advisory_unlock_shared($1)", key
-                    )
-                    break
-                except (TimeoutError, asyncpg.LockNotAvailableError):
-                    continue
-            return await self._how_ended(conn, leader, observed=True)
-        finally:
-            conn.terminate()
-
-    async def _how_ended(
-        self, conn: asyncpg.Connection[Any], leader: int, *, observed: bool
-    ) -> Freed:
-        # A leader that resigns marks its term released before it lets go of anything.
-        row = await conn.fetchrow(self._q.leader_released, self._namespace)
-        if row is None or row["node"] != leader:
-            return Freed.UNOBSERVED  # the leadership had moved on already
-        if row["released"]:
-            return Freed.RELEASED
-        return Freed.DIED if observed else Freed.UNOBSERVED
+        assert session is not None
+        return await session.watch(leader, self.namespace)

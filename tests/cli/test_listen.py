@@ -74,11 +74,16 @@ async def test_listen_prints_junk_as_rejected_and_filters_namespaces(dsn: str) -
     conn = await asyncpg.connect(dsn)
     sender = await asyncpg.connect(dsn)
     try:
-        task = asyncio.create_task(listen(conn, Names(), everything, count=3, ready=ready.set))
+        task = asyncio.create_task(
+            listen(
+                conn, Names(), everything, namespace="reports", count=3, ready=lambda _: ready.set()
+            )
+        )
         await asyncio.wait_for(ready.wait(), 10)
         good = encode(Message(Kind.ELECTION, "reports", Rank(5, 42)))
         for payload in ("not json at all", good, '{"v": 1, "ns": 7}'):
-            await sender.execute("SELECT pg_notify($1, $2)", Names().channel, payload)
+            channel = Names().group_channel("reports")
+            await sender.execute("SELECT pg_notify($1, $2)", channel, payload)
         assert await asyncio.wait_for(task, 10) == 3
     finally:
         await conn.close()

@@ -61,8 +61,8 @@ async def test_status_json_reports_the_leader_that_leads(dsn: str) -> None:
             assert status["leader"]["node"] == leader.node
             assert status["leader"]["term"] == leader.leadership.term
             assert status["leader"]["pid"] == leader._member.pid
-            # heard on the channel within the default wait (heartbeat 0.1 s here)
-            assert status["leader"]["heartbeat_age"] is not None
+            # heard through its session's lease renewals (every 0.1 s here)
+            assert 0 <= status["leader"]["heartbeat_age"] < 1
             nodes = sorted((g.node or 0 for g in members), reverse=True)
             assert [m["node"] for m in status["members"]] == nodes  # rank order: highest first
             assert [m["rank"] for m in status["members"]] == list(range(1, len(nodes) + 1))
@@ -90,7 +90,7 @@ async def test_status_shows_a_hand_over_in_the_terms(dsn: str, namespace: str) -
 
         conn = await asyncpg.connect(dsn)
         try:
-            snap = await snapshot(conn, Names(), namespace=namespace, wait=1.0)
+            snap = await snapshot(conn, Names(), namespace=namespace)
         finally:
             await conn.close()
         (group,) = snap.groups
@@ -121,7 +121,7 @@ async def test_status_text_and_namespace_filter(dsn: str, namespace: str) -> Non
         assert f"group {namespace!r}" in result.stdout
         assert f"{namespace}-other" not in result.stdout
         assert f"leader     node {leader.node} " in result.stdout
-        assert "heartbeat heard" in result.stdout
+        assert "lease      renewed" in result.stdout
 
 
 @pytest.mark.timeout(60)

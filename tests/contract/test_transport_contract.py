@@ -151,7 +151,7 @@ async def test_renewal_fails_once_the_term_is_gone(make: Factory) -> None:
     a, b = await opened(make), await opened(make)
     granted = await a.transport.claim(fence=False)
     assert granted is not None
-    assert await a.transport.renew(granted.term) == b.node  # the standby
+    assert (await a.transport.renew(granted.term)).standby == b.node
     record = await b.transport.leader()
     assert record is not None
     assert (record.node, record.term, record.released) == (a.node, granted.term, False)

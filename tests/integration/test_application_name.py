@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from contextlib import AsyncExitStack
 
 import asyncpg
@@ -9,7 +11,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from notifelect import ElectionGroup
-from notifelect.transport.connect import application_name_for
+from notifelect.transport.connect import ANCHOR_NAME, APPLICATION_NAME, WATCHER_NAME
 from tests.support.servers import sqlalchemy_url
 from tests.support.waiting import settled, until
 
@@ -41,7 +43,7 @@ async def _names_of_running_group(
 @pytest.mark.timeout(30)
 async def test_sessions_of_a_group_on_a_dsn_carry_notifelect(dsn: str, namespace: str) -> None:
     names = await _names_of_running_group(dsn, namespace, [dsn, dsn])
-    assert names == [application_name_for(namespace)] * 2
+    assert names == [APPLICATION_NAME] * 2
 
 
 @pytest.mark.timeout(30)
@@ -51,7 +53,7 @@ async def test_sessions_of_a_group_on_an_engine_carry_notifelect(dsn: str, names
         names = await _names_of_running_group(dsn, namespace, [engine, engine])
     finally:
         await engine.dispose()
-    assert names == [application_name_for(namespace)] * 2
+    assert names == [APPLICATION_NAME] * 2
 
 
 @pytest.mark.timeout(30)
@@ -82,11 +84,26 @@ async def test_pgappname_names_the_sessions(
     assert names == ["from-pgappname", "from-pgappname"]
 
 
-def test_the_default_name_fits_what_postgresql_keeps() -> None:
-    assert application_name_for("reports") == "notifelect:reports"
-    long = application_name_for("é" * 100)
-    assert len(long.encode()) <= 63
-    assert long.startswith("notifelect:é")
+@pytest.mark.timeout(30)
+async def test_anchor_and_watcher_sessions_are_named_apart(dsn: str, namespace: str) -> None:
+    wanted = {APPLICATION_NAME, ANCHOR_NAME, WATCHER_NAME}
+    async with ElectionGroup(dsn, namespace) as a, ElectionGroup(dsn, namespace) as b:
+        groups = [a, b]
+        await until(groups, lambda: settled(groups), timeout=10, what="a settled leader")
+        conn = await asyncpg.connect(dsn)
+        try:
+            deadline = time.monotonic() + 10
+            found: set[str] = set()
+            while not wanted <= found and time.monotonic() < deadline:
+                rows = await conn.fetch(
+                    "SELECT application_name FROM pg_stat_activity"
+                    " WHERE datname = current_database()"
+                )
+                found = {r["application_name"] for r in rows}
+                await asyncio.sleep(0.05)  # polling the server's view, not synchronising
+        finally:
+            await conn.close()
+    assert wanted <= found  # the standby watches the leader's anchor
 
 
 def _with_query(dsn: str, parameter: str) -> str:

@@ -23,8 +23,10 @@ async def test_two_namespaces_elect_independent_leaders(dsn: str) -> None:
         every = groups["alpha"] + groups["beta"]
         await until(every, lambda: all(settled(ms) for ms in groups.values()), timeout=10)
         leaders = {name: next(g for g in ms if g.is_leader) for name, ms in groups.items()}
-        assert leaders["alpha"].node != leaders["beta"].node
-        # Stopping alpha's leader does not disturb beta.
+        # Groups on one DSN share the process's sessions: three nodes serve both groups.
+        assert {g.node for g in groups["alpha"]} == {g.node for g in groups["beta"]}
+        assert len({g.node for g in every}) == 3
+        # Stopping alpha's leader does not disturb beta, even on a shared session.
         beta_term = leaders["beta"].leadership.term  # type: ignore[union-attr]
         await leaders["alpha"].close()
         rest = [g for g in groups["alpha"] if g is not leaders["alpha"]]
@@ -69,7 +71,9 @@ async def test_node_whose_connection_is_terminated_is_never_leader_after(
         await admin.execute("SELECT pg_terminate_backend($1)", victim.get_server_pid())
         await until(groups, lambda: not leader.is_leader, timeout=5)
         others = [g for g in groups if g is not leader]
-        await until(others, lambda: sum(g.is_leader for g in others) == 1, timeout=5)
+        # No anchor on a borrowed connection: the others notice the silence, then wait out
+        # the lease (leader_timeout + lease + jitter; the bound is generous).
+        await until(others, lambda: sum(g.is_leader for g in others) == 1, timeout=15)
         # A borrowed connection cannot be replaced: the node stays out for good.
         await asyncio.sleep(0.5)  # observation window
         assert not leader.is_leader

@@ -156,11 +156,12 @@ async def test_a_replayed_heartbeat_does_not_keep_a_silent_leader_in_place(
             await b.wait_for_leader(timeout=10)
             assert a.node is not None
             heartbeat = encode(Message(Kind.HEARTBEAT, namespace, Rank(0, a.node), term=ls.term))
+            channel = Names().group_channel(namespace)
             proxy.set_mode(Mode.BLACKHOLE)
 
             async def replay() -> None:
                 while True:
-                    await sender.execute("SELECT pg_notify('ch_notifelect', $1)", heartbeat)
+                    await sender.execute("SELECT pg_notify($1, $2)", channel, heartbeat)
                     await asyncio.sleep(0.05)  # the attacker's cadence
 
             replaying = asyncio.create_task(replay())
@@ -209,16 +210,18 @@ async def test_a_stuck_claimer_is_fenced(dsn: str, namespace: str) -> None:
 async def test_standby_watchers_leave_no_backend_behind(dsn: str, namespace: str) -> None:
     # Members come and go while one leader stays: each standby's watcher is dropped when
     # the standby changes, and its backend, blocked on a lock, must not linger.
+    # (Newcomers of a higher priority become the standby; no one preempts the leader.)
+    steady = FAST.replace(preempt="never")
     admin = await asyncpg.connect(dsn)
     try:
         async with (
-            ElectionGroup(dsn, namespace, FAST) as leader,
-            ElectionGroup(dsn, namespace, FAST) as standby,
+            ElectionGroup(dsn, namespace, steady) as leader,
+            ElectionGroup(dsn, namespace, steady) as standby,
         ):
             await leader.wait_for_leadership(timeout=10)
             await standby.wait_for_leader(timeout=10)
             for _ in range(4):  # each newcomer becomes the standby, then leaves
-                async with ElectionGroup(dsn, namespace, FAST) as member:
+                async with ElectionGroup(dsn, namespace, steady.replace(priority=1)) as member:
                     await member.wait_for_leader(timeout=10)
                     await until([leader], lambda: _standby_is(leader, member), timeout=10)
 

@@ -1,0 +1,743 @@
+"""One election session per process and database, shared by every group on it.
+
+(Longer than most modules on purpose: a session's three kinds of connection, and the order
+in which they open, break and close, belong together.)
+
+A :class:`Session` owns what used to be every group's own:
+
+* the *election connection*: it listens on the channel of each group, holds the claim
+  (a session advisory lock) of each group it leads, and runs one statement per interval
+  that renews the session's lease for all of them and reads every group's leadership (the
+  followers' heartbeat);
+* the *anchor*: an idle session holding a lock named after the session's node id, ended
+  only with the process (or after every group has stopped its leader work), which a
+  standby watches to notice a crashed leader within milliseconds;
+* *watchers*: one connection per leader session that this process stands by for, however
+  many of its groups that leader leads.
+
+Groups join and leave a session independently (:class:`~.postgres.PostgresTransport` is a
+group's handle on it). When the election connection or the anchor is lost, every group is
+told at once; the connection is dropped once every group has let go of it (their leader
+work stopped), and the anchor once every group's work has stopped. The groups then open a
+new session, with a new node id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import math
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+
+from .._clock import now
+from ..errors import ConfigurationError, SchemaError
+from ..schema import SCHEMA_VERSION, Names, missing_schema_message, required_relations
+from ..sql import RELATIONS_EXIST, ElectionQueries, schema_version
+from .base import Freed, LeaderRecord, TransportError
+from .connect import ANCHOR_NAME, APPLICATION_NAME, WATCHER_NAME
+
+if TYPE_CHECKING:
+    from .postgres import PostgresTransport
+
+log = logging.getLogger(__name__)
+
+Connect = Callable[[], Awaitable["asyncpg.Connection[Any]"]]
+#: How long the first open waits for a notification sent by a second session to itself.
+PROBE_TIMEOUT = 2.0
+_POOLER_FIX = (
+    "LISTEN/NOTIFY and session advisory locks do not work through a pooler in transaction or "
+    "statement mode (such as PgBouncer with pool_mode = transaction), so the election could "
+    "not keep one leader. Connect notifelect directly to PostgreSQL (give ElectionGroup its "
+    "own DSN or engine that bypasses the pooler) or use a pool in session mode "
+    "(PgBouncer: pool_mode = session)"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    """What a session's groups must agree on; groups that differ get sessions of their own."""
+
+    lease: float
+    leader_timeout: float
+    io_timeout: float
+    interval: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Tick:
+    """One periodic statement of the session: when it was sent and what it read."""
+
+    sent_at: float
+    records: dict[str, LeaderRecord]
+
+
+class _Serial:
+    """The election connection, used by every group's driver and claims at once.
+
+    asyncpg runs one operation per connection at a time; this runs them one after another
+    instead of failing with "another operation is in progress". Every call is bounded by
+    ``timeout`` (waiting for the connection included) and every failure of the driver
+    comes out as a :class:`TransportError`; the first one breaks the session
+    (``on_broken``), so a black-holed path never hangs an election.
+    """
+
+    def __init__(
+        self, conn: asyncpg.Connection[Any], timeout: float, on_broken: Callable[[str], None]
+    ) -> None:
+        self.raw = conn
+        self.timeout = timeout
+        self._lock = asyncio.Lock()
+        self._broken: str | None = None
+        self._on_broken = on_broken
+
+    def _break(self, reason: str) -> None:
+        if self._broken is None:
+            self._broken = reason
+            self._on_broken(reason)
+
+    @contextlib.asynccontextmanager
+    async def _bounded(self, what: str, timeout: float | None) -> AsyncIterator[None]:
+        limit = self.timeout if timeout is None else timeout
+        if self._broken is not None:
+            # A call was cut off mid-way: the connection's state is unknown. It stays open
+            # (it holds claims) until every group lets go of it, but it is used no more.
+            raise TransportError(f"{what} refused: {self._broken}")
+        try:
+            async with asyncio.timeout(limit), self._lock:
+                try:
+                    yield
+                except asyncio.CancelledError:
+                    self._break(f"an earlier call was cancelled while it ran ({what})")
+                    raise
+        except TimeoutError as exc:
+            self._break(f"{what} took over {limit:g}s")
+            raise TransportError(f"{what} on the election connection took over {limit:g}s") from exc
+        except (
+            asyncpg.PostgresConnectionError,
+            asyncpg.InterfaceError,
+            asyncpg.InternalClientError,
+            OSError,
+        ) as exc:
+            self._break(f"{what} failed: {exc!r}")
+            raise TransportError(f"{what} failed: {exc!r}") from exc
+        except asyncpg.AdminShutdownError as exc:
+            self._break("the server ended the session")
+            raise TransportError(f"{what} failed: the server ended the session") from exc
+
+    async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:
+        async with self._bounded("a statement", timeout):
+            return await self.raw.execute(query, *args)
+
+    async def fetch(self, query: str, *args: Any, timeout: float | None = None) -> list[Any]:
+        async with self._bounded("a query", timeout):
+            return await self.raw.fetch(query, *args)
+
+    async def fetchval(self, query: str, *args: Any, timeout: float | None = None) -> Any:
+        async with self._bounded("a query", timeout):
+            return await self.raw.fetchval(query, *args)
+
+    async def fetchrow(
+        self, query: str, *args: Any, timeout: float | None = None
+    ) -> asyncpg.Record | None:
+        async with self._bounded("a query", timeout):
+            return await self.raw.fetchrow(query, *args)
+
+    async def add_listener(self, channel: str, callback: Any) -> None:
+        async with self._bounded("LISTEN", None):
+            await self.raw.add_listener(channel, callback)
+
+    async def remove_listener(self, channel: str, callback: Any) -> None:
+        async with self._bounded("UNLISTEN", None):
+            await self.raw.remove_listener(channel, callback)
+
+    @contextlib.asynccontextmanager
+    async def transaction(
+        self, timeout: float | None = None
+    ) -> AsyncIterator[asyncpg.Connection[Any]]:
+        async with self._bounded("a transaction", timeout), self.raw.transaction():
+            yield self.raw
+
+
+class _Watcher:
+    """One connection waiting on one leader session's anchor, for every group of this
+    process that stands by for that leader."""
+
+    def __init__(self, session: Session, node: int) -> None:
+        self.session = session
+        self.node = node
+        self.waiting: dict[str, asyncio.Future[Freed]] = {}
+        self.task = asyncio.create_task(self._run(), name=f"notifelect:watch:{node}")
+
+    def add(self, namespace: str) -> asyncio.Future[Freed]:
+        old = self.waiting.pop(namespace, None)
+        if old is not None and not old.done():
+            old.cancel()
+        future: asyncio.Future[Freed] = asyncio.get_running_loop().create_future()
+        self.waiting[namespace] = future
+        return future
+
+    def discard(self, namespace: str, future: asyncio.Future[Freed]) -> None:
+        if self.waiting.get(namespace) is future:
+            del self.waiting[namespace]
+        if not self.waiting and not self.task.done():
+            self.task.cancel()
+
+    def _finish(self, how: dict[str, Freed], error: BaseException | None = None) -> None:
+        for namespace, future in list(self.waiting.items()):
+            if future.done():
+                continue
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(how.get(namespace, Freed.UNOBSERVED))
+        self.waiting.clear()
+
+    async def _run(self) -> None:
+        try:
+            how = await self._watch()
+        except asyncio.CancelledError:
+            self._finish({}, TransportError("the watcher was stopped"))
+            raise
+        except Exception as exc:
+            self._finish({}, exc)
+        else:
+            self._finish(how)
+        finally:
+            if self.session._watchers.get(self.node) is self:
+                del self.session._watchers[self.node]
+
+    async def _watch(self) -> dict[str, Freed]:
+        s = self.session
+        key = s.names.anchor_key(self.node)
+        conn = await s.new_connection(WATCHER_NAME)
+        try:
+            # The wait goes on in rounds of a bounded lock wait on this one connection (so
+            # what it observed still holds): a backend blocked on a lock does not notice
+            # that its client has gone, and a watcher dropped while waiting must not leave
+            # its backend behind for longer than a round. Where PostgreSQL can (14 and
+            # later), the backend also checks every second that its client is still there.
+            wait_ms = max(1000, int(2 * s.timing.lease * 1000))
+            await conn.execute(f"SET statement_timeout = 0; SET lock_timeout = {wait_ms}")
+            with contextlib.suppress(asyncpg.UndefinedObjectError):
+                await conn.execute("SET client_connection_check_interval = 1000")
+            observed = not await conn.fetchval("SELECT pg_try_advisory_lock_shared($1)", key)
+            if not observed:
+                await conn.execute("SELECT pg_advisory_unlock_shared($1)", key)
+            while observed:
+                try:
+                    await conn.execute(
+                        "SELECT pg_advisory_lock_shared($1), pg_advisory_unlock_shared($1)", key
+                    )
+                    break
+                except (TimeoutError, asyncpg.LockNotAvailableError):
+                    continue
+            # A leader that resigns marks its term released before it lets go of anything.
+            rows = await conn.fetch(s.queries.leaders_released, list(self.waiting))
+            how: dict[str, Freed] = {}
+            for row in rows:
+                if row["node"] != self.node:
+                    how[row["namespace"]] = Freed.UNOBSERVED  # leadership moved on already
+                elif row["released"]:
+                    how[row["namespace"]] = Freed.RELEASED
+                else:
+                    how[row["namespace"]] = Freed.DIED if observed else Freed.UNOBSERVED
+            return how
+        finally:
+            conn.terminate()
+
+
+class Session:
+    """The shared election session of one process on one database (module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        key: Hashable,
+        names: Names,
+        timing: Timing,
+        host: str,
+        pid: int,
+        connect: Connect | None,
+        connection: asyncpg.Connection[Any] | None,
+    ) -> None:
+        self.key = key
+        self.names = names
+        self.timing = timing
+        self.queries = ElectionQueries(names)
+        self._host = host
+        self._pid = pid
+        self._connect = connect
+        self._borrowed = connection
+        self.node: int | None = None
+        self.conn: asyncpg.Connection[Any] | None = None
+        self.serial: _Serial | None = None
+        self.anchor: asyncpg.Connection[Any] | None = None
+        self.broken: str | None = None
+        self.closed = False
+        self.last_tick: Tick | None = None
+        self._opening: asyncio.Task[None] | None = None
+        self._groups: dict[str, PostgresTransport] = {}
+        #: Groups that must still let go (detach) / stop their work (release the anchor)
+        #: before the connection / the anchor of a broken session is dropped.
+        self._holding: set[PostgresTransport] = set()
+        self._working: set[PostgresTransport] = set()
+        self._ticker: asyncio.Task[None] | None = None
+        self._watchers: dict[int, _Watcher] = {}
+        self._standbys_at = 0.0
+        self._wake = asyncio.Event()
+
+    def _extra(self, event: str) -> dict[str, object]:
+        return {"notifelect_event": event, "notifelect_node": self.node}
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        return tuple(self._groups)
+
+    @property
+    def usable(self) -> bool:
+        return self.broken is None and not self.closed
+
+    # ------------------------------------------------------------ joining and leaving
+
+    async def join(self, group: PostgresTransport) -> int:
+        """Open the session if needed and add ``group`` (reserved by the registry),
+        listening on its channel."""
+        try:
+            if self._opening is None:
+                self._opening = asyncio.ensure_future(self._open())
+            await asyncio.shield(self._opening)
+        except BaseException:
+            self.forget(group)
+            raise
+        if not self.usable:
+            self.forget(group)
+            raise TransportError(f"the election session ended: {self.broken or 'closed'}")
+        serial = self.serial
+        assert serial is not None
+        assert self.node is not None
+        self._holding.add(group)
+        self._working.add(group)
+        try:
+            await serial.add_listener(group.channel, self._notified)
+        except BaseException:
+            self.forget(group)
+            self._holding.discard(group)
+            self._working.discard(group)
+            raise
+        if self._ticker is None:
+            self._ticker = asyncio.create_task(self._tick_loop(), name="notifelect:session")
+        return self.node
+
+    async def leave(self, group: PostgresTransport) -> None:
+        """Remove ``group``: stop listening on its channel; close the session if it was
+        the last. Never raises."""
+        if self._groups.get(group.namespace) is group:
+            del self._groups[group.namespace]
+            serial = self.serial
+            if self.usable and serial is not None:
+                with contextlib.suppress(Exception):
+                    await serial.remove_listener(group.channel, self._notified)
+        self.detach(group)
+        self.work_stopped(group)
+        if not self._groups and self.usable:
+            await self.close()
+
+    def detach(self, group: PostgresTransport) -> None:
+        """``group`` holds nothing on the connection any more (see the module docstring)."""
+        self._holding.discard(group)
+        if self.broken is not None and not self._holding:
+            self._drop_connection()
+
+    def work_stopped(self, group: PostgresTransport) -> None:
+        """``group``'s leader work has stopped; a broken session's anchor may go."""
+        self._working.discard(group)
+        if self.broken is not None and not self._working and not self._holding:
+            self._drop_anchor()
+
+    def forget(self, group: PostgresTransport) -> None:
+        """Drop ``group`` from the session without talking to the database."""
+        if self._groups.get(group.namespace) is group:
+            del self._groups[group.namespace]
+
+    # ------------------------------------------------------------ opening
+
+    async def _open(self) -> None:
+        try:
+            async with asyncio.timeout(self.timing.io_timeout + PROBE_TIMEOUT):
+                await self._connect_all()
+        except TimeoutError as exc:
+            self._fail(f"connecting took over {self.timing.io_timeout + PROBE_TIMEOUT:g}s")
+            raise TransportError(
+                "connecting the election session took over "
+                f"{self.timing.io_timeout + PROBE_TIMEOUT:g}s"
+            ) from exc
+        except BaseException as exc:
+            self._fail(repr(exc))
+            raise
+
+    def _fail(self, reason: str) -> None:
+        self.closed = True
+        _REGISTRY.discard(self)
+        self._terminate_all()
+        log.debug("election session could not open: %s", reason)
+
+    async def _connect_all(self) -> None:
+        conn = self._borrowed if self._borrowed is not None else await self.new_connection()
+        self.conn = conn
+        await self._check_environment(conn)
+        await self._check_schema(conn)
+        await self._bound_waits(conn)
+        self.node = int(await conn.fetchval(self.queries.next_node))
+        if self._connect is not None:
+            self.anchor = await self._open_anchor(self.node)
+        conn.add_termination_listener(self._terminated)
+        await conn.execute(self.queries.register_session, self.node, self._host, self._pid)
+        self.serial = _Serial(conn, self.timing.io_timeout, self.lose)
+        log.info("election session node %s opened", self.node, extra=self._extra("session_opened"))
+
+    async def new_connection(
+        self, application_name: str = APPLICATION_NAME
+    ) -> asyncpg.Connection[Any]:
+        assert self._connect is not None
+        conn = await self._connect()
+        if application_name != APPLICATION_NAME:
+            # Named apart from the election sessions unless the user named them all.
+            try:
+                await conn.execute(
+                    "SELECT set_config('application_name', $2, false)"
+                    " WHERE current_setting('application_name') = $1",
+                    APPLICATION_NAME,
+                    application_name,
+                )
+            except BaseException:
+                conn.terminate()
+                raise
+        return conn
+
+    async def _bound_waits(self, conn: asyncpg.Connection[Any]) -> None:
+        """Let the server itself end any lock wait of the election session after
+        ``io_timeout`` (the claim's own waits set a shorter one), and end the session of a
+        client that has gone even while it waits (PostgreSQL 14 and later): a client-side
+        timeout alone would leave a backend behind, waiting and holding what it took."""
+        if self._borrowed is not None:
+            return  # a borrowed connection's settings are its owner's
+        await conn.execute(f"SET lock_timeout = {max(1, int(self.timing.io_timeout * 1000))}")
+        with contextlib.suppress(asyncpg.UndefinedObjectError):
+            await conn.execute("SET client_connection_check_interval = 1000")
+
+    async def _open_anchor(self, node: int) -> asyncpg.Connection[Any]:
+        """Open the session's anchor and take its lock (see the module docstring).
+
+        It is set up so that the server does not end it before a lease has run out (no
+        ``tcp_user_timeout``, keep-alive probes spread over more than a lease, no idle
+        timeout), and notifelect never terminates another node's anchor: its end is
+        evidence that the process is gone (or that every group stopped its work).
+        """
+        anchor = await self.new_connection(ANCHOR_NAME)
+        try:
+            probe = max(1, math.ceil(self.timing.lease))
+            await anchor.execute(
+                "SELECT set_config('tcp_user_timeout', '0', false),"
+                " set_config('tcp_keepalives_idle', $1, false),"
+                " set_config('tcp_keepalives_interval', $1, false),"
+                " set_config('tcp_keepalives_count', '3', false),"
+                " set_config('statement_timeout', '0', false),"
+                " set_config('idle_in_transaction_session_timeout', '0', false)",
+                str(probe),
+            )
+            with contextlib.suppress(asyncpg.UndefinedObjectError):  # PostgreSQL < 14
+                await anchor.execute("SET idle_session_timeout = 0")
+            lock = max(1, int(self.timing.io_timeout * 1000))
+            try:
+                await anchor.execute(f"SET lock_timeout = {lock}")
+                await anchor.execute("SELECT pg_advisory_lock($1)", self.names.anchor_key(node))
+                await anchor.execute("SET lock_timeout = 0")
+            except asyncpg.LockNotAvailableError as exc:
+                raise TransportError(f"node id {node} is anchored by another session") from exc
+            anchor.add_termination_listener(self._anchor_terminated)
+        except BaseException:
+            anchor.terminate()
+            raise
+        return anchor
+
+    async def _check_schema(self, conn: asyncpg.Connection[Any]) -> None:
+        present = await conn.fetchval(RELATIONS_EXIST, required_relations(self.names))
+        if not present:
+            raise SchemaError(missing_schema_message(self.names, None))
+        version = await conn.fetchval(schema_version(self.names))
+        if version != SCHEMA_VERSION:
+            raise SchemaError(missing_schema_message(self.names, version))
+
+    async def _check_environment(self, conn: asyncpg.Connection[Any]) -> None:
+        """Fail fast (once per session) if the session is not PostgreSQL's own.
+
+        A transaction-pooling proxy hands each transaction to whichever server session is
+        free: another client can share our backend (and our advisory locks), and a
+        notification sent to us while we are idle is never delivered. A second session
+        therefore compares backend pids and notifies a private channel this one listens on.
+        A borrowed connection has no second session; it only gets the prepared-statement
+        check that such proxies usually trip.
+        """
+        try:
+            await self._probe_session(conn)
+        except (
+            asyncpg.exceptions.DuplicatePreparedStatementError,
+            asyncpg.exceptions.InvalidSQLStatementNameError,
+        ) as exc:
+            raise ConfigurationError(
+                f"the election connection lost its prepared statements between transactions "
+                f"({exc.__class__.__name__}), so it goes through a transaction-pooling proxy; "
+                + _POOLER_FIX
+            ) from exc
+
+    async def _probe_session(self, conn: asyncpg.Connection[Any]) -> None:
+        pid = await conn.fetchval("SELECT pg_backend_pid()")
+        if self._connect is None:
+            return
+        channel = f"notifelect_probe_{pid}_{secrets.token_hex(4)}"
+        arrived = asyncio.Event()
+
+        def on_probe(*_: object) -> None:
+            arrived.set()
+
+        await conn.add_listener(channel, on_probe)
+        try:
+            other = await self.new_connection()
+            try:
+                other_pid = await other.fetchval("SELECT pg_backend_pid()")
+                if other_pid == pid:
+                    raise ConfigurationError(
+                        f"two connections to the database share one server session (backend "
+                        f"pid {pid}): they go through a transaction-pooling proxy; " + _POOLER_FIX
+                    )
+                await other.execute("SELECT pg_notify($1, '')", channel)
+            finally:
+                other.terminate()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(arrived.wait(), PROBE_TIMEOUT)
+            if not arrived.is_set():
+                # A direct session has received it by the end of its next round trip.
+                await conn.fetchval("SELECT 1")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(arrived.wait(), 0.2)
+            if not arrived.is_set():
+                raise ConfigurationError(
+                    f"a notification sent to this connection by another one never arrived "
+                    f"(waited {PROBE_TIMEOUT:g}s): it goes through a transaction-pooling "
+                    "proxy; " + _POOLER_FIX
+                )
+        finally:
+            if not conn.is_closed():
+                with contextlib.suppress(Exception):  # never mask the probe's own error
+                    await conn.remove_listener(channel, on_probe)
+
+    # ------------------------------------------------------------ traffic in
+
+    def _notified(self, _conn: object, _pid: int, channel: str, payload: object) -> None:
+        if not isinstance(payload, str):
+            return
+        for group in list(self._groups.values()):
+            if group.channel == channel:
+                group.notified(payload)
+
+    def _terminated(self, conn: object) -> None:
+        if conn is self.conn:
+            self.lose("the election connection was closed")
+
+    def _anchor_terminated(self, conn: object) -> None:
+        if conn is self.anchor:
+            self.anchor = None
+            self.lose("the anchor session ended")
+
+    def lose(self, reason: str) -> None:
+        """The session can no longer vouch for its groups: tell every one of them.
+
+        Their gates close in the callbacks; the connection (and the claims on it) stays
+        until every group has let go, the anchor until every group's work has stopped.
+        """
+        if self.broken is not None or self.closed:
+            return
+        self.broken = reason
+        _REGISTRY.discard(self)
+        log.warning(
+            "election session node %s lost: %s; its groups step down and reconnect",
+            self.node,
+            reason,
+            extra=self._extra("session_lost"),
+        )
+        self._wake.set()  # the periodic statement ends by itself (never cut off mid-call)
+        for watcher in list(self._watchers.values()):
+            watcher.task.cancel()
+        for group in list(self._groups.values()):
+            group.lost()
+        self._groups.clear()
+        if not self._holding:
+            self._drop_connection()
+        if not self._holding and not self._working:
+            self._drop_anchor()
+
+    # ------------------------------------------------------------ the periodic statement
+
+    async def _tick_loop(self) -> None:
+        interval = self.timing.interval
+        while self.usable:
+            started = now()
+            try:
+                await self._tick()
+                if now() - self._standbys_at >= self.timing.leader_timeout:
+                    await self._update_standbys()
+            except TransportError:
+                return  # the session is lost (the serial connection broke it)
+            except Exception as exc:  # a bug, or a refusal of the database: start afresh
+                log.exception("election session node %s: periodic statement failed", self.node)
+                self.lose(f"the periodic statement failed: {exc!r}")
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(0.0, started + interval - now()))
+
+    async def _tick(self) -> None:
+        serial = self.serial
+        if serial is None or not self._groups:
+            return
+        sent_at = now()
+        rows = await serial.fetch(self.queries.tick, self.node, list(self._groups))
+        if not rows or not rows[0]["renewed"]:
+            self.lose("the session's row is gone from the session table")
+            return
+        records: dict[str, LeaderRecord] = {}
+        for row in rows:
+            if row["namespace"] is None:
+                continue
+            fields = dict(row)
+            del fields["renewed"]
+            namespace = fields.pop("namespace")
+            records[namespace] = LeaderRecord(**fields)
+        tick = Tick(sent_at, records)
+        self.last_tick = tick
+        for namespace, group in list(self._groups.items()):
+            group.ticked(tick, records.get(namespace))
+
+    async def _update_standbys(self) -> None:
+        serial = self.serial
+        led = [ns for ns, g in self._groups.items() if g.leading]
+        self._standbys_at = now()
+        if serial is None or not led:
+            return
+        await serial.fetch(self.queries.update_standbys, self.node, led)
+
+    # ------------------------------------------------------------ watching other sessions
+
+    async def watch(self, leader: int, namespace: str) -> Freed:
+        """Wait until ``leader``'s session ends (one watcher per leader, for every group)."""
+        watcher = self._watchers.get(leader)
+        if watcher is None or watcher.task.done():
+            watcher = _Watcher(self, leader)
+            self._watchers[leader] = watcher
+        future = watcher.add(namespace)
+        try:
+            return await future
+        finally:
+            watcher.discard(namespace, future)
+
+    @property
+    def watchers(self) -> int:
+        """How many leader sessions this session watches now."""
+        return len(self._watchers)
+
+    # ------------------------------------------------------------ closing
+
+    async def close(self) -> None:
+        """Unregister and disconnect within about two ``io_timeout``; never raises."""
+        if self.closed:
+            return
+        self.closed = True
+        _REGISTRY.discard(self)
+        self._wake.set()
+        ticker = self._ticker
+        if ticker is not None and not ticker.done():
+            # Let a statement in flight finish rather than cut it off (bounded).
+            with contextlib.suppress(Exception, TimeoutError):
+                await asyncio.wait_for(asyncio.shield(ticker), self.timing.io_timeout)
+            ticker.cancel()
+        for watcher in list(self._watchers.values()):
+            watcher.task.cancel()
+        conn = self.conn
+        try:
+            if conn is not None and not conn.is_closed() and self.broken is None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(
+                        conn.execute(self.queries.unregister_session, self.node),
+                        timeout=self.timing.io_timeout,
+                    )
+                if conn is not self._borrowed:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(conn.close(), timeout=self.timing.io_timeout)
+        finally:
+            self._terminate_all()
+
+    def _terminate_all(self) -> None:
+        self._drop_connection()
+        self._drop_anchor()
+
+    def _drop_connection(self) -> None:
+        conn = self.conn
+        if conn is None:
+            return
+        conn.remove_termination_listener(self._terminated)
+        if conn is not self._borrowed and not conn.is_closed():
+            conn.terminate()
+
+    def _drop_anchor(self) -> None:
+        anchor, self.anchor = self.anchor, None
+        if anchor is not None:
+            anchor.remove_termination_listener(self._anchor_terminated)
+            anchor.terminate()
+
+
+class _Registry:
+    """The open sessions of this process, by event loop and what they connect to.
+
+    A session holds at most one member of each group: a second member of a group in the
+    same process (tests, or several nodes of one group on purpose) gets a session of its
+    own.
+    """
+
+    def __init__(self) -> None:
+        self._sessions: dict[tuple[asyncio.AbstractEventLoop, Hashable], list[Session]] = {}
+
+    def take(self, key: Hashable, group: PostgresTransport, make: Callable[[], Session]) -> Session:
+        """A usable session of ``key`` without ``group``'s namespace, with it reserved."""
+        loop = asyncio.get_running_loop()
+        sessions = self._sessions.setdefault((loop, key), [])
+        sessions[:] = [s for s in sessions if s.usable]
+        for session in sessions:
+            if group.namespace not in session._groups:
+                break
+        else:
+            session = make()
+            sessions.append(session)
+        session._groups[group.namespace] = group
+        return session
+
+    def discard(self, session: Session) -> None:
+        for sessions in self._sessions.values():
+            if session in sessions:
+                sessions.remove(session)
+
+    def open_sessions(self) -> list[Session]:
+        loop = asyncio.get_running_loop()
+        return [s for (lp, _), ss in self._sessions.items() if lp is loop for s in ss]
+
+
+_REGISTRY = _Registry()
+
+
+def open_sessions() -> list[Session]:
+    """The election sessions open on the running event loop (for diagnostics and tests)."""
+    return _REGISTRY.open_sessions()
