@@ -22,9 +22,18 @@ from typing import Any
 
 import asyncpg
 
+from notifelect.schema import Names
+
 from .procs import Cluster, Event, Log, Node, cpu_seconds, rss_mib
 
-CHANNEL = "ch_notifelect"  # both systems' default channel (no NOTIFELECT_PREFIX)
+CHANNEL = "ch_notifelect"  # the seed's channel (ours has one per group: channel_for)
+
+
+def channel_for(system: str, namespace: str) -> str:
+    """The channel that carries a group's messages: ours has one per group."""
+    return Names().group_channel(namespace) if system == "ours" else CHANNEL
+
+
 GO_DELAY = 0.3  # the join command reaches every node before the shared start instant
 SETTLE = 0.5  # steady time after a leader is known to all, before the next fault
 
@@ -116,6 +125,12 @@ class Bus:
     async def start(self, dsn: str) -> None:
         self._conn = await asyncpg.connect(dsn)
         await self._conn.add_listener(CHANNEL, self._got)
+
+    async def follow(self, channel: str) -> None:
+        """Hear ``channel`` too (a group's own channel)."""
+        assert self._conn is not None
+        if channel != CHANNEL:
+            await self._conn.add_listener(channel, self._got)
 
     def _got(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
         t = time.monotonic()
@@ -310,6 +325,8 @@ async def chain(
     nodes = await cluster.take(n)
     start = cluster.log.mark()
     group = Membership(cluster, cfg, nodes, start, bus)
+    if bus is not None:
+        await bus.follow(channel_for(cfg.system, group.namespace))
     try:
         await _chain_steps(group, cfg, dsn, n, trial, rec, steps)
     finally:
@@ -484,6 +501,16 @@ async def _pause(
         await leader.kill()
 
 
+async def _transactions(conn: asyncpg.Connection[Any]) -> int:
+    """Commits and rollbacks of the current database so far (the server's statistics)."""
+    await conn.execute("SELECT pg_stat_clear_snapshot()")
+    value = await conn.fetchval(
+        "SELECT xact_commit + xact_rollback FROM pg_stat_database"
+        " WHERE datname = current_database()"
+    )
+    return int(value)
+
+
 async def steady_state(
     cluster: Cluster, cfg: Config, dsn: str, n: int, duration: float, rec: Recorder
 ) -> None:
@@ -495,9 +522,9 @@ async def steady_state(
     def count(*_: object) -> None:
         received.append(time.monotonic())
 
-    await listener.add_listener(CHANNEL, count)
     nodes = await cluster.take(n)
     group = Membership(cluster, cfg, nodes, cluster.log.mark())
+    await listener.add_listener(channel_for(cfg.system, group.namespace), count)
     try:
         at = time.monotonic() + GO_DELAY
         join = cfg.join_command(dsn, group.namespace, at)
@@ -509,10 +536,12 @@ async def steady_state(
             rec.problem(f"{cfg.system}/{cfg.settings} N={n} steady state: no stable leader")
             return
         cpu0 = {node.pid: cpu_seconds(node.pid) for node in nodes}
+        xacts0 = await _transactions(listener)
         t0 = time.monotonic()
         await asyncio.sleep(duration)
         cpu1 = {node.pid: cpu_seconds(node.pid) for node in nodes}
         t1 = time.monotonic()
+        xacts1 = await _transactions(listener)
         elapsed = t1 - t0
         window = [t for t in received if t0 <= t < t1]
         connections = await listener.fetchval(
@@ -531,6 +560,9 @@ async def steady_state(
         if cfg.system == "ours":
             rec.add(cfg, n, "messages per interval", 0, rate * cfg.interval, unit="count")
         rec.add(cfg, n, "connections", 0, float(connections), unit="count")
+        # Each of the two reads of the counters is a transaction of its own, and the
+        # statistics lag by up to PGSTAT_MIN_INTERVAL: a rate over a window of seconds.
+        rec.add(cfg, n, "transactions", 0, max(0.0, (xacts1 - xacts0 - 1) / elapsed), unit="1/s")
         for i, node in enumerate(nodes):
             a, b, rss = cpu0[node.pid], cpu1[node.pid], rss_mib(node.pid)
             role = "leader" if node is leader else "follower"
@@ -602,6 +634,8 @@ async def rolling_restart(
     olds = await cluster.take(replicas)
     log = cluster.log
     group = Membership(cluster, cfg, olds, log.mark(), bus)
+    if bus is not None:
+        await bus.follow(channel_for(cfg.system, group.namespace))
     name = f"{cfg.system}/{cfg.settings} rolling R={replicas} trial {trial}"
     exits: dict[int, float] = {}
     try:

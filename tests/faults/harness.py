@@ -226,7 +226,9 @@ class Cluster:
             except ValueError:
                 continue
             node.events.append(event)
-            if event["ev"] == "ready":
+            if event["ev"] in ("ready", "elected"):
+                # A node's id is its election session's: a new session after a lost one
+                # brings a new id, which the process reports when it is next elected.
                 node.node = event["node"]
             self._wake()
         await node.proc.wait()

@@ -171,6 +171,7 @@ class Node:
         )
         self.group = ElectionGroup(self.engine, settings=settings)
         self.probes: set[asyncio.Task[None]] = set()  # also the naive writers
+        self.term_nodes: dict[int, int] = {}  # the node id that held each term
         self.stopping = False
         self.group.on_elected(self.span, resign_on_error=False)
         self.group.every(args.job_period)(self.job)
@@ -214,6 +215,7 @@ class Node:
                     await asyncio.to_thread(self.threaded)
 
     async def span(self, ls: Leadership) -> None:
+        self.term_nodes[ls.term] = ls.node
         emit("elected", node=ls.node, term=ls.term)
         if self.args.unguarded:
             task = asyncio.create_task(self.naive(ls.term))
@@ -249,7 +251,8 @@ class Node:
     def _row(self, term: int, kind: str, started: float, ended: float) -> dict[str, Any]:
         return {
             "namespace": self.args.namespace,
-            "node": self.group.node,
+            # The node that held the term: after a lost session the group has a new id.
+            "node": self.term_nodes.get(term, self.group.node),
             "pid": os.getpid(),
             "term": term,
             "kind": kind,

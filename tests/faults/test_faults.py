@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from notifelect.transport.connect import ANCHOR_NAME, APPLICATION_NAME
 from tests.faults.harness import Cluster, NodeProcess, Timing
 from tests.support.proxy import Mode
 
@@ -487,9 +488,9 @@ async def test_half_open_leader_then_every_session_terminated(cluster: Cluster, 
         old, term, cut = await cut_off_leader(cluster)
         rows = await cluster.sql(
             "SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity"
-            " WHERE application_name IN ($1, $2)",
-            f"notifelect:{cluster.namespace}",
-            f"notifelect-anchor:{cluster.namespace}",
+            " WHERE application_name IN ($1, $2) AND datname = current_database()",
+            APPLICATION_NAME,
+            ANCHOR_NAME,
         )
         assert rows[0]["n"] >= 2 * size.nodes
         new = await cluster.leader(timeout=40)

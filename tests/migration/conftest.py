@@ -14,7 +14,7 @@ from alembic import command
 from alembic.config import Config
 
 from notifelect.migrations.environment import URL_ENV
-from notifelect.schema import PREFIX_ENV, Names
+from notifelect.schema import PREFIX_ENV, SCHEMA_VERSION, Names
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -134,3 +134,7 @@ async def catalog(dsn: str, *, exclude: tuple[str, ...] = ()) -> dict[str, list[
 def relation_names(names: Names) -> set[str]:
     """Every relation that notifelect's schema consists of, for ``names``' prefix."""
     return {*names.tables(), names.sequence, names.status_view}
+
+
+#: The head revision of notifelect's branch: one revision per schema version.
+HEAD = f"notifelect_{SCHEMA_VERSION:04d}"

@@ -28,6 +28,7 @@ from notifelect.schema import (
     statements_for_version,
 )
 from tests.migration.conftest import (
+    HEAD,
     ROOT,
     alembic,
     catalog,
@@ -70,7 +71,7 @@ async def test_upgrade_downgrade_upgrade_touches_nothing_else(empty_dsn: str) ->
     assert created == relation_names(Names()) | {version_table}
     assert upgraded["versions"] == [("notifelect_version", SCHEMA_VERSION)]
     rows = await fetch(empty_dsn, f'SELECT version_num FROM "{version_table}"')
-    assert [r["version_num"] for r in rows] == ["notifelect_0001"]
+    assert [r["version_num"] for r in rows] == [HEAD]
 
     await alembic(config, "downgrade", "base")
     assert await catalog(empty_dsn) == before  # the version table is gone too
@@ -108,7 +109,7 @@ async def test_alembic_adopts_a_schema_made_by_install(empty_dsn: str) -> None:
     config = repo_config(empty_dsn)
     await alembic(config, "upgrade", "head")
     assert await catalog(empty_dsn, exclude=(alembic_version_table(Names()),)) == installed
-    assert "notifelect_0001 (head)" in await alembic(config, "current")
+    assert f"{HEAD} (head)" in await alembic(config, "current")
 
 
 @pytest.mark.parametrize("way", ["install", "alembic"])
@@ -194,7 +195,7 @@ def test_alembic_upgrade_head_from_a_checkout(empty_dsn: str) -> None:
         return done.stdout
 
     run("upgrade", "head")
-    assert "notifelect_0001 (head)" in run("current")
+    assert f"{HEAD} (head)" in run("current")
     run("downgrade", "base")
     assert run("current").strip() == ""
 

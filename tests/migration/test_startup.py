@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from notifelect import ElectionGroup, SchemaError, Settings
-from notifelect.schema import Names, install_statements
+from notifelect.schema import SCHEMA_VERSION, Names, install_statements
 from tests.migration.conftest import execute
 
 #: Generous bound: the error must come from the first connection, not after retries.
@@ -51,7 +51,7 @@ async def test_outdated_schema_names_both_fixes(empty_dsn: str) -> None:
         empty_dsn, *install_statements(Names()), 'UPDATE "notifelect_version" SET version = 0'
     )
     message = str(await start(empty_dsn))
-    assert "at version 0, this code needs 1" in message
+    assert f"at version 0, this code needs {SCHEMA_VERSION}" in message
     assert_names_both_fixes(message)
 
 
