@@ -172,6 +172,7 @@ class _Watcher:
         self.session = session
         self.node = node
         self.waiting: dict[str, asyncio.Future[Freed]] = {}
+        self.conn: asyncpg.Connection[Any] | None = None
         self.task = asyncio.create_task(self._run(), name=f"notifelect:watch:{node}")
 
     def add(self, namespace: str) -> asyncio.Future[Freed]:
@@ -215,7 +216,7 @@ class _Watcher:
     async def _watch(self) -> dict[str, Freed]:
         s = self.session
         key = s.names.anchor_key(self.node)
-        conn = await s.new_connection(WATCHER_NAME)
+        conn = self.conn = await s.new_connection(WATCHER_NAME)
         try:
             # The wait goes on in rounds of a bounded lock wait on this one connection (so
             # what it observed still holds): a backend blocked on a lock does not notice
@@ -249,6 +250,7 @@ class _Watcher:
                     how[row["namespace"]] = Freed.DIED if observed else Freed.UNOBSERVED
             return how
         finally:
+            self.conn = None
             conn.terminate()
 
 
@@ -649,6 +651,12 @@ class Session:
     def watchers(self) -> int:
         """How many leader sessions this session watches now."""
         return len(self._watchers)
+
+    def backend_pids(self) -> list[int]:
+        """The server pids of every connection the session holds now: the election
+        connection, the anchor and the watchers (for diagnostics and tests)."""
+        conns = [self.conn, self.anchor, *(w.conn for w in self._watchers.values())]
+        return [c.get_server_pid() for c in conns if c is not None and not c.is_closed()]
 
     # ------------------------------------------------------------ closing
 
