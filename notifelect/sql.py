@@ -90,9 +90,12 @@ def group_names(names: Names) -> str:
 
 # ---------------------------------------------------------------- the election's own
 
-#: Seconds since the leader (``l``) or its session (``s``, LEFT JOINed) last renewed.
+#: Seconds since the leader (``l``) or its session (``s``, LEFT JOINed) last renewed; the
+#: session's renewals count only while the leader row names the session's backend (a group
+#: that gave its claim back disowns its row: see ``ElectionQueries.disown``).
 _RENEWED_AGE = (
-    "extract(epoch FROM clock_timestamp() - greatest(l.renewed_at, s.renewed_at))::float8"
+    "extract(epoch FROM clock_timestamp() - greatest(l.renewed_at,"
+    " CASE WHEN s.backend_pid = l.backend_pid THEN s.renewed_at END))::float8"
 )
 
 #: The order in which live members (``m``) become a leader's standby: the highest priority,
@@ -246,6 +249,12 @@ class ElectionQueries:
             " FROM pg_stat_activity a WHERE a.pid = pg_backend_pid()"
             " ON CONFLICT (node) DO UPDATE SET backend_pid = EXCLUDED.backend_pid,"
             " backend_start = EXCLUDED.backend_start, renewed_at = EXCLUDED.renewed_at"
+        )
+        #: The unreleased leadership of group ``$1`` by node ``$2`` is no longer held by
+        #: this session (its claim is being given back without a release).
+        self.disown = (
+            f"UPDATE {leader} SET backend_pid = 0"
+            " WHERE namespace = $1 AND node = $2 AND NOT released"
         )
         #: Drop session ``$1``.
         self.unregister_session = f"DELETE FROM {session} WHERE node = $1"

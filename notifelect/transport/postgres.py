@@ -37,10 +37,13 @@ from .session import _REGISTRY, Connect, Session, Tick, Timing, _Serial
 
 log = logging.getLogger(__name__)
 
-#: How long a claim waits on the server for a lock it expects to be freed within
-#: milliseconds (a dead leader's, a fenced one's). Short, since every group of the session
-#: waits behind it; if the lock is still held the claim is refused and tried again later.
+#: How long a claim tries for a lock it expects to be freed within milliseconds (a dead
+#: leader's, a fenced one's), and how often; if it is still held the claim is refused and
+#: tried again later. Nothing waits on the server: the connection serves every group.
 _SHORT_LOCK_WAIT = 0.2
+_LOCK_POLL = 0.01
+#: How long taking a term waits on the server for the old term's row (milliseconds).
+_ROW_LOCK_WAIT_MS = 20
 
 
 class PostgresTransport(Transport):
@@ -146,9 +149,10 @@ class PostgresTransport(Transport):
 
     async def open(self, on_payload: PayloadHandler, on_lost: LostHandler) -> int:
         if self._leaving is not None:
-            # The previous membership is still being given back on the shared session.
+            # The previous membership is still being given back on the shared session
+            # (every call of it is bounded): it must be over before a new one begins.
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(self._leaving), 3 * self._io_timeout)
+                await asyncio.shield(self._leaving)
             self._leaving = None
         session = _REGISTRY.take(self._share, self, self._make_session)
         self._on_payload = on_payload
@@ -215,15 +219,14 @@ class PostgresTransport(Transport):
         if session is None:
             self.release_anchor()
             return
+        leaving = asyncio.ensure_future(self._leave(session))
         try:
-            await self._give_back(session)
+            await asyncio.shield(leaving)
         except asyncio.CancelledError:
-            if self._holds_claim:
-                session.lose("a group was cancelled while giving its claim back")
+            # Giving the claim back goes on (bounded); the anchor stays until it is over.
+            leaving.add_done_callback(lambda _: self.release_anchor())
             raise
-        finally:
-            await session.leave(self)
-            self.release_anchor()
+        self.release_anchor()
 
     async def _give_back(self, session: Session) -> None:
         """Release the claim if still held, unregister (bounded; errors break the session)."""
@@ -232,6 +235,10 @@ class PostgresTransport(Transport):
             return
         with contextlib.suppress(TransportError):
             if self._holds_claim:
+                # A term of ours that was not released is no longer held by this session:
+                # its renewals must stop counting for it, or the followers would go on
+                # believing in it (and never take over) while the session lives.
+                await serial.execute(self._q.disown, self.namespace, self._node)
                 await serial.execute("SELECT pg_advisory_unlock($1)", self._key)
                 self._holds_claim = False
             self._term = None
@@ -275,6 +282,9 @@ class PostgresTransport(Transport):
     async def claim(self, *, fence: bool, evidence: int | None = None) -> Granted | None:
         conn = self._require()
         fenced = False
+        # From the first attempt on the claim may be held (an attempt cut short by a
+        # cancellation may still have taken it): whatever happens, it is given back.
+        self._holds_claim = True
         if evidence is not None:
             # The standby saw the leader's process end; its election session is ending
             # too (PostgreSQL frees the lock within milliseconds of the process's death).
@@ -283,9 +293,9 @@ class PostgresTransport(Transport):
             got = bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", self._key))
         if not got:
             if not (fence and self._fence_enabled) or not await self._fence(conn):
+                self._holds_claim = False
                 return None
             fenced = True
-        self._holds_claim = True
         taken_at = now()
         try:
             row = await conn.fetchrow(self._q.leader_released, self.namespace)
@@ -333,42 +343,50 @@ class PostgresTransport(Transport):
         return Granted(term, confirmed_at)
 
     async def _lock_within(self, conn: _Serial, seconds: float) -> bool:
-        """Wait up to ``seconds`` for the claim lock, bounded on the server side."""
-        try:
-            async with conn.transaction(timeout=seconds + self._io_timeout) as raw:
-                await raw.execute(f"SET LOCAL lock_timeout = {max(1, int(seconds * 1000))}")
-                await raw.execute("SELECT pg_advisory_lock($1)", self._key)
-        except asyncpg.LockNotAvailableError:
-            return False
-        return True  # a session lock outlives the transaction that took it
+        """Try for up to ``seconds`` to take the claim lock, without ever waiting on the
+        server (the connection serves every group of the session)."""
+        deadline = now() + seconds
+        while True:
+            if await conn.fetchval("SELECT pg_try_advisory_lock($1)", self._key):
+                return True
+            if now() >= deadline:
+                return False
+            await asyncio.sleep(_LOCK_POLL)  # between tries the connection serves others
 
     async def _take_term(self, serial: _Serial) -> int:
         m = self._member
-        # The server's lock_timeout (io_timeout) ends a wait for a guarded transaction
-        # first, cleanly; the client-side bound is only for a path that does not answer.
-        async with serial.transaction(timeout=2 * self._io_timeout) as conn:
-            # A term must never be handed out twice, even if the server runs with
-            # asynchronous commit and crashes right after: make this commit durable.
-            await conn.execute("SET LOCAL synchronous_commit = on")
-            # Terms never fall below the grant's wall-clock time in milliseconds: if a
-            # database failover loses the last bump (asynchronous replication), the next
-            # term still exceeds every term handed out before, as long as the new
-            # primary's clock is not behind the old one by more than the failover took.
-            term = int(await conn.fetchval(self._q.take_term, self.namespace))
-            await conn.execute(self._q.close_history, self.namespace)
-            await conn.execute(
-                self._q.open_history, self.namespace, term, self._node, m.host, m.pid
-            )
-            await conn.execute(
-                self._q.record_leader,
-                self.namespace,
-                term,
-                self._node,
-                m.priority,
-                m.host,
-                m.pid,
-            )
-        return term
+
+        async def take(conn: asyncpg.Connection[Any]) -> int:
+            async with conn.transaction():
+                # A term must never be handed out twice, even if the server runs with
+                # asynchronous commit and crashes right after: make this commit durable.
+                await conn.execute("SET LOCAL synchronous_commit = on")
+                # A guarded transaction of the old term holds its row (FOR SHARE): do not
+                # wait for it on the shared connection; the claim is given back and tried
+                # again later (LockNotAvailableError).
+                await conn.execute(f"SET LOCAL lock_timeout = {_ROW_LOCK_WAIT_MS}")
+                # Terms never fall below the grant's wall-clock time in milliseconds: if
+                # a database failover loses the last bump (asynchronous replication), the
+                # next term still exceeds every term handed out before, as long as the
+                # new primary's clock is not behind the old one by more than the failover
+                # took.
+                term = int(await conn.fetchval(self._q.take_term, self.namespace))
+                await conn.execute(self._q.close_history, self.namespace)
+                await conn.execute(
+                    self._q.open_history, self.namespace, term, self._node, m.host, m.pid
+                )
+                await conn.execute(
+                    self._q.record_leader,
+                    self.namespace,
+                    term,
+                    self._node,
+                    m.priority,
+                    m.host,
+                    m.pid,
+                )
+                return term
+
+        return await serial.run("a transaction", take)
 
     async def _fence(self, conn: _Serial) -> bool:
         """Terminate a holder whose lease renewals stopped; True once we hold the claim."""

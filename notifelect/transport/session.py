@@ -30,8 +30,8 @@ import dataclasses
 import logging
 import math
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Hashable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
 
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from .postgres import PostgresTransport
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 Connect = Callable[[], Awaitable["asyncpg.Connection[Any]"]]
 #: How long the first open waits for a notification sent by a second session to itself.
@@ -81,9 +82,12 @@ class _Serial:
     """The election connection, used by every group's driver and claims at once.
 
     asyncpg runs one operation per connection at a time; this runs them one after another
-    instead of failing with "another operation is in progress". Every call is bounded by
-    ``timeout`` (waiting for the connection included) and every failure of the driver
-    comes out as a :class:`TransportError`; the first one breaks the session
+    instead of failing with "another operation is in progress". Each call runs as a task
+    of its own, shielded from its caller: a group that stops waiting (it closes, or its
+    connection is being replaced) never cuts a call off half-way, which would leave the
+    connection, shared with every other group, in an unknown state. Every call is bounded
+    by ``timeout`` once it runs (not while it waits for the calls ahead) and every failure
+    of the driver comes out as a :class:`TransportError`; the first one breaks the session
     (``on_broken``), so a black-holed path never hangs an election.
     """
 
@@ -101,67 +105,82 @@ class _Serial:
             self._broken = reason
             self._on_broken(reason)
 
-    @contextlib.asynccontextmanager
-    async def _bounded(self, what: str, timeout: float | None) -> AsyncIterator[None]:
-        limit = self.timeout if timeout is None else timeout
+    async def run(
+        self,
+        what: str,
+        call: Callable[[asyncpg.Connection[Any]], Awaitable[T]],
+        timeout: float | None = None,
+    ) -> T:
+        """Run ``call(connection)`` alone on the connection (see the class docstring)."""
         if self._broken is not None:
-            # A call was cut off mid-way: the connection's state is unknown. It stays open
-            # (it holds claims) until every group lets go of it, but it is used no more.
             raise TransportError(f"{what} refused: {self._broken}")
+        task = asyncio.ensure_future(self._run(what, call, timeout))
         try:
-            async with asyncio.timeout(limit), self._lock:
-                try:
-                    yield
-                except asyncio.CancelledError:
-                    self._break(f"an earlier call was cancelled while it ran ({what})")
-                    raise
-        except TimeoutError as exc:
-            self._break(f"{what} took over {limit:g}s")
-            raise TransportError(f"{what} on the election connection took over {limit:g}s") from exc
-        except (
-            asyncpg.PostgresConnectionError,
-            asyncpg.InterfaceError,
-            asyncpg.InternalClientError,
-            OSError,
-        ) as exc:
-            self._break(f"{what} failed: {exc!r}")
-            raise TransportError(f"{what} failed: {exc!r}") from exc
-        except asyncpg.AdminShutdownError as exc:
-            self._break("the server ended the session")
-            raise TransportError(f"{what} failed: the server ended the session") from exc
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            # The call goes on to its end (bounded); its outcome is retrieved, not lost.
+            task.add_done_callback(_retrieve)
+            raise
+
+    async def _run(
+        self,
+        what: str,
+        call: Callable[[asyncpg.Connection[Any]], Awaitable[T]],
+        timeout: float | None,
+    ) -> T:
+        limit = self.timeout if timeout is None else timeout
+        # Waiting for the calls of other groups ahead is not bounded here: each of them is
+        # (the first to overrun breaks the connection, and with it every call waiting).
+        async with self._lock:
+            if self._broken is not None:
+                raise TransportError(f"{what} refused: {self._broken}")
+            try:
+                async with asyncio.timeout(limit):
+                    return await call(self.raw)
+            except TimeoutError as exc:
+                self._break(f"{what} took over {limit:g}s")
+                raise TransportError(
+                    f"{what} on the election connection took over {limit:g}s"
+                ) from exc
+            except (
+                asyncpg.PostgresConnectionError,
+                asyncpg.InterfaceError,
+                asyncpg.InternalClientError,
+                OSError,
+            ) as exc:
+                self._break(f"{what} failed: {exc!r}")
+                raise TransportError(f"{what} failed: {exc!r}") from exc
+            except asyncpg.AdminShutdownError as exc:
+                self._break("the server ended the session")
+                raise TransportError(f"{what} failed: the server ended the session") from exc
+            except asyncio.CancelledError:
+                self._break(f"a call was cancelled while it ran ({what})")
+                raise
 
     async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:
-        async with self._bounded("a statement", timeout):
-            return await self.raw.execute(query, *args)
+        return await self.run("a statement", lambda c: c.execute(query, *args), timeout)
 
     async def fetch(self, query: str, *args: Any, timeout: float | None = None) -> list[Any]:
-        async with self._bounded("a query", timeout):
-            return await self.raw.fetch(query, *args)
+        return await self.run("a query", lambda c: c.fetch(query, *args), timeout)
 
     async def fetchval(self, query: str, *args: Any, timeout: float | None = None) -> Any:
-        async with self._bounded("a query", timeout):
-            return await self.raw.fetchval(query, *args)
+        return await self.run("a query", lambda c: c.fetchval(query, *args), timeout)
 
     async def fetchrow(
         self, query: str, *args: Any, timeout: float | None = None
     ) -> asyncpg.Record | None:
-        async with self._bounded("a query", timeout):
-            return await self.raw.fetchrow(query, *args)
+        return await self.run("a query", lambda c: c.fetchrow(query, *args), timeout)
 
     async def add_listener(self, channel: str, callback: Any) -> None:
-        async with self._bounded("LISTEN", None):
-            await self.raw.add_listener(channel, callback)
+        await self.run("LISTEN", lambda c: c.add_listener(channel, callback))
 
     async def remove_listener(self, channel: str, callback: Any) -> None:
-        async with self._bounded("UNLISTEN", None):
-            await self.raw.remove_listener(channel, callback)
+        await self.run("UNLISTEN", lambda c: c.remove_listener(channel, callback))
 
-    @contextlib.asynccontextmanager
-    async def transaction(
-        self, timeout: float | None = None
-    ) -> AsyncIterator[asyncpg.Connection[Any]]:
-        async with self._bounded("a transaction", timeout), self.raw.transaction():
-            yield self.raw
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 class _Watcher:
@@ -346,7 +365,6 @@ class Session:
                 with contextlib.suppress(Exception):
                     await serial.remove_listener(group.channel, self._notified)
         self.detach(group)
-        self.work_stopped(group)
         if not self._groups and self.usable:
             await self.close()
 
@@ -357,15 +375,25 @@ class Session:
             self._drop_connection()
 
     def work_stopped(self, group: PostgresTransport) -> None:
-        """``group``'s leader work has stopped; a broken session's anchor may go."""
+        """``group``'s leader work has stopped; a lost or closed session's anchor goes
+        once no group's work runs any more."""
         self._working.discard(group)
-        if self.broken is not None and not self._working and not self._holding:
+        if self._working:
+            return
+        if (self.broken is not None and not self._holding) or self.closed:
             self._drop_anchor()
 
     def forget(self, group: PostgresTransport) -> None:
         """Drop ``group`` from the session without talking to the database."""
         if self._groups.get(group.namespace) is group:
             del self._groups[group.namespace]
+        opened = self._opening is not None and self._opening.done()
+        if opened and not self._groups and self.usable:
+            # Nobody uses the session (an open that was given up): close it.
+            self._working.discard(group)
+            self._holding.discard(group)
+            task = asyncio.ensure_future(self.close())
+            task.add_done_callback(_retrieve)
 
     # ------------------------------------------------------------ opening
 
@@ -382,6 +410,10 @@ class Session:
         except BaseException as exc:
             self._fail(repr(exc))
             raise
+        if not self._groups:
+            # Every group that asked for it gave up waiting: nobody will use it.
+            task = asyncio.ensure_future(self.close())
+            task.add_done_callback(_retrieve)
 
     def _fail(self, reason: str) -> None:
         self.closed = True
@@ -690,8 +722,11 @@ class Session:
             self._terminate_all()
 
     def _terminate_all(self) -> None:
+        """Drop the connection, and the anchor unless a group's work still runs (then the
+        last :meth:`work_stopped` drops it)."""
         self._drop_connection()
-        self._drop_anchor()
+        if not self._working:
+            self._drop_anchor()
 
     def _drop_connection(self) -> None:
         conn = self.conn
