@@ -46,7 +46,7 @@ from .errors import ConfigurationError, SchemaError
 from .leadership import DeposedCallback, ElectedCallback, LeaderInfo, Leadership
 from .messages import Kind, Message, Rank
 from .settings import RetryPolicy, Settings
-from .transport.base import Freed, LeaderRecord, LeaseLostError, Member, Transport
+from .transport.base import Freed, LeaderRecord, LeaseLostError, Member, Renewal, Transport
 
 log = logging.getLogger(__name__)
 
@@ -164,8 +164,13 @@ class Driver:
             heartbeat_interval=cfg.election_interval,
             preempt=protocol.Preempt(cfg.preempt),
             join_holdoff=cfg.holdoff,
+            heartbeats=transport.publishes_heartbeats,
         )
-        transport.observe(self._on_record)
+        transport.observe(self._on_record, self._on_renewal)
+        #: The leadership the database last showed alive, as (node, term, standby), and
+        #: when (the followers' heartbeat when the transport publishes none).
+        self._seen: tuple[int, int, int | None] | None = None
+        self._seen_at = 0.0
         #: How old a leader's last renewal may be for it to count as a heartbeat heard now.
         self._fresh_renewal = min(2 * cfg.election_interval, cfg.leader_timeout / 2)
 
@@ -198,6 +203,7 @@ class Driver:
             until = now() + self.settings.coordinator_wait
             self.proto = dataclasses.replace(self.proto, abstain_until=until)
         self._verified = None
+        self._seen = None
         self._inbox.put(protocol.Start())
         log.info(
             "node %s joined group %r (priority %s)",
@@ -363,6 +369,11 @@ class Driver:
                 continue
             if not self.connected and not isinstance(event, protocol.Start):
                 continue  # the connection is gone; a _Lost event is queued ahead of these
+            if isinstance(event, protocol.TimerFired) and event.timer is protocol.Timer.LEADER:
+                due = self._leader_alive()
+                if due is not None:  # the database has shown the leader alive meanwhile
+                    self._set_timer(protocol.Timer.LEADER, due)
+                    continue
             if isinstance(event, protocol.Receive) and not await self._credible(event.message):
                 continue
             await self._apply(event)
@@ -537,7 +548,12 @@ class Driver:
 
     def _on_record(self, record: LeaderRecord) -> None:
         """The database's record of the group's leadership, read by the session about once
-        per interval: to a follower it is the leader's heartbeat, already verified."""
+        per interval: to a follower it is the leader's heartbeat, already verified.
+
+        Only news (a leader, term or standby the protocol has not been told of) goes to
+        the protocol; otherwise the record only moves the leader timeout on (see
+        :meth:`_leader_alive`), so a follower costs next to nothing per interval.
+        """
         proto = self.proto
         if (
             proto is None
@@ -551,9 +567,15 @@ class Driver:
             # Only a renewal as recent as a heartbeat would be counts as one: a leader
             # that fell silent is then noticed within about leader_timeout (and fenced).
             return
-        self.stats["records"] += 1
+        seen = (record.node, record.term, record.standby)
+        self._seen_at = now()
         self._verified = (record.node, record.term)
-        self._verified_at = now()
+        self._verified_at = self._seen_at
+        known = proto.leader is not None and (proto.leader.node, proto.leader_term) == seen[:2]
+        if known and seen == self._seen:
+            return
+        self._seen = seen
+        self.stats["records"] += 1
         self.leader_info = LeaderInfo.from_record(record)
         heartbeat = Message(
             Kind.HEARTBEAT,
@@ -563,6 +585,32 @@ class Driver:
             standby=record.standby,
         )
         self._inbox.put(protocol.Receive(heartbeat))
+
+    def _leader_alive(self) -> float | None:
+        """When the leader the protocol follows is next due to be heard of, if the
+        database showed it alive since the protocol last heard from it."""
+        proto = self.proto
+        seen = self._seen
+        if (
+            proto is None
+            or proto.role is not protocol.Role.FOLLOWER
+            or proto.leader is None
+            or seen is None
+            or (proto.leader.node, proto.leader_term) != seen[:2]
+        ):
+            return None
+        due = self._seen_at + self.settings.leader_timeout
+        return due if due > now() else None
+
+    def _on_renewal(self, term: int, renewal: Renewal | None) -> None:
+        """The session renewed (or found lost) the lease of the term this node holds."""
+        ls = self.leadership
+        if ls is None or ls.term != term or ls._ended:
+            return
+        if renewal is not None:
+            ls._renewed(renewal.confirmed_at, self.settings.lease)
+        elif self.connected:
+            self._lost_during_io(LeaseLostError(f"term {term} is no longer current"))
 
     async def _claim(self, fence: bool, evidence: int | None, generation: int) -> None:
         try:

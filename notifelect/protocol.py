@@ -115,6 +115,10 @@ class Config:
     coordinator_wait: float
     heartbeat_interval: float
     preempt: Preempt = Preempt.PRIORITY
+    #: Whether the leader announces a HEARTBEAT every interval. Off when the transport
+    #: renews every lease of a session at once and reports each leadership to the
+    #: followers itself (the driver then feeds them what the database says).
+    heartbeats: bool = True
     #: How long a newcomer must have been a member before it may preempt a leader.
     join_holdoff: float = 0.0
     #: Backed-off timers grow up to this many times their base delay.
@@ -618,7 +622,7 @@ def _timer(st: _Step, timer: Timer, now: float) -> None:
     elif timer is Timer.LEADER and s.role is Role.FOLLOWER:
         st.set(leader=None, misses=s.misses + 1)
         _search(st, now, fence=True)
-    elif timer is Timer.HEARTBEAT and s.role is Role.LEADER:
+    elif timer is Timer.HEARTBEAT and s.role is Role.LEADER and s.config.heartbeats:
         assert s.term is not None
         st.effects.append(Announce(Kind.HEARTBEAT, s.term))
         st.timer(Timer.HEARTBEAT, now + s.config.heartbeat_interval)
@@ -683,4 +687,5 @@ def _granted(st: _Step, term: int, now: float) -> None:
     st.cancel(Timer.ELECTION, Timer.COORDINATOR, Timer.LEADER, Timer.PREEMPT)
     st.effects.append(Elected(term))
     st.effects.append(Announce(Kind.COORDINATOR, term))
-    st.timer(Timer.HEARTBEAT, now + s.config.heartbeat_interval)
+    if s.config.heartbeats:
+        st.timer(Timer.HEARTBEAT, now + s.config.heartbeat_interval)

@@ -13,6 +13,8 @@ from datetime import datetime
 PayloadHandler = Callable[[str], None]
 LostHandler = Callable[[BaseException | None], None]
 RecordHandler = Callable[["LeaderRecord"], None]
+#: Called with a term and its renewal, or None if the term was found lost.
+RenewalHandler = Callable[[int, "Renewal | None"], None]
 
 
 @dataclass(frozen=True)
@@ -102,10 +104,12 @@ class Transport(abc.ABC):
     #: (:meth:`observe`) needs no per-group heartbeat traffic.
     publishes_heartbeats: bool = True
 
-    def observe(self, on_record: RecordHandler) -> None:
-        """Have ``on_record`` called with the group's leadership as the database records it,
-        about once per interval (transports that do not publish heartbeats)."""
-        del on_record  # transports that publish heartbeats have nothing to report
+    def observe(self, on_record: RecordHandler, on_renewal: RenewalHandler) -> None:
+        """Transports that do not publish heartbeats renew every lease themselves, about
+        once per interval: they call ``on_renewal`` for the term this node holds (with
+        None once it is found lost) and ``on_record`` with the group's leadership as the
+        database records it (for a follower, the leader's heartbeat)."""
+        del on_record, on_renewal  # the driver renews and the leader broadcasts
 
     @abc.abstractmethod
     async def open(self, on_payload: PayloadHandler, on_lost: LostHandler) -> int:

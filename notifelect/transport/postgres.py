@@ -30,6 +30,7 @@ from .base import (
     PayloadHandler,
     RecordHandler,
     Renewal,
+    RenewalHandler,
     Transport,
     TransportError,
 )
@@ -105,6 +106,7 @@ class PostgresTransport(Transport):
         self._on_payload: PayloadHandler | None = None
         self._on_lost: LostHandler | None = None
         self._on_record: RecordHandler | None = None
+        self._on_renewal: RenewalHandler | None = None
         self._fence_denied_logged = False
         self._holds_claim = False
         self._term: int | None = None
@@ -144,8 +146,9 @@ class PostgresTransport(Transport):
     def leading(self) -> bool:
         return self._term is not None
 
-    def observe(self, on_record: RecordHandler) -> None:
+    def observe(self, on_record: RecordHandler, on_renewal: RenewalHandler) -> None:
         self._on_record = on_record
+        self._on_renewal = on_renewal
 
     async def open(self, on_payload: PayloadHandler, on_lost: LostHandler) -> int:
         if self._leaving is not None:
@@ -192,10 +195,29 @@ class PostgresTransport(Transport):
             self._on_payload(payload)
 
     def ticked(self, tick: Tick, record: LeaderRecord | None) -> None:
-        """The session's periodic statement read ``record`` for this group."""
+        """The session's periodic statement renewed the session's lease and read
+        ``record`` for this group."""
         self._last = (tick.sent_at, record)
-        if record is not None and self._on_record is not None and self._session is not None:
+        if self._session is None:
+            return
+        term = self._term
+        if term is not None and tick.sent_at > self._term_taken_at:
+            if self._on_renewal is not None:
+                try:
+                    renewal = self._renewal(term, tick.sent_at, record)
+                except LeaseLostError:
+                    self._on_renewal(term, None)
+                else:
+                    self._on_renewal(term, renewal)
+        elif record is not None and self._on_record is not None:
             self._on_record(record)
+
+    def _renewal(self, term: int, sent_at: float, record: LeaderRecord | None) -> Renewal:
+        if record is None or record.node != self._node or record.term != term:
+            raise LeaseLostError(f"term {term} is no longer current")
+        if record.released:
+            raise LeaseLostError(f"term {term} was released")
+        return Renewal(record.standby, sent_at)
 
     def lost(self) -> None:
         """The session is lost: the group closes its gates (it lets go later, by abort)."""
@@ -432,12 +454,7 @@ class PostgresTransport(Transport):
         if last is not None and last[0] > self._term_taken_at:
             # The session's periodic statement renewed the lease of every group it leads,
             # after this term was taken: what it read decides.
-            sent_at, record = last
-            if record is None or record.node != self._node or record.term != term:
-                raise LeaseLostError(f"term {term} is no longer current")
-            if record.released:
-                raise LeaseLostError(f"term {term} was released")
-            return Renewal(record.standby, sent_at)
+            return self._renewal(term, *last)
         sent_at = now()
         row = await self._require().fetchrow(self._q.renew, self.namespace, self._node, term)
         if row is None or not row["ok"]:
