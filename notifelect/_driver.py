@@ -535,13 +535,16 @@ class Driver:
             return None
 
     async def _announce(self, kind: Kind, term: int) -> None:
+        if not self.transport.publishes_heartbeats:
+            # The session renews every lease it holds and the followers read every
+            # leadership (standby included) from the database about once per interval
+            # (see _on_record): no message and no query per group.
+            return
         renewal = await self.transport.renew(term)
         ls = self.leadership
         if ls is not None and ls.term == term:
             ls._renewed(renewal.confirmed_at, self.settings.lease)
             self._arm_lease_timer()
-        if kind is Kind.HEARTBEAT and not self.transport.publishes_heartbeats:
-            return  # the followers read the renewal from the database (see _on_record)
         assert self.proto is not None
         message = Message(kind, self.name, self.proto.rank, term=term, standby=renewal.standby)
         await self.transport.publish(messages.encode(message, self.settings.secret_key))

@@ -170,17 +170,23 @@ class ElectionQueries:
             f"INSERT INTO {history} (namespace, term, node, host, pid, started_at)"
             " VALUES ($1, $2, $3, $4, $5, clock_timestamp())"
         )
+        #: The live member of group ``$1`` that watches leader ``$2`` (see :data:`STANDBY_ORDER`).
+        self.standby = (
+            f"SELECT m.node FROM {member} m WHERE m.namespace = $1 AND m.node <> $2"
+            f" AND {LIVE_MEMBER} ORDER BY {STANDBY_ORDER.format(leader='$2')} LIMIT 1"
+        )
         #: Record this session as the leader: term ``$2``, node ``$3``, priority ``$4``,
-        #: host ``$5``, pid ``$6``.
+        #: host ``$5``, pid ``$6``; and its standby.
         self.record_leader = (
             f"INSERT INTO {leader} AS l (namespace, term, node, priority, host, pid,"
-            " backend_pid, since, renewed_at, released)"
+            " backend_pid, since, renewed_at, released, standby)"
             " VALUES ($1, $2, $3, $4, $5, $6, pg_backend_pid(), clock_timestamp(),"
-            " clock_timestamp(), false)"
+            f" clock_timestamp(), false, ({self.standby.replace('$2', '$3')}))"
             " ON CONFLICT (namespace) DO UPDATE SET term = EXCLUDED.term,"
             " node = EXCLUDED.node, priority = EXCLUDED.priority, host = EXCLUDED.host,"
             " pid = EXCLUDED.pid, backend_pid = EXCLUDED.backend_pid,"
-            " since = EXCLUDED.since, renewed_at = EXCLUDED.renewed_at, released = false"
+            " since = EXCLUDED.since, renewed_at = EXCLUDED.renewed_at, released = false,"
+            " standby = EXCLUDED.standby"
         )
         #: Who holds the claim (``$2``, ``$3``: key halves) and for how long its session has
         #: been idle, how old the leader's renewal is (database clock: used only to
@@ -196,11 +202,6 @@ class ElectionQueries:
             f" (SELECT backend_pid FROM {leader}"
             f"  WHERE namespace = $1 AND NOT released) AS leader_pid"
             " FROM c"
-        )
-        #: The live member of group ``$1`` that watches leader ``$2`` (see :data:`STANDBY_ORDER`).
-        self.standby = (
-            f"SELECT m.node FROM {member} m WHERE m.namespace = $1 AND m.node <> $2"
-            f" AND {LIVE_MEMBER} ORDER BY {STANDBY_ORDER.format(leader='$2')} LIMIT 1"
         )
         #: Renew term ``$3`` of node ``$2`` and record its standby. Columns: ok (the term is
         #: still this node's, unreleased), standby.

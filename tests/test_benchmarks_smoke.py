@@ -65,7 +65,10 @@ def test_quick_benchmark_writes_samples_table_and_chart(server_dsn: str, tmp_pat
     assert {"messages: cold start", "messages: hand-over", "messages per interval"} <= {
         r["scenario"] for r in messages
     }
-    assert all(float(r["value"]) >= 1 for r in messages if r["scenario"] != "messages per interval")
+    # A cold start needs no message at all (claims are decided in the database and the
+    # followers read the leader from it); a hand-over is the leader's RESIGN at least.
+    handovers = [r for r in messages if r["scenario"] == "messages: hand-over"]
+    assert all(float(r["value"]) >= 1 for r in handovers)
 
     results = (tmp_path / "results.md").read_text()
     assert results.count("| cold start | default | notifelect (this) |") == 1

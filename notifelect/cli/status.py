@@ -34,6 +34,13 @@ from ._common import (
 from .records import DEFAULT_TRANSITIONS, Snapshot, StatusReader, check_schema
 from .render import render_json, render_text
 
+#: After a leader resigns, ``--watch`` re-reads this often (seconds) for up to
+#: ``QUICK_WINDOW`` seconds, until the successor shows: the new leadership is read from
+#: the database, not announced on the channel.
+QUICK_REFRESH = 0.1
+QUICK_WINDOW = 5.0
+
+
 # ---------------------------------------------------------------- the channels
 
 
@@ -112,15 +119,21 @@ async def watch(
     reader = StatusReader(conn, names, namespace=namespace, transitions=transitions)
     stop = stop or asyncio.Event()
     turnovers = Turnovers(conn, names)
+    quick_until = 0.0  # after a change: re-read often until the successor shows
     try:
         while not stop.is_set():
             snap = await reader.read()
             await turnovers.follow(g.namespace for g in snap.groups)
             show(snap)
-            next_at = time.monotonic() + interval
+            vacant = any(g.leader is None and g.members for g in snap.groups)
+            quick = vacant and time.monotonic() < quick_until
+            next_at = time.monotonic() + (min(interval, QUICK_REFRESH) if quick else interval)
             while not stop.is_set():
                 remaining = next_at - time.monotonic()
-                if remaining <= 0 or await turnovers.wait(min(remaining, 0.25)):
+                if remaining <= 0:
+                    break
+                if await turnovers.wait(min(remaining, 0.25)):
+                    quick_until = time.monotonic() + QUICK_WINDOW
                     break
     finally:
         await turnovers.close()

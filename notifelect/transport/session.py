@@ -25,6 +25,7 @@ new session, with a new node id.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import logging
@@ -78,6 +79,41 @@ class Tick:
     records: dict[str, LeaderRecord]
 
 
+class _Turns:
+    """Whose call runs next on the election connection: urgent ones (the session's lease
+    renewal) before the groups' calls, each kind in order of arrival."""
+
+    def __init__(self) -> None:
+        self._busy = False
+        self._urgent: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._normal: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    async def acquire(self, *, urgent: bool) -> None:
+        if not self._busy:
+            self._busy = True
+            return
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        queue = self._urgent if urgent else self._normal
+        queue.append(turn)
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():
+                self.release()  # handed the turn just as we gave up: pass it on
+            elif turn in queue:
+                queue.remove(turn)
+            raise
+
+    def release(self) -> None:
+        for queue in (self._urgent, self._normal):
+            while queue:
+                turn = queue.popleft()
+                if not turn.done():
+                    turn.set_result(None)  # the connection stays busy: handed over
+                    return
+        self._busy = False
+
+
 class _Serial:
     """The election connection, used by every group's driver and claims at once.
 
@@ -96,7 +132,7 @@ class _Serial:
     ) -> None:
         self.raw = conn
         self.timeout = timeout
-        self._lock = asyncio.Lock()
+        self._turns = _Turns()
         self._broken: str | None = None
         self._on_broken = on_broken
 
@@ -110,11 +146,14 @@ class _Serial:
         what: str,
         call: Callable[[asyncpg.Connection[Any]], Awaitable[T]],
         timeout: float | None = None,
+        *,
+        urgent: bool = False,
     ) -> T:
-        """Run ``call(connection)`` alone on the connection (see the class docstring)."""
+        """Run ``call(connection)`` alone on the connection (see the class docstring);
+        an ``urgent`` call goes before every group's call that waits."""
         if self._broken is not None:
             raise TransportError(f"{what} refused: {self._broken}")
-        task = asyncio.ensure_future(self._run(what, call, timeout))
+        task = asyncio.ensure_future(self._run(what, call, timeout, urgent))
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -127,11 +166,13 @@ class _Serial:
         what: str,
         call: Callable[[asyncpg.Connection[Any]], Awaitable[T]],
         timeout: float | None,
+        urgent: bool,
     ) -> T:
         limit = self.timeout if timeout is None else timeout
         # Waiting for the calls of other groups ahead is not bounded here: each of them is
         # (the first to overrun breaks the connection, and with it every call waiting).
-        async with self._lock:
+        await self._turns.acquire(urgent=urgent)
+        try:
             if self._broken is not None:
                 raise TransportError(f"{what} refused: {self._broken}")
             try:
@@ -156,12 +197,16 @@ class _Serial:
             except asyncio.CancelledError:
                 self._break(f"a call was cancelled while it ran ({what})")
                 raise
+        finally:
+            self._turns.release()
 
     async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:
         return await self.run("a statement", lambda c: c.execute(query, *args), timeout)
 
-    async def fetch(self, query: str, *args: Any, timeout: float | None = None) -> list[Any]:
-        return await self.run("a query", lambda c: c.fetch(query, *args), timeout)
+    async def fetch(
+        self, query: str, *args: Any, timeout: float | None = None, urgent: bool = False
+    ) -> list[Any]:
+        return await self.run("a query", lambda c: c.fetch(query, *args), timeout, urgent=urgent)
 
     async def fetchval(self, query: str, *args: Any, timeout: float | None = None) -> Any:
         return await self.run("a query", lambda c: c.fetchval(query, *args), timeout)
@@ -360,13 +405,19 @@ class Session:
         the last. Never raises."""
         if self._groups.get(group.namespace) is group:
             del self._groups[group.namespace]
-            serial = self.serial
-            if self.usable and serial is not None:
-                with contextlib.suppress(Exception):
-                    await serial.remove_listener(group.channel, self._notified)
+        serial = self.serial
+        if group.namespace not in self._groups and self.usable and serial is not None:
+            with contextlib.suppress(Exception):
+                await serial.remove_listener(group.channel, self._notified)
         self.detach(group)
-        if not self._groups and self.usable:
+        if self._unused:
             await self.close()
+
+    @property
+    def _unused(self) -> bool:
+        """Open, and no group is in it or still giving something back."""
+        opened = self._opening is not None and self._opening.done()
+        return opened and self.usable and not self._groups and not self._holding
 
     def detach(self, group: PostgresTransport) -> None:
         """``group`` holds nothing on the connection any more (see the module docstring)."""
@@ -387,13 +438,8 @@ class Session:
         """Drop ``group`` from the session without talking to the database."""
         if self._groups.get(group.namespace) is group:
             del self._groups[group.namespace]
-        opened = self._opening is not None and self._opening.done()
-        if opened and not self._groups and self.usable:
-            # Nobody uses the session (an open that was given up): close it.
-            self._working.discard(group)
-            self._holding.discard(group)
-            task = asyncio.ensure_future(self.close())
-            task.add_done_callback(_retrieve)
+        if self._unused:  # an open that was given up
+            self.close_soon()
 
     # ------------------------------------------------------------ opening
 
@@ -412,8 +458,7 @@ class Session:
             raise
         if not self._groups:
             # Every group that asked for it gave up waiting: nobody will use it.
-            task = asyncio.ensure_future(self.close())
-            task.add_done_callback(_retrieve)
+            self.close_soon()
 
     def _fail(self, reason: str) -> None:
         self.closed = True
@@ -640,7 +685,7 @@ class Session:
         if serial is None or not self._groups:
             return
         sent_at = now()
-        rows = await serial.fetch(self.queries.tick, self.node, list(self._groups))
+        rows = await serial.fetch(self.queries.tick, self.node, list(self._groups), urgent=True)
         if not rows or not rows[0]["renewed"]:
             self.lose("the session's row is gone from the session table")
             return
@@ -692,13 +737,27 @@ class Session:
 
     # ------------------------------------------------------------ closing
 
+    def close_soon(self) -> None:
+        """Close in the background; from now on no group is given this session."""
+        if self.closed:
+            return
+        self._begin_close()
+        task = asyncio.ensure_future(self._finish_close())
+        task.add_done_callback(_retrieve)
+
     async def close(self) -> None:
         """Unregister and disconnect within about two ``io_timeout``; never raises."""
         if self.closed:
             return
+        self._begin_close()
+        await self._finish_close()
+
+    def _begin_close(self) -> None:
         self.closed = True
         _REGISTRY.discard(self)
         self._wake.set()
+
+    async def _finish_close(self) -> None:
         ticker = self._ticker
         if ticker is not None and not ticker.done():
             # Let a statement in flight finish rather than cut it off (bounded).
@@ -707,17 +766,15 @@ class Session:
             ticker.cancel()
         for watcher in list(self._watchers.values()):
             watcher.task.cancel()
-        conn = self.conn
+        conn, serial = self.conn, self.serial
         try:
-            if conn is not None and not conn.is_closed() and self.broken is None:
+            if conn is not None and serial is not None and self.broken is None:
+                # After every call still in flight (of groups that stopped waiting).
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(
-                        conn.execute(self.queries.unregister_session, self.node),
-                        timeout=self.timing.io_timeout,
-                    )
-                if conn is not self._borrowed:
+                    await serial.execute(self.queries.unregister_session, self.node)
+                if conn is not self._borrowed and self.broken is None:
                     with contextlib.suppress(Exception):
-                        await asyncio.wait_for(conn.close(), timeout=self.timing.io_timeout)
+                        await serial.run("closing", lambda c: c.close())
         finally:
             self._terminate_all()
 

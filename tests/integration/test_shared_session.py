@@ -1,0 +1,297 @@
+"""Regressions of the election session shared by every group of a process.
+
+Each test pins a defect that review found in the first shared session (commit 02acdbd).
+Two spellings of the DSN (``application_name=p1`` / ``p2``) give two sessions in one event
+loop, standing in for two processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from typing import Any
+
+import asyncpg
+import pytest
+
+from notifelect import ElectionGroup, Leadership, Settings
+from notifelect._clock import now
+from notifelect.schema import Names
+from notifelect.transport.postgres import PostgresTransport
+from notifelect.transport.session import Session, open_sessions
+from tests.support.waiting import eventually, until
+
+FAST = Settings(election_interval=0.1, election_timeout=0.05, lease=1.0, leader_timeout=0.5)
+#: io_timeout (the bound of any one call on the shared connection) is the longer of lease
+#: and leader_timeout: here a call that waits on the server that long outlasts the lease of
+#: every other group of its session.
+SLOW_IO = FAST.replace(leader_timeout=2.0)
+
+
+def process(dsn: str, name: str) -> str:
+    """``dsn`` spelled for a session of its own (another "process")."""
+    return f"{dsn}{'&' if '?' in dsn else '?'}application_name={name}"
+
+
+def session_of(group: ElectionGroup) -> Session:
+    transport = group._transport
+    assert isinstance(transport, PostgresTransport)
+    assert transport.session is not None
+    return transport.session
+
+
+def follows(group: ElectionGroup, leader: ElectionGroup) -> bool:
+    return group.leader is not None and group.leader.node == leader.node
+
+
+def deposals(group: ElectionGroup) -> list[str | None]:
+    """The reasons of ``group``'s lost leaderships, as they happen."""
+    reasons: list[str | None] = []
+
+    @group.on_deposed
+    async def deposed(ls: Leadership) -> None:
+        reasons.append(ls.ended_reason)
+
+    return reasons
+
+
+async def db_eventually(
+    probe: Callable[[], Awaitable[object]], *, timeout: float, what: str
+) -> None:
+    """Poll an asynchronous ``probe`` (a query) until it returns a truthy value."""
+    deadline = time.monotonic() + timeout
+    while not await probe():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not reached within {timeout}s")
+        await asyncio.sleep(0.002)
+
+
+async def y_led_beside_x_follower(
+    stack: AsyncExitStack, dsn: str, namespace: str
+) -> tuple[ElectionGroup, ElectionGroup, ElectionGroup, list[str | None]]:
+    """P1 leads group X; P2 leads group Y and follows X, on one session."""
+    x1 = await stack.enter_async_context(
+        ElectionGroup(process(dsn, "p1"), f"{namespace}-x", SLOW_IO.replace(priority=1))
+    )
+    await x1.wait_for_leadership(timeout=10)
+    y2 = ElectionGroup(process(dsn, "p2"), f"{namespace}-y", SLOW_IO)
+    y_deposed = deposals(y2)
+    await stack.enter_async_context(y2)
+    await y2.wait_for_leadership(timeout=10)
+    x2 = await stack.enter_async_context(
+        ElectionGroup(process(dsn, "p2"), f"{namespace}-x", SLOW_IO)
+    )
+    assert session_of(x2) is session_of(y2)
+    await until(
+        [x2],
+        lambda: follows(x2, x1),
+        timeout=10,
+        what="X's member on P2 following P1",
+    )
+    return x1, y2, x2, y_deposed
+
+
+async def hold_term_row(stack: AsyncExitStack, dsn: str, namespace: str) -> asyncpg.Connection[Any]:
+    """Hold ``namespace``'s term row FOR SHARE, as a guarded write of the old term does."""
+    outside = await asyncpg.connect(dsn)
+    stack.push_async_callback(outside.close)
+    await outside.execute("BEGIN")
+    await outside.fetchval(
+        f"SELECT term FROM {Names().term} WHERE namespace = $1 FOR SHARE", namespace
+    )
+    return outside
+
+
+@pytest.mark.timeout(60)
+async def test_claim_blocked_by_a_guarded_transaction_does_not_starve_the_session(
+    dsn: str, namespace: str
+) -> None:
+    """P2's claim of X finds X's term row held FOR SHARE; the claim must not hold the
+    shared connection meanwhile: Y, led on that session, keeps its leadership and the
+    session is not lost. Once the row is free, X is claimed."""
+    async with AsyncExitStack() as stack:
+        x1, y2, x2, y_deposed = await y_led_beside_x_follower(stack, dsn, namespace)
+        session = session_of(y2)
+        outside = await hold_term_row(stack, dsn, f"{namespace}-x")
+        claims = x2.stats["elections"]
+        await x1.close()  # X's leader resigns: P2 claims X and meets the held row
+        await until([x2], lambda: x2.stats["elections"] > claims, timeout=10, what="P2's claim")
+        await asyncio.sleep(3 * SLOW_IO.lease)  # observation window
+        assert y_deposed == []
+        assert y2.is_leader
+        assert session.usable
+        assert session_of(y2) is session
+        await outside.execute("ROLLBACK")
+        await until([x2], lambda: x2.is_leader, timeout=10, what="X claimed on P2")
+
+
+@pytest.mark.timeout(60)
+async def test_closing_a_group_with_its_claim_in_flight_keeps_the_session(
+    dsn: str, namespace: str
+) -> None:
+    """Closing X's member on P2 while its claim runs on the shared connection (waiting on
+    the server for X's held term row) must not break the session: Y, led on it, stays."""
+    async with AsyncExitStack() as stack:
+        x1, y2, x2, y_deposed = await y_led_beside_x_follower(stack, dsn, namespace)
+        session = session_of(y2)
+        assert session.conn is not None
+        election_pid = session.conn.get_server_pid()
+        await hold_term_row(stack, dsn, f"{namespace}-x")
+        admin = await asyncpg.connect(dsn)
+        stack.push_async_callback(admin.close)
+        claims = x2.stats["elections"]
+        await x1.close()
+
+        async def claim_in_flight() -> bool:
+            waiting = await admin.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE pid = $1 AND NOT granted)",
+                election_pid,
+            )
+            # The fixed claim waits only 20 ms at a time for the row (then tries again
+            # later), so a poll may miss every wait: a few attempts also do.
+            return bool(waiting) or x2.stats["elections"] >= claims + 3
+
+        await db_eventually(claim_in_flight, timeout=10, what="P2's claim of X in flight")
+        await x2.close()
+        await asyncio.sleep(2 * SLOW_IO.lease)  # observation window
+        assert y_deposed == []
+        assert y2.is_leader
+        assert session.usable
+        assert session_of(y2) is session
+
+
+@pytest.mark.timeout(60)
+async def test_a_group_that_lapsed_and_left_does_not_look_alive(dsn: str, namespace: str) -> None:
+    """X's leader on P1 lapses (its event loop is blocked past the lease), gives its claim
+    back without releasing its term, rejoins P1's session and leaves it, while the session
+    lives on for P1's follower of group Z. X's leader row must not borrow that session's
+    renewals: X's other member (P2) becomes leader."""
+    # io_timeout (2 s) outlasts the block: no call in flight times out, no session is lost.
+    s = Settings(election_interval=0.1, election_timeout=0.05, lease=0.5, leader_timeout=2.0)
+    p1, p2 = process(dsn, "p1"), process(dsn, "p2")
+    async with AsyncExitStack() as stack:
+        z2 = await stack.enter_async_context(ElectionGroup(p2, f"{namespace}-z", s))
+        await z2.wait_for_leadership(timeout=10)
+        x1 = await stack.enter_async_context(ElectionGroup(p1, f"{namespace}-x", s))
+        z1 = await stack.enter_async_context(ElectionGroup(p1, f"{namespace}-z", s))
+        await x1.wait_for_leadership(timeout=10)
+        x2 = await stack.enter_async_context(ElectionGroup(p2, f"{namespace}-x", s))
+        await until(
+            [x2, z1],
+            lambda: follows(x2, x1) and follows(z1, z2),
+            timeout=10,
+            what="P2 following X, P1 following Z",
+        )
+        session = session_of(z1)
+        # The test owns the event loop: this blocks every group (both "processes").
+        time.sleep(2 * s.lease)  # noqa: ASYNC251
+        # Closed once rejoined and idle: no call of its own in flight that a close would cut
+        # off (at 02acdbd that lost the whole session, which hid this defect).
+        await until(
+            [x1],
+            lambda: x1.stats["reconnects"] >= 1 and not x1._driver._helpers,
+            timeout=10,
+            what="X lapsed and rejoined",
+        )
+        assert not x1.is_leader
+        assert session.usable
+        assert session_of(x1) is session  # rejoined P1's session, which goes on ticking
+        await x1.close()
+        await until([x2], lambda: x2.is_leader, timeout=15, what="P2 leading X")
+
+
+@pytest.mark.timeout(60)
+async def test_a_cancelled_open_leaves_no_session_behind(dsn: str, namespace: str) -> None:
+    """Cancelling ``__aenter__`` while the shared session opens leaves no session (and no
+    connection) behind."""
+    admin = await asyncpg.connect(dsn)
+    group = ElectionGroup(dsn, namespace, FAST)
+    try:
+        opening = asyncio.ensure_future(group.__aenter__())
+        await eventually(open_sessions, timeout=10, what="a session opening")
+        opening.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await opening
+        await eventually(lambda: not open_sessions(), timeout=10, what="no session open")
+
+        async def no_backends() -> bool:
+            count = await admin.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND application_name LIKE 'notifelect%'"
+            )
+            return bool(count == 0)
+
+        await db_eventually(no_backends, timeout=10, what="no notifelect backend")
+    finally:
+        await group.close()
+        await admin.close()
+
+
+@pytest.mark.timeout(60)
+async def test_no_process_gone_evidence_while_cancelled_work_runs(dsn: str, namespace: str) -> None:
+    """A leader's close() is cancelled while its on_elected work ignores the
+    cancellation: the standby (strict_takeover=False) must not take over on the evidence
+    that the leader's process is gone before that work has stopped."""
+    s = FAST.replace(strict_takeover=False, callback_timeout=30.0)
+    work_cancelled, finish = asyncio.Event(), asyncio.Event()
+    work_ended: list[float] = []
+    elected: list[float] = []
+    x1 = ElectionGroup(process(dsn, "p1"), namespace, s.replace(priority=1))
+    x2 = ElectionGroup(process(dsn, "p2"), namespace, s)
+
+    @x1.on_elected
+    async def stubborn(ls: Leadership) -> None:
+        try:
+            await asyncio.Future()
+        finally:
+            work_cancelled.set()
+            while not finish.is_set():  # still acting after the cancellation
+                with contextlib.suppress(asyncio.CancelledError):
+                    await finish.wait()
+            work_ended.append(now())
+
+    @x2.on_elected
+    async def took_over(ls: Leadership) -> None:
+        elected.append(now())
+
+    async with AsyncExitStack() as stack:
+        await stack.enter_async_context(x1)
+        await x1.wait_for_leadership(timeout=10)
+        s1 = session_of(x1)
+        await stack.enter_async_context(x2)
+        stack.callback(finish.set)
+        admin = await asyncpg.connect(dsn)
+        stack.push_async_callback(admin.close)
+        await db_eventually(
+            lambda: admin.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_database d ON d.oid = l.database"
+                " WHERE d.datname = current_database() AND l.locktype = 'advisory'"
+                " AND NOT l.granted)"
+            ),
+            timeout=10,
+            what="the standby's watcher waiting on the leader's anchor",
+        )
+        closing = asyncio.ensure_future(x1.close())
+        await asyncio.wait_for(work_cancelled.wait(), 10)
+        closing.cancel()
+        cancelled_at = now()
+        with pytest.raises(asyncio.CancelledError):
+            await closing
+        await until([x2], lambda: bool(elected), timeout=10, what="the standby elected")
+        finish.set()  # the work is held until the standby leads: it ran at its election
+        # The end of the leader's anchor is the standby's evidence that the leader's
+        # process is gone (Freed.DIED), on which strict_takeover=False takes over at once.
+        # It is sound only once the leader's work has stopped, so the anchor outlives that
+        # work (Driver._release_anchor_after_work, Session.work_stopped). Without the
+        # evidence the standby waits a whole lease on its own clock from when it took the
+        # claim, which the leader gave back only after the cancel. So the standby's
+        # election comes after the work ended, or at least a lease after the cancel (less
+        # a little timer granularity).
+        took_over_at = elected[0]
+        assert (work_ended and took_over_at >= work_ended[0]) or (
+            took_over_at - cancelled_at >= s.lease - 0.01
+        ), f"standby elected {took_over_at - cancelled_at:.3f}s after the cancel"
+        await eventually(lambda: s1.anchor is None, timeout=10, what="the anchor gone")
