@@ -6,7 +6,8 @@
 * ``ready``: every group is open (``t``: wall-clock time, ``node``: the session's id);
 * ``elected`` / ``deposed``: a leadership of group ``ns`` began or ended (``node``, ``term``);
 * ``sessions``: every second, the server pids of every connection the process's election
-  sessions hold (election connection, anchor, watchers);
+  sessions hold (election connection, anchor, watchers), and how many notifications its
+  groups have received so far;
 * ``act``: every ``--act`` seconds, the groups this process may act for right now (its
   leadership is valid), by term: what a ``@leader_only`` job would see. A killed
   process's leadership ends, at the latest, with its last ``act`` line.
@@ -78,7 +79,8 @@ async def main(args: argparse.Namespace) -> None:
             emit("act", led=led)
             if time.monotonic() >= report_at:
                 pids = sorted(p for s in open_sessions() for p in s.backend_pids())
-                emit("sessions", sessions=len(open_sessions()), pids=pids)
+                received = sum(g.stats["received"] for g in groups)
+                emit("sessions", sessions=len(open_sessions()), pids=pids, received=received)
                 report_at = time.monotonic() + 1.0
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), args.act)

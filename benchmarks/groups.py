@@ -1,0 +1,198 @@
+"""Many groups per process: what G groups on each of P processes cost one PostgreSQL.
+
+``python -m benchmarks.groups [--dsn DSN] [--groups 1,10,100,1000] [--processes 10]``
+
+For each G, in a database of its own: P processes (``benchmarks.many_node``, one engine
+each) start one after another, each joining the same G groups; once every group has one
+leader and the server's counters are quiet, a window of ``--window`` seconds measures the
+sessions (every notifelect backend), transactions per second in the database,
+notifications delivered per second (summed over the processes), and CPU per process.
+Then the process leading the most groups is killed (SIGKILL) and the time until each of
+its groups has a new leader is taken from the survivors' own events: the first group
+(``one group``) and the last (``all groups``), with the default settings and with
+``strict_takeover=False`` (``--modes``). Writes ``groups.md`` and ``groups.json`` to
+``--out`` and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import json
+import os
+import platform
+import signal
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from benchmarks.many import Procs, cpu_seconds, new_leaders, overlaps, transactions, wait_quiet
+from benchmarks.run import Server
+
+OUT = Path(__file__).with_name("results") / "groups"
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+async def run_one(
+    server: Server, groups: int, processes: int, mode: str, window: float
+) -> dict[str, Any]:
+    name = f"nb_groups_{os.getpid()}_{groups}_{mode.replace('-', '_')}"
+    dsn = await server.database(name, "ours")
+    extra = ("--fast-crash",) if mode == "fast-crash" else ()
+    row: dict[str, Any] = {"groups": groups, "processes": processes, "mode": mode}
+    admin = await asyncpg.connect(dsn)
+    procs = Procs(dsn, "g", "--act", "0.25", *extra)
+    try:
+        started = time.monotonic()
+        for _ in range(processes):  # one after another, as a deployment starts replicas
+            await procs.spawn(1, groups)
+            newest = procs.procs[-1]
+            await procs.until(functools.partial(newest.last, "ready"), 600, "a process joined")
+        joins = [p.last("ready")["took"] for p in procs.procs]  # type: ignore[index]
+        await procs.until(lambda: procs.settled(groups), 600, "one leader per group")
+        row["join_p50_s"] = statistics.median(joins)
+        row["join_max_s"] = max(joins)
+        row["all_started_and_settled_s"] = time.monotonic() - started
+        row["quiet"] = await wait_quiet(admin, 20 * processes, timeout=120)
+        await procs.until(lambda: all(p.last("sessions") for p in procs.procs), 10, "reports")
+
+        cpu0 = {p.proc.pid: cpu_seconds(p.proc.pid) for p in procs.procs}
+        received0 = sum(p.last("sessions")["received"] for p in procs.procs)  # type: ignore[index]
+        before, t0 = await transactions(admin), time.monotonic()
+        await asyncio.sleep(window)  # the measurement window
+        after, t1 = await transactions(admin), time.monotonic()
+        await procs.until(
+            lambda: all(p.last("sessions")["t"] > time.time() - 1.5 for p in procs.procs),  # type: ignore[index]
+            10,
+            "fresh reports",
+        )
+        received1 = sum(p.last("sessions")["received"] for p in procs.procs)  # type: ignore[index]
+        elapsed = t1 - t0
+        cpu = []
+        for p in procs.procs:
+            end = cpu_seconds(p.proc.pid)
+            if end is not None and cpu0[p.proc.pid] is not None:
+                cpu.append(100 * (end - cpu0[p.proc.pid]) / elapsed)  # type: ignore[operator]
+        backends = await admin.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND application_name LIKE 'notifelect%'"
+        )
+        row["sessions"] = int(backends)
+        row["sessions_per_process_max"] = max(len(p.pids()) for p in procs.procs)
+        row["transactions_per_s"] = max(0.0, (after - before - 1) / elapsed)
+        row["notifications_per_s"] = (received1 - received0) / elapsed
+        row["cpu_per_process_pct_p50"] = statistics.median(cpu)
+        row["cpu_per_process_pct_max"] = max(cpu)
+
+        victim = max(procs.procs, key=lambda p: len(p.leads()))
+        lost = set(victim.leads())
+        victim.proc.send_signal(signal.SIGKILL)
+        killed_at = time.time()
+        await victim.proc.wait()
+        survivors = [p for p in procs.procs if p is not victim]
+        first = await procs.until(
+            lambda: new_leaders(survivors, lost, killed_at), 120, "every lost group led again"
+        )
+        took = sorted(t - killed_at for t in first.values())
+        row["killed_led"] = len(lost)
+        row["failover_one_s"] = took[0]
+        row["failover_p50_s"] = statistics.median(took)
+        row["failover_all_s"] = took[-1]
+        await procs.until(lambda: procs.settled(groups), 120, "one leader per group again")
+        row["overlaps"] = len(overlaps(procs.procs))
+    finally:
+        await procs.close()
+        await admin.close()
+    return row
+
+
+COLUMNS = [
+    ("groups", "G", "{}"),
+    ("mode", "settings", "{}"),
+    ("sessions", "sessions (all)", "{}"),
+    ("sessions_per_process_max", "per process (max)", "{}"),
+    ("transactions_per_s", "transactions/s", "{:.1f}"),
+    ("notifications_per_s", "notifications/s", "{:.1f}"),
+    ("cpu_per_process_pct_p50", "CPU/process p50", "{:.1f} %"),
+    ("cpu_per_process_pct_max", "CPU/process max", "{:.1f} %"),
+    ("join_p50_s", "join p50", "{:.2f} s"),
+    ("join_max_s", "join max", "{:.2f} s"),
+    ("killed_led", "groups of the killed", "{}"),
+    ("failover_one_s", "failover: one group", "{:.3f} s"),
+    ("failover_all_s", "failover: all groups", "{:.3f} s"),
+    ("overlaps", "overlaps", "{}"),
+]
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    out = [
+        "| " + " | ".join(title for _, title, _ in COLUMNS) + " |",
+        "|" + "---|" * len(COLUMNS),
+    ]
+    for row in rows:
+        out.append("| " + " | ".join(fmt.format(row[key]) for key, _, fmt in COLUMNS) + " |")
+    return "\n".join(out) + "\n"
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    # Every process holds up to three sessions; the server needs room for them all.
+    server = Server(args.dsn, max(100, 4 * args.processes + 20))
+    await server.start()
+    rows = []
+    try:
+        for groups in args.groups:
+            for mode in args.modes:
+                _say(f"G={groups} x {args.processes} processes, {mode} ...")
+                row = await run_one(server, groups, args.processes, mode, args.window)
+                _say("  " + json.dumps(row))
+                rows.append(row)
+        pg = await server.facts()
+    finally:
+        await server.close()
+    version, max_connections = pg["server_version"], pg["max_connections"]
+    facts = {
+        "postgresql": version,
+        "max_connections": max_connections,
+        "fsync": pg["fsync"],
+        "own_server": pg["own_server"],
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "processes": args.processes,
+        "window_s": args.window,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "groups.json").write_text(json.dumps({"facts": facts, "rows": rows}, indent=2))
+    text = (
+        f"# Many groups per process\n\nGenerated by `python -m benchmarks.groups` "
+        f"(PostgreSQL {version}, {os.cpu_count()} CPUs shared by the server and every "
+        f"process, {args.processes} processes started one after another, a "
+        f"{args.window:g} s window per row).\n\n" + table(rows)
+    )
+    (args.out / "groups.md").write_text(text)
+    print(text)
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dsn", help="a PostgreSQL server to create databases on")
+    parser.add_argument(
+        "--groups", type=lambda s: [int(x) for x in s.split(",")], default=[1, 10, 100, 1000]
+    )
+    parser.add_argument("--processes", type=int, default=10)
+    parser.add_argument("--modes", type=lambda s: s.split(","), default=["default", "fast-crash"])
+    parser.add_argument("--window", type=float, default=10.0)
+    parser.add_argument("--out", type=Path, default=OUT)
+    return asyncio.run(main_async(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""Processes that each join many groups on one engine (``benchmarks.many_node``), the
+events they report, and what the database shows: used by the many-groups benchmark
+(:mod:`benchmarks.groups`) and the many-groups test (``tests/faults``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Proc:
+    proc: asyncio.subprocess.Process
+    events: list[dict[str, Any]] = field(default_factory=list)
+    reader: asyncio.Task[None] | None = None
+
+    def of(self, ev: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["ev"] == ev]
+
+    def last(self, ev: str) -> dict[str, Any] | None:
+        found = self.of(ev)
+        return found[-1] if found else None
+
+    def pids(self) -> list[int]:
+        """The backends of this process's sessions, as it last reported them."""
+        report = self.last("sessions")
+        return [] if report is None else list(report["pids"])
+
+    def leads(self) -> dict[str, int]:
+        act = self.last("act")
+        return {} if act is None else dict(act["led"])
+
+
+class Procs:
+    def __init__(self, dsn: str, tag: str, *extra: str) -> None:
+        self.dsn = dsn
+        self.tag = tag
+        self.extra = extra
+        self.procs: list[Proc] = []
+        self._changed = asyncio.Event()
+
+    async def spawn(self, count: int, groups: int, *extra: str) -> None:
+        for _ in range(count):
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "benchmarks.many_node",
+                "--dsn",
+                self.dsn,
+                "--groups",
+                str(groups),
+                "--tag",
+                self.tag,
+                *self.extra,
+                *extra,
+                cwd=ROOT,
+                stdout=asyncio.subprocess.PIPE,
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+                limit=2**22,
+            )
+            p = Proc(proc)
+            p.reader = asyncio.create_task(self._read(p))
+            self.procs.append(p)
+
+    async def _read(self, p: Proc) -> None:
+        assert p.proc.stdout is not None
+        while line := await p.proc.stdout.readline():
+            with contextlib.suppress(ValueError):
+                p.events.append(json.loads(line))
+                self._changed.set()
+
+    async def until(self, predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            self._changed.clear()
+            value = predicate()
+            if value:
+                return value
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"{what}: not reached within {timeout}s")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
+
+    def settled(self, groups: int) -> bool:
+        """Every group is acted for by exactly one live process."""
+        seen: dict[str, int] = {}
+        for p in self.procs:
+            if p.proc.returncode is not None:
+                continue
+            for ns in p.leads():
+                seen[ns] = seen.get(ns, 0) + 1
+        return len(seen) == groups and all(v == 1 for v in seen.values())
+
+    async def close(self) -> None:
+        for p in self.procs:
+            if p.proc.returncode is None:
+                p.proc.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                await asyncio.wait_for(p.proc.wait(), 30)
+            except TimeoutError:
+                p.proc.kill()
+                await p.proc.wait()
+            if p.reader is not None:
+                await p.reader
+
+
+@contextlib.asynccontextmanager
+async def running(dsn: str, tag: str, *extra: str) -> AsyncIterator[Procs]:
+    procs = Procs(dsn, tag, *extra)
+    try:
+        yield procs
+    finally:
+        await procs.close()
+
+
+async def transactions(conn: asyncpg.Connection[Any]) -> int:
+    await conn.execute("SELECT pg_stat_clear_snapshot()")
+    return int(
+        await conn.fetchval(
+            "SELECT xact_commit + xact_rollback FROM pg_stat_database"
+            " WHERE datname = current_database()"
+        )
+    )
+
+
+def overlaps(procs: list[Proc]) -> list[str]:
+    """Leaderships of one group that overlap, from what each process recorded.
+
+    A leadership of group g under term T begins at its ``elected`` event and ends at its
+    ``deposed`` event, or, for a process that never recorded one (killed), at its last
+    ``act`` line listing g under T. A newer term must begin after every older one ended.
+    """
+    spans: dict[str, list[tuple[int, float, float]]] = {}
+    for p in procs:
+        ends: dict[tuple[str, int], float] = {}
+        for e in p.of("act"):
+            for ns, term in e["led"].items():
+                ends[ns, term] = e["t"]
+        for e in p.of("deposed"):
+            ends[e["ns"], e["term"]] = max(ends.get((e["ns"], e["term"]), 0.0), e["t"])
+        for e in p.of("elected"):
+            end = ends.get((e["ns"], e["term"]), e["t"])
+            spans.setdefault(e["ns"], []).append((e["term"], e["t"], end))
+    found = []
+    for ns, terms in spans.items():
+        terms.sort()
+        for (t1, _b1, e1), (t2, b2, _e2) in itertools.pairwise(terms):
+            if b2 < e1:
+                found.append(f"{ns}: term {t2} began {e1 - b2:.3f}s before term {t1} ended")
+    return found
+
+
+async def wait_quiet(conn: asyncpg.Connection[Any], per_second: float, timeout: float) -> bool:
+    """Wait until a two-second window of the database runs at most ``per_second``
+    transactions a second (the server's counters lag: a cold start shows up for a while).
+    False if that never happened within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last = await transactions(conn)
+    while time.monotonic() < deadline:
+        await asyncio.sleep(2)  # a sampling window, not a synchronisation
+        now_count = await transactions(conn)
+        if now_count - last <= 2 * per_second:
+            return True
+        last = now_count
+    return False
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process so far (from /proc/<pid>/stat)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def new_leaders(survivors: list[Proc], lost: set[str], after: float) -> dict[str, float] | None:
+    """When each group of ``lost`` first had a new leader among ``survivors`` (wall clock,
+    from their ``elected`` events after ``after``); None until every one has."""
+    first: dict[str, float] = {}
+    for p in survivors:
+        for e in p.of("elected"):
+            if e["ns"] in lost and e["t"] >= after:
+                first[e["ns"]] = min(first.get(e["ns"], e["t"]), e["t"])
+    return first if set(first) == lost else None
