@@ -25,7 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from tests.faults import checker
-from tests.faults.node import AUDIT_DDL, AUDIT_TABLE
+from tests.faults.node import AUDIT_DDL, AUDIT_TABLE, extra_namespace
 from tests.support.proxy import FaultProxy
 from tests.support.servers import ThrowawayPostgres
 
@@ -58,9 +58,13 @@ class Timing:
     job_period: float = 0.05
     work: float = 0.01
     idle_in_transaction_ms: int = 1000
+    #: Groups each node joins besides the one under test, on the same engine (so on the
+    #: same election session): their fenced writes are checked as well.
+    extra_groups: int = 2
 
     def argv(self) -> list[str]:
         return [
+            "--extra-groups", str(self.extra_groups),
             "--interval", str(self.interval),
             "--election-timeout", str(self.election_timeout),
             "--lease", str(self.lease),
@@ -377,24 +381,30 @@ class Cluster:
 
     # ------------------------------------------------------------ checks
 
-    async def report(self) -> checker.Report:
-        """Run every check of ``checker`` on the audit table and the nodes' reports."""
+    async def report(self, namespace: str | None = None) -> checker.Report:
+        """Run every check of ``checker`` on the audit table and the nodes' reports (the
+        group under test), or on the audit table alone for ``namespace`` (a group the
+        nodes share their sessions with)."""
+        group = namespace or self.namespace
         rows = await self.sql(
             f"SELECT node, term, started, ended, kind, db_at FROM {AUDIT_TABLE}"
             " WHERE namespace = $1",
-            self.namespace,
+            group,
         )
         executions = [checker.Execution(**dict(r)) for r in rows]
         history = await self.sql(
             "SELECT term, node, started_at FROM notifelect_history WHERE namespace = $1",
-            self.namespace,
+            group,
         )
         return checker.check(
             executions,
-            spans=list(self.spans().values()),
+            spans=list(self.spans().values()) if namespace is None else [],
             term_started={r["term"]: r["started_at"] for r in history},
             owners={r["term"]: r["node"] for r in history},
         )
+
+    def extra_namespaces(self) -> list[str]:
+        return [extra_namespace(self.namespace, i) for i in range(self.timing.extra_groups)]
 
     def spans(self) -> dict[int, checker.Span]:
         """Each term's activity as its own process recorded it (see checker.Span)."""
@@ -426,6 +436,10 @@ class Cluster:
         )
         assert report.ok, f"{report}\n{self.describe()}"
         assert report.executions > 0
+        for namespace in self.extra_namespaces():  # the groups sharing the sessions
+            shared = await self.report(namespace)
+            assert shared.ok, f"group {namespace}: {shared}\n{self.describe()}"
+            assert shared.executions > 0, f"group {namespace} never ran its job"
         # Terms in the database are unique per leadership and only grow.
         terms = sorted(r["term"] for r in history)
         assert terms == sorted(set(terms)), terms

@@ -118,6 +118,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dsn", required=True)
     p.add_argument("--namespace", required=True)
     p.add_argument("--priority", type=int, default=0)
+    p.add_argument(
+        "--extra-groups",
+        type=int,
+        default=0,
+        help="also join this many other groups on the same engine (the same election "
+        "session); each runs the fenced job under its own namespace, and reports no events",
+    )
     p.add_argument("--interval", type=float, default=0.1)
     p.add_argument("--election-timeout", type=float, default=0.05)
     p.add_argument("--lease", type=float, default=0.5)
@@ -170,8 +177,19 @@ class Node:
             retry=RetryPolicy(initial=0.05, maximum=0.5, jitter=0.05),
         )
         self.group = ElectionGroup(self.engine, settings=settings)
+        self.extras = [
+            ElectionGroup(
+                self.engine,
+                settings=settings.replace(namespace=extra_namespace(args.namespace, i)),
+            )
+            for i in range(args.extra_groups)
+        ]
+        for extra in self.extras:
+            extra.on_elected(self.remember, resign_on_error=False)
+            extra.every(args.job_period)(self.job)
         self.probes: set[asyncio.Task[None]] = set()  # also the naive writers
-        self.term_nodes: dict[int, int] = {}  # the node id that held each term
+        #: The node id that held each (group, term).
+        self.term_nodes: dict[tuple[str, int], int] = {}
         self.stopping = False
         self.group.on_elected(self.span, resign_on_error=False)
         self.group.every(args.job_period)(self.job)
@@ -214,8 +232,11 @@ class Node:
                 if self.args.thread_call:
                     await asyncio.to_thread(self.threaded)
 
+    async def remember(self, ls: Leadership) -> None:
+        self.term_nodes[ls.namespace, ls.term] = ls.node
+
     async def span(self, ls: Leadership) -> None:
-        self.term_nodes[ls.term] = ls.node
+        await self.remember(ls)
         emit("elected", node=ls.node, term=ls.term)
         if self.args.unguarded:
             task = asyncio.create_task(self.naive(ls.term))
@@ -238,7 +259,8 @@ class Node:
                 started = time.time()
                 await asyncio.sleep(self.args.work)
                 ended = time.time()
-                await conn.execute(_INSERT, self._row(ls.term, "exec", started, ended))
+                row = self._row(ls.term, "exec", started, ended, ls.namespace)
+                await conn.execute(_INSERT, row)
         except NotLeaderError:
             emit("refused", term=ls.term, why="lease")
         except StaleLeaderError:
@@ -248,11 +270,14 @@ class Node:
         else:
             emit("exec", term=ls.term, started=started, ended=ended)
 
-    def _row(self, term: int, kind: str, started: float, ended: float) -> dict[str, Any]:
+    def _row(
+        self, term: int, kind: str, started: float, ended: float, namespace: str | None = None
+    ) -> dict[str, Any]:
+        namespace = namespace or self.args.namespace
         return {
-            "namespace": self.args.namespace,
+            "namespace": namespace,
             # The node that held the term: after a lost session the group has a new id.
-            "node": self.term_nodes.get(term, self.group.node),
+            "node": self.term_nodes.get((namespace, term), self.group.node),
             "pid": os.getpid(),
             "term": term,
             "kind": kind,
@@ -307,7 +332,10 @@ class Node:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         try:
-            async with self.group:
+            async with contextlib.AsyncExitStack() as stack:
+                await stack.enter_async_context(self.group)
+                for extra in self.extras:
+                    await stack.enter_async_context(extra)
                 emit("ready", node=self.group.node, pid=os.getpid())
                 calls = asyncio.create_task(self.calls())
                 self.probes.add(calls)
@@ -322,6 +350,11 @@ class Node:
                     await task
             await self.engine.dispose()
         emit("exit", node=self.group.node)
+
+
+def extra_namespace(namespace: str, index: int) -> str:
+    """The name of a group a node joins besides ``namespace`` (see ``--extra-groups``)."""
+    return f"{namespace}+{index}"
 
 
 def main(argv: list[str] | None = None) -> None:
