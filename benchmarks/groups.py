@@ -3,7 +3,8 @@
 ``python -m benchmarks.groups [--dsn DSN] [--groups 1,10,100,1000] [--processes 10]``
 
 For each G, in a database of its own: P processes (``benchmarks.many_node``, one engine
-each) start one after another, each joining the same G groups; once every group has one
+each) start one after another (each once the database is quiet again), each joining the
+same G groups; once every group has one
 leader and the server's counters are quiet, a window of ``--window`` seconds measures the
 sessions (every notifelect backend), transactions per second in the database,
 notifications delivered per second (summed over the processes), and CPU per process.
@@ -54,10 +55,15 @@ async def run_one(
     procs = Procs(dsn, "g", "--act", "0.25", *extra)
     try:
         started = time.monotonic()
-        for _ in range(processes):  # one after another, as a deployment starts replicas
+        for _ in range(processes):
+            # One after another, each once the previous has joined and the database is
+            # quiet again, as a deployment starts replicas. (Ten processes joining a
+            # thousand groups each within a second or two overload a 2-CPU machine that
+            # also runs the server: leases lapse and elections repeat for a while.)
             await procs.spawn(1, groups)
             newest = procs.procs[-1]
             await procs.until(functools.partial(newest.last, "ready"), 600, "a process joined")
+            await wait_quiet(admin, 20 * processes, timeout=60)
         joins = [p.last("ready")["took"] for p in procs.procs]  # type: ignore[index]
         await procs.until(lambda: procs.settled(groups), 600, "one leader per group")
         row["join_p50_s"] = statistics.median(joins)

@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 class Proc:
     proc: asyncio.subprocess.Process
     events: list[dict[str, Any]] = field(default_factory=list)
+    led: dict[str, int] = field(default_factory=dict)  # the last ``led`` it reported
     reader: asyncio.Task[None] | None = None
 
     def of(self, ev: str) -> list[dict[str, Any]]:
@@ -42,8 +43,8 @@ class Proc:
         return [] if report is None else list(report["pids"])
 
     def leads(self) -> dict[str, int]:
-        act = self.last("act")
-        return {} if act is None else dict(act["led"])
+        """The groups the process last said it acts for, by term (do not change it)."""
+        return self.led
 
 
 class Procs:
@@ -81,13 +82,22 @@ class Procs:
         assert p.proc.stdout is not None
         while line := await p.proc.stdout.readline():
             with contextlib.suppress(ValueError):
-                p.events.append(json.loads(line))
+                event = json.loads(line)
+                p.events.append(event)
+                if event["ev"] == "act" and "led" in event:
+                    p.led = event["led"]
                 self._changed.set()
 
-    async def until(self, predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    async def until(
+        self, predicate: Callable[[], Any], timeout: float, what: str, *, every: float = 0.05
+    ) -> Any:
+        """Wait until ``predicate()`` is true, checking when a process reports something,
+        at most once every ``every`` seconds: thousands of lines a second must not make
+        this process, which shares the CPUs with the nodes, the busiest on the machine."""
         deadline = time.monotonic() + timeout
         while True:
             self._changed.clear()
+            checked = time.monotonic()
             value = predicate()
             if value:
                 return value
@@ -96,6 +106,7 @@ class Procs:
                 raise AssertionError(f"{what}: not reached within {timeout}s")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), remaining)
+            await asyncio.sleep(max(0.0, checked + every - time.monotonic()))  # throttle
 
     def settled(self, groups: int) -> bool:
         """Every group is acted for by exactly one live process."""
@@ -150,8 +161,10 @@ def overlaps(procs: list[Proc]) -> list[str]:
     spans: dict[str, list[tuple[int, float, float]]] = {}
     for p in procs:
         ends: dict[tuple[str, int], float] = {}
+        current: dict[str, int] = {}
         for e in p.of("act"):
-            for ns, term in e["led"].items():
+            current = e.get("led", current)  # a line without ``led``: the same groups
+            for ns, term in current.items():
                 ends[ns, term] = e["t"]
         for e in p.of("deposed"):
             ends[e["ns"], e["term"]] = max(ends.get((e["ns"], e["term"]), 0.0), e["t"])

@@ -9,7 +9,8 @@
   sessions hold (election connection, anchor, watchers), and how many notifications its
   groups have received so far;
 * ``act``: every ``--act`` seconds, the groups this process may act for right now (its
-  leadership is valid), by term: what a ``@leader_only`` job would see. A killed
+  leadership is valid), by term: what a ``@leader_only`` job would see (``led``, only
+  when it changed; a line without it means the same groups as the line before). A killed
   process's leadership ends, at the latest, with its last ``act`` line.
 
 SIGTERM closes every group (each hands over) and exits 0.
@@ -69,6 +70,7 @@ async def main(args: argparse.Namespace) -> None:
     await asyncio.gather(*(g.__aenter__() for g in groups))
     emit("ready", node=groups[0].node, pid=os.getpid(), took=time.time() - started)
     report_at = 0.0
+    last_led: dict[str, int] | None = None
     try:
         while not stop.is_set():
             led = {
@@ -76,7 +78,13 @@ async def main(args: argparse.Namespace) -> None:
                 for g in groups
                 if g.leadership is not None and g.leadership.is_valid
             }
-            emit("act", led=led)
+            # The whole set only when it changed: a line of a thousand groups four times a
+            # second would fill the pipe and stall this very loop.
+            if led != last_led:
+                emit("act", led=led)
+                last_led = led
+            else:
+                emit("act")
             if time.monotonic() >= report_at:
                 pids = sorted(p for s in open_sessions() for p in s.backend_pids())
                 received = sum(g.stats["received"] for g in groups)

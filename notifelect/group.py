@@ -149,7 +149,9 @@ class ElectionGroup:
 
     @property
     def node(self) -> int | None:
-        """This node's sequence id (None before the group is entered)."""
+        """This node's id (None before the group is entered): the id of the election
+        session it is on, shared with the process's other groups on the same engine. A
+        new session after a lost one (the connection or its anchor ended) has a new id."""
         return self._driver.node
 
     @property

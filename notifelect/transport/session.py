@@ -708,7 +708,8 @@ class Session:
         self._standbys_at = now()
         if serial is None or not led:
             return
-        await serial.fetch(self.queries.update_standbys, self.node, led)
+        # Urgent too: the renewals of the next intervals wait for it.
+        await serial.fetch(self.queries.update_standbys, self.node, led, urgent=True)
 
     # ------------------------------------------------------------ watching other sessions
 

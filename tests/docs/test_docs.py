@@ -45,8 +45,11 @@ def test_samples_were_found() -> None:
 
 @pytest.mark.parametrize("path", INCLUDED)
 def test_every_included_file_exists_and_python_ones_compile(path: str) -> None:
+    path, _, section = path.partition(":")  # "file:name" includes a marked section
     source = ROOT / path
     assert source.is_file(), path
+    if section:
+        assert f"--8<-- [start:{section}]" in source.read_text(), f"{path} has no {section}"
     if source.suffix == ".py":
         assert path.startswith("examples/"), "included code lives under examples/"
         compile(source.read_text(), str(source), "exec")
