@@ -25,12 +25,19 @@ _ASYNC_HINT = (
 )
 
 
-#: ``application_name`` of the election sessions unless the user set one. The session's
-#: anchor and watchers are named apart (:data:`ANCHOR_NAME`, :data:`WATCHER_NAME`) so that
-#: operators can tell them apart and leave anchors alone.
+#: ``application_name`` of the election's connections unless the user set one; once the
+#: session has its node id, ``notifelect:<node>`` (see :func:`session_name`). Anchors and
+#: watchers are named apart (:data:`ANCHOR_NAME`, :data:`WATCHER_NAME`) so that operators
+#: can tell them apart and leave anchors alone.
 APPLICATION_NAME = "notifelect"
 ANCHOR_NAME = "notifelect-anchor"
 WATCHER_NAME = "notifelect-watch"
+
+
+def session_name(kind: str, node: int) -> str:
+    """``<kind>:<node>``: the name of a session's connection of that kind (the node id is
+    the one in ``notifelect_status`` and the logs)."""
+    return f"{kind}:{node}"
 
 
 def connector_for(

@@ -41,7 +41,7 @@ from ..errors import ConfigurationError, SchemaError
 from ..schema import SCHEMA_VERSION, Names, missing_schema_message, required_relations
 from ..sql import RELATIONS_EXIST, ElectionQueries, schema_version
 from .base import Freed, LeaderRecord, TransportError
-from .connect import ANCHOR_NAME, APPLICATION_NAME, WATCHER_NAME
+from .connect import ANCHOR_NAME, APPLICATION_NAME, WATCHER_NAME, session_name
 
 if TYPE_CHECKING:
     from .postgres import PostgresTransport
@@ -280,7 +280,8 @@ class _Watcher:
     async def _watch(self) -> dict[str, Freed]:
         s = self.session
         key = s.names.anchor_key(self.node)
-        conn = self.conn = await s.new_connection(WATCHER_NAME)
+        assert s.node is not None
+        conn = self.conn = await s.new_connection(session_name(WATCHER_NAME, s.node))
         try:
             # The wait goes on in rounds of a bounded lock wait on this one connection (so
             # what it observed still holds): a backend blocked on a lock does not notice
@@ -473,6 +474,8 @@ class Session:
         await self._check_schema(conn)
         await self._bound_waits(conn)
         self.node = int(await conn.fetchval(self.queries.next_node))
+        if self._borrowed is None:
+            await _rename(conn, session_name(APPLICATION_NAME, self.node))
         if self._connect is not None:
             self.anchor = await self._open_anchor(self.node)
         conn.add_termination_listener(self._terminated)
@@ -486,14 +489,8 @@ class Session:
         assert self._connect is not None
         conn = await self._connect()
         if application_name != APPLICATION_NAME:
-            # Named apart from the election sessions unless the user named them all.
             try:
-                await conn.execute(
-                    "SELECT set_config('application_name', $2, false)"
-                    " WHERE current_setting('application_name') = $1",
-                    APPLICATION_NAME,
-                    application_name,
-                )
+                await _rename(conn, application_name)
             except BaseException:
                 conn.terminate()
                 raise
@@ -518,7 +515,7 @@ class Session:
         timeout), and notifelect never terminates another node's anchor: its end is
         evidence that the process is gone (or that every group stopped its work).
         """
-        anchor = await self.new_connection(ANCHOR_NAME)
+        anchor = await self.new_connection(session_name(ANCHOR_NAME, node))
         try:
             probe = max(1, math.ceil(self.timing.lease))
             await anchor.execute(
@@ -799,6 +796,16 @@ class Session:
         if anchor is not None:
             anchor.remove_termination_listener(self._anchor_terminated)
             anchor.terminate()
+
+
+async def _rename(conn: asyncpg.Connection[Any], name: str) -> None:
+    """Name the session ``name`` unless the user named it (it is then left as it is)."""
+    await conn.execute(
+        "SELECT set_config('application_name', $2, false)"
+        " WHERE current_setting('application_name') = $1",
+        APPLICATION_NAME,
+        name,
+    )
 
 
 class _Registry:

@@ -11,7 +11,12 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from notifelect import ElectionGroup
-from notifelect.transport.connect import ANCHOR_NAME, APPLICATION_NAME, WATCHER_NAME
+from notifelect.transport.connect import (
+    ANCHOR_NAME,
+    APPLICATION_NAME,
+    WATCHER_NAME,
+    session_name,
+)
 from tests.support.servers import sqlalchemy_url
 from tests.support.waiting import settled, until
 
@@ -43,7 +48,8 @@ async def _names_of_running_group(
 @pytest.mark.timeout(30)
 async def test_sessions_of_a_group_on_a_dsn_carry_notifelect(dsn: str, namespace: str) -> None:
     names = await _names_of_running_group(dsn, namespace, [dsn, dsn])
-    assert names == [APPLICATION_NAME] * 2
+    assert all(name.startswith(f"{APPLICATION_NAME}:") for name in names), names
+    assert len(set(names)) == 2  # one session per member: their node ids differ
 
 
 @pytest.mark.timeout(30)
@@ -53,7 +59,8 @@ async def test_sessions_of_a_group_on_an_engine_carry_notifelect(dsn: str, names
         names = await _names_of_running_group(dsn, namespace, [engine, engine])
     finally:
         await engine.dispose()
-    assert names == [APPLICATION_NAME] * 2
+    assert all(name.startswith(f"{APPLICATION_NAME}:") for name in names), names
+    assert len(set(names)) == 2  # one session per member: their node ids differ
 
 
 @pytest.mark.timeout(30)
@@ -86,10 +93,19 @@ async def test_pgappname_names_the_sessions(
 
 @pytest.mark.timeout(30)
 async def test_anchor_and_watcher_sessions_are_named_apart(dsn: str, namespace: str) -> None:
-    wanted = {APPLICATION_NAME, ANCHOR_NAME, WATCHER_NAME}
     async with ElectionGroup(dsn, namespace) as a, ElectionGroup(dsn, namespace) as b:
         groups = [a, b]
         await until(groups, lambda: settled(groups), timeout=10, what="a settled leader")
+        standby = b if a.is_leader else a
+        assert a.node is not None
+        assert b.node is not None
+        wanted = {
+            session_name(APPLICATION_NAME, a.node),
+            session_name(APPLICATION_NAME, b.node),
+            session_name(ANCHOR_NAME, a.node),
+            session_name(ANCHOR_NAME, b.node),
+            session_name(WATCHER_NAME, standby.node or 0),
+        }
         conn = await asyncpg.connect(dsn)
         try:
             deadline = time.monotonic() + 10
