@@ -32,7 +32,7 @@ import logging
 import math
 import secrets
 from collections.abc import Awaitable, Callable, Hashable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import asyncpg
 
@@ -42,9 +42,6 @@ from ..schema import SCHEMA_VERSION, Names, missing_schema_message, required_rel
 from ..sql import RELATIONS_EXIST, ElectionQueries, schema_version
 from .base import Freed, LeaderRecord, TransportError
 from .connect import ANCHOR_NAME, APPLICATION_NAME, WATCHER_NAME, session_name
-
-if TYPE_CHECKING:
-    from .postgres import PostgresTransport
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -59,6 +56,25 @@ _POOLER_FIX = (
     "own DSN or engine that bypasses the pooler) or use a pool in session mode "
     "(PgBouncer: pool_mode = session)"
 )
+
+
+class SessionGroup(Protocol):
+    """A group on a session, as the session sees it (a ``PostgresTransport``)."""
+
+    @property
+    def namespace(self) -> str: ...
+
+    @property
+    def channel(self) -> str: ...
+
+    @property
+    def leading(self) -> bool: ...
+
+    def notified(self, payload: str) -> None: ...
+
+    def ticked(self, tick: Tick, record: LeaderRecord | None) -> None: ...
+
+    def lost(self) -> None: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -349,11 +365,11 @@ class Session:
         self.closed = False
         self.last_tick: Tick | None = None
         self._opening: asyncio.Task[None] | None = None
-        self._groups: dict[str, PostgresTransport] = {}
+        self._groups: dict[str, SessionGroup] = {}
         #: Groups that must still let go (detach) / stop their work (release the anchor)
         #: before the connection / the anchor of a broken session is dropped.
-        self._holding: set[PostgresTransport] = set()
-        self._working: set[PostgresTransport] = set()
+        self._holding: set[SessionGroup] = set()
+        self._working: set[SessionGroup] = set()
         self._ticker: asyncio.Task[None] | None = None
         self._watchers: dict[int, _Watcher] = {}
         self._standbys_at = 0.0
@@ -372,7 +388,7 @@ class Session:
 
     # ------------------------------------------------------------ joining and leaving
 
-    async def join(self, group: PostgresTransport) -> int:
+    async def join(self, group: SessionGroup) -> int:
         """Open the session if needed and add ``group`` (reserved by the registry),
         listening on its channel."""
         try:
@@ -401,7 +417,7 @@ class Session:
             self._ticker = asyncio.create_task(self._tick_loop(), name="notifelect:session")
         return self.node
 
-    async def leave(self, group: PostgresTransport) -> None:
+    async def leave(self, group: SessionGroup) -> None:
         """Remove ``group``: stop listening on its channel; close the session if it was
         the last. Never raises."""
         if self._groups.get(group.namespace) is group:
@@ -420,13 +436,13 @@ class Session:
         opened = self._opening is not None and self._opening.done()
         return opened and self.usable and not self._groups and not self._holding
 
-    def detach(self, group: PostgresTransport) -> None:
+    def detach(self, group: SessionGroup) -> None:
         """``group`` holds nothing on the connection any more (see the module docstring)."""
         self._holding.discard(group)
         if self.broken is not None and not self._holding:
             self._drop_connection()
 
-    def work_stopped(self, group: PostgresTransport) -> None:
+    def work_stopped(self, group: SessionGroup) -> None:
         """``group``'s leader work has stopped; a lost or closed session's anchor goes
         once no group's work runs any more."""
         self._working.discard(group)
@@ -435,7 +451,7 @@ class Session:
         if (self.broken is not None and not self._holding) or self.closed:
             self._drop_anchor()
 
-    def forget(self, group: PostgresTransport) -> None:
+    def forget(self, group: SessionGroup) -> None:
         """Drop ``group`` from the session without talking to the database."""
         if self._groups.get(group.namespace) is group:
             del self._groups[group.namespace]
@@ -819,7 +835,7 @@ class _Registry:
     def __init__(self) -> None:
         self._sessions: dict[tuple[asyncio.AbstractEventLoop, Hashable], list[Session]] = {}
 
-    def take(self, key: Hashable, group: PostgresTransport, make: Callable[[], Session]) -> Session:
+    def take(self, key: Hashable, group: SessionGroup, make: Callable[[], Session]) -> Session:
         """A usable session of ``key`` without ``group``'s namespace, with it reserved."""
         loop = asyncio.get_running_loop()
         sessions = self._sessions.setdefault((loop, key), [])
