@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import pytest
 
 from notifelect.transport.connect import ANCHOR_NAME, APPLICATION_NAME
+from tests.faults import checker
 from tests.faults.harness import Cluster, NodeProcess, Timing
 from tests.support.proxy import Mode
 
@@ -345,7 +346,14 @@ async def test_the_checks_catch_work_that_outlives_its_leadership(cluster: Clust
 
     await cluster.until_async(late_naive_writes, timeout=20, what="the resumed node wrote")
     await cluster.more_executions(3, timeout=20, what="the new leader works beside it")
-    report = await cluster.report()
+
+    async def overlapping() -> checker.Report | None:
+        # Both write for about 10 ms every 50 ms: their writes overlap soon, not at once.
+        found = await cluster.report()
+        return found if found.overlaps else None
+
+    report = await cluster.until_async(overlapping, timeout=30, what="an overlap seen")
+    assert report is not None
     assert not report.ok
     assert report.overlaps
     assert report.stale_accepted
