@@ -23,7 +23,6 @@ import functools
 import json
 import os
 import platform
-import signal
 import statistics
 import sys
 import time
@@ -32,7 +31,8 @@ from typing import Any
 
 import asyncpg
 
-from benchmarks.many import Procs, cpu_seconds, new_leaders, overlaps, transactions, wait_quiet
+from benchmarks.many import Procs, kill_busiest, overlaps, transactions, wait_quiet
+from benchmarks.procs import cpu_seconds
 from benchmarks.run import Server
 from notifelect.schema import Names
 from notifelect.sql import ElectionQueries
@@ -102,17 +102,8 @@ async def run_one(
 
         row["renewal_ms"] = await renewal_ms(admin, [f"g-{i}" for i in range(groups)])
 
-        victim = max(procs.procs, key=lambda p: len(p.leads()))
-        lost = set(victim.leads())
-        victim.proc.send_signal(signal.SIGKILL)
-        killed_at = time.time()
-        await victim.proc.wait()
-        survivors = [p for p in procs.procs if p is not victim]
-        first = await procs.until(
-            lambda: new_leaders(survivors, lost, killed_at), 120, "every lost group led again"
-        )
-        took = sorted(t - killed_at for t in first.values())
-        row["killed_led"] = len(lost)
+        took = await kill_busiest(procs, 120)
+        row["killed_led"] = len(took)
         row["failover_one_s"] = took[0]
         row["failover_p50_s"] = statistics.median(took)
         row["failover_all_s"] = took[-1]

@@ -195,14 +195,19 @@ async def wait_quiet(conn: asyncpg.Connection[Any], per_second: float, timeout: 
     return False
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of a process so far (from /proc/<pid>/stat)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+async def kill_busiest(procs: Procs, timeout: float) -> list[float]:
+    """SIGKILL the process leading the most groups; wait until each of its groups has a
+    new leader among the others; return how long each took, sorted (seconds)."""
+    victim = max(procs.procs, key=lambda p: len(p.leads()))
+    lost = set(victim.leads())
+    victim.proc.send_signal(signal.SIGKILL)
+    killed_at = time.time()
+    await victim.proc.wait()
+    survivors = [p for p in procs.procs if p is not victim]
+    first = await procs.until(
+        lambda: new_leaders(survivors, lost, killed_at), timeout, "every lost group led again"
+    )
+    return sorted(t - killed_at for t in first.values())
 
 
 def new_leaders(survivors: list[Proc], lost: set[str], after: float) -> dict[str, float] | None:
