@@ -165,7 +165,7 @@ class PostgresTransport(Transport):
         self._session = self._anchored = session
         self._node = node
         try:
-            await self._serial().execute(
+            await self._require().execute(
                 self._q.register_member,
                 self.namespace,
                 node,
@@ -287,14 +287,11 @@ class PostgresTransport(Transport):
         finally:
             await session.leave(self)
 
-    def _serial(self) -> _Serial:
+    def _require(self) -> _Serial:
         session = self._session
         if session is None or session.serial is None or not session.usable:
             raise TransportError("the election session is closed")
         return session.serial
-
-    def _require(self) -> _Serial:
-        return self._serial()
 
     # ------------------------------------------------------------ traffic
 

@@ -363,7 +363,6 @@ class Session:
         self.anchor: asyncpg.Connection[Any] | None = None
         self.broken: str | None = None
         self.closed = False
-        self.last_tick: Tick | None = None
         self._opening: asyncio.Task[None] | None = None
         self._groups: dict[str, SessionGroup] = {}
         #: Groups that must still let go (detach) / stop their work (release the anchor)
@@ -377,10 +376,6 @@ class Session:
 
     def _extra(self, event: str) -> dict[str, object]:
         return {"notifelect_event": event, "notifelect_node": self.node}
-
-    @property
-    def groups(self) -> tuple[str, ...]:
-        return tuple(self._groups)
 
     @property
     def usable(self) -> bool:
@@ -711,7 +706,6 @@ class Session:
             namespace = fields.pop("namespace")
             records[namespace] = LeaderRecord(**fields)
         tick = Tick(sent_at, records)
-        self.last_tick = tick
         for namespace, group in list(self._groups.items()):
             group.ticked(tick, records.get(namespace))
 
@@ -737,11 +731,6 @@ class Session:
             return await future
         finally:
             watcher.discard(namespace, future)
-
-    @property
-    def watchers(self) -> int:
-        """How many leader sessions this session watches now."""
-        return len(self._watchers)
 
     def backend_pids(self) -> list[int]:
         """The server pids of every connection the session holds now: the election
