@@ -103,6 +103,16 @@ _RENEWED_AGE = (
 #: Among equals each session then watches one other, whatever the number of groups.
 STANDBY_ORDER = "m.priority DESC, (m.node > {leader}) DESC, m.node"
 
+
+def _standby(member: str, namespace: str, leader: str) -> str:
+    """The live member of group ``namespace`` that watches ``leader`` (SQL expressions)
+    while it leads: the first in :data:`STANDBY_ORDER`. Column: node."""
+    return (
+        f"SELECT m.node FROM {member} m WHERE m.namespace = {namespace} AND m.node <> {leader}"
+        f" AND {LIVE_MEMBER} ORDER BY {STANDBY_ORDER.format(leader=leader)} LIMIT 1"
+    )
+
+
 #: The wall-clock time in milliseconds: the floor of every new term (see ``take_term``).
 TERM_FLOOR = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
 
@@ -154,40 +164,50 @@ class ElectionQueries:
             f" {_RENEWED_AGE} AS renewed_age"
             f" FROM {leader} l LEFT JOIN {session} s ON s.node = l.node WHERE l.namespace = $1"
         )
-        #: Take the next term; durable commit is the caller's (``SET LOCAL``). Column: term.
-        self.take_term = (
-            f"INSERT INTO {term} AS t (namespace, term) VALUES ($1, {TERM_FLOOR})"
-            " ON CONFLICT (namespace) DO UPDATE"
-            " SET term = greatest(t.term + 1, EXCLUDED.term) RETURNING term"
+        #: Try the claim locks ``$1`` (bigint[]) of several groups at once. Column: got,
+        #: in the order given.
+        self.try_claims = (
+            "SELECT pg_try_advisory_lock(u.k) AS got"
+            " FROM unnest($1::bigint[]) WITH ORDINALITY AS u(k, i) ORDER BY u.i"
         )
-        #: Close every open history row of the group as lost.
-        self.close_history = (
-            f"UPDATE {history} SET ended_at = clock_timestamp(), reason = 'lost'"
-            " WHERE namespace = $1 AND ended_at IS NULL"
+        #: Take the next term of several groups at once (``$1``: text[]; ``$2``: int[],
+        #: their members' priorities) as node ``$3`` (host ``$4``, pid ``$5``): one
+        #: transaction and one durable commit for all of them. A group whose term row is
+        #: held by a guarded transaction of the old term (``FOR SHARE``) is skipped, never
+        #: waited for. For each group taken, the open history rows are closed as lost, a
+        #: new one is opened and the leader row is recorded with its standby. Columns:
+        #: namespace, term (the groups taken).
+        self.take_terms = (
+            "WITH want AS (SELECT * FROM unnest($1::text[], $2::int[]) AS w(namespace, priority)),"
+            f"     seen AS (SELECT namespace FROM {term} WHERE namespace = ANY($1::text[])),"
+            f"     free AS (SELECT namespace FROM {term} WHERE namespace = ANY($1::text[])"
+            "              FOR UPDATE SKIP LOCKED),"
+            "     ok AS (SELECT w.* FROM want w WHERE w.namespace NOT IN"
+            "            (SELECT namespace FROM seen EXCEPT SELECT namespace FROM free)),"
+            f"     n AS (INSERT INTO {term} AS t (namespace, term)"
+            f"           SELECT namespace, {TERM_FLOOR} FROM ok ON CONFLICT (namespace)"
+            "           DO UPDATE SET term = greatest(t.term + 1, EXCLUDED.term)"
+            "           RETURNING t.namespace, t.term),"
+            f"     c AS (UPDATE {history} h SET ended_at = clock_timestamp(), reason = 'lost'"
+            "           FROM n WHERE h.namespace = n.namespace AND h.ended_at IS NULL),"
+            f"     o AS (INSERT INTO {history} (namespace, term, node, host, pid, started_at)"
+            "           SELECT namespace, term, $3, $4, $5, clock_timestamp() FROM n),"
+            f"     r AS (INSERT INTO {leader} AS l (namespace, term, node, priority, host, pid,"
+            "           backend_pid, since, renewed_at, released, standby)"
+            "           SELECT n.namespace, n.term, $3, ok.priority, $4, $5, pg_backend_pid(),"
+            "           clock_timestamp(), clock_timestamp(), false,"
+            f"           ({_standby(member, 'n.namespace', '$3')})"
+            "           FROM n JOIN ok USING (namespace)"
+            "           ON CONFLICT (namespace) DO UPDATE SET term = EXCLUDED.term,"
+            "           node = EXCLUDED.node, priority = EXCLUDED.priority,"
+            "           host = EXCLUDED.host, pid = EXCLUDED.pid,"
+            "           backend_pid = EXCLUDED.backend_pid, since = EXCLUDED.since,"
+            "           renewed_at = EXCLUDED.renewed_at, released = false,"
+            "           standby = EXCLUDED.standby)"
+            " SELECT namespace, term FROM n"
         )
-        #: Open a history row: term ``$2``, node ``$3``, host ``$4``, pid ``$5``.
-        self.open_history = (
-            f"INSERT INTO {history} (namespace, term, node, host, pid, started_at)"
-            " VALUES ($1, $2, $3, $4, $5, clock_timestamp())"
-        )
-        #: The live member of group ``$1`` that watches leader ``$2`` (see :data:`STANDBY_ORDER`).
-        self.standby = (
-            f"SELECT m.node FROM {member} m WHERE m.namespace = $1 AND m.node <> $2"
-            f" AND {LIVE_MEMBER} ORDER BY {STANDBY_ORDER.format(leader='$2')} LIMIT 1"
-        )
-        #: Record this session as the leader: term ``$2``, node ``$3``, priority ``$4``,
-        #: host ``$5``, pid ``$6``; and its standby.
-        self.record_leader = (
-            f"INSERT INTO {leader} AS l (namespace, term, node, priority, host, pid,"
-            " backend_pid, since, renewed_at, released, standby)"
-            " VALUES ($1, $2, $3, $4, $5, $6, pg_backend_pid(), clock_timestamp(),"
-            f" clock_timestamp(), false, ({self.standby.replace('$2', '$3')}))"
-            " ON CONFLICT (namespace) DO UPDATE SET term = EXCLUDED.term,"
-            " node = EXCLUDED.node, priority = EXCLUDED.priority, host = EXCLUDED.host,"
-            " pid = EXCLUDED.pid, backend_pid = EXCLUDED.backend_pid,"
-            " since = EXCLUDED.since, renewed_at = EXCLUDED.renewed_at, released = false,"
-            " standby = EXCLUDED.standby"
-        )
+        #: The live member of group ``$1`` that watches leader ``$2``. Column: node.
+        self.standby = _standby(member, "$1", "$2")
         #: Who holds the claim (``$2``, ``$3``: key halves) and for how long its session has
         #: been idle, how old the leader's renewal is (database clock: used only to
         #: decide whether to fence, never how long to wait), and the recorded leader's
@@ -231,10 +251,7 @@ class ElectionQueries:
         #: Record the standby of every group (``$2``: text[]) that session ``$1`` leads,
         #: where it changed. Columns: namespace, standby (the changed ones).
         self.update_standbys = (
-            "WITH b AS (SELECT g.namespace, ("
-            f"   SELECT m.node FROM {member} m WHERE m.namespace = g.namespace"
-            f"   AND m.node <> $1 AND {LIVE_MEMBER}"
-            f"   ORDER BY {STANDBY_ORDER.format(leader='$1')} LIMIT 1) AS standby"
+            f"WITH b AS (SELECT g.namespace, ({_standby(member, 'g.namespace', '$1')}) AS standby"
             "   FROM unnest($2::text[]) AS g(namespace))"
             f" UPDATE {leader} l SET standby = b.standby FROM b"
             " WHERE l.namespace = b.namespace AND l.node = $1 AND NOT l.released"

@@ -34,7 +34,7 @@ from .base import (
     Transport,
     TransportError,
 )
-from .session import _REGISTRY, Connect, Session, Tick, Timing, _Serial
+from .session import _REGISTRY, Claimed, Connect, Session, Tick, Timing, _Serial
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +43,6 @@ log = logging.getLogger(__name__)
 #: tried again later. Nothing waits on the server: the connection serves every group.
 _SHORT_LOCK_WAIT = 0.2
 _LOCK_POLL = 0.01
-#: How long taking a term waits on the server for the old term's row (milliseconds).
-_ROW_LOCK_WAIT_MS = 20
 
 
 class PostgresTransport(Transport):
@@ -300,24 +298,24 @@ class PostgresTransport(Transport):
 
     async def claim(self, *, fence: bool, evidence: int | None = None) -> Granted | None:
         conn = self._require()
-        fenced = False
+        session = self._session
+        assert session is not None
         # From the first attempt on the claim may be held (an attempt cut short by a
         # cancellation may still have taken it): whatever happens, it is given back.
         self._holds_claim = True
-        if evidence is not None:
-            # The standby saw the leader's process end; its election session is ending
-            # too (PostgreSQL frees the lock within milliseconds of the process's death).
-            got = await self._lock_within(conn, _SHORT_LOCK_WAIT)
-        else:
-            got = bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", self._key))
-        if not got:
-            if not (fence and self._fence_enabled) or not await self._fence(conn):
+        # With evidence, the standby saw the leader's process end: its election session is
+        # ending too (PostgreSQL frees the lock within milliseconds of the process's death).
+        wait = 0.0 if evidence is None else _SHORT_LOCK_WAIT
+        claimed = await self._lock_within(session, wait)
+        fenced = claimed is None
+        if claimed is None:
+            if not (fence and self._fence_enabled) or not await self._fence(conn, session):
                 self._holds_claim = False
                 return None
-            fenced = True
+            row = await conn.fetchrow(self._q.leader_released, self.namespace)
+            claimed = Claimed(None, False) if row is None else Claimed(row["node"], row["released"])
         taken_at = now()
         try:
-            row = await conn.fetchrow(self._q.leader_released, self.namespace)
             # Act at once only after a clean release, on positive evidence that the old
             # leader's process is gone, or when the old leader was this very node (whose
             # gates closed when it lost the claim). Otherwise the old leader may still
@@ -325,8 +323,9 @@ class PostgresTransport(Transport):
             # process lives on (a half-open path, a restart, our own fencing). Wait the
             # whole lease out on this node's clock: the old leader's lease was last
             # renewed before we got the claim, so it has surely run out by then.
-            unclean = row is not None and not row["released"] and row["node"] != self._node
-            proven = evidence is not None and row is not None and row["node"] == evidence
+            old = claimed.leader
+            unclean = old is not None and not claimed.released and old != self._node
+            proven = evidence is not None and old == evidence
             if unclean and (fenced or self._strict or not proven):
                 log.info(
                     "waiting %.3fs for the previous leader's lease to run out (%s)",
@@ -341,8 +340,10 @@ class PostgresTransport(Transport):
                 await asyncio.sleep(max(0.0, taken_at + self._lease - now()))
             confirmed_at = now()
             try:
-                term = await self._take_term(conn)
+                term = await session.terms((self.namespace, self._member.priority))
             except asyncpg.LockNotAvailableError:
+                term = None  # a row the terms of other groups needed was busy
+            if term is None:
                 # A transaction guarded by the old term still holds its row (FOR SHARE):
                 # the new term must wait for it. Give the claim back and try again later.
                 log.info(
@@ -361,59 +362,26 @@ class PostgresTransport(Transport):
         self._term_taken_at = now()
         return Granted(term, confirmed_at)
 
-    async def _lock_within(self, conn: _Serial, seconds: float) -> bool:
+    async def _lock_within(self, session: Session, seconds: float) -> Claimed | None:
         """Try for up to ``seconds`` to take the claim lock, without ever waiting on the
-        server (the connection serves every group of the session)."""
+        server (the connection serves every group of the session); the tries of every
+        group of the session are made together."""
         deadline = now() + seconds
         while True:
-            if await conn.fetchval("SELECT pg_try_advisory_lock($1)", self._key):
-                return True
+            claimed = await session.claims((self._key, self.namespace))
+            if claimed is not None:
+                return claimed
             if now() >= deadline:
-                return False
+                return None
             await asyncio.sleep(_LOCK_POLL)  # between tries the connection serves others
 
-    async def _take_term(self, serial: _Serial) -> int:
-        m = self._member
-
-        async def take(conn: asyncpg.Connection[Any]) -> int:
-            async with conn.transaction():
-                # A term must never be handed out twice, even if the server runs with
-                # asynchronous commit and crashes right after: make this commit durable.
-                await conn.execute("SET LOCAL synchronous_commit = on")
-                # A guarded transaction of the old term holds its row (FOR SHARE): do not
-                # wait for it on the shared connection; the claim is given back and tried
-                # again later (LockNotAvailableError).
-                await conn.execute(f"SET LOCAL lock_timeout = {_ROW_LOCK_WAIT_MS}")
-                # Terms never fall below the grant's wall-clock time in milliseconds: if
-                # a database failover loses the last bump (asynchronous replication), the
-                # next term still exceeds every term handed out before, as long as the
-                # new primary's clock is not behind the old one by more than the failover
-                # took.
-                term = int(await conn.fetchval(self._q.take_term, self.namespace))
-                await conn.execute(self._q.close_history, self.namespace)
-                await conn.execute(
-                    self._q.open_history, self.namespace, term, self._node, m.host, m.pid
-                )
-                await conn.execute(
-                    self._q.record_leader,
-                    self.namespace,
-                    term,
-                    self._node,
-                    m.priority,
-                    m.host,
-                    m.pid,
-                )
-                return term
-
-        return await serial.run("a transaction", take)
-
-    async def _fence(self, conn: _Serial) -> bool:
+    async def _fence(self, conn: _Serial, session: Session) -> bool:
         """Terminate a holder whose lease renewals stopped; True once we hold the claim."""
         row = await conn.fetchrow(self._q.fence_view, self.namespace, *self._key_halves)
         assert row is not None
         holder, age = row["holder"], row["age"]
         if holder is None:
-            return bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", self._key))
+            return await self._lock_within(session, 0.0) is not None
         if row["leader_pid"] != holder:
             # The holder is taking over (waiting out the old lease, idle meanwhile). Only a
             # holder idle for longer than that wait can take is stuck (paused): fence it.
@@ -444,7 +412,7 @@ class PostgresTransport(Transport):
         )
         # Wait for the terminated backend to let go, bounded on the server side: a client-side
         # timeout would leave the connection busy cancelling the statement.
-        return await self._lock_within(conn, _SHORT_LOCK_WAIT)
+        return await self._lock_within(session, _SHORT_LOCK_WAIT) is not None
 
     async def renew(self, term: int) -> Renewal:
         last = self._last

@@ -32,7 +32,7 @@ import logging
 import math
 import secrets
 from collections.abc import Awaitable, Callable, Hashable
-from typing import Any, Protocol, TypeVar
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 import asyncpg
 
@@ -93,6 +93,18 @@ class Tick:
 
     sent_at: float
     records: dict[str, LeaderRecord]
+
+
+#: How long taking terms waits on the server for a row (milliseconds): a guarded
+#: transaction's rows are skipped, not waited for; this bounds any other wait.
+_ROW_LOCK_WAIT_MS = 20
+
+
+class Claimed(NamedTuple):
+    """A group's claim lock, taken; and its leadership as recorded once it was."""
+
+    leader: int | None  # the recorded leader's node (None: the group never had one)
+    released: bool  # whether that leader released its term
 
 
 class _Turns:
@@ -239,6 +251,73 @@ class _Serial:
         await self.run("UNLISTEN", lambda c: c.remove_listener(channel, callback))
 
 
+A = TypeVar("A")
+R = TypeVar("R")
+
+
+class _Batched(Generic[A, R]):
+    """Calls of many groups for one kind of statement, run as one.
+
+    A call waits for a turn on the election connection; every call that arrives before
+    that turn comes joins it, and ``run`` then does the work of all of them at once (one
+    statement, one commit), returning one result per call in the order given. When the
+    leader of many groups dies, their standbys' claims thus cost a few statements, not a
+    few per group. A call whose caller stopped waiting before the turn came is dropped;
+    from then on it is carried out (a claim may be taken), as every call on the connection.
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        what: str,
+        run: Callable[[asyncpg.Connection[Any], list[A]], Awaitable[list[R]]],
+    ) -> None:
+        self._session = session
+        self._what = what
+        self._run = run
+        self._pending: list[tuple[A, asyncio.Future[R]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def __call__(self, arg: A) -> R:
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._pending.append((arg, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(), name=f"notifelect:{self._what}")
+        return await future
+
+    async def _flush(self) -> None:
+        while self._pending:
+            await self._round()
+
+    async def _round(self) -> None:
+        taken: list[tuple[A, asyncio.Future[R]]] = []
+
+        async def run(conn: asyncpg.Connection[Any]) -> list[R]:
+            # Everything that arrived before our turn and is still awaited.
+            taken.extend(call for call in self._pending if not call[1].done())
+            self._pending.clear()
+            return await self._run(conn, [arg for arg, _ in taken])
+
+        try:
+            serial = self._session.serial
+            if serial is None:
+                raise TransportError("the election session is closed")
+            results = await serial.run(self._what, run)
+        except BaseException as exc:
+            if not taken:  # refused before its turn: nothing of it ran
+                taken, self._pending = self._pending, []
+            error = exc if isinstance(exc, Exception) else TransportError(repr(exc))
+            for _, future in taken:
+                if not future.done():
+                    future.set_exception(error)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, future), result in zip(taken, results, strict=True):
+            if not future.done():
+                future.set_result(result)
+
+
 def _retrieve(task: asyncio.Future[Any]) -> None:
     if not task.cancelled():
         task.exception()
@@ -373,6 +452,9 @@ class Session:
         self._watchers: dict[int, _Watcher] = {}
         self._standbys_at = 0.0
         self._wake = asyncio.Event()
+        #: Claim locks to try, and terms to take, for several groups at once.
+        self.claims = _Batched(self, "claiming", self._try_claims)
+        self.terms = _Batched(self, "taking terms", self._take_terms)
 
     def _extra(self, event: str) -> dict[str, object]:
         return {"notifelect_event": event, "notifelect_node": self.node}
@@ -511,10 +593,17 @@ class Session:
         """Let the server itself end any lock wait of the election session after
         ``io_timeout`` (the claim's own waits set a shorter one), and end the session of a
         client that has gone even while it waits (PostgreSQL 14 and later): a client-side
-        timeout alone would leave a backend behind, waiting and holding what it took."""
+        timeout alone would leave a backend behind, waiting and holding what it took.
+
+        Commits do not wait for the disk (or a synchronous replica): a renewal lost in a
+        crash of the server ends with every session anyway. Only taking terms asks for a
+        durable commit (see :meth:`_take_terms`)."""
         if self._borrowed is not None:
             return  # a borrowed connection's settings are its owner's
-        await conn.execute(f"SET lock_timeout = {max(1, int(self.timing.io_timeout * 1000))}")
+        await conn.execute(
+            f"SET lock_timeout = {max(1, int(self.timing.io_timeout * 1000))};"
+            " SET synchronous_commit = off"
+        )
         with contextlib.suppress(asyncpg.UndefinedObjectError):
             await conn.execute("SET client_connection_check_interval = 1000")
 
@@ -717,6 +806,46 @@ class Session:
             return
         # Urgent too: the renewals of the next intervals wait for it.
         await serial.fetch(self.queries.update_standbys, self.node, led, urgent=True)
+
+    # ------------------------------------------------------------ claims of many groups
+
+    async def _try_claims(
+        self, conn: asyncpg.Connection[Any], asks: list[tuple[int, str]]
+    ) -> list[Claimed | None]:
+        """Try the claim locks ``asks`` (key, namespace); read what is recorded of the
+        groups whose lock was taken (after taking it, so that it is not older)."""
+        unique = list(dict.fromkeys(asks))  # a lock taken twice would need two unlocks
+        rows = await conn.fetch(self.queries.try_claims, [key for key, _ in unique])
+        taken = {namespace for (_, namespace), row in zip(unique, rows, strict=True) if row["got"]}
+        recorded = dict.fromkeys(taken, Claimed(None, False))
+        if taken:
+            for row in await conn.fetch(self.queries.leaders_released, list(taken)):
+                recorded[row["namespace"]] = Claimed(row["node"], row["released"])
+        return [recorded.get(namespace) for _, namespace in asks]
+
+    async def _take_terms(
+        self, conn: asyncpg.Connection[Any], asks: list[tuple[str, int]]
+    ) -> list[int | None]:
+        """Take the next term of the groups ``asks`` (namespace, priority) in one
+        transaction; None for a group whose old term is still held by a guarded
+        transaction."""
+        unique = dict(asks)
+        async with conn.transaction():
+            # A term must never be handed out twice, even if the server runs with
+            # asynchronous commit and crashes right after: make this commit durable.
+            await conn.execute(
+                f"SET LOCAL synchronous_commit = on; SET LOCAL lock_timeout = {_ROW_LOCK_WAIT_MS}"
+            )
+            rows = await conn.fetch(
+                self.queries.take_terms,
+                list(unique),
+                list(unique.values()),
+                self.node,
+                self._host,
+                self._pid,
+            )
+        terms = {row["namespace"]: int(row["term"]) for row in rows}
+        return [terms.get(namespace) for namespace, _ in asks]
 
     # ------------------------------------------------------------ watching other sessions
 
