@@ -114,7 +114,7 @@ class Settings:
     namespace: str = "default"
     election_interval: float = 0.5
     election_timeout: float = 0.05
-    lease: float = 2.0
+    lease: float = 1.5
     leader_timeout: float = 2.0
     priority: int = 0
     preempt: str | bool = "priority"

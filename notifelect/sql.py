@@ -92,7 +92,7 @@ def group_names(names: Names) -> str:
 
 #: Seconds since the leader (``l``) or its session (``s``, LEFT JOINed) last renewed; the
 #: session's renewals count only while the leader row names the session's backend (a group
-#: that gave its claim back disowns its row: see ``ElectionQueries.disown``).
+#: that gave its claim back disowns its row: see ``ElectionQueries.let_go``).
 _RENEWED_AGE = (
     "extract(epoch FROM clock_timestamp() - greatest(l.renewed_at,"
     " CASE WHEN s.backend_pid = l.backend_pid THEN s.renewed_at END))::float8"
@@ -173,17 +173,21 @@ class ElectionQueries:
         #: Take the next term of several groups at once (``$1``: text[]; ``$2``: int[],
         #: their members' priorities) as node ``$3`` (host ``$4``, pid ``$5``): one
         #: transaction and one durable commit for all of them. A group whose term row is
-        #: held by a guarded transaction of the old term (``FOR SHARE``) is skipped, never
-        #: waited for. For each group taken, the open history rows are closed as lost, a
-        #: new one is opened and the leader row is recorded with its standby. Columns:
-        #: namespace, term (the groups taken).
+        #: held by a guarded transaction of the old term (``FOR SHARE``), or whose leader
+        #: row another session is writing, is skipped, never waited for. For each group
+        #: taken, the open history rows are closed as lost, a new one is opened and the
+        #: leader row is recorded with its standby. Columns: namespace, term (those taken).
         self.take_terms = (
             "WITH want AS (SELECT * FROM unnest($1::text[], $2::int[]) AS w(namespace, priority)),"
             f"     seen AS (SELECT namespace FROM {term} WHERE namespace = ANY($1::text[])),"
             f"     free AS (SELECT namespace FROM {term} WHERE namespace = ANY($1::text[])"
-            "              FOR UPDATE SKIP LOCKED),"
+            "              FOR NO KEY UPDATE SKIP LOCKED),"
+            f"     lseen AS (SELECT namespace FROM {leader} WHERE namespace = ANY($1::text[])),"
+            f"     lfree AS (SELECT namespace FROM {leader} WHERE namespace = ANY($1::text[])"
+            "               FOR NO KEY UPDATE SKIP LOCKED),"
             "     ok AS (SELECT w.* FROM want w WHERE w.namespace NOT IN"
-            "            (SELECT namespace FROM seen EXCEPT SELECT namespace FROM free)),"
+            "            ((SELECT namespace FROM seen EXCEPT SELECT namespace FROM free)"
+            "             UNION (SELECT namespace FROM lseen EXCEPT SELECT namespace FROM lfree))),"
             f"     n AS (INSERT INTO {term} AS t (namespace, term)"
             f"           SELECT namespace, {TERM_FLOOR} FROM ok ON CONFLICT (namespace)"
             "           DO UPDATE SET term = greatest(t.term + 1, EXCLUDED.term)"
@@ -268,11 +272,12 @@ class ElectionQueries:
             " ON CONFLICT (node) DO UPDATE SET backend_pid = EXCLUDED.backend_pid,"
             " backend_start = EXCLUDED.backend_start, renewed_at = EXCLUDED.renewed_at"
         )
-        #: The unreleased leadership of group ``$1`` by node ``$2`` is no longer held by
-        #: this session (its claim is being given back without a release).
-        self.disown = (
-            f"UPDATE {leader} SET backend_pid = 0"
-            " WHERE namespace = $1 AND node = $2 AND NOT released"
+        #: Give back claim lock ``$1`` of group ``$2``; an unreleased leadership of the
+        #: group by node ``$3`` is disowned first (it is no longer held by this session).
+        self.let_go = (
+            f"WITH d AS (UPDATE {leader} SET backend_pid = 0"
+            "            WHERE namespace = $2 AND node = $3 AND NOT released)"
+            " SELECT pg_advisory_unlock($1)"
         )
         #: Drop session ``$1``.
         self.unregister_session = f"DELETE FROM {session} WHERE node = $1"

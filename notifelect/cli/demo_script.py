@@ -22,11 +22,13 @@ from typing import Any
 import asyncpg
 
 from ..schema import Names
+from ..settings import Settings
 from .render import render_text
 from .status import snapshot
 
 #: Quick settings so that the demo is over in seconds (the library's defaults are safer
-#: against slow networks: heartbeat 0.5 s, lease 2 s, leader timeout 2 s).
+#: against slow networks and pauses).
+_DEFAULTS = Settings()
 INTERVAL = 0.2
 LEASE = 1.0
 LEADER_TIMEOUT = 0.6
@@ -270,7 +272,9 @@ class Demo:
         say = self.say
         say(
             f"settings: heartbeat {INTERVAL:g}s, lease {LEASE:g}s, leader timeout "
-            f"{LEADER_TIMEOUT:g}s (quick, for the demo; the defaults are 0.5s, 2s, 2s); "
+            f"{LEADER_TIMEOUT:g}s (quick, for the demo; the defaults are "
+            f"{_DEFAULTS.election_interval:g}s, {_DEFAULTS.lease:g}s,"
+            f" {_DEFAULTS.leader_timeout:g}s); "
             "a running leader keeps leading until it fails or leaves"
         )
         for i in range(self.count):

@@ -51,7 +51,7 @@ class MemoryBus:
     """Shared state of all memory transports that talk to each other."""
 
     def __init__(
-        self, *, lease: float = 2.0, leader_timeout: float = 2.0, strict_takeover: bool = True
+        self, *, lease: float = 1.5, leader_timeout: float = 2.0, strict_takeover: bool = True
     ) -> None:
         self._next_node = 0
         self._groups: dict[str, _Group] = {}

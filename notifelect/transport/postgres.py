@@ -106,7 +106,6 @@ class PostgresTransport(Transport):
         self._on_record: RecordHandler | None = None
         self._on_renewal: RenewalHandler | None = None
         self._fence_denied_logged = False
-        self._holds_claim = False
         self._term: int | None = None
         self._term_taken_at = 0.0
         self._last: tuple[float, LeaderRecord | None] | None = None
@@ -254,13 +253,7 @@ class PostgresTransport(Transport):
         if serial is None or not session.usable:
             return
         with contextlib.suppress(TransportError):
-            if self._holds_claim:
-                # A term of ours that was not released is no longer held by this session:
-                # its renewals must stop counting for it, or the followers would go on
-                # believing in it (and never take over) while the session lives.
-                await serial.execute(self._q.disown, self.namespace, self._node)
-                await serial.execute("SELECT pg_advisory_unlock($1)", self._key)
-                self._holds_claim = False
+            await self._let_go(session)
             self._term = None
             await serial.execute(self._q.unregister_member, self.namespace, self._node)
 
@@ -300,9 +293,21 @@ class PostgresTransport(Transport):
         conn = self._require()
         session = self._session
         assert session is not None
-        # From the first attempt on the claim may be held (an attempt cut short by a
-        # cancellation may still have taken it): whatever happens, it is given back.
-        self._holds_claim = True
+        try:
+            granted = await self._claim(conn, session, fence, evidence)
+        except BaseException:
+            # Whatever was taken is given back, even a term committed just as the attempt
+            # was cut short (its leader row is disowned: nobody may renew it).
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._let_go(session))
+            raise
+        if granted is None:
+            await self._let_go(session)
+        return granted
+
+    async def _claim(
+        self, conn: _Serial, session: Session, fence: bool, evidence: int | None
+    ) -> Granted | None:
         # With evidence, the standby saw the leader's process end: its election session is
         # ending too (PostgreSQL frees the lock within milliseconds of the process's death).
         wait = 0.0 if evidence is None else _SHORT_LOCK_WAIT
@@ -310,54 +315,49 @@ class PostgresTransport(Transport):
         fenced = claimed is None
         if claimed is None:
             if not (fence and self._fence_enabled) or not await self._fence(conn, session):
-                self._holds_claim = False
                 return None
             row = await conn.fetchrow(self._q.leader_released, self.namespace)
             claimed = Claimed(None, False) if row is None else Claimed(row["node"], row["released"])
         taken_at = now()
+        # Act at once only after a clean release, on positive evidence that the old leader's
+        # process is gone, or when the old leader was this very node (whose gates closed
+        # when it lost the claim). Otherwise the old leader may still trust its lease: its
+        # session may have been ended by the server while the process lives on (a half-open
+        # path, a restart, our own fencing). Wait the whole lease out on this node's clock:
+        # the old leader's lease was last renewed before we got the claim, so it has surely
+        # run out by then.
+        old = claimed.leader
+        unclean = old is not None and not claimed.released and old != self._node
+        proven = evidence is not None and old == evidence
+        if unclean and (fenced or self._strict or not proven):
+            log.info(
+                "waiting %.3fs for the previous leader's lease to run out (%s)",
+                self._lease,
+                "fenced"
+                if fenced
+                else "strict_takeover"
+                if proven
+                else "no evidence that its process is gone",
+                extra=self._extra("lease_wait"),
+            )
+            await asyncio.sleep(max(0.0, taken_at + self._lease - now()))
+        confirmed_at = now()
         try:
-            # Act at once only after a clean release, on positive evidence that the old
-            # leader's process is gone, or when the old leader was this very node (whose
-            # gates closed when it lost the claim). Otherwise the old leader may still
-            # trust its lease: its session may have been ended by the server while the
-            # process lives on (a half-open path, a restart, our own fencing). Wait the
-            # whole lease out on this node's clock: the old leader's lease was last
-            # renewed before we got the claim, so it has surely run out by then.
-            old = claimed.leader
-            unclean = old is not None and not claimed.released and old != self._node
-            proven = evidence is not None and old == evidence
-            if unclean and (fenced or self._strict or not proven):
-                log.info(
-                    "waiting %.3fs for the previous leader's lease to run out (%s)",
-                    self._lease,
-                    "fenced"
-                    if fenced
-                    else "strict_takeover"
-                    if proven
-                    else "no evidence that its process is gone",
-                    extra=self._extra("lease_wait"),
-                )
-                await asyncio.sleep(max(0.0, taken_at + self._lease - now()))
-            confirmed_at = now()
-            try:
-                term = await session.terms((self.namespace, self._member.priority))
-            except asyncpg.LockNotAvailableError:
-                term = None  # a row the terms of other groups needed was busy
-            if term is None:
-                # A transaction guarded by the old term still holds its row (FOR SHARE):
-                # the new term must wait for it. Give the claim back and try again later.
-                log.info(
-                    "the previous term is still held by a guarded transaction; claim later",
-                    extra=self._extra("term_busy"),
-                )
-                await conn.execute("SELECT pg_advisory_unlock($1)", self._key)
-                self._holds_claim = False
-                return None
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(conn.execute("SELECT pg_advisory_unlock($1)", self._key))
-                self._holds_claim = False
-            raise
+            term = await session.terms((self.namespace, self._member.priority))
+        except asyncpg.LockNotAvailableError:
+            log.info(
+                "taking the term met a row held by another session; claim later",
+                extra=self._extra("term_busy"),
+            )
+            return None
+        if term is None:
+            # A transaction guarded by the old term still holds its row (FOR SHARE): the
+            # new term must wait for it. Give the claim back and try again later.
+            log.info(
+                "the previous term is still held by a guarded transaction; claim later",
+                extra=self._extra("term_busy"),
+            )
+            return None
         self._term = term
         self._term_taken_at = now()
         return Granted(term, confirmed_at)
@@ -431,8 +431,13 @@ class PostgresTransport(Transport):
         conn = self._require()
         await conn.execute(self._q.release, self.namespace, term, reason)
         self._term = None
-        await conn.execute("SELECT pg_advisory_unlock($1)", self._key)
-        self._holds_claim = False
+        assert self._session is not None
+        await self._let_go(self._session)
+
+    async def _let_go(self, session: Session) -> None:
+        """Give the claim back if the session holds it (see :meth:`Session.let_go`)."""
+        assert self._node is not None
+        await session.let_go(self._key, self.namespace, self._node)
 
     async def successor(self) -> int | None:
         node: int | None = await self._require().fetchval(

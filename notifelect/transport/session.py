@@ -296,7 +296,7 @@ class _Batched(Generic[A, R]):
             # Everything that arrived before our turn and is still awaited.
             taken.extend(call for call in self._pending if not call[1].done())
             self._pending.clear()
-            return await self._run(conn, [arg for arg, _ in taken])
+            return await self._run(conn, [arg for arg, _ in taken]) if taken else []
 
         try:
             serial = self._session.serial
@@ -452,6 +452,9 @@ class Session:
         self._watchers: dict[int, _Watcher] = {}
         self._standbys_at = 0.0
         self._wake = asyncio.Event()
+        #: The claim locks the election connection holds (each taken once: a lock taken
+        #: twice would need two unlocks).
+        self._claimed: set[int] = set()
         #: Claim locks to try, and terms to take, for several groups at once.
         self.claims = _Batched(self, "claiming", self._try_claims)
         self.terms = _Batched(self, "taking terms", self._take_terms)
@@ -813,10 +816,14 @@ class Session:
         self, conn: asyncpg.Connection[Any], asks: list[tuple[int, str]]
     ) -> list[Claimed | None]:
         """Try the claim locks ``asks`` (key, namespace); read what is recorded of the
-        groups whose lock was taken (after taking it, so that it is not older)."""
-        unique = list(dict.fromkeys(asks))  # a lock taken twice would need two unlocks
+        groups whose lock was taken (after taking it, so that it is not older). A lock
+        the connection holds already counts as taken."""
+        unique = [ask for ask in dict.fromkeys(asks) if ask[0] not in self._claimed]
         rows = await conn.fetch(self.queries.try_claims, [key for key, _ in unique])
-        taken = {namespace for (_, namespace), row in zip(unique, rows, strict=True) if row["got"]}
+        for (key, _), row in zip(unique, rows, strict=True):
+            if row["got"]:
+                self._claimed.add(key)
+        taken = {namespace for key, namespace in asks if key in self._claimed}
         recorded = dict.fromkeys(taken, Claimed(None, False))
         if taken:
             for row in await conn.fetch(self.queries.leaders_released, list(taken)):
@@ -846,6 +853,19 @@ class Session:
             )
         terms = {row["namespace"]: int(row["term"]) for row in rows}
         return [terms.get(namespace) for namespace, _ in asks]
+
+    async def let_go(self, key: int, namespace: str, node: int) -> None:
+        """Give back claim lock ``key`` of group ``namespace`` if the connection holds it.
+
+        A term of ``node`` that was not released is no longer held by this session: it is
+        disowned first, or the session's renewals would go on counting for it and the
+        followers would never take over while the session lives.
+        """
+        serial = self.serial
+        if key not in self._claimed or serial is None:
+            return
+        await serial.execute(self.queries.let_go, key, namespace, node)
+        self._claimed.discard(key)
 
     # ------------------------------------------------------------ watching other sessions
 

@@ -37,7 +37,7 @@ HOSTILE_PREFIX = "x'; drop table t; --"
         ),
         (
             {"election_timeout": 2.5, "leader_timeout": 3.0},
-            "election_timeout (2.5) must be shorter than lease (2.0)",
+            "election_timeout (2.5) must be shorter than lease (1.5)",
         ),
         ({"priority": 1.5}, "priority must be an int, got 1.5"),
         ({"priority": 2**31}, "priority must fit in 32 bits"),

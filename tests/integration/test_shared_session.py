@@ -19,7 +19,9 @@ import pytest
 
 from notifelect import ElectionGroup, Leadership, Settings
 from notifelect._clock import now
+from notifelect.group import _postgres_transport
 from notifelect.schema import Names
+from notifelect.transport.base import Member
 from notifelect.transport.postgres import PostgresTransport
 from notifelect.transport.session import Session, open_sessions
 from tests.support.waiting import eventually, until
@@ -295,3 +297,129 @@ async def test_no_process_gone_evidence_while_cancelled_work_runs(dsn: str, name
             took_over_at - cancelled_at >= s.lease - 0.01
         ), f"standby elected {took_over_at - cancelled_at:.3f}s after the cancel"
         await eventually(lambda: s1.anchor is None, timeout=10, what="the anchor gone")
+
+
+# -------------------------------------------------------------- claims of many groups at once
+
+
+async def claim_holders(conn: asyncpg.Connection[Any], namespace: str) -> list[tuple[int, int]]:
+    """(backend pid, how many times) the claim lock of ``namespace`` is held."""
+    key = Names().claim_key(namespace)
+    rows = await conn.fetch(
+        "SELECT pid, count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND granted"
+        " AND classid = $1 AND objid = $2 AND objsubid = 1 GROUP BY pid",
+        (key >> 32) & 0xFFFFFFFF,
+        key & 0xFFFFFFFF,
+    )
+    return [(r["pid"], r["n"]) for r in rows]
+
+
+async def open_transport(dsn: str, namespace: str) -> PostgresTransport:
+    transport = _postgres_transport(dsn, FAST.replace(namespace=namespace), Member(priority=0))
+    assert isinstance(transport, PostgresTransport)
+    await transport.open(lambda _: None, lambda _: None)
+    return transport
+
+
+@pytest.mark.timeout(60)
+async def test_a_claim_that_fails_after_taking_the_lock_gives_it_back(
+    dsn: str, namespace: str
+) -> None:
+    """The claims round takes the lock, then its read of the leader row fails: the lock is
+    given back, so a later claim takes it once, and one release frees it for others."""
+    admin = await asyncpg.connect(dsn)
+    transport = await open_transport(dsn, namespace)
+    try:
+        session = transport.session
+        assert session is not None
+        good = session.queries.leaders_released
+        session.queries.leaders_released = "SELECT no_such_column FROM pg_class"
+        with pytest.raises(asyncpg.UndefinedColumnError):
+            await transport.claim(fence=False)
+        session.queries.leaders_released = good
+        assert await claim_holders(admin, namespace) == []
+
+        granted = await transport.claim(fence=False)
+        assert granted is not None
+        pid = session.conn.get_server_pid() if session.conn is not None else None
+        assert await claim_holders(admin, namespace) == [(pid, 1)]
+        await transport.release(granted.term, "resigned")
+        assert await claim_holders(admin, namespace) == []
+    finally:
+        await transport.close()
+        await admin.close()
+
+
+@pytest.mark.timeout(60)
+async def test_a_claim_cut_short_while_its_term_is_taken_disowns_the_term(
+    dsn: str, namespace: str
+) -> None:
+    """A claim cancelled while the round taking its term runs (the term is committed
+    all the same) gives the claim back and disowns the leader row: the session's
+    renewals do not keep a leadership nobody holds alive, and another process takes over
+    at once."""
+    admin = await asyncpg.connect(dsn)
+    transport = await open_transport(dsn, namespace)
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(admin.close)
+        stack.push_async_callback(transport.close)
+        session = transport.session
+        assert session is not None
+        # The round that takes terms lasts long enough to cut the claim short meanwhile.
+        slow = session.queries.take_terms + ", pg_sleep(0.5)"
+        session.queries.take_terms = f"/* cut short */ {slow}"
+        claim = asyncio.create_task(transport.claim(fence=False))
+        await db_eventually(
+            lambda: admin.fetchval(
+                "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE query LIKE '/* cut short */%'"
+                " AND state = 'active' AND pid <> pg_backend_pid())"
+            ),
+            timeout=10,
+            what="the round taking the term running",
+        )
+        claim.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await claim
+        await db_eventually(
+            lambda: admin.fetchval(
+                f"SELECT backend_pid = 0 FROM {Names().leader} WHERE namespace = $1", namespace
+            ),
+            timeout=10,
+            what="the leader row disowned",
+        )
+        assert await claim_holders(admin, namespace) == []
+        other = await stack.enter_async_context(
+            ElectionGroup(process(dsn, "p2"), settings=FAST.replace(namespace=namespace))
+        )
+        await other.wait_for_leadership(timeout=10)
+
+
+@pytest.mark.timeout(60)
+async def test_a_busy_row_of_one_group_does_not_fail_the_others_claimed_with_it(
+    dsn: str, namespace: str
+) -> None:
+    """Two groups of one session claim at once while another session writes the leader
+    row of one of them: the other group takes its term; the busy one is refused without
+    waiting, and takes its term once the row is free."""
+    free_ns, busy_ns = f"{namespace}-free", f"{namespace}-busy"
+    async with AsyncExitStack() as stack:
+        free = await open_transport(dsn, free_ns)
+        stack.push_async_callback(free.close)
+        busy = await open_transport(dsn, busy_ns)
+        stack.push_async_callback(busy.close)
+        assert free.session is busy.session
+        for transport in (free, busy):  # both groups get a leader row
+            granted = await transport.claim(fence=False)
+            assert granted is not None
+            await transport.release(granted.term, "resigned")
+        outside = await asyncpg.connect(dsn)
+        stack.push_async_callback(outside.close)
+        await outside.execute("BEGIN")
+        await outside.execute(
+            f"SELECT FROM {Names().leader} WHERE namespace = $1 FOR UPDATE", busy_ns
+        )
+        got_free, got_busy = await asyncio.gather(free.claim(fence=False), busy.claim(fence=False))
+        assert got_free is not None
+        assert got_busy is None
+        await outside.execute("COMMIT")
+        assert await busy.claim(fence=False) is not None
