@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from .errors import ConfigurationError
 
 #: Version of the schema this code expects; bumped with every Alembic revision.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 PREFIX_ENV = "NOTIFELECT_PREFIX"
 _PREFIX_RULE = re.compile(r"[a-z0-9_]{0,30}")
@@ -113,6 +113,11 @@ class Names:
         return f"{self.prefix}notifelect_version"
 
     @property
+    def leader_changed(self) -> str:
+        """The index, trigger and trigger function stamping each write of a leader row."""
+        return f"{self.prefix}notifelect_leader_changed"
+
+    @property
     def status_view(self) -> str:
         return f"{self.prefix}notifelect_status"
 
@@ -171,6 +176,8 @@ def statements_for_version(names: Names, version: int) -> list[str]:
         return _version_1(names)
     if version == 2:
         return _version_2(names)
+    if version == 3:
+        return _version_3(names)
     raise ConfigurationError(
         f"no schema version {version}: this notifelect knows versions 1 to {SCHEMA_VERSION}"
     )
@@ -189,6 +196,14 @@ def downgrade_statements(names: Names, version: int) -> list[str]:
             f"DROP TABLE IF EXISTS {q(names.session)}",
             f"ALTER TABLE IF EXISTS {q(names.leader)} DROP COLUMN IF EXISTS standby",
             f"UPDATE {q(names.version)} SET version = 1 WHERE version > 1",
+        ]
+    if version == 3:
+        q = quote_ident
+        return [
+            f"DROP TRIGGER IF EXISTS {q(names.leader_changed)} ON {q(names.leader)}",
+            f"DROP FUNCTION IF EXISTS {q(names.leader_changed)}()",
+            f"ALTER TABLE IF EXISTS {q(names.leader)} DROP COLUMN IF EXISTS changed",
+            f"UPDATE {q(names.version)} SET version = 2 WHERE version > 2",
         ]
     raise ConfigurationError(
         f"no schema version {version}: this notifelect knows versions 1 to {SCHEMA_VERSION}"
@@ -299,6 +314,25 @@ def _version_2(names: Names) -> list[str]:
     ]
 
 
+def _version_3(names: Names) -> list[str]:
+    """Changes of leadership, readable incrementally: every write of a leader row stamps it
+    with the id of its transaction (a trigger, so that no writer can forget, an operator's
+    included), and an index on that stamp lets each session's periodic statement read only
+    the rows changed since its previous one, whatever the number of groups."""
+    q = quote_ident
+    return [
+        f"ALTER TABLE {q(names.leader)}"
+        " ADD COLUMN IF NOT EXISTS changed xid8 NOT NULL DEFAULT pg_current_xact_id()",
+        f"CREATE INDEX IF NOT EXISTS {q(names.leader_changed)} ON {q(names.leader)} (changed)",
+        f"CREATE OR REPLACE FUNCTION {q(names.leader_changed)}() RETURNS trigger"
+        " LANGUAGE plpgsql AS $$ BEGIN NEW.changed := pg_current_xact_id(); RETURN NEW; END $$",
+        f"DROP TRIGGER IF EXISTS {q(names.leader_changed)} ON {q(names.leader)}",
+        f"CREATE TRIGGER {q(names.leader_changed)} BEFORE INSERT OR UPDATE ON {q(names.leader)}"
+        f" FOR EACH ROW EXECUTE FUNCTION {q(names.leader_changed)}()",
+        *record_version_statements(names, 3),
+    ]
+
+
 def status_view_statement(names: Names) -> str:
     """The view that answers "who leads, since when, who else is there" from psql."""
     q = quote_ident
@@ -324,6 +358,7 @@ def uninstall_statements(names: Names) -> list[str]:
     return [
         f"DROP VIEW IF EXISTS {q(names.status_view)}",
         *(f"DROP TABLE IF EXISTS {q(table)}" for table in reversed(names.tables())),
+        f"DROP FUNCTION IF EXISTS {q(names.leader_changed)}()",
         f"DROP SEQUENCE IF EXISTS {q(names.sequence)}",
     ]
 

@@ -98,6 +98,21 @@ _RENEWED_AGE = (
     " CASE WHEN s.backend_pid = l.backend_pid THEN s.renewed_at END))::float8"
 )
 
+#: The columns of a leader row read by a session's periodic statement, in order.
+TICK_LEADER = (
+    "namespace",
+    "node",
+    "priority",
+    "term",
+    "host",
+    "pid",
+    "since",
+    "released",
+    "standby",
+    "backend_pid",
+    "renewed_at",
+)
+
 #: The order in which live members (``m``) become a leader's standby: the highest priority,
 #: and among equals the next node id after the leader's (``{leader}``), wrapping around.
 #: Among equals each session then watches one other, whatever the number of groups.
@@ -238,19 +253,29 @@ class ElectionQueries:
             " SELECT EXISTS (SELECT FROM r) AS ok, (SELECT node FROM b) AS standby"
         )
         #: One session's periodic statement: renew session ``$1`` (one lease for every
-        #: group it leads) and read the leadership of its groups (``$2``: text[]).
-        #: Columns: renewed (1 if the session row was renewed), then, one row per group
-        #: that has a leader (NULLs if none has), namespace and the columns of
-        #: :class:`~notifelect.transport.LeaderRecord`.
+        #: group it leads) and read the leadership rows changed since transaction id
+        #: ``$2`` (text; NULL: none), every group's of ``$3`` (text[], groups not read
+        #: yet) and the sessions ``$4`` (bigint[]) and of the leaders read. Its cost does
+        #: not depend on the number of groups, only on what changed. Columns: renewed (1
+        #: if the session row was renewed), at (the database's clock), horizon (the
+        #: oldest transaction still running: the ``$2`` of the next statement), leaders
+        #: (records of :data:`TICK_LEADER`) and sessions (node, backend_pid, renewed_at).
+        #: A row written by a transaction still running now is read next time: its id is
+        #: at least the horizon.
+        leader_columns = ", ".join(f"l.{column}" for column in TICK_LEADER)
         self.tick = (
             f"WITH r AS (UPDATE {session} SET renewed_at = clock_timestamp()"
             "            WHERE node = $1 RETURNING 1),"
-            "     g AS (SELECT l.namespace, l.node, l.priority, l.term, l.host, l.pid, l.since,"
-            f"            l.released, l.standby, {_RENEWED_AGE} AS renewed_age"
-            f"           FROM {leader} l LEFT JOIN {session} s ON s.node = l.node"
-            "           WHERE l.namespace = ANY($2::text[]))"
-            " SELECT (SELECT count(*) FROM r) AS renewed, g.* FROM (SELECT) AS one"
-            " LEFT JOIN g ON true"
+            f"     c AS (SELECT {leader_columns} FROM {leader} l"
+            "           WHERE l.changed >= $2::text::xid8"
+            f"           UNION SELECT {leader_columns} FROM {leader} l"
+            "           WHERE l.namespace = ANY($3::text[]))"
+            " SELECT (SELECT count(*) FROM r) AS renewed, clock_timestamp() AS at,"
+            " pg_snapshot_xmin(pg_current_snapshot())::text AS horizon,"
+            " ARRAY(SELECT c FROM c) AS leaders,"
+            " ARRAY(SELECT s FROM (SELECT s.node, s.backend_pid, s.renewed_at"
+            f"  FROM {session} s WHERE s.node = ANY($4::bigint[])"
+            "   OR s.node IN (SELECT node FROM c)) s) AS sessions"
         )
         #: Record the standby of every group (``$2``: text[]) that session ``$1`` leads,
         #: where it changed. Columns: namespace, standby (the changed ones).

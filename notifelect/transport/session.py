@@ -31,7 +31,7 @@ import dataclasses
 import logging
 import math
 import secrets
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Container, Hashable, Iterable
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 import asyncpg
@@ -39,7 +39,7 @@ import asyncpg
 from .._clock import now
 from ..errors import ConfigurationError, SchemaError
 from ..schema import SCHEMA_VERSION, Names, missing_schema_message, required_relations
-from ..sql import RELATIONS_EXIST, ElectionQueries, schema_version
+from ..sql import RELATIONS_EXIST, TICK_LEADER, ElectionQueries, schema_version
 from .base import Freed, LeaderRecord, TransportError
 from .connect import ANCHOR_NAME, APPLICATION_NAME, WATCHER_NAME, session_name
 
@@ -414,6 +414,64 @@ class _Watcher:
             conn.terminate()
 
 
+class _Known:
+    """What a session knows of its groups' leadership rows.
+
+    Each periodic statement reads only what changed since the previous one (every write
+    of a leader row stamps it with its transaction's id, see schema version 3), plus the
+    whole row of each group that joined since, and the renewals of the sessions that lead
+    them: what a session reads per interval does not grow with its groups.
+    """
+
+    def __init__(self) -> None:
+        #: Rows written by transactions from this id on are read next time (None: none).
+        self.horizon: str | None = None
+        self._rows: dict[str, tuple[Any, ...]] = {}  # namespace -> TICK_LEADER values
+        self._read: set[str] = set()  # groups whose whole row was read since they joined
+
+    def unread(self, groups: Iterable[str]) -> list[str]:
+        return [namespace for namespace in groups if namespace not in self._read]
+
+    def nodes(self) -> list[int]:
+        """The leaders whose sessions' renewals count for the groups."""
+        return sorted({row[_NODE] for row in self._rows.values()})
+
+    def forget(self, namespace: str) -> None:
+        self._rows.pop(namespace, None)
+        self._read.discard(namespace)
+
+    def update(
+        self, groups: Container[str], fresh: list[str], row: asyncpg.Record
+    ) -> dict[str, LeaderRecord]:
+        """Take in what a periodic statement read; the record of every group that has a
+        leader row, its age as of the statement."""
+        self.horizon = row["horizon"]
+        for leader in row["leaders"]:
+            if leader[_NAMESPACE] in groups:
+                self._rows[leader[_NAMESPACE]] = leader
+        self._read.update(namespace for namespace in fresh if namespace in groups)
+        sessions = {node: (pid, renewed_at) for node, pid, renewed_at in row["sessions"]}
+        at = row["at"]
+        records = {}
+        for namespace, leader in self._rows.items():
+            fields = dict(zip(TICK_LEADER, leader, strict=True))
+            renewed_at = fields.pop("renewed_at")
+            backend_pid = fields.pop("backend_pid")
+            del fields["namespace"]
+            # A session's renewals count while the row names its backend (see _RENEWED_AGE).
+            session = sessions.get(fields["node"])
+            if session is not None and session[0] == backend_pid:
+                renewed_at = max(renewed_at, session[1])
+            records[namespace] = LeaderRecord(
+                **fields, renewed_age=(at - renewed_at).total_seconds()
+            )
+        return records
+
+
+_NAMESPACE = TICK_LEADER.index("namespace")
+_NODE = TICK_LEADER.index("node")
+
+
 class Session:
     """The shared election session of one process on one database (module docstring)."""
 
@@ -452,6 +510,7 @@ class Session:
         self._watchers: dict[int, _Watcher] = {}
         self._standbys_at = 0.0
         self._wake = asyncio.Event()
+        self._known = _Known()
         #: The claim locks the election connection holds (each taken once: a lock taken
         #: twice would need two unlocks).
         self._claimed: set[int] = set()
@@ -502,6 +561,7 @@ class Session:
         the last. Never raises."""
         if self._groups.get(group.namespace) is group:
             del self._groups[group.namespace]
+            self._known.forget(group.namespace)
         serial = self.serial
         if group.namespace not in self._groups and self.usable and serial is not None:
             with contextlib.suppress(Exception):
@@ -535,6 +595,7 @@ class Session:
         """Drop ``group`` from the session without talking to the database."""
         if self._groups.get(group.namespace) is group:
             del self._groups[group.namespace]
+            self._known.forget(group.namespace)
         if self._unused:  # an open that was given up
             self.close_soon()
 
@@ -784,19 +845,19 @@ class Session:
         serial = self.serial
         if serial is None or not self._groups:
             return
+        known = self._known
+        fresh = known.unread(self._groups)
         sent_at = now()
-        rows = await serial.fetch(self.queries.tick, self.node, list(self._groups), urgent=True)
-        if not rows or not rows[0]["renewed"]:
+        query, node, horizon, nodes = self.queries.tick, self.node, known.horizon, known.nodes()
+        row = await serial.run(
+            "a renewal",
+            lambda c: c.fetchrow(query, node, horizon, fresh, nodes),
+            urgent=True,
+        )
+        if row is None or not row["renewed"]:
             self.lose("the session's row is gone from the session table")
             return
-        records: dict[str, LeaderRecord] = {}
-        for row in rows:
-            if row["namespace"] is None:
-                continue
-            fields = dict(row)
-            del fields["renewed"]
-            namespace = fields.pop("namespace")
-            records[namespace] = LeaderRecord(**fields)
+        records = known.update(self._groups, fresh, row)
         tick = Tick(sent_at, records)
         for namespace, group in list(self._groups.items()):
             group.ticked(tick, records.get(namespace))

@@ -21,6 +21,7 @@ from notifelect import ElectionGroup, Leadership, Settings
 from notifelect._clock import now
 from notifelect.group import _postgres_transport
 from notifelect.schema import Names
+from notifelect.sql import ElectionQueries
 from notifelect.transport.base import Member
 from notifelect.transport.postgres import PostgresTransport
 from notifelect.transport.session import Session, open_sessions
@@ -423,3 +424,55 @@ async def test_a_busy_row_of_one_group_does_not_fail_the_others_claimed_with_it(
         assert got_busy is None
         await outside.execute("COMMIT")
         assert await busy.claim(fence=False) is not None
+
+
+# -------------------------------------------------------------- reading only what changed
+
+
+@pytest.mark.timeout(60)
+async def test_the_periodic_statement_reads_each_change_once_committed(dsn: str) -> None:
+    """A session's periodic statement reads a leader row again only once a write of it
+    has committed after the previous read, however many groups there are; a write still
+    running at one read is read at the next (its transaction id is at least that read's
+    horizon)."""
+    q = ElectionQueries(Names())
+    groups = [f"g{i}" for i in range(50)]
+    conn = await asyncpg.connect(dsn)
+    writer = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(q.register_session, 1, "host", 1)
+        await conn.execute(
+            f"INSERT INTO {Names().leader} (namespace, term, node, priority, host, pid,"
+            " backend_pid, since, renewed_at, released)"
+            " SELECT g, 1, 2, 0, 'host', 2, 0, now(), now(), false FROM unnest($1::text[]) g",
+            groups,
+        )
+        first = await conn.fetchrow(q.tick, 1, None, groups, [])
+        assert first is not None
+        assert first["renewed"] == 1
+        assert sorted(row[0] for row in first["leaders"]) == sorted(groups)
+        horizon = first["horizon"]
+
+        async def quiet() -> bool:
+            """Once no older transaction runs in the cluster, nothing is read again."""
+            nonlocal horizon
+            row = await conn.fetchrow(q.tick, 1, horizon, [], [2])
+            assert row is not None
+            horizon = row["horizon"]
+            return not row["leaders"]
+
+        await db_eventually(quiet, timeout=20, what="a read with nothing changed")
+
+        await writer.execute("BEGIN")
+        await writer.execute(f"UPDATE {Names().leader} SET standby = 7 WHERE namespace = 'g7'")
+        during = await conn.fetchrow(q.tick, 1, horizon, [], [2])
+        assert during is not None
+        assert all(row[0] != "g7" or row[8] is None for row in during["leaders"])
+        await writer.execute("COMMIT")
+        after = await conn.fetchrow(q.tick, 1, during["horizon"], [], [2])
+        assert after is not None
+        assert [(row[0], row[8]) for row in after["leaders"]] == [("g7", 7)]
+        assert [session[0] for session in after["sessions"]] == []  # node 2 has no session
+    finally:
+        await writer.close()
+        await conn.close()
