@@ -69,8 +69,8 @@ class Settings:
 
     - ``namespace``: the election group's name; nodes elect one leader per namespace.
     - ``election_interval``: how often an election session renews its lease in the
-      database, for every group it leads, and reads its groups' leaderships (the
-      followers' heartbeat). No notification is sent per interval.
+      database, for every group it leads, and reads what changed in its groups'
+      leaderships (the followers' heartbeat). No notification is sent per interval.
     - ``election_timeout``: how long a candidate waits for a higher-ranked node to answer
       before it claims leadership. Bounds cold-start and fallback election time.
     - ``lease``: how long a leader may act after its last confirmation by the database.

@@ -7,8 +7,8 @@ A :class:`Session` owns what used to be every group's own:
 
 * the *election connection*: it listens on the channel of each group, holds the claim
   (a session advisory lock) of each group it leads, and runs one statement per interval
-  that renews the session's lease for all of them and reads every group's leadership (the
-  followers' heartbeat);
+  that renews the session's lease for all of them and reads what changed in every group's
+  leadership (the followers' heartbeat);
 * the *anchor*: an idle session holding a lock named after the session's node id, ended
   only with the process (or after every group has stopped its leader work), which a
   standby watches to notice a crashed leader within milliseconds;
