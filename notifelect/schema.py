@@ -203,6 +203,7 @@ def downgrade_statements(names: Names, version: int) -> list[str]:
             f"DROP TRIGGER IF EXISTS {q(names.leader_changed)} ON {q(names.leader)}",
             f"DROP FUNCTION IF EXISTS {q(names.leader_changed)}()",
             f"ALTER TABLE IF EXISTS {q(names.leader)} DROP COLUMN IF EXISTS changed",
+            f"ALTER TABLE IF EXISTS {q(names.leader)} DROP COLUMN IF EXISTS lease",
             f"UPDATE {q(names.version)} SET version = 2 WHERE version > 2",
         ]
     raise ConfigurationError(
@@ -318,11 +319,13 @@ def _version_3(names: Names) -> list[str]:
     """Changes of leadership, readable incrementally: every write of a leader row stamps it
     with the id of its transaction (a trigger, so that no writer can forget, an operator's
     included), and an index on that stamp lets each session's periodic statement read only
-    the rows changed since its previous one, whatever the number of groups."""
+    the rows changed since its previous one, whatever the number of groups. And the lease
+    each leader acts on, which a successor waits out even if its own is shorter."""
     q = quote_ident
     return [
         f"ALTER TABLE {q(names.leader)}"
         " ADD COLUMN IF NOT EXISTS changed xid8 NOT NULL DEFAULT pg_current_xact_id()",
+        f"ALTER TABLE {q(names.leader)} ADD COLUMN IF NOT EXISTS lease float8",
         f"CREATE INDEX IF NOT EXISTS {q(names.leader_changed)} ON {q(names.leader)} (changed)",
         f"CREATE OR REPLACE FUNCTION {q(names.leader_changed)}() RETURNS trigger"
         " LANGUAGE plpgsql AS $$ BEGIN NEW.changed := pg_current_xact_id(); RETURN NEW; END $$",

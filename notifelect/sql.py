@@ -172,7 +172,7 @@ class ElectionQueries:
         #: Leave: delete member ``$2``.
         self.unregister_member = f"DELETE FROM {member} WHERE namespace = $1 AND node = $2"
         #: The recorded leader's node and whether it released its term.
-        self.leader_released = f"SELECT node, released FROM {leader} WHERE namespace = $1"
+        self.leader_released = f"SELECT node, released, lease FROM {leader} WHERE namespace = $1"
         #: The whole leader record. Columns as :class:`~notifelect.transport.LeaderRecord`.
         self.leader_record = (
             "SELECT l.node, l.priority, l.term, l.host, l.pid, l.since, l.released, l.standby,"
@@ -186,14 +186,16 @@ class ElectionQueries:
             " FROM unnest($1::bigint[]) WITH ORDINALITY AS u(k, i) ORDER BY u.i"
         )
         #: Take the next term of several groups at once (``$1``: text[]; ``$2``: int[],
-        #: their members' priorities) as node ``$3`` (host ``$4``, pid ``$5``): one
-        #: transaction and one durable commit for all of them. A group whose term row is
-        #: held by a guarded transaction of the old term (``FOR SHARE``), or whose leader
-        #: row another session is writing, is skipped, never waited for. For each group
-        #: taken, the open history rows are closed as lost, a new one is opened and the
-        #: leader row is recorded with its standby. Columns: namespace, term (those taken).
+        #: their members' priorities; ``$6``: float8[], their leases) as node ``$3`` (host
+        #: ``$4``, pid ``$5``): one transaction and one durable commit for all of them. A
+        #: group whose term row is held by a guarded transaction of the old term (``FOR
+        #: SHARE``), or whose leader row another session is writing, is skipped, never
+        #: waited for. For each group taken, the open history rows are closed as lost, a
+        #: new one is opened and the leader row is recorded with its standby and the lease
+        #: its leader acts on. Columns: namespace, term (those taken).
         self.take_terms = (
-            "WITH want AS (SELECT * FROM unnest($1::text[], $2::int[]) AS w(namespace, priority)),"
+            "WITH want AS (SELECT * FROM unnest($1::text[], $2::int[], $6::float8[])"
+            "              AS w(namespace, priority, lease)),"
             f"     seen AS (SELECT namespace FROM {term} WHERE namespace = ANY($1::text[])),"
             f"     free AS (SELECT namespace FROM {term} WHERE namespace = ANY($1::text[])"
             "              FOR NO KEY UPDATE SKIP LOCKED),"
@@ -212,17 +214,17 @@ class ElectionQueries:
             f"     o AS (INSERT INTO {history} (namespace, term, node, host, pid, started_at)"
             "           SELECT namespace, term, $3, $4, $5, clock_timestamp() FROM n),"
             f"     r AS (INSERT INTO {leader} AS l (namespace, term, node, priority, host, pid,"
-            "           backend_pid, since, renewed_at, released, standby)"
+            "           backend_pid, since, renewed_at, released, standby, lease)"
             "           SELECT n.namespace, n.term, $3, ok.priority, $4, $5, pg_backend_pid(),"
             "           clock_timestamp(), clock_timestamp(), false,"
-            f"           ({_standby(member, 'n.namespace', '$3')})"
+            f"           ({_standby(member, 'n.namespace', '$3')}), ok.lease"
             "           FROM n JOIN ok USING (namespace)"
             "           ON CONFLICT (namespace) DO UPDATE SET term = EXCLUDED.term,"
             "           node = EXCLUDED.node, priority = EXCLUDED.priority,"
             "           host = EXCLUDED.host, pid = EXCLUDED.pid,"
             "           backend_pid = EXCLUDED.backend_pid, since = EXCLUDED.since,"
             "           renewed_at = EXCLUDED.renewed_at, released = false,"
-            "           standby = EXCLUDED.standby)"
+            "           standby = EXCLUDED.standby, lease = EXCLUDED.lease)"
             " SELECT namespace, term FROM n"
         )
         #: The live member of group ``$1`` that watches leader ``$2``. Column: node.
@@ -297,19 +299,33 @@ class ElectionQueries:
             " ON CONFLICT (node) DO UPDATE SET backend_pid = EXCLUDED.backend_pid,"
             " backend_start = EXCLUDED.backend_start, renewed_at = EXCLUDED.renewed_at"
         )
-        #: Give back claim lock ``$1`` of group ``$2``; an unreleased leadership of the
-        #: group by node ``$3`` is disowned first (it is no longer held by this session).
-        self.let_go = (
-            f"WITH d AS (UPDATE {leader} SET backend_pid = 0"
-            "            WHERE namespace = $2 AND node = $3 AND NOT released)"
-            " SELECT pg_advisory_unlock($1)"
+        #: The unreleased leadership of group ``$1`` by node ``$2`` is no longer held by
+        #: this session (its claim is being given back): its renewals stop counting for
+        #: it. Never waits for the row (``NOWAIT``: LockNotAvailableError).
+        self.disown = (
+            f"WITH d AS (SELECT namespace FROM {leader} WHERE namespace = $1 AND node = $2"
+            "            AND NOT released FOR NO KEY UPDATE NOWAIT)"
+            f" UPDATE {leader} l SET backend_pid = 0 FROM d WHERE l.namespace = d.namespace"
+        )
+        #: The same for whatever node leads group ``$1`` from this backend (a borrowed
+        #: connection's earlier session).
+        self.disown_backend = (
+            f"UPDATE {leader} SET backend_pid = 0"
+            " WHERE namespace = $1 AND backend_pid = pg_backend_pid() AND NOT released"
+        )
+        #: Whether this backend holds the advisory lock ``$1``, ``$2`` (the key's halves).
+        self.backend_holds = (
+            "SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            " AND pid = pg_backend_pid() AND classid = $1 AND objid = $2 AND objsubid = 1"
+            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))"
         )
         #: Drop session ``$1``.
         self.unregister_session = f"DELETE FROM {session} WHERE node = $1"
         #: Leadership of several groups (``$1``: text[]) as node ``$2`` recorded it.
         #: Columns: namespace, node, released.
         self.leaders_released = (
-            f"SELECT namespace, node, released FROM {leader} WHERE namespace = ANY($1::text[])"
+            f"SELECT namespace, node, released, lease FROM {leader}"
+            " WHERE namespace = ANY($1::text[])"
         )
         #: Mark term ``$2`` released and close its history row with reason ``$3``.
         self.release = (

@@ -252,7 +252,7 @@ class PostgresTransport(Transport):
         serial = session.serial
         if serial is None or not session.usable:
             return
-        with contextlib.suppress(TransportError):
+        with contextlib.suppress(TransportError, asyncpg.PostgresError):
             await self._let_go(session)
             self._term = None
             await serial.execute(self._q.unregister_member, self.namespace, self._node)
@@ -317,22 +317,27 @@ class PostgresTransport(Transport):
             if not (fence and self._fence_enabled) or not await self._fence(conn, session):
                 return None
             row = await conn.fetchrow(self._q.leader_released, self.namespace)
-            claimed = Claimed(None, False) if row is None else Claimed(row["node"], row["released"])
+            claimed = (
+                Claimed(None, False, None)
+                if row is None
+                else Claimed(row["node"], row["released"], row["lease"])
+            )
         taken_at = now()
         # Act at once only after a clean release, on positive evidence that the old leader's
         # process is gone, or when the old leader was this very node (whose gates closed
         # when it lost the claim). Otherwise the old leader may still trust its lease: its
         # session may have been ended by the server while the process lives on (a half-open
-        # path, a restart, our own fencing). Wait the whole lease out on this node's clock:
-        # the old leader's lease was last renewed before we got the claim, so it has surely
-        # run out by then.
+        # path, a restart, our own fencing). Wait the whole lease out on this node's clock
+        # (the old leader's, if it acts on a longer one): the old leader's lease was last
+        # renewed before we got the claim, so it has surely run out by then.
         old = claimed.leader
         unclean = old is not None and not claimed.released and old != self._node
         proven = evidence is not None and old == evidence
         if unclean and (fenced or self._strict or not proven):
+            lease = max(self._lease, claimed.lease or 0.0)
             log.info(
                 "waiting %.3fs for the previous leader's lease to run out (%s)",
-                self._lease,
+                lease,
                 "fenced"
                 if fenced
                 else "strict_takeover"
@@ -340,10 +345,10 @@ class PostgresTransport(Transport):
                 else "no evidence that its process is gone",
                 extra=self._extra("lease_wait"),
             )
-            await asyncio.sleep(max(0.0, taken_at + self._lease - now()))
+            await asyncio.sleep(max(0.0, taken_at + lease - now()))
         confirmed_at = now()
         try:
-            term = await session.terms((self.namespace, self._member.priority))
+            term = await session.terms((self.namespace, self._member.priority, self._lease))
         except asyncpg.LockNotAvailableError:
             log.info(
                 "taking the term met a row held by another session; claim later",

@@ -105,6 +105,7 @@ class Claimed(NamedTuple):
 
     leader: int | None  # the recorded leader's node (None: the group never had one)
     released: bool  # whether that leader released its term
+    lease: float | None  # the lease that leader acts on (None: not recorded)
 
 
 class _Turns:
@@ -316,6 +317,11 @@ class _Batched(Generic[A, R]):
         for (_, future), result in zip(taken, results, strict=True):
             if not future.done():
                 future.set_result(result)
+
+
+def _halves(key: int) -> tuple[int, int]:
+    """The two 32-bit halves of an advisory-lock key, as ``pg_locks`` shows them."""
+    return (key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:
@@ -547,6 +553,8 @@ class Session:
         self._working.add(group)
         try:
             await serial.add_listener(group.channel, self._notified)
+            if self._borrowed is not None and not self._sibling_has(group.namespace):
+                await serial.run("giving back a lost session's claim", self._inheritor(group))
         except BaseException:
             self.forget(group)
             self._holding.discard(group)
@@ -873,6 +881,31 @@ class Session:
 
     # ------------------------------------------------------------ claims of many groups
 
+    def _sibling_has(self, namespace: str) -> bool:
+        """Whether another open session of this process on the same borrowed connection
+        has a member of ``namespace`` (whose claim, on the same backend, is its own)."""
+        return any(
+            s is not self and s._borrowed is self._borrowed and namespace in s._groups
+            for s in _REGISTRY.open_sessions()
+        )
+
+    def _inheritor(
+        self, group: SessionGroup
+    ) -> Callable[[asyncpg.Connection[Any]], Awaitable[None]]:
+        return lambda conn: self._inherit(conn, group.namespace)
+
+    async def _inherit(self, conn: asyncpg.Connection[Any], namespace: str) -> None:
+        """On a borrowed connection, give back what a lost session left of ``namespace``'s
+        claim: a borrowed connection outlives its sessions, and so do its locks."""
+        key = self.names.claim_key(namespace)
+        held = await conn.fetchval(self.queries.backend_holds, *_halves(key))
+        if not held:
+            return
+        await conn.execute(self.queries.disown_backend, namespace)
+        for _ in range(64):  # taken at most once per lost session; bounded all the same
+            if not await conn.fetchval("SELECT pg_advisory_unlock($1)", key):
+                break
+
     async def _try_claims(
         self, conn: asyncpg.Connection[Any], asks: list[tuple[int, str]]
     ) -> list[Claimed | None]:
@@ -885,19 +918,19 @@ class Session:
             if row["got"]:
                 self._claimed.add(key)
         taken = {namespace for key, namespace in asks if key in self._claimed}
-        recorded = dict.fromkeys(taken, Claimed(None, False))
+        recorded = dict.fromkeys(taken, Claimed(None, False, None))
         if taken:
             for row in await conn.fetch(self.queries.leaders_released, list(taken)):
-                recorded[row["namespace"]] = Claimed(row["node"], row["released"])
+                recorded[row["namespace"]] = Claimed(row["node"], row["released"], row["lease"])
         return [recorded.get(namespace) for _, namespace in asks]
 
     async def _take_terms(
-        self, conn: asyncpg.Connection[Any], asks: list[tuple[str, int]]
+        self, conn: asyncpg.Connection[Any], asks: list[tuple[str, int, float]]
     ) -> list[int | None]:
-        """Take the next term of the groups ``asks`` (namespace, priority) in one
+        """Take the next term of the groups ``asks`` (namespace, priority, lease) in one
         transaction; None for a group whose old term is still held by a guarded
-        transaction."""
-        unique = dict(asks)
+        transaction, or whose leader row another session is writing."""
+        unique = {namespace: (priority, lease) for namespace, priority, lease in asks}
         async with conn.transaction():
             # A term must never be handed out twice, even if the server runs with
             # asynchronous commit and crashes right after: make this commit durable.
@@ -907,26 +940,42 @@ class Session:
             rows = await conn.fetch(
                 self.queries.take_terms,
                 list(unique),
-                list(unique.values()),
+                [priority for priority, _ in unique.values()],
                 self.node,
                 self._host,
                 self._pid,
+                [lease for _, lease in unique.values()],
             )
         terms = {row["namespace"]: int(row["term"]) for row in rows}
-        return [terms.get(namespace) for namespace, _ in asks]
+        return [terms.get(namespace) for namespace, _, _ in asks]
 
     async def let_go(self, key: int, namespace: str, node: int) -> None:
-        """Give back claim lock ``key`` of group ``namespace`` if the connection holds it.
+        """Give back claim lock ``key`` of group ``namespace`` if the connection holds it
+        when this call's turn comes (after every claim of the group already under way).
 
         A term of ``node`` that was not released is no longer held by this session: it is
-        disowned first, or the session's renewals would go on counting for it and the
-        followers would never take over while the session lives.
+        disowned first (committed before the lock goes), or the session's renewals would go
+        on counting for it and the followers would never take over while the session
+        lives. If it cannot be disowned at once (another session holds the row), the
+        session is lost instead: its end frees every claim and stops every renewal.
+        Raises only :class:`TransportError`.
         """
         serial = self.serial
-        if key not in self._claimed or serial is None:
+        if serial is None:
             return
-        await serial.execute(self.queries.let_go, key, namespace, node)
-        self._claimed.discard(key)
+
+        async def give_back(conn: asyncpg.Connection[Any]) -> None:
+            if key not in self._claimed:
+                return
+            try:
+                await conn.execute(self.queries.disown, namespace, node)
+            except asyncpg.PostgresError as exc:
+                self.lose(f"the claim of {namespace!r} could not be given back: {exc!r}")
+                raise TransportError(f"giving back the claim failed: {exc!r}") from exc
+            await conn.execute("SELECT pg_advisory_unlock($1)", key)
+            self._claimed.discard(key)
+
+        await serial.run("giving back a claim", give_back)
 
     # ------------------------------------------------------------ watching other sessions
 

@@ -315,10 +315,16 @@ async def claim_holders(conn: asyncpg.Connection[Any], namespace: str) -> list[t
     return [(r["pid"], r["n"]) for r in rows]
 
 
-async def open_transport(dsn: str, namespace: str) -> PostgresTransport:
-    transport = _postgres_transport(dsn, FAST.replace(namespace=namespace), Member(priority=0))
+async def open_transport(
+    dsn: str | asyncpg.Connection[Any],
+    namespace: str,
+    settings: Settings = FAST,
+    on_lost: Callable[[object], None] = lambda _: None,
+) -> PostgresTransport:
+    """A group's transport, joined (on a DSN's session, or on a borrowed connection)."""
+    transport = _postgres_transport(dsn, settings.replace(namespace=namespace), Member(priority=0))
     assert isinstance(transport, PostgresTransport)
-    await transport.open(lambda _: None, lambda _: None)
+    await transport.open(lambda _: None, on_lost)
     return transport
 
 
@@ -342,8 +348,7 @@ async def test_a_claim_that_fails_after_taking_the_lock_gives_it_back(
 
         granted = await transport.claim(fence=False)
         assert granted is not None
-        pid = session.conn.get_server_pid() if session.conn is not None else None
-        assert await claim_holders(admin, namespace) == [(pid, 1)]
+        # Taken once: one release frees it (pg_locks shows a lock taken twice as one row).
         await transport.release(granted.term, "resigned")
         assert await claim_holders(admin, namespace) == []
     finally:
@@ -358,7 +363,7 @@ async def test_a_claim_cut_short_while_its_term_is_taken_disowns_the_term(
     """A claim cancelled while the round taking its term runs (the term is committed
     all the same) gives the claim back and disowns the leader row: the session's
     renewals do not keep a leadership nobody holds alive, and another process takes over
-    at once."""
+    (after waiting out the lease: the term was not released)."""
     admin = await asyncpg.connect(dsn)
     transport = await open_transport(dsn, namespace)
     async with AsyncExitStack() as stack:
@@ -476,3 +481,94 @@ async def test_the_periodic_statement_reads_each_change_once_committed(dsn: str)
     finally:
         await writer.close()
         await conn.close()
+
+
+@pytest.mark.timeout(60)
+async def test_a_claim_that_cannot_be_disowned_ends_the_session(dsn: str, namespace: str) -> None:
+    """Giving back a leadership that was not released needs its row (disowned first, or
+    the session's renewals would keep it alive). If another session holds that row, the
+    claim is not kept waiting on the shared connection, nor given back with its row still
+    renewed: the whole session is lost, and its end frees the claim."""
+    lost: list[object] = []
+    async with AsyncExitStack() as stack:
+        admin = await asyncpg.connect(dsn)
+        stack.push_async_callback(admin.close)
+        leader = await open_transport(dsn, f"{namespace}-a")
+        stack.push_async_callback(leader.close)
+        other = await open_transport(dsn, f"{namespace}-b", on_lost=lost.append)
+        stack.push_async_callback(other.close)
+        assert leader.session is other.session
+        assert await leader.claim(fence=False) is not None
+        await admin.execute("BEGIN")
+        await admin.execute(
+            f"SELECT FROM {Names().leader} WHERE namespace = $1 FOR UPDATE", f"{namespace}-a"
+        )
+        started = time.monotonic()
+        await leader.close()  # gives the claim back without releasing the term
+        assert time.monotonic() - started < FAST.io_timeout  # nothing waited on the row
+        await admin.execute("ROLLBACK")
+        assert lost  # every group of the session was told; each lets go (as its driver)
+        other.abort()
+        await db_eventually(
+            lambda: _no_holder(admin, f"{namespace}-a"), timeout=10, what="the claim freed"
+        )
+
+
+async def _no_holder(conn: asyncpg.Connection[Any], namespace: str) -> bool:
+    return await claim_holders(conn, namespace) == []
+
+
+@pytest.mark.timeout(60)
+async def test_a_successor_waits_out_the_lease_its_predecessor_acts_on(
+    dsn: str, namespace: str
+) -> None:
+    """Members of a group may run with different leases: after an unclean end, the
+    successor waits out the old leader's lease (recorded with its term) when it is
+    longer than its own."""
+    long_lease = FAST.replace(lease=3.0, leader_timeout=3.0)
+    async with AsyncExitStack() as stack:
+        admin = await asyncpg.connect(dsn)
+        stack.push_async_callback(admin.close)
+        old = await open_transport(process(dsn, "p1"), namespace, long_lease)
+        stack.push_async_callback(old.close)
+        assert await old.claim(fence=False) is not None
+        assert old.connection is not None
+        await admin.fetchval("SELECT pg_terminate_backend($1)", old.connection.get_server_pid())
+        await db_eventually(lambda: _no_holder(admin, namespace), timeout=10, what="claim freed")
+        new = await open_transport(process(dsn, "p2"), namespace)  # lease 1.0
+        stack.push_async_callback(new.close)
+        started = time.monotonic()
+        assert await new.claim(fence=False) is not None
+        assert time.monotonic() - started >= long_lease.lease
+
+
+@pytest.mark.timeout(60)
+async def test_a_borrowed_connection_gives_back_what_a_lost_session_left(
+    dsn: str, namespace: str
+) -> None:
+    """A borrowed connection outlives its sessions and their claims: the next session on
+    it disowns and gives back the lost one's claim of each group that joins, so nothing
+    is held twice and the group can be led elsewhere."""
+    admin = await asyncpg.connect(dsn)
+    borrowed = await asyncpg.connect(dsn)
+    try:
+        transport = await open_transport(borrowed, namespace)
+        assert await transport.claim(fence=False) is not None
+        session = transport.session
+        assert session is not None
+        session.lose("lost on purpose")
+        transport.abort()
+        assert await claim_holders(admin, namespace) == [(borrowed.get_server_pid(), 1)]
+        await transport.open(lambda _: None, lambda _: None)  # a new session, same backend
+        assert transport.session is not session
+        assert await claim_holders(admin, namespace) == []
+        assert (
+            await admin.fetchval(
+                f"SELECT backend_pid FROM {Names().leader} WHERE namespace = $1", namespace
+            )
+            == 0
+        )
+        await transport.close()
+    finally:
+        await borrowed.close()
+        await admin.close()
