@@ -77,6 +77,39 @@ def _default_name(application_name: str) -> str:
     return os.environ.get("PGAPPNAME") or application_name
 
 
+def _observe_lost_ssl_probes() -> None:
+    """Keep a cancelled connect from leaving a "Future exception was never retrieved".
+
+    Unless ``sslmode`` says otherwise asyncpg first asks the server for SSL on a
+    connection of its own protocol, ``TLSUpgradeProto``, whose ``on_data`` future holds
+    the answer. If the connect is cancelled (a timeout, a session given up, the loop
+    shutting down) after that protocol is made and before ``create_connection()``
+    returns, asyncio closes the transport and ``connection_lost()`` sets an exception on
+    ``on_data`` that nobody awaits any more (asyncpg retrieves its own ``connected``
+    future in that case, not this one). Mark it retrieved once the connection is lost:
+    whoever still awaits it gets it all the same.
+    """
+    from asyncpg import connect_utils
+
+    base: Any = getattr(connect_utils, "TLSUpgradeProto", None)
+    if base is None or getattr(base, "_notifelect_observes_lost", False):
+        return
+
+    class _TLSUpgradeProto(base):  # type: ignore[misc]
+        _notifelect_observes_lost = True
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            super().connection_lost(exc)
+            answer = getattr(self, "on_data", None)
+            if answer is not None and answer.done() and not answer.cancelled():
+                answer.exception()
+
+    connect_utils.TLSUpgradeProto = _TLSUpgradeProto  # type: ignore[misc]
+
+
+_observe_lost_ssl_probes()
+
+
 def _dsn_connector(dsn: str, application_name: str) -> Connect:
     scheme, sep, rest = dsn.partition("://")
     if not sep:

@@ -1004,6 +1004,12 @@ class Session:
         if self.closed:
             return
         self._begin_close()
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            # Asked by a task being cancelled (the loop may be shutting down, and would
+            # not wait for a new task): drop the connections at once instead.
+            self._terminate_all()
+            return
         task = asyncio.ensure_future(self._finish_close())
         task.add_done_callback(_retrieve)
 
