@@ -433,16 +433,15 @@ class PostgresTransport(Transport):
         return Renewal(standby, sent_at)
 
     async def release(self, term: int, reason: str) -> None:
-        conn = self._require()
-        await conn.execute(self._q.release, self.namespace, term, reason)
-        self._term = None
+        self._require()
         assert self._session is not None
-        await self._let_go(self._session)
+        await self._let_go(self._session, (term, reason))
+        self._term = None
 
-    async def _let_go(self, session: Session) -> None:
+    async def _let_go(self, session: Session, release: tuple[int, str] | None = None) -> None:
         """Give the claim back if the session holds it (see :meth:`Session.let_go`)."""
         assert self._node is not None
-        await session.let_go(self._key, self.namespace, self._node)
+        await session.let_go(self._key, self.namespace, self._node, release=release)
 
     async def successor(self) -> int | None:
         node: int | None = await self._require().fetchval(

@@ -949,29 +949,35 @@ class Session:
         terms = {row["namespace"]: int(row["term"]) for row in rows}
         return [terms.get(namespace) for namespace, _, _ in asks]
 
-    async def let_go(self, key: int, namespace: str, node: int) -> None:
+    async def let_go(
+        self, key: int, namespace: str, node: int, *, release: tuple[int, str] | None = None
+    ) -> None:
         """Give back claim lock ``key`` of group ``namespace`` if the connection holds it
         when this call's turn comes (after every claim of the group already under way).
 
-        A term of ``node`` that was not released is no longer held by this session: it is
-        disowned first (committed before the lock goes), or the session's renewals would go
-        on counting for it and the followers would never take over while the session
-        lives. If it cannot be disowned at once (another session holds the row), the
-        session is lost instead: its end frees every claim and stops every renewal.
-        Raises only :class:`TransportError`.
+        With ``release`` (term, reason) the term is marked released first: a clean
+        hand-over. Otherwise a term of ``node`` that was not released is no longer held by
+        this session: it is disowned first (committed before the lock goes), or the
+        session's renewals would go on counting for it and the followers would never take
+        over while the session lives. If it cannot be disowned at once (another session
+        holds the row), the session is lost instead: its end frees every claim and stops
+        every renewal. Without ``release``, raises only :class:`TransportError`.
         """
         serial = self.serial
         if serial is None:
             return
 
         async def give_back(conn: asyncpg.Connection[Any]) -> None:
+            if release is not None:
+                await conn.execute(self.queries.release, namespace, *release)
             if key not in self._claimed:
                 return
-            try:
-                await conn.execute(self.queries.disown, namespace, node)
-            except asyncpg.PostgresError as exc:
-                self.lose(f"the claim of {namespace!r} could not be given back: {exc!r}")
-                raise TransportError(f"giving back the claim failed: {exc!r}") from exc
+            if release is None:
+                try:
+                    await conn.execute(self.queries.disown, namespace, node)
+                except asyncpg.PostgresError as exc:
+                    self.lose(f"the claim of {namespace!r} could not be given back: {exc!r}")
+                    raise TransportError(f"giving back the claim failed: {exc!r}") from exc
             await conn.execute("SELECT pg_advisory_unlock($1)", key)
             self._claimed.discard(key)
 
