@@ -92,7 +92,7 @@ def group_names(names: Names) -> str:
 
 #: Seconds since the leader (``l``) or its session (``s``, LEFT JOINed) last renewed; the
 #: session's renewals count only while the leader row names the session's backend (a group
-#: that gave its claim back disowns its row: see ``ElectionQueries.let_go``).
+#: that gave its claim back disowns its row: see ``ElectionQueries.disown``).
 _RENEWED_AGE = (
     "extract(epoch FROM clock_timestamp() - greatest(l.renewed_at,"
     " CASE WHEN s.backend_pid = l.backend_pid THEN s.renewed_at END))::float8"
@@ -321,8 +321,8 @@ class ElectionQueries:
         )
         #: Drop session ``$1``.
         self.unregister_session = f"DELETE FROM {session} WHERE node = $1"
-        #: Leadership of several groups (``$1``: text[]) as node ``$2`` recorded it.
-        #: Columns: namespace, node, released.
+        #: The recorded leadership of several groups (``$1``: text[]). Columns:
+        #: namespace, node, released, lease.
         self.leaders_released = (
             f"SELECT namespace, node, released, lease FROM {leader}"
             " WHERE namespace = ANY($1::text[])"

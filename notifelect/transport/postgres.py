@@ -154,7 +154,7 @@ class PostgresTransport(Transport):
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._leaving)
             self._leaving = None
-        session = _REGISTRY.take(self._share, self, self._make_session)
+        session = _REGISTRY.take(self._share, self, self._make_session, self._borrowed)
         self._on_payload = on_payload
         self._on_lost = on_lost
         self._last = None

@@ -553,12 +553,12 @@ class Session:
         self._working.add(group)
         try:
             await serial.add_listener(group.channel, self._notified)
-            if self._borrowed is not None and not self._sibling_has(group.namespace):
+            if self._borrowed is not None:
                 await serial.run("giving back a lost session's claim", self._inheritor(group))
         except BaseException:
-            self.forget(group)
             self._holding.discard(group)
             self._working.discard(group)
+            self.forget(group)
             raise
         if self._ticker is None:
             self._ticker = asyncio.create_task(self._tick_loop(), name="notifelect:session")
@@ -881,14 +881,6 @@ class Session:
 
     # ------------------------------------------------------------ claims of many groups
 
-    def _sibling_has(self, namespace: str) -> bool:
-        """Whether another open session of this process on the same borrowed connection
-        has a member of ``namespace`` (whose claim, on the same backend, is its own)."""
-        return any(
-            s is not self and s._borrowed is self._borrowed and namespace in s._groups
-            for s in _REGISTRY.open_sessions()
-        )
-
     def _inheritor(
         self, group: SessionGroup
     ) -> Callable[[asyncpg.Connection[Any]], Awaitable[None]]:
@@ -905,6 +897,7 @@ class Session:
         for _ in range(64):  # taken at most once per lost session; bounded all the same
             if not await conn.fetchval("SELECT pg_advisory_unlock($1)", key):
                 break
+        self._claimed.discard(key)
 
     async def _try_claims(
         self, conn: asyncpg.Connection[Any], asks: list[tuple[int, str]]
@@ -972,13 +965,15 @@ class Session:
                 await conn.execute(self.queries.release, namespace, *release)
             if key not in self._claimed:
                 return
-            if release is None:
-                try:
+            try:
+                if release is None:
                     await conn.execute(self.queries.disown, namespace, node)
-                except asyncpg.PostgresError as exc:
-                    self.lose(f"the claim of {namespace!r} could not be given back: {exc!r}")
-                    raise TransportError(f"giving back the claim failed: {exc!r}") from exc
-            await conn.execute("SELECT pg_advisory_unlock($1)", key)
+                await conn.execute("SELECT pg_advisory_unlock($1)", key)
+            except asyncpg.PostgresError as exc:
+                # Whether the lock went is unknown: the session must not go on believing
+                # either way. Its end frees every claim.
+                self.lose(f"the claim of {namespace!r} could not be given back: {exc!r}")
+                raise TransportError(f"giving back the claim failed: {exc!r}") from exc
             self._claimed.discard(key)
 
         await serial.run("giving back a claim", give_back)
@@ -1095,11 +1090,35 @@ class _Registry:
     def __init__(self) -> None:
         self._sessions: dict[tuple[asyncio.AbstractEventLoop, Hashable], list[Session]] = {}
 
-    def take(self, key: Hashable, group: SessionGroup, make: Callable[[], Session]) -> Session:
-        """A usable session of ``key`` without ``group``'s namespace, with it reserved."""
+    def take(
+        self,
+        key: Hashable,
+        group: SessionGroup,
+        make: Callable[[], Session],
+        borrowed: asyncpg.Connection[Any] | None = None,
+    ) -> Session:
+        """A usable session of ``key`` without ``group``'s namespace, with it reserved.
+
+        On a ``borrowed`` connection there is only ever one session (a backend's advisory
+        locks are shared by everything on it): a second member of a group, or a group with
+        other timing or names, is refused."""
         loop = asyncio.get_running_loop()
         sessions = self._sessions.setdefault((loop, key), [])
         sessions[:] = [s for s in sessions if s.usable]
+        if borrowed is not None:
+            for (lp, other), others in self._sessions.items():
+                for s in others:
+                    if (
+                        lp is loop
+                        and s._borrowed is borrowed
+                        and s.usable
+                        and (other != key or group.namespace in s._groups)
+                    ):
+                        raise ConfigurationError(
+                            "one asyncpg connection serves one member of each group, all with"
+                            " the same settings (its advisory locks are shared by all of"
+                            " them): give this group another connection, an engine or a DSN"
+                        )
         for session in sessions:
             if group.namespace not in session._groups:
                 break

@@ -17,7 +17,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from notifelect import ElectionGroup, Leadership, Settings
+from notifelect import ConfigurationError, ElectionGroup, Leadership, Settings
 from notifelect._clock import now
 from notifelect.group import _postgres_transport
 from notifelect.schema import Names
@@ -568,6 +568,12 @@ async def test_a_borrowed_connection_gives_back_what_a_lost_session_left(
             )
             == 0
         )
+        # The new session knows it holds nothing: a claim takes the lock for real.
+        assert await transport.claim(fence=False) is not None
+        assert await claim_holders(admin, namespace) == [(borrowed.get_server_pid(), 1)]
+        # One connection, one member of each group: a second is refused.
+        with pytest.raises(ConfigurationError, match="one member of each group"):
+            await open_transport(borrowed, namespace)
         await transport.close()
     finally:
         await borrowed.close()
