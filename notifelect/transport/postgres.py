@@ -34,7 +34,8 @@ from .base import (
     Transport,
     TransportError,
 )
-from .session import _REGISTRY, Claimed, Connect, Session, Tick, Timing, _Serial
+from .serial import Serial
+from .session import _REGISTRY, Claimed, Connect, Session, Tick, Timing
 
 log = logging.getLogger(__name__)
 
@@ -278,7 +279,7 @@ class PostgresTransport(Transport):
         finally:
             await session.leave(self)
 
-    def _require(self) -> _Serial:
+    def _require(self) -> Serial:
         session = self._session
         if session is None or session.serial is None or not session.usable:
             raise TransportError("the election session is closed")
@@ -306,7 +307,7 @@ class PostgresTransport(Transport):
         return granted
 
     async def _claim(
-        self, conn: _Serial, session: Session, fence: bool, evidence: int | None
+        self, conn: Serial, session: Session, fence: bool, evidence: int | None
     ) -> Granted | None:
         # With evidence, the standby saw the leader's process end: its election session is
         # ending too (PostgreSQL frees the lock within milliseconds of the process's death).
@@ -380,7 +381,7 @@ class PostgresTransport(Transport):
                 return None
             await asyncio.sleep(_LOCK_POLL)  # between tries the connection serves others
 
-    async def _fence(self, conn: _Serial, session: Session) -> bool:
+    async def _fence(self, conn: Serial, session: Session) -> bool:
         """Terminate a holder whose lease renewals stopped; True once we hold the claim."""
         row = await conn.fetchrow(self._q.fence_view, self.namespace, *self._key_halves)
         assert row is not None
