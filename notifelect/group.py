@@ -79,10 +79,12 @@ class ElectionGroup:
     """One node's membership of an election group.
 
     ``engine`` is a SQLAlchemy ``AsyncEngine`` on the asyncpg driver, a DSN string, or an
-    asyncpg connection (borrowed: never closed, no reconnect). The group takes dedicated
-    connections from the engine (detached from its pool, so LISTEN and locks never leak
-    back into it): the election connection, the node's anchor (an idle session whose end
-    tells a standby the process is gone) and, while it is the standby, a watcher.
+    asyncpg connection (borrowed: never closed, and it serves one member of each group,
+    with the same settings; if the connection itself is lost the group cannot reconnect).
+    Otherwise the group takes dedicated connections from the engine (detached from its
+    pool, so LISTEN and locks never leak back into it): the election connection, the
+    node's anchor (an idle session whose end tells a standby the process is gone) and,
+    while it is the standby, a watcher.
 
     ``async with group:`` returns once the node is connected, listening and has its id; the
     election then runs in the background. Leaving the block resigns (leader work is
