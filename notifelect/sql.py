@@ -131,6 +131,13 @@ def _standby(member: str, namespace: str, leader: str) -> str:
 #: The wall-clock time in milliseconds: the floor of every new term (see ``take_term``).
 TERM_FLOOR = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
 
+
+def lock_halves(key: int) -> tuple[int, int]:
+    """The two 32-bit halves of an advisory-lock key, as ``pg_locks`` shows them
+    (``classid``, ``objid``)."""
+    return (key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF
+
+
 #: The advisory lock of the claim of a group, held (``$2``, ``$3``: the two halves of the
 #: key) by some session of this database. Aliased nowhere; usable as a scalar subquery.
 _CLAIM_HOLDER = (

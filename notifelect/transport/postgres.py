@@ -19,7 +19,7 @@ import asyncpg
 from .._clock import now
 from ..errors import ConfigurationError
 from ..schema import Names
-from ..sql import ElectionQueries
+from ..sql import ElectionQueries, lock_halves
 from .base import (
     Freed,
     Granted,
@@ -97,7 +97,7 @@ class PostgresTransport(Transport):
         self._fence_enabled = fence
         self._strict = strict_takeover
         self._key = names.claim_key(namespace)
-        self._key_halves = ((self._key >> 32) & 0xFFFFFFFF, self._key & 0xFFFFFFFF)
+        self._key_halves = lock_halves(self._key)
         self._q = ElectionQueries(names)
         self._session: Session | None = None  # while joined
         self._anchored: Session | None = None  # until the group's work has stopped

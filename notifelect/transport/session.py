@@ -38,7 +38,7 @@ import asyncpg
 from .._clock import now
 from ..errors import ConfigurationError, SchemaError
 from ..schema import SCHEMA_VERSION, Names, missing_schema_message, required_relations
-from ..sql import RELATIONS_EXIST, TICK_LEADER, ElectionQueries, schema_version
+from ..sql import RELATIONS_EXIST, TICK_LEADER, ElectionQueries, lock_halves, schema_version
 from .base import Freed, LeaderRecord, TransportError
 from .connect import ANCHOR_NAME, APPLICATION_NAME, WATCHER_NAME, session_name
 from .serial import Batched, Serial, retrieve
@@ -105,11 +105,6 @@ class Claimed(NamedTuple):
     leader: int | None  # the recorded leader's node (None: the group never had one)
     released: bool  # whether that leader released its term
     lease: float | None  # the lease that leader acts on (None: not recorded)
-
-
-def _halves(key: int) -> tuple[int, int]:
-    """The two 32-bit halves of an advisory-lock key, as ``pg_locks`` shows them."""
-    return (key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF
 
 
 class _Watcher:
@@ -673,7 +668,7 @@ class Session:
         """On a borrowed connection, give back what a lost session left of ``namespace``'s
         claim: a borrowed connection outlives its sessions, and so do its locks."""
         key = self.names.claim_key(namespace)
-        held = await conn.fetchval(self.queries.backend_holds, *_halves(key))
+        held = await conn.fetchval(self.queries.backend_holds, *lock_halves(key))
         if not held:
             return
         await conn.execute(self.queries.disown_backend, namespace)

@@ -21,7 +21,7 @@ from notifelect import ConfigurationError, ElectionGroup, Leadership, Settings
 from notifelect._clock import now
 from notifelect.group import _postgres_transport
 from notifelect.schema import Names
-from notifelect.sql import ElectionQueries
+from notifelect.sql import ElectionQueries, lock_halves
 from notifelect.transport.base import Member
 from notifelect.transport.postgres import PostgresTransport
 from notifelect.transport.session import Session, open_sessions
@@ -309,8 +309,7 @@ async def claim_holders(conn: asyncpg.Connection[Any], namespace: str) -> list[t
     rows = await conn.fetch(
         "SELECT pid, count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND granted"
         " AND classid = $1 AND objid = $2 AND objsubid = 1 GROUP BY pid",
-        (key >> 32) & 0xFFFFFFFF,
-        key & 0xFFFFFFFF,
+        *lock_halves(key),
     )
     return [(r["pid"], r["n"]) for r in rows]
 
