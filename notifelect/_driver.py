@@ -167,6 +167,7 @@ class Driver:
             heartbeats=transport.publishes_heartbeats,
         )
         transport.observe(self._on_record, self._on_renewal)
+        transport.stats = self.stats
         #: The leadership the database last showed alive, as (node, term, standby), and
         #: when (the followers' heartbeat when the transport publishes none).
         self._seen: tuple[int, int, int | None] | None = None

@@ -43,6 +43,11 @@ COUNTERS = {
         "failovers",
         "Leaderships this node lost without handing over (connection or lease lost).",
     ),
+    "notifelect_fenced": (
+        "fenced",
+        "Backends of an ended leadership this node terminated before taking over"
+        " (a silent claim holder, or a guarded transaction holding the old term).",
+    ),
     "notifelect_reconnects": ("reconnects", "Reconnections after a lost connection."),
     "notifelect_messages_received": ("received", "Notifications read on the channel."),
     "notifelect_messages_dropped": ("dropped", "Messages dropped (junk, forged, unverified)."),

@@ -251,6 +251,25 @@ class ElectionQueries:
             f"  WHERE namespace = $1 AND NOT released) AS leader_pid"
             " FROM c"
         )
+        #: The backends, other than this one, whose transactions hold group ``$1``'s
+        #: term row (the fencing guard, ``FOR SHARE``): the holders of the guard's own
+        #: lock (``$2``, ``$3``: the claim key's halves, two-key form) and, for a guard
+        #: taken without it (by hand, or by an older release), the row's one locker.
+        #: Columns: pid, age (seconds its transaction has been open, database clock; NULL
+        #: where the role may not see it), state.
+        self.guard_holders = (
+            "SELECT a.pid, extract(epoch FROM clock_timestamp() - a.xact_start)::float8"
+            " AS age, a.state FROM pg_stat_activity a"
+            " WHERE a.pid <> pg_backend_pid() AND a.pid IN ("
+            "  SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            "  AND mode = 'ShareLock' AND classid = $2 AND objid = $3 AND objsubid = 2"
+            "  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            "  UNION SELECT x.pid FROM pg_locks x"
+            f"  JOIN {term} t ON t.namespace = $1 AND x.transactionid = t.xmax"
+            "  WHERE x.locktype = 'transactionid' AND x.granted AND x.mode = 'ExclusiveLock'"
+            "  AND EXISTS (SELECT FROM pg_locks r WHERE r.pid = x.pid"
+            "   AND r.locktype = 'relation' AND r.relation = t.tableoid))"
+        )
         #: Renew term ``$3`` of node ``$2`` and record its standby. Columns: ok (the term is
         #: still this node's, unreleased), standby.
         self.renew = (

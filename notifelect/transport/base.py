@@ -6,6 +6,7 @@ import abc
 import enum
 import os
 import socket
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -103,6 +104,10 @@ class Transport(abc.ABC):
     #: leases per session and reports each group's leadership to its followers itself
     #: (:meth:`observe`) needs no per-group heartbeat traffic.
     publishes_heartbeats: bool = True
+
+    #: Counters of what the transport did for the group (fencing, by kind); the driver
+    #: hands it its own counters (``group.stats``) before opening.
+    stats: Counter[str]
 
     def observe(self, on_record: RecordHandler, on_renewal: RenewalHandler) -> None:
         """Transports that do not publish heartbeats renew every lease themselves, about

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import Hashable
 from typing import Any
 
@@ -84,6 +85,7 @@ class PostgresTransport(Transport):
             raise ConfigurationError("PostgresTransport needs connect= or connection=")
         self._connect = connect
         self._borrowed = connection
+        self.stats: Counter[str] = Counter()
         self.namespace = namespace
         self.channel = names.group_channel(namespace)
         self._names = names
@@ -106,7 +108,7 @@ class PostgresTransport(Transport):
         self._on_lost: LostHandler | None = None
         self._on_record: RecordHandler | None = None
         self._on_renewal: RenewalHandler | None = None
-        self._fence_denied_logged = False
+        self._warned: set[str] = set()  # fencings that could not be done, logged once
         self._term: int | None = None
         self._term_taken_at = 0.0
         self._last: tuple[float, LeaderRecord | None] | None = None
@@ -357,8 +359,11 @@ class PostgresTransport(Transport):
             )
             return None
         if term is None:
-            # A transaction guarded by the old term still holds its row (FOR SHARE): the
-            # new term must wait for it. Give the claim back and try again later.
+            term = await self._fence_guards(conn, session)
+        if term is None:
+            # A transaction guarded by the old term still holds its row (FOR SHARE) and
+            # could not be fenced, or the holder was just ending. Give the claim back and
+            # try again later.
             log.info(
                 "the previous term is still held by a guarded transaction; claim later",
                 extra=self._extra("term_busy"),
@@ -381,6 +386,72 @@ class PostgresTransport(Transport):
                 return None
             await asyncio.sleep(_LOCK_POLL)  # between tries the connection serves others
 
+    async def _fence_guards(self, conn: Serial, session: Session) -> int | None:
+        """Take the term from guarded transactions of an ended leadership; the new term,
+        or None if it is still held.
+
+        We hold the claim, and the old leadership was released or its lease has run out
+        (:meth:`_claim` waited for that), so whatever still holds the term row belongs to
+        a leadership that is over: typically a leader cut off mid-write, whose backend
+        waits on its client (holding the row, whatever the server's timeouts say) for as
+        long as the path stays half-open. Terminating it is safe: a transaction that never
+        committed leaves no write behind, and one that commits first was fenced by the old
+        term, which is still current until we take the next one.
+        """
+        rows = await conn.fetch(self._q.guard_holders, self.namespace, *self._key_halves)
+        if not rows:
+            return None  # the holder just ended, or the leader row is being written
+        if not self._fence_enabled:
+            self._warn_once(
+                "guard",
+                "the previous term of the group is still held by a guarded transaction"
+                f" (backend pid {rows[0]['pid']}) and fencing is off (fence=False): the"
+                " group has no leader until that transaction ends",
+            )
+            return None
+        for row in rows:
+            pid, age = row["pid"], row["age"]
+            try:
+                await conn.fetchval("SELECT pg_terminate_backend($1)", pid)
+            except asyncpg.InsufficientPrivilegeError:
+                self._warn_once(
+                    "guard",
+                    f"no permission to terminate backend pid {pid}, whose transaction holds"
+                    " the previous term of the group (a guarded write of a leader whose"
+                    " lease has run out): the group has no leader until it ends. Grant"
+                    " pg_signal_backend to the election role (or run the application's"
+                    " connections as the same role), and set transaction_timeout"
+                    " (PostgreSQL 17 and later) or TCP keepalives on the server",
+                )
+                return None
+            self._count_fenced("guarded transaction")
+            log.warning(
+                "fenced out a guarded transaction of an ended leadership: backend pid %s,"
+                " %s, open for %.3fs",
+                pid,
+                row["state"] or "state unknown",
+                age if age is not None else float("nan"),
+                extra=self._extra("fenced_guard"),
+            )
+        # The terminated backends end within milliseconds, their row locks with them.
+        deadline = now() + _SHORT_LOCK_WAIT
+        while True:
+            term = await session.terms((self.namespace, self._member.priority, self._lease))
+            if term is not None or now() >= deadline:
+                return term
+            await asyncio.sleep(_LOCK_POLL)
+
+    def _count_fenced(self, what: str) -> None:
+        self.stats["fenced"] += 1
+        self.stats[f"fenced:{what}"] += 1
+
+    def _warn_once(self, what: str, message: str) -> None:
+        """Log a fencing that cannot be done at WARNING, once per kind and group."""
+        if what in self._warned:
+            return
+        self._warned.add(what)
+        log.warning(message, extra=self._extra("fence_denied"))
+
     async def _fence(self, conn: Serial, session: Session) -> bool:
         """Terminate a holder whose lease renewals stopped; True once we hold the claim."""
         row = await conn.fetchrow(self._q.fence_view, self.namespace, *self._key_halves)
@@ -399,17 +470,15 @@ class PostgresTransport(Transport):
         try:
             await conn.fetchval("SELECT pg_terminate_backend($1)", holder)
         except asyncpg.InsufficientPrivilegeError:
-            if not self._fence_denied_logged:
-                self._fence_denied_logged = True
-                log.warning(
-                    "no permission to terminate the silent leader's backend (pid %s);"
-                    " falling back to lease-based fencing: the group waits until that leader"
-                    " resumes and gives up its expired lease. Grant pg_signal_backend to the"
-                    " election role for fast fencing.",
-                    holder,
-                    extra=self._extra("fence_denied"),
-                )
+            self._warn_once(
+                "claim",
+                f"no permission to terminate the silent leader's backend (pid {holder});"
+                " falling back to lease-based fencing: the group waits until that leader"
+                " resumes and gives up its expired lease. Grant pg_signal_backend to the"
+                " election role for fast fencing.",
+            )
             return False
+        self._count_fenced("claim")
         log.warning(
             "fenced out silent leader backend pid %s (lease last renewed %.3fs ago)",
             holder,

@@ -8,6 +8,9 @@ open or new):
   like a network path that silently drops packets. End-of-stream is held too. Switching
   back to ``pass`` delivers what was held (as TCP retransmission would after a partition
   heals), then forwards normally.
+* ``blackhole_replies``: forward what the client sends, hold what the server sends: a path
+  that fails in one direction. A client that sent a statement then waits for its answer
+  while the server, having answered, waits for the client's next message.
 * ``delay_notifications``: forward everything, but hold each PostgreSQL
   ``NotificationResponse`` back for ``delay`` seconds and insert it later at a message
   boundary (the protocol allows asynchronous messages between any two messages).
@@ -35,6 +38,7 @@ _NOTIFICATION = ord("A")
 class Mode(enum.Enum):
     PASS = "pass"
     BLACKHOLE = "blackhole"
+    BLACKHOLE_REPLIES = "blackhole_replies"
     DELAY_NOTIFICATIONS = "delay_notifications"
     DROP_NOTIFICATIONS = "drop_notifications"
 
@@ -58,18 +62,25 @@ class _Pipe:
         self.proxy = proxy
         self.writer = writer
         self.parse = parse
+        self.to_client = parse  # the server-to-client direction (parse may be turned off)
         self.held: list[bytes] = []
         self.eof_held = False
         self.buffer = b""
         self.closed = False
         self.done = asyncio.Event()
 
+    @property
+    def holding(self) -> bool:
+        """Whether the current mode holds this direction's bytes."""
+        mode = self.proxy.mode
+        return mode is Mode.BLACKHOLE or (mode is Mode.BLACKHOLE_REPLIES and self.to_client)
+
     def deliver(self, data: bytes) -> None:
         """Bytes read from the source: forward, hold or filter them by the current mode."""
-        if self.proxy.mode is Mode.BLACKHOLE or self.held:
+        if self.holding or self.held:
             self.held.append(data)
             self.proxy.stats.bytes_held += len(data)
-            if self.proxy.mode is not Mode.BLACKHOLE:
+            if not self.holding:
                 self.flush()
             return
         self._forward(data)
@@ -104,7 +115,7 @@ class _Pipe:
 
     def _late(self, message: bytes) -> None:
         # Only whole messages are ever written, so this lands on a message boundary.
-        if self.proxy.mode is Mode.BLACKHOLE or self.held:
+        if self.holding or self.held:
             self.held.append(message)
         elif self.proxy.mode is Mode.DROP_NOTIFICATIONS:
             self.proxy.stats.notifications_dropped += 1
@@ -117,7 +128,7 @@ class _Pipe:
 
     def end(self) -> None:
         """The source closed: propagate unless the path is black-holed."""
-        if self.proxy.mode is Mode.BLACKHOLE or self.held:
+        if self.holding or self.held:
             self.eof_held = True
             return
         self.close()
@@ -176,8 +187,8 @@ class FaultProxy:
         if delay is not None:
             self.delay = delay
         self.stats.modes.append(self.mode.value)
-        if self.mode is not Mode.BLACKHOLE:
-            for pipe in list(self._pipes):
+        for pipe in list(self._pipes):
+            if not pipe.holding:
                 pipe.flush()
 
     async def close(self) -> None:
