@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -31,11 +33,108 @@ from tests.support.waiting import until
 FAST = Settings(election_interval=0.1, lease=1.0, leader_timeout=0.5, callback_timeout=1.0)
 WRITES = "guarded_writes"
 
+#: How the cut-off leader's election session ends: the server ends its backend (as a
+#: keep-alive or an administrator would); nobody does, and the successor fences the silent
+#: claim holder itself; an operator terminates every session of the election, the
+#: anchors included.
+ENDINGS = ["terminated", "silent", "every-session"]
 
-def _via(dsn: str, port: int) -> str:
+
+def _via(dsn: str, port: int, user: str | None = None) -> str:
     parts = urlsplit(dsn)
-    netloc = f"{parts.username}@127.0.0.1:{port}" if parts.username else f"127.0.0.1:{port}"
+    user = user or parts.username
+    netloc = f"{user}@127.0.0.1:{port}" if user else f"127.0.0.1:{port}"
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+@dataclass
+class MidWrite:
+    """A leader (through ``proxy``) whose ``on_elected`` job passes the guard, then writes
+    once the test lets it; and a follower on a direct connection."""
+
+    admin: asyncpg.Connection[Any]
+    proxy: FaultProxy
+    engine: AsyncEngine
+    old: ElectionGroup
+    new: ElectionGroup
+    namespace: str
+    by_hand: bool = False
+    guarded: asyncio.Event = field(default_factory=asyncio.Event)
+    go: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.old.on_elected(self._write)
+
+    async def _write(self, ls: Leadership) -> None:
+        async with self.engine.begin() as conn:
+            if self.by_hand:
+                await conn.execute(
+                    text("SELECT term FROM notifelect_term WHERE namespace = :ns FOR SHARE"),
+                    {"ns": self.namespace},
+                )
+            else:
+                await ls.fence(conn)
+            self.guarded.set()
+            await self.go.wait()
+            await conn.execute(
+                text(f"INSERT INTO {WRITES} (namespace, term) VALUES (:ns, :term)"),
+                {"ns": self.namespace, "term": ls.term},
+            )
+
+    async def cut_mid_write(self, cut: Mode) -> tuple[int, int]:
+        """Elect the old leader, let its job take the guard, cut its path and send the
+        write into it; return its term and the guarded backend's pid."""
+        await self.admin.execute(
+            f"CREATE TABLE IF NOT EXISTS {WRITES} (namespace text, term bigint)"
+        )
+        await self.old.__aenter__()
+        term = (await self.old.wait_for_leadership(timeout=20)).term
+        await self.new.__aenter__()
+        await self.new.wait_for_leader(timeout=20)
+        await asyncio.wait_for(self.guarded.wait(), timeout=20)
+        pid = await self.admin.fetchval(
+            "SELECT pid FROM pg_locks WHERE locktype = 'relation' AND mode = 'RowShareLock'"
+            " AND relation = 'notifelect_term'::regclass"
+        )
+        assert pid is not None
+        self.proxy.set_mode(cut)
+        self.go.set()  # the write goes out into the failed path
+        if cut is Mode.BLACKHOLE_REPLIES:
+            # The statement reached the server, its answer did not: the backend waits
+            # for the client's next message in the middle of the statement.
+            await _until_query(self.admin, pid, "INSERT")
+        return term, pid
+
+    async def end_election_session(self, ending: str) -> None:
+        if ending == "terminated":
+            # The server ends the leader's election session; the process lives on, cut off.
+            leader_pid = await self.admin.fetchval(
+                "SELECT backend_pid FROM notifelect_leader WHERE namespace = $1", self.namespace
+            )
+            assert await self.admin.fetchval("SELECT pg_terminate_backend($1)", leader_pid)
+        elif ending == "every-session":
+            ended = await self.admin.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE application_name LIKE 'notifelect%' AND datname = current_database()"
+            )
+            assert ended >= 4  # both election sessions and both anchors
+
+    async def landed(self, term: int) -> int:
+        """How many writes of ``term`` committed."""
+        return int(
+            await self.admin.fetchval(
+                f"SELECT count(*) FROM {WRITES} WHERE namespace = $1 AND term = $2",
+                self.namespace,
+                term,
+            )
+        )
+
+    async def close(self) -> None:
+        self.proxy.set_mode(Mode.PASS)
+        for group in (self.new, self.old):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(group.close(), timeout=20)
+        await self.admin.close()
 
 
 async def _until_query(admin: asyncpg.Connection[Any], pid: int, verb: str) -> None:
@@ -56,110 +155,117 @@ async def proxy(throwaway_pg: ThrowawayPostgres) -> AsyncIterator[FaultProxy]:
         yield p
 
 
-@pytest.fixture
-async def proxied_engine(
-    throwaway_pg: ThrowawayPostgres, proxy: FaultProxy
-) -> AsyncIterator[AsyncEngine]:
-    engine = create_async_engine(
-        sqlalchemy_url(_via(throwaway_pg.dsn, proxy.port)), connect_args={"ssl": False}
-    )
-    try:
-        yield engine
-    finally:
-        proxy.set_mode(Mode.PASS)
-        await engine.dispose(close=False)
+def _engine(dsn: str, port: int, user: str | None = None) -> AsyncEngine:
+    return create_async_engine(sqlalchemy_url(_via(dsn, port, user)), connect_args={"ssl": False})
 
 
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize(
-    ("cut", "by_hand"),
+    ("cut", "by_hand", "ending"),
     [
-        pytest.param(Mode.BLACKHOLE, False, id="idle-in-transaction"),
-        pytest.param(Mode.BLACKHOLE_REPLIES, False, id="mid-statement"),
+        *(pytest.param(Mode.BLACKHOLE, False, e, id=f"idle-in-transaction-{e}") for e in ENDINGS),
+        *(pytest.param(Mode.BLACKHOLE_REPLIES, False, e, id=f"mid-statement-{e}") for e in ENDINGS),
         # A guard written by hand (or by an older release) takes no guard lock: its
         # backend is found as the row's locker.
-        pytest.param(Mode.BLACKHOLE_REPLIES, True, id="mid-statement-by-hand"),
+        pytest.param(Mode.BLACKHOLE_REPLIES, True, "terminated", id="mid-statement-by-hand"),
     ],
 )
 async def test_a_cut_off_leaders_guarded_write_is_fenced(
     throwaway_pg: ThrowawayPostgres,
     proxy: FaultProxy,
-    proxied_engine: AsyncEngine,
     namespace: str,
     cut: Mode,
     by_hand: bool,
+    ending: str,
 ) -> None:
-    dsn = throwaway_pg.dsn
-    admin = await asyncpg.connect(dsn)
-    await admin.execute(f"CREATE TABLE IF NOT EXISTS {WRITES} (namespace text, term bigint)")
-    guarded, go = asyncio.Event(), asyncio.Event()
-    old = ElectionGroup(proxied_engine, namespace, FAST)
-    new = ElectionGroup(dsn, namespace, FAST)
-
-    @old.on_elected
-    async def write(ls: Leadership) -> None:
-        async with proxied_engine.begin() as conn:
-            if by_hand:
-                await conn.execute(
-                    text("SELECT term FROM notifelect_term WHERE namespace = :ns FOR SHARE"),
-                    {"ns": namespace},
-                )
-            else:
-                await ls.fence(conn)
-            guarded.set()
-            await go.wait()
-            await conn.execute(
-                text(f"INSERT INTO {WRITES} (namespace, term) VALUES (:ns, :term)"),
-                {"ns": namespace, "term": ls.term},
-            )
-
+    engine = _engine(throwaway_pg.dsn, proxy.port)
+    run = MidWrite(
+        admin=await asyncpg.connect(throwaway_pg.dsn),
+        proxy=proxy,
+        engine=engine,
+        old=ElectionGroup(engine, namespace, FAST),
+        new=ElectionGroup(throwaway_pg.dsn, namespace, FAST),
+        namespace=namespace,
+        by_hand=by_hand,
+    )
     try:
-        await old.__aenter__()
-        first = await old.wait_for_leadership(timeout=20)
-        await new.__aenter__()
-        await new.wait_for_leader(timeout=20)
-        await asyncio.wait_for(guarded.wait(), timeout=20)
-        guard_pid = await admin.fetchval(
-            "SELECT pid FROM pg_locks WHERE locktype = 'relation' AND mode = 'RowShareLock'"
-            " AND relation = 'notifelect_term'::regclass"
-        )
-        assert guard_pid is not None
-
-        proxy.set_mode(cut)
-        go.set()  # the write goes out into the failed path
-        if cut is Mode.BLACKHOLE_REPLIES:
-            # The statement reached the server, its answer did not: the backend waits
-            # for the client's next message in the middle of the statement.
-            await _until_query(admin, guard_pid, "INSERT")
-        # The server ends the leader's election session; the process lives on, cut off.
-        leader_pid = await admin.fetchval(
-            "SELECT backend_pid FROM notifelect_leader WHERE namespace = $1", namespace
-        )
+        term, guard_pid = await run.cut_mid_write(cut)
         cut_at = time.monotonic()
-        assert await admin.fetchval("SELECT pg_terminate_backend($1)", leader_pid)
-
-        second = await new.wait_for_leadership(timeout=30)
+        await run.end_election_session(ending)
+        second = await run.new.wait_for_leadership(timeout=30)
         took = time.monotonic() - cut_at
-        print(f"\nFIGURES guarded write cut off ({cut.value}): successor after {took:.3f}s")
-        assert second.term > first.term
-        # Silence seen, a whole lease waited out, the guarded transaction fenced.
-        assert took < FAST.leader_timeout + FAST.lease + 1.0, took
-        assert new.stats["fenced:guarded transaction"] >= 1
-        assert not await admin.fetchval(
+        print(
+            f"\nFIGURES guarded write cut off ({cut.value}, {ending}): successor after {took:.3f}s"
+        )
+        assert second.term > term
+        # Silence seen (renewals stop counting within two intervals), a whole lease
+        # waited out, the guarded transaction fenced; a second to spare.
+        bound = FAST.leader_timeout + 2 * FAST.election_interval + FAST.lease + 1.0
+        assert took < bound, took
+        assert run.new.stats["fenced:guarded transaction"] >= 1
+        assert not await run.admin.fetchval(
             "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE pid = $1)", guard_pid
         )
         # The path heals: the old write never lands.
         proxy.set_mode(Mode.PASS)
-        await until([old], lambda: not old.is_leader, timeout=20, what="old leader stepped down")
-        landed = await admin.fetchval(
-            f"SELECT count(*) FROM {WRITES} WHERE namespace = $1 AND term = $2",
-            namespace,
-            first.term,
-        )
-        assert landed == 0
+        await until([run.old], lambda: not run.old.is_leader, timeout=20, what="old stepped down")
+        assert await run.landed(term) == 0
     finally:
+        await run.close()
+        await engine.dispose(close=False)
+
+
+@pytest.mark.timeout(90)
+async def test_without_permission_to_fence_it_says_so_once_and_waits(
+    throwaway_pg: ThrowawayPostgres,
+    proxy: FaultProxy,
+    namespace: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The election runs as a role that may not terminate the application's backends.
+    dsn = throwaway_pg.dsn
+    admin = await asyncpg.connect(dsn)
+    for role in ("elect", "app"):
+        await admin.execute(f"CREATE ROLE {role} LOGIN")
+        await admin.execute(f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}")
+        await admin.execute(f"GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {role}")
+    await admin.execute(f"CREATE TABLE {WRITES} (namespace text, term bigint)")
+    await admin.execute(f"GRANT ALL ON {WRITES} TO app")
+    engine = _engine(dsn, proxy.port, "app")
+    run = MidWrite(
+        admin=admin,
+        proxy=proxy,
+        engine=engine,
+        old=ElectionGroup(_via(dsn, proxy.port, "elect"), namespace, FAST),
+        new=ElectionGroup(_via(dsn, throwaway_pg.port, "elect"), namespace, FAST),
+        namespace=namespace,
+    )
+    caplog.set_level(logging.WARNING, logger="notifelect")
+    try:
+        await run.cut_mid_write(Mode.BLACKHOLE_REPLIES)
+        await run.end_election_session("terminated")
+
+        def denied() -> list[str]:
+            return [
+                r.getMessage()
+                for r in caplog.records
+                if getattr(r, "notifelect_event", None) == "fence_denied"
+                and "previous term" in r.getMessage()
+            ]
+
+        await until([run.new], denied, timeout=20, what="fencing denied")
+        # It keeps trying (and saying nothing more) while the transaction holds the term.
+        claims = run.new.stats["elections"]
+        await until(
+            [run.new], lambda: run.new.stats["elections"] >= claims + 2, timeout=20, what="retries"
+        )
+        assert not run.new.is_leader
+        (message,) = denied()
+        assert "pg_signal_backend" in message
+        assert "transaction_timeout" in message
+        # The path heals and the old transaction ends: the take-over proceeds.
         proxy.set_mode(Mode.PASS)
-        for group in (new, old):
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(group.close(), timeout=20)
-        await admin.close()
+        await run.new.wait_for_leadership(timeout=30)
+    finally:
+        await run.close()
+        await engine.dispose(close=False)
