@@ -485,10 +485,7 @@ class Driver:
             )
             if not ok:
                 return self._unbelieved("unverified leader")
-            if (
-                record.renewed_age is not None
-                and record.renewed_age >= self.settings.leader_timeout
-            ):
+            if record.quiet_for is not None and record.quiet_for >= self.settings.leader_timeout:
                 return self._unbelieved("silent leader")  # its renewals stopped: a replay
             self._verified = (m.rank.node, m.term)
             self._verified_at = now()
@@ -565,8 +562,8 @@ class Driver:
             or proto.role is protocol.Role.LEADER
             or record.node == self.node
             or record.released
-            or record.renewed_age is None
-            or record.renewed_age >= self._fresh_renewal
+            or record.quiet_for is None
+            or record.quiet_for >= self._fresh_renewal
         ):
             # Only a renewal as recent as a heartbeat would be counts as one: a leader
             # that fell silent is then noticed within about leader_timeout (and fenced).

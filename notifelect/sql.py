@@ -98,6 +98,15 @@ _RENEWED_AGE = (
     " CASE WHEN s.backend_pid = l.backend_pid THEN s.renewed_at END))::float8"
 )
 
+#: The mark of a leader's lease renewal (``l``: its leader row; ``s``: its session's row,
+#: LEFT JOINed): both renewal times, the session's only while the row names the
+#: session's backend. Any renewal changes it; it is compared between readings, never read
+#: as a time (the database's clock may step). Columns: renewed_at, session_renewed_at.
+RENEWAL_MARK = (
+    "l.renewed_at, CASE WHEN s.backend_pid = l.backend_pid THEN s.renewed_at END"
+    " AS session_renewed_at"
+)
+
 #: The columns of a leader row read by a session's periodic statement, in order.
 TICK_LEADER = (
     "namespace",
@@ -181,9 +190,10 @@ class ElectionQueries:
         #: The recorded leader's node and whether it released its term.
         self.leader_released = f"SELECT node, released, lease FROM {leader} WHERE namespace = $1"
         #: The whole leader record. Columns as :class:`~notifelect.transport.LeaderRecord`.
+        #: Also the renewal's mark (see :data:`RENEWAL_MARK`): renewed_at, session_renewed_at.
         self.leader_record = (
             "SELECT l.node, l.priority, l.term, l.host, l.pid, l.since, l.released, l.standby,"
-            f" {_RENEWED_AGE} AS renewed_age"
+            f" {_RENEWED_AGE} AS renewed_age, {RENEWAL_MARK}"
             f" FROM {leader} l LEFT JOIN {session} s ON s.node = l.node WHERE l.namespace = $1"
         )
         #: Try the claim locks ``$1`` (bigint[]) of several groups at once. Column: got,
@@ -236,20 +246,21 @@ class ElectionQueries:
         )
         #: The live member of group ``$1`` that watches leader ``$2``. Column: node.
         self.standby = _standby(member, "$1", "$2")
-        #: Who holds the claim (``$2``, ``$3``: key halves) and for how long its session has
-        #: been idle, how old the leader's renewal is (database clock: used only to
-        #: decide whether to fence, never how long to wait), and the recorded leader's
-        #: backend. Columns: holder, holder_idle, age, leader_pid.
+        #: Who holds the claim (``$2``, ``$3``: key halves), when its session last changed
+        #: state and for how long it has been idle (database clock: dates only a first
+        #: sighting, see :func:`notifelect.rules.sight`), and the recorded (unreleased)
+        #: leadership: node, term, backend, the age of its renewal and the renewal's
+        #: mark. Columns: holder, holder_changed, holder_idle, node, term, leader_pid,
+        #: age, renewed_at, session_renewed_at.
         self.fence_view = (
             f"WITH c AS (SELECT ({_CLAIM_HOLDER}) AS holder)"
-            " SELECT c.holder,"
-            " (SELECT extract(epoch FROM clock_timestamp() - a.state_change)::float8"
-            "  FROM pg_stat_activity a WHERE a.pid = c.holder) AS holder_idle,"
-            f" (SELECT {_RENEWED_AGE} FROM {leader} l LEFT JOIN {session} s ON s.node = l.node"
-            "  WHERE l.namespace = $1 AND NOT l.released) AS age,"
-            f" (SELECT backend_pid FROM {leader}"
-            f"  WHERE namespace = $1 AND NOT released) AS leader_pid"
-            " FROM c"
+            " SELECT c.holder, a.state_change AS holder_changed,"
+            " extract(epoch FROM clock_timestamp() - a.state_change)::float8 AS holder_idle,"
+            f" l.node, l.term, l.backend_pid AS leader_pid, {_RENEWED_AGE} AS age,"
+            f" {RENEWAL_MARK}"
+            " FROM c LEFT JOIN pg_stat_activity a ON a.pid = c.holder"
+            f" LEFT JOIN {leader} l ON l.namespace = $1 AND NOT l.released"
+            f" LEFT JOIN {session} s ON s.node = l.node"
         )
         #: The backends, other than this one, whose transactions hold group ``$1``'s
         #: term row (the fencing guard, ``FOR SHARE``): the holders of the guard's own

@@ -43,6 +43,11 @@ class LeaderRecord:
     renewed_age: float | None = None
     #: The member that watches this leader's process to take over at once, if recorded.
     standby: int | None = None
+    #: Seconds, on this node's own clock, since this node last saw the leader's lease
+    #: renewed (a change of the renewal between two readings; see
+    #: :func:`notifelect.rules.sight`): what tells a silent leader from a live one,
+    #: whatever the database's clock does. None if unknown.
+    quiet_for: float | None = None
 
 
 @dataclass(frozen=True)

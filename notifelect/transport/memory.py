@@ -287,7 +287,8 @@ class MemoryTransport(Transport):
         group = self._require()
         if group.record is None:
             return None
-        return dataclasses.replace(group.record, renewed_age=now() - group.renewed_at)
+        age = now() - group.renewed_at  # one clock for every member: it cannot step
+        return dataclasses.replace(group.record, renewed_age=age, quiet_for=age)
 
     async def watch(self, leader: int) -> Freed:
         self._require()

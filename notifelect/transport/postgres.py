@@ -19,6 +19,7 @@ import asyncpg
 
 from .._clock import now
 from ..errors import ConfigurationError
+from ..rules import Sighting, sight, unchanged_for
 from ..schema import Names
 from ..sql import ElectionQueries, lock_halves
 from .base import (
@@ -109,6 +110,7 @@ class PostgresTransport(Transport):
         self._on_record: RecordHandler | None = None
         self._on_renewal: RenewalHandler | None = None
         self._warned: set[str] = set()  # fencings that could not be done, logged once
+        self._holder_seen: Sighting | None = None  # a claim holder's activity, as seen
         self._term: int | None = None
         self._term_taken_at = 0.0
         self._last: tuple[float, LeaderRecord | None] | None = None
@@ -453,7 +455,13 @@ class PostgresTransport(Transport):
         log.warning(message, extra=self._extra("fence_denied"))
 
     async def _fence(self, conn: Serial, session: Session) -> bool:
-        """Terminate a holder whose lease renewals stopped; True once we hold the claim."""
+        """Terminate a holder whose lease renewals stopped; True once we hold the claim.
+
+        Silence is judged on this node's clock, by how long the database has shown no
+        change (of the leader's renewal, or of the holder's activity): never by the
+        database's clock, which may have stepped.
+        """
+        read_at = now()
         row = await conn.fetchrow(self._q.fence_view, self.namespace, *self._key_halves)
         assert row is not None
         holder, age = row["holder"], row["age"]
@@ -462,11 +470,23 @@ class PostgresTransport(Transport):
         if row["leader_pid"] != holder:
             # The holder is taking over (waiting out the old lease, idle meanwhile). Only a
             # holder idle for longer than that wait can take is stuck (paused): fence it.
-            idle = row["holder_idle"]
-            if idle is None or idle < self._lease + self._io_timeout:
+            if row["holder_changed"] is None:
+                return False  # its activity is hidden from this role: cannot tell
+            self._holder_seen = sight(
+                self._holder_seen,
+                holder,
+                row["holder_changed"],
+                row["holder_idle"],
+                read_at,
+            )
+            if unchanged_for(self._holder_seen, read_at) < self._lease + self._io_timeout:
                 return False
-        elif age is not None and age < self._leader_timeout:
-            return False  # the leader renews its lease: only our notifications are late
+        else:
+            mark = (row["renewed_at"], row["session_renewed_at"])
+            leader = (row["node"], row["term"])
+            quiet = session.quiet_for(self.namespace, leader, mark, age, read_at)
+            if quiet < self._leader_timeout:
+                return False  # the leader renews its lease: only our notifications are late
         try:
             await conn.fetchval("SELECT pg_terminate_backend($1)", holder)
         except asyncpg.InsufficientPrivilegeError:
@@ -536,8 +556,18 @@ class PostgresTransport(Transport):
         return bool(found)
 
     async def leader(self) -> LeaderRecord | None:
+        read_at = now()
         row = await self._require().fetchrow(self._q.leader_record, self.namespace)
-        return None if row is None else LeaderRecord(**dict(row))
+        if row is None:
+            return None
+        fields = dict(row)
+        mark = (fields.pop("renewed_at"), fields.pop("session_renewed_at"))
+        session = self._session
+        quiet = None
+        if session is not None:
+            leader = (fields["node"], fields["term"])
+            quiet = session.quiet_for(self.namespace, leader, mark, fields["renewed_age"], read_at)
+        return LeaderRecord(**fields, quiet_for=quiet)
 
     async def watch(self, leader: int) -> Freed:
         session = self._session

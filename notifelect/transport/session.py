@@ -37,6 +37,7 @@ import asyncpg
 
 from .._clock import now
 from ..errors import ConfigurationError, SchemaError
+from ..rules import Sighting, sight, unchanged_for
 from ..schema import SCHEMA_VERSION, Names, missing_schema_message, required_relations
 from ..sql import RELATIONS_EXIST, TICK_LEADER, ElectionQueries, lock_halves, schema_version
 from .base import Freed, LeaderRecord, TransportError
@@ -212,6 +213,23 @@ class _Known:
         self.horizon: str | None = None
         self._rows: dict[str, tuple[Any, ...]] = {}  # namespace -> TICK_LEADER values
         self._read: set[str] = set()  # groups whose whole row was read since they joined
+        #: What this node saw of each group's leader renewals, on its own clock.
+        self._renewals: dict[str, Sighting] = {}
+
+    def quiet_for(
+        self,
+        namespace: str,
+        leader: tuple[int, int],
+        mark: Hashable,
+        age: float | None,
+        at: float,
+    ) -> float:
+        """Seconds, on this node's clock, since ``leader``'s (node, term) renewal of group
+        ``namespace`` was last seen to change, taking in a reading of its ``mark`` (and
+        the database's ``age`` of it) made at ``at``."""
+        seen = sight(self._renewals.get(namespace), leader, mark, age, at)
+        self._renewals[namespace] = seen
+        return unchanged_for(seen, at)
 
     def unread(self, groups: Iterable[str]) -> list[str]:
         return [namespace for namespace in groups if namespace not in self._read]
@@ -223,12 +241,13 @@ class _Known:
     def forget(self, namespace: str) -> None:
         self._rows.pop(namespace, None)
         self._read.discard(namespace)
+        self._renewals.pop(namespace, None)
 
     def update(
-        self, groups: Container[str], fresh: list[str], row: asyncpg.Record
+        self, groups: Container[str], fresh: list[str], row: asyncpg.Record, sent_at: float
     ) -> dict[str, LeaderRecord]:
-        """Take in what a periodic statement read; the record of every group that has a
-        leader row, its age as of the statement."""
+        """Take in what a periodic statement sent at ``sent_at`` (this node's clock) read;
+        the record of every group that has a leader row, its age as of the statement."""
         self.horizon = row["horizon"]
         for leader in row["leaders"]:
             if leader[_NAMESPACE] in groups:
@@ -239,16 +258,24 @@ class _Known:
         records = {}
         for namespace, leader in self._rows.items():
             fields = dict(zip(TICK_LEADER, leader, strict=True))
-            renewed_at = fields.pop("renewed_at")
+            renewed_at = leader_renewed_at = fields.pop("renewed_at")
             backend_pid = fields.pop("backend_pid")
             del fields["namespace"]
             # A session's renewals count while the row names its backend (see _RENEWED_AGE).
             session = sessions.get(fields["node"])
+            session_renewed_at = None
             if session is not None and session[0] == backend_pid:
-                renewed_at = max(renewed_at, session[1])
-            records[namespace] = LeaderRecord(
-                **fields, renewed_age=(at - renewed_at).total_seconds()
+                session_renewed_at = session[1]
+                renewed_at = max(renewed_at, session_renewed_at)
+            age = (at - renewed_at).total_seconds()
+            quiet = self.quiet_for(
+                namespace,
+                (fields["node"], fields["term"]),
+                (leader_renewed_at, session_renewed_at),
+                age,
+                sent_at,
             )
+            records[namespace] = LeaderRecord(**fields, renewed_age=age, quiet_for=quiet)
         return records
 
 
@@ -308,6 +335,19 @@ class Session:
     @property
     def usable(self) -> bool:
         return self.broken is None and not self.closed
+
+    def quiet_for(
+        self,
+        namespace: str,
+        leader: tuple[int, int],
+        mark: Hashable,
+        age: float | None,
+        read_at: float,
+    ) -> float:
+        """Seconds, on this node's clock, since this session last saw the renewal of
+        ``leader`` (node, term) of group ``namespace`` change, taking in a reading of its
+        ``mark`` sent at ``read_at`` (see :func:`notifelect.rules.sight`)."""
+        return self._known.quiet_for(namespace, leader, mark, age, read_at)
 
     # ------------------------------------------------------------ joining and leaving
 
@@ -643,7 +683,7 @@ class Session:
         if row is None or not row["renewed"]:
             self.lose("the session's row is gone from the session table")
             return
-        records = known.update(self._groups, fresh, row)
+        records = known.update(self._groups, fresh, row, sent_at)
         tick = Tick(sent_at, records)
         for namespace, group in list(self._groups.items()):
             group.ticked(tick, records.get(namespace))

@@ -183,6 +183,48 @@ async def test_a_replayed_heartbeat_does_not_keep_a_silent_leader_in_place(
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("step", ["60 seconds", "1 year"])
+async def test_a_server_clock_step_back_does_not_stall_the_take_over(
+    throwaway_pg: ThrowawayPostgres, namespace: str, step: str
+) -> None:
+    # The leader is cut off just after its last renewal, and the server's clock steps
+    # back (or comes back from a jump ahead): that renewal now lies in the database's
+    # future. Silence is judged on the followers' own clocks, by the renewals that stop
+    # changing, so the take-over takes what it always does.
+    dsn = throwaway_pg.dsn
+    proxy = await FaultProxy("127.0.0.1", throwaway_pg.port).start()
+    admin = await asyncpg.connect(dsn)
+    try:
+        async with (
+            ElectionGroup(_via(dsn, proxy.port), namespace, FAST) as a,
+            ElectionGroup(dsn, namespace, FAST) as b,
+        ):
+            await a.wait_for_leadership(timeout=10)
+            await b.wait_for_leader(timeout=10)
+            proxy.set_mode(Mode.BLACKHOLE)
+            cut = time.monotonic()
+            await admin.execute(
+                f"UPDATE notifelect_session SET renewed_at = clock_timestamp() + interval '{step}'"
+                " WHERE node = $1",
+                a.node,
+            )
+            await admin.execute(
+                f"UPDATE notifelect_leader SET renewed_at = clock_timestamp() + interval '{step}'"
+                " WHERE namespace = $1",
+                namespace,
+            )
+            await b.wait_for_leadership(timeout=20)
+            took = time.monotonic() - cut
+            # Silence, fencing and a whole lease, with room to spare; not the step.
+            assert took < 2 * (FAST.leader_timeout + FAST.lease) + 1.0, took
+            proxy.set_mode(Mode.PASS)
+    finally:
+        proxy.set_mode(Mode.PASS)
+        await admin.close()
+        await proxy.close()
+
+
+@pytest.mark.timeout(60)
 async def test_a_stuck_claimer_is_fenced(dsn: str, namespace: str) -> None:
     # A session took the claim to take over from a gone leader, then froze while waiting
     # out the lease (a SIGSTOP in that moment): it holds the lock but never leads. It must

@@ -73,9 +73,10 @@ async def db_eventually(
 
 
 async def y_led_beside_x_follower(
-    stack: AsyncExitStack, dsn: str, namespace: str
+    stack: AsyncExitStack, dsn: str, namespace: str, *, x_fences: bool = True
 ) -> tuple[ElectionGroup, ElectionGroup, ElectionGroup, list[str | None]]:
-    """P1 leads group X; P2 leads group Y and follows X, on one session."""
+    """P1 leads group X; P2 leads group Y and follows X, on one session. With
+    ``x_fences=False`` P2's member of X never terminates a backend (``fence=False``)."""
     x1 = await stack.enter_async_context(
         ElectionGroup(process(dsn, "p1"), f"{namespace}-x", SLOW_IO.replace(priority=1))
     )
@@ -85,7 +86,7 @@ async def y_led_beside_x_follower(
     await stack.enter_async_context(y2)
     await y2.wait_for_leadership(timeout=10)
     x2 = await stack.enter_async_context(
-        ElectionGroup(process(dsn, "p2"), f"{namespace}-x", SLOW_IO)
+        ElectionGroup(process(dsn, "p2"), f"{namespace}-x", SLOW_IO.replace(fence=x_fences))
     )
     assert session_of(x2) is session_of(y2)
     await until(
@@ -112,11 +113,11 @@ async def hold_term_row(stack: AsyncExitStack, dsn: str, namespace: str) -> asyn
 async def test_claim_blocked_by_a_guarded_transaction_does_not_starve_the_session(
     dsn: str, namespace: str
 ) -> None:
-    """P2's claim of X finds X's term row held FOR SHARE; the claim must not hold the
-    shared connection meanwhile: Y, led on that session, keeps its leadership and the
-    session is not lost. Once the row is free, X is claimed."""
+    """P2's claim of X finds X's term row held FOR SHARE (and may not fence its holder);
+    the claim must not hold the shared connection meanwhile: Y, led on that session, keeps
+    its leadership and the session is not lost. Once the row is free, X is claimed."""
     async with AsyncExitStack() as stack:
-        x1, y2, x2, y_deposed = await y_led_beside_x_follower(stack, dsn, namespace)
+        x1, y2, x2, y_deposed = await y_led_beside_x_follower(stack, dsn, namespace, x_fences=False)
         session = session_of(y2)
         outside = await hold_term_row(stack, dsn, f"{namespace}-x")
         claims = x2.stats["elections"]
@@ -132,13 +133,43 @@ async def test_claim_blocked_by_a_guarded_transaction_does_not_starve_the_sessio
 
 
 @pytest.mark.timeout(60)
+async def test_fencing_a_held_term_row_leaves_the_sessions_other_groups_alone(
+    dsn: str, namespace: str
+) -> None:
+    """The same, with fencing: P2 terminates the holder of X's term row (the old
+    leadership was released) and takes X; Y, led on that session, goes on undisturbed."""
+    async with AsyncExitStack() as stack:
+        x1, y2, x2, y_deposed = await y_led_beside_x_follower(stack, dsn, namespace)
+        session = session_of(y2)
+        outside = await hold_term_row(stack, dsn, f"{namespace}-x")
+        await x1.close()
+        await until([x2], lambda: x2.is_leader, timeout=10, what="X claimed on P2")
+        assert x2.stats["fenced:guarded transaction"] == 1
+        assert outside.is_closed() or not await _alive(dsn, outside.get_server_pid())
+        assert y_deposed == []
+        assert y2.is_leader
+        assert session.usable
+        assert session_of(y2) is session
+
+
+async def _alive(dsn: str, pid: int) -> bool:
+    admin = await asyncpg.connect(dsn)
+    try:
+        return bool(
+            await admin.fetchval("SELECT EXISTS (SELECT FROM pg_stat_activity WHERE pid = $1)", pid)
+        )
+    finally:
+        await admin.close()
+
+
+@pytest.mark.timeout(60)
 async def test_closing_a_group_with_its_claim_in_flight_keeps_the_session(
     dsn: str, namespace: str
 ) -> None:
     """Closing X's member on P2 while its claim runs on the shared connection (waiting on
     the server for X's held term row) must not break the session: Y, led on it, stays."""
     async with AsyncExitStack() as stack:
-        x1, y2, x2, y_deposed = await y_led_beside_x_follower(stack, dsn, namespace)
+        x1, y2, x2, y_deposed = await y_led_beside_x_follower(stack, dsn, namespace, x_fences=False)
         session = session_of(y2)
         assert session.conn is not None
         election_pid = session.conn.get_server_pid()
