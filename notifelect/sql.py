@@ -356,6 +356,14 @@ class ElectionQueries:
             " AND pid = pg_backend_pid() AND classid = $1 AND objid = $2 AND objsubid = 1"
             " AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))"
         )
+        #: The claim locks (one-key advisory locks) this backend holds. Columns: classid,
+        #: objid (the key's halves, as :func:`lock_halves` gives them).
+        self.held_claims = (
+            "SELECT classid::bigint AS classid, objid::bigint AS objid FROM pg_locks"
+            " WHERE locktype = 'advisory' AND granted AND pid = pg_backend_pid()"
+            " AND objsubid = 1"
+            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        )
         #: Drop session ``$1``.
         self.unregister_session = f"DELETE FROM {session} WHERE node = $1"
         #: The recorded leadership of several groups (``$1``: text[]). Columns:

@@ -724,7 +724,16 @@ class Session:
         groups whose lock was taken (after taking it, so that it is not older). A lock
         the connection holds already counts as taken."""
         unique = [ask for ask in dict.fromkeys(asks) if ask[0] not in self._claimed]
-        rows = await conn.fetch(self.queries.try_claims, [key for key, _ in unique])
+        keys = [key for key, _ in unique]
+        try:
+            rows = await conn.fetch(self.queries.try_claims, keys)
+        except asyncpg.PostgresError:
+            # A statement that failed on the server (a full lock table, a statement
+            # timeout, a cancel) may have taken some of the locks first, and a session
+            # lock outlives the statement that took it: learn from the server which ones
+            # are held, so that they are given back like any claim cut short.
+            await self._reconcile_claims(conn, keys)
+            raise
         for (key, _), row in zip(unique, rows, strict=True):
             if row["got"]:
                 self._claimed.add(key)
@@ -734,6 +743,17 @@ class Session:
             for row in await conn.fetch(self.queries.leaders_released, list(taken)):
                 recorded[row["namespace"]] = Claimed(row["node"], row["released"], row["lease"])
         return [recorded.get(namespace) for _, namespace in asks]
+
+    async def _reconcile_claims(self, conn: asyncpg.Connection[Any], keys: list[int]) -> None:
+        """Count among the held claims those of ``keys`` that this backend holds. If the
+        server cannot say, the session is lost: its end frees every lock."""
+        try:
+            rows = await conn.fetch(self.queries.held_claims)
+        except asyncpg.PostgresError as exc:
+            self.lose(f"the claim locks held could not be read after a failed claim: {exc!r}")
+            raise TransportError(f"reading the claim locks held failed: {exc!r}") from exc
+        held = {(row["classid"], row["objid"]) for row in rows}
+        self._claimed.update(key for key in keys if lock_halves(key) in held)
 
     async def _take_terms(
         self, conn: asyncpg.Connection[Any], asks: list[tuple[str, int, float]]

@@ -608,3 +608,60 @@ async def test_a_borrowed_connection_gives_back_what_a_lost_session_left(
     finally:
         await borrowed.close()
         await admin.close()
+
+
+#: The batched claim statement, failing on the server after it took the first lock of
+#: its first batch of several groups (as a full lock table, a statement timeout or a
+#: cancel make it fail part-way); every later statement works.
+FAILING_CLAIMS = (
+    "SELECT CASE WHEN u.i > 1 THEN CASE WHEN nextval('claims_failed') = 1"
+    " THEN (1 / (u.i * 0))::int::bool ELSE pg_try_advisory_lock(u.k) END"
+    " ELSE pg_try_advisory_lock(u.k) END AS got"
+    " FROM unnest($1::bigint[]) WITH ORDINALITY AS u(k, i) ORDER BY u.i"
+)
+
+
+@pytest.mark.timeout(60)
+async def test_a_claim_statement_that_fails_part_way_leaks_no_lock(
+    dsn: str, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The locks a failed claim statement took are given back: after P1 hands its groups
+    over, P2 leads every one of them (none stays held by P1's living session)."""
+    admin = await asyncpg.connect(dsn)
+    await admin.execute("CREATE SEQUENCE claims_failed")
+    original = ElectionQueries.__init__
+
+    def failing(self: ElectionQueries, names: Names) -> None:
+        original(self, names)
+        self.try_claims = FAILING_CLAIMS
+
+    monkeypatch.setattr(ElectionQueries, "__init__", failing)
+    names = [f"{namespace}-{i}" for i in range(5)]
+    try:
+        async with AsyncExitStack() as stack:
+            p1 = process(dsn, "p1")
+            keep = await stack.enter_async_context(ElectionGroup(p1, f"{namespace}-keep", FAST))
+            groups = [ElectionGroup(p1, name, FAST) for name in names]
+            await asyncio.gather(*(g.__aenter__() for g in groups))
+            for g in groups:
+                stack.push_async_callback(g.close)
+            await until(
+                groups, lambda: all(g.is_leader for g in groups), timeout=20, what="P1 leads"
+            )
+            assert await admin.fetchval("SELECT last_value FROM claims_failed") >= 1  # it failed
+            followers = [
+                await stack.enter_async_context(ElectionGroup(process(dsn, "p2"), name, FAST))
+                for name in names
+            ]
+            await until(followers, lambda: all(f.leader is not None for f in followers), timeout=20)
+            for g in groups:
+                await g.close()  # hand over; P1's session lives on (keep)
+            await until(
+                followers,
+                lambda: all(f.is_leader for f in followers),
+                timeout=20,
+                what="P2 leads every group",
+            )
+            assert keep.is_leader
+    finally:
+        await admin.close()
