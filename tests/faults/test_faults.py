@@ -499,15 +499,22 @@ async def test_half_open_leader_then_every_session_terminated(cluster: Cluster, 
     just as the leader's path has gone half-open. No evidence survives that: whoever takes
     over waits a whole lease, and the cut-off leader has stopped acting by then."""
     await cluster.spawn(size.nodes, proxied=True)
+    sessions = (
+        " FROM pg_stat_activity WHERE (application_name LIKE $1 OR application_name LIKE $2)"
+        " AND datname = current_database()"
+    )
+    names = (f"{APPLICATION_NAME}:%", f"{ANCHOR_NAME}:%")
+
+    async def every_node_connected() -> bool:
+        # The previous round's cut-off node reconnects after it healed (with backoff):
+        # every node has its election session and its anchor again before the next cut.
+        rows = await cluster.sql("SELECT count(*) AS n" + sessions, *names)
+        return bool(rows[0]["n"] >= 2 * size.nodes)
+
     for _ in range(size.rounds):
+        await cluster.until_async(every_node_connected, timeout=30, what="every node connected")
         old, term, cut = await cut_off_leader(cluster)
-        rows = await cluster.sql(
-            "SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity"
-            " WHERE (application_name LIKE $1 OR application_name LIKE $2)"
-            " AND datname = current_database()",
-            f"{APPLICATION_NAME}:%",
-            f"{ANCHOR_NAME}:%",
-        )
+        rows = await cluster.sql("SELECT count(pg_terminate_backend(pid)) AS n" + sessions, *names)
         assert rows[0]["n"] >= 2 * size.nodes
         new = await cluster.leader(timeout=40)
         assert new is not old
