@@ -454,6 +454,7 @@ class Session:
         conn = self._borrowed if self._borrowed is not None else await self.new_connection()
         self.conn = conn
         await self._check_environment(conn)
+        await self._check_replication_role(conn)
         await self._check_schema(conn)
         await self._bound_waits(conn)
         self.node = int(await conn.fetchval(self.queries.next_node))
@@ -539,6 +540,28 @@ class Session:
         version = await conn.fetchval(schema_version(self.names))
         if version != SCHEMA_VERSION:
             raise SchemaError(missing_schema_message(self.names, version))
+
+    async def _check_replication_role(self, conn: asyncpg.Connection[Any]) -> None:
+        """The election's writes must fire the trigger that stamps each change of a leader
+        row (the other sessions read only what changed): with ``session_replication_role``
+        other than ``origin`` (a role's or database's setting meant for replication
+        tools) it does not fire. Set it back on a connection of our own; refuse otherwise."""
+        role = await conn.fetchval("SELECT current_setting('session_replication_role')")
+        if role == "origin":
+            return
+        fix = (
+            f"the election connection runs with session_replication_role = {role}, under "
+            "which the trigger that marks each change of a leader row does not fire, so the "
+            "other members would not see this node's leaderships. Reset it for the role or "
+            "database notifelect connects as (ALTER ROLE ... RESET session_replication_role), "
+            "or give notifelect a role without it"
+        )
+        if self._borrowed is not None:
+            raise ConfigurationError(fix)
+        try:
+            await conn.execute("SET session_replication_role = origin")
+        except asyncpg.InsufficientPrivilegeError as exc:
+            raise ConfigurationError(fix) from exc
 
     async def _check_environment(self, conn: asyncpg.Connection[Any]) -> None:
         """Fail fast (once per session) if the session is not PostgreSQL's own.

@@ -665,3 +665,21 @@ async def test_a_claim_statement_that_fails_part_way_leaks_no_lock(
             assert keep.is_leader
     finally:
         await admin.close()
+
+
+@pytest.mark.timeout(60)
+async def test_the_election_runs_with_its_triggers_firing(dsn: str, namespace: str) -> None:
+    """A role or database set to session_replication_role = replica (meant for
+    replication tools) would keep the trigger that marks leader-row changes from firing,
+    and the other sessions, which read only what changed, from seeing this node's
+    leaderships: the election connection sets it back (or refuses)."""
+    replica = f"{dsn}{'&' if '?' in dsn else '?'}session_replication_role=replica"
+    async with ElectionGroup(replica, namespace, FAST) as group:
+        await group.wait_for_leadership(timeout=10)
+        serial = session_of(group).serial
+        assert serial is not None
+        assert await serial.fetchval("SHOW session_replication_role") == "origin"
+        stamped = await serial.fetchval(
+            "SELECT changed IS NOT NULL FROM notifelect_leader WHERE namespace = $1", namespace
+        )
+        assert stamped
