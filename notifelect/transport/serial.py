@@ -122,10 +122,20 @@ class Serial:
                 raise TransportError(
                     f"{what} on the election connection took over {limit:g}s"
                 ) from exc
+            except asyncpg.InternalClientError as exc:
+                # The protocol is in a state no call can use. Seen when the server ended the
+                # session while the connection was idle and this process was not running
+                # (frozen while it was fenced): asyncpg is still reading the server's
+                # notice of it, and has not yet seen the connection close.
+                reason = (
+                    f"{what} found the connection unusable; the server has probably ended"
+                    f" the session ({exc})"
+                )
+                self._break(reason)
+                raise TransportError(reason) from exc
             except (
                 asyncpg.PostgresConnectionError,
                 asyncpg.InterfaceError,
-                asyncpg.InternalClientError,
                 OSError,
             ) as exc:
                 self._break(f"{what} failed: {exc!r}")
