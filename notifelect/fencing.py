@@ -15,10 +15,22 @@ no write behind) instead of waiting for it.
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigurationError, StaleLeaderError
+from .errors import ConfigurationError, NotLeaderError, StaleLeaderError
 from .schema import Names, quote_ident
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+    from .leadership import Leadership
+
+#: How often a lease-bounded transaction looks at its lease (whose end moves with every
+#: renewal, and which ends early when the leadership does).
+_FOLLOW = 0.05
 
 
 def guard_key(names: Names, namespace: str) -> tuple[int, int]:
@@ -74,3 +86,103 @@ async def check_term(executor: Any, names: Names, namespace: str, term: int) -> 
     current = await read_term_for_share(executor, names, namespace)
     if current != term:
         raise StaleLeaderError(namespace, term, current)
+
+
+@contextlib.asynccontextmanager
+async def lease_bounded(
+    leadership: Leadership, engine: AsyncEngine
+) -> AsyncIterator[AsyncConnection]:
+    """A transaction on a connection of ``engine``, guarded by ``leadership``'s term and
+    bounded by its lease (see :meth:`Leadership.transaction`)."""
+    leadership.check()
+    bound = _Bound(leadership)
+    try:
+        async with bound.deadline:
+            follow = asyncio.ensure_future(bound.follow())
+            try:
+                async with bound.fenced(engine) as conn:
+                    yield conn
+            finally:
+                follow.cancel()
+    except BaseException as exc:
+        if bound.lapsed:  # whatever the block saw of it, the lease ended first
+            raise NotLeaderError(bound.message()) from exc
+        raise
+
+
+class _Bound:
+    """One lease-bounded transaction: its connection, and the deadline that follows the
+    lease."""
+
+    def __init__(self, leadership: Leadership) -> None:
+        self.leadership = leadership
+        self.deadline = asyncio.timeout(None)
+        self.driver: Any = None  # the driver's connection, once checked out
+        self.lapsed = False
+
+    def message(self) -> str:
+        ls = self.leadership
+        why = ls.ended_reason or "its lease ran out"
+        return (
+            f"leadership term {ls.term} of group {ls.namespace!r} ended while its transaction"
+            f" ran ({why}); the transaction's connection was dropped, nothing of it was"
+            " committed"
+        )
+
+    async def follow(self) -> None:
+        """At the end of the lease (it moves with every renewal, and comes at once when
+        the leadership ends): drop the connection, which fails whatever waits on it
+        without a round trip, then cancel the block (whatever else it waits on)."""
+        loop = asyncio.get_running_loop()
+        ls = self.leadership
+        while True:
+            remaining = ls.lease_remaining if ls.is_valid else 0.0
+            if remaining <= 0:
+                break
+            await asyncio.sleep(min(remaining, _FOLLOW))
+        self.lapsed = True
+        _terminate(self.driver)
+        self.deadline.reschedule(loop.time())
+
+    @contextlib.asynccontextmanager
+    async def fenced(self, engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+        ls = self.leadership
+        conn = await engine.connect()
+        committed = False
+        try:
+            self.driver = (await conn.get_raw_connection()).driver_connection
+            await conn.begin()
+            await check_term(conn, ls.names, ls.namespace, ls.term)
+            try:
+                yield conn
+            except Exception:
+                if self.lapsed:
+                    raise
+                # The work failed, the lease still runs: roll back as usual (if the lease
+                # ends first, the connection is dropped).
+                await conn.rollback()
+                raise
+            await conn.commit()
+            committed = True
+        finally:
+            if not committed and conn.in_transaction():
+                # Cancelled, or out of lease: never wait on a network that may be gone. The
+                # client side ends now; a server backend left waiting on a half-open path
+                # holds the group's guard, and the next leader fences it before it takes
+                # its term.
+                _terminate(self.driver)
+                await conn.invalidate()
+            await conn.close()
+
+
+def _terminate(driver: Any) -> None:
+    """Drop a driver connection at once, without a round trip."""
+    if driver is None:
+        return
+    terminate = getattr(driver, "terminate", None)
+    if callable(terminate):
+        terminate()  # asyncpg
+        return
+    pgconn = getattr(driver, "pgconn", None)
+    if pgconn is not None:
+        pgconn.finish()  # psycopg 3

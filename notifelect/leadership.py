@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import contextvars
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._clock import now
 from .errors import NotLeaderError
 from .fencing import check_term
 from .schema import Names
 from .transport.base import LeaderRecord
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 __all__ = ["LeaderInfo", "Leadership", "current_leadership"]
 
@@ -110,6 +114,27 @@ class Leadership:
         """
         self.check()
         await check_term(executor, self.names, self.namespace, self.term)
+
+    def transaction(self, engine: AsyncEngine) -> AbstractAsyncContextManager[AsyncConnection]:
+        """A fenced transaction bounded by this leadership's lease.
+
+        ``async with leadership.transaction(engine) as conn:`` checks out a connection of
+        ``engine`` (a SQLAlchemy ``AsyncEngine``), begins a transaction and passes the
+        guard (:meth:`fence`), then runs the block; leaving it commits. Raises
+        :class:`NotLeaderError` at once if the lease has lapsed, and
+        :class:`StaleLeaderError` if a newer term exists.
+
+        The block and its commit are bounded by the lease: the deadline follows every
+        renewal, and when the lease runs out or the leadership ends first the block is
+        cancelled, the connection is terminated (not closed gracefully: no round trip
+        on a network that may be gone) and :class:`NotLeaderError` is raised. The same
+        happens when the caller is cancelled. So the work of a leader cut off from the
+        database ends within its lease, whatever the network does. An exception of the
+        block rolls back as usual. Use ``AsyncSession(bind=conn)`` for the ORM.
+        """
+        from .fencing import lease_bounded
+
+        return lease_bounded(self, engine)
 
     # The election driver's side (not for users).
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 from dataclasses import dataclass
 
-__all__ = ["Sighting", "sight", "unchanged_for"]
+__all__ = ["Sighting", "may_fence_guard", "sight", "unchanged_for"]
 
 
 @dataclass(frozen=True)
@@ -50,3 +50,16 @@ def sight(
 def unchanged_for(seen: Sighting, at: float) -> float:
     """Seconds, on this node's clock, that ``seen`` has shown no sign of life as of ``at``."""
     return max(0.0, at - seen.changed_at)
+
+
+def may_fence_guard(ended_cleanly: bool, held_for: float, lease: float) -> bool:
+    """Whether a node that holds a group's claim may terminate the transactions that
+    still hold the old term (the fencing guard), ``held_for`` seconds after it first found
+    them holding it.
+
+    After an unclean end the claimant has waited out the old lease (or seen the old
+    process end), so they belong to a leadership that is over: at once. After a clean
+    release the old leader's work was done, but a guarded transaction may still be
+    committing: it gets one ``lease``.
+    """
+    return not ended_cleanly or held_for >= lease

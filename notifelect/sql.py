@@ -187,8 +187,10 @@ class ElectionQueries:
         )
         #: Leave: delete member ``$2``.
         self.unregister_member = f"DELETE FROM {member} WHERE namespace = $1 AND node = $2"
-        #: The recorded leader's node and whether it released its term.
-        self.leader_released = f"SELECT node, released, lease FROM {leader} WHERE namespace = $1"
+        #: The recorded leader's node, term, whether it released it and its lease.
+        self.leader_released = (
+            f"SELECT node, term, released, lease FROM {leader} WHERE namespace = $1"
+        )
         #: The whole leader record. Columns as :class:`~notifelect.transport.LeaderRecord`.
         #: Also the renewal's mark (see :data:`RENEWAL_MARK`): renewed_at, session_renewed_at.
         self.leader_record = (
@@ -262,24 +264,19 @@ class ElectionQueries:
             f" LEFT JOIN {leader} l ON l.namespace = $1 AND NOT l.released"
             f" LEFT JOIN {session} s ON s.node = l.node"
         )
-        #: The backends, other than this one, whose transactions hold group ``$1``'s
-        #: term row (the fencing guard, ``FOR SHARE``): the holders of the guard's own
-        #: lock (``$2``, ``$3``: the claim key's halves, two-key form) and, for a guard
-        #: taken without it (by hand, or by an older release), the row's one locker.
-        #: Columns: pid, age (seconds its transaction has been open, database clock; NULL
-        #: where the role may not see it), state.
-        self.guard_holders = (
-            "SELECT a.pid, extract(epoch FROM clock_timestamp() - a.xact_start)::float8"
-            " AS age, a.state FROM pg_stat_activity a"
-            " WHERE a.pid <> pg_backend_pid() AND a.pid IN ("
-            "  SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
-            "  AND mode = 'ShareLock' AND classid = $2 AND objid = $3 AND objsubid = 2"
-            "  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
-            "  UNION SELECT x.pid FROM pg_locks x"
-            f"  JOIN {term} t ON t.namespace = $1 AND x.transactionid = t.xmax"
-            "  WHERE x.locktype = 'transactionid' AND x.granted AND x.mode = 'ExclusiveLock'"
-            "  AND EXISTS (SELECT FROM pg_locks r WHERE r.pid = x.pid"
-            "   AND r.locktype = 'relation' AND r.relation = t.tableoid))"
+        #: Terminate every backend, other than this one, whose transaction holds the guard
+        #: lock of a group (``$1``, ``$2``: the halves of its claim key, in the two-key
+        #: form the fencing guard takes beside the term row's lock). Columns: pid, ended
+        #: (what pg_terminate_backend returned), age (seconds its transaction had been
+        #: open, database clock; NULL where the role may not see it), state.
+        self.fence_guards = (
+            "SELECT l.pid, pg_terminate_backend(l.pid) AS ended,"
+            " extract(epoch FROM clock_timestamp() - a.xact_start)::float8 AS age, a.state"
+            " FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid"
+            " WHERE l.locktype = 'advisory' AND l.granted AND l.mode = 'ShareLock'"
+            " AND l.classid = $1 AND l.objid = $2 AND l.objsubid = 2"
+            " AND l.pid <> pg_backend_pid()"
+            " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
         )
         #: Renew term ``$3`` of node ``$2`` and record its standby. Columns: ok (the term is
         #: still this node's, unreleased), standby.
@@ -367,9 +364,9 @@ class ElectionQueries:
         #: Drop session ``$1``.
         self.unregister_session = f"DELETE FROM {session} WHERE node = $1"
         #: The recorded leadership of several groups (``$1``: text[]). Columns:
-        #: namespace, node, released, lease.
+        #: namespace, node, term, released, lease.
         self.leaders_released = (
-            f"SELECT namespace, node, released, lease FROM {leader}"
+            f"SELECT namespace, node, term, released, lease FROM {leader}"
             " WHERE namespace = ANY($1::text[])"
         )
         #: Mark term ``$2`` released and close its history row with reason ``$3``.

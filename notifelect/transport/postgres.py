@@ -19,7 +19,7 @@ import asyncpg
 
 from .._clock import now
 from ..errors import ConfigurationError
-from ..rules import Sighting, sight, unchanged_for
+from ..rules import Sighting, may_fence_guard, sight, unchanged_for
 from ..schema import Names
 from ..sql import ElectionQueries, lock_halves
 from .base import (
@@ -111,6 +111,8 @@ class PostgresTransport(Transport):
         self._on_renewal: RenewalHandler | None = None
         self._warned: set[str] = set()  # fencings that could not be done, logged once
         self._holder_seen: Sighting | None = None  # a claim holder's activity, as seen
+        #: The old term a claim found held by a guarded transaction, and since when.
+        self._term_held: tuple[int | None, float] | None = None
         self._term: int | None = None
         self._term_taken_at = 0.0
         self._last: tuple[float, LeaderRecord | None] | None = None
@@ -323,9 +325,9 @@ class PostgresTransport(Transport):
                 return None
             row = await conn.fetchrow(self._q.leader_released, self.namespace)
             claimed = (
-                Claimed(None, False, None)
+                Claimed(None, None, False, None)
                 if row is None
-                else Claimed(row["node"], row["released"], row["lease"])
+                else Claimed(row["node"], row["term"], row["released"], row["lease"])
             )
         taken_at = now()
         # Act at once only after a clean release, on positive evidence that the old leader's
@@ -352,16 +354,9 @@ class PostgresTransport(Transport):
             )
             await asyncio.sleep(max(0.0, taken_at + lease - now()))
         confirmed_at = now()
-        try:
-            term = await session.terms((self.namespace, self._member.priority, self._lease))
-        except asyncpg.LockNotAvailableError:
-            log.info(
-                "taking the term met a row held by another session; claim later",
-                extra=self._extra("term_busy"),
-            )
-            return None
+        term = await self._take_term(session)
         if term is None:
-            term = await self._fence_guards(conn, session)
+            term = await self._fence_guards(conn, session, claimed.term, ended_cleanly=not unclean)
         if term is None:
             # A transaction guarded by the old term still holds its row (FOR SHARE) and
             # could not be fenced, or the holder was just ending. Give the claim back and
@@ -373,6 +368,7 @@ class PostgresTransport(Transport):
             return None
         self._term = term
         self._term_taken_at = now()
+        self._term_held = None
         return Granted(term, confirmed_at)
 
     async def _lock_within(self, session: Session, seconds: float) -> Claimed | None:
@@ -388,57 +384,78 @@ class PostgresTransport(Transport):
                 return None
             await asyncio.sleep(_LOCK_POLL)  # between tries the connection serves others
 
-    async def _fence_guards(self, conn: Serial, session: Session) -> int | None:
+    async def _take_term(self, session: Session) -> int | None:
+        """Take the next term (with every group of the session that takes one now); None
+        if a transaction still holds the old one, or another session its leader row."""
+        try:
+            return await session.terms((self.namespace, self._member.priority, self._lease))
+        except asyncpg.LockNotAvailableError:
+            log.info(
+                "taking the term met a row held by another session; claim later",
+                extra=self._extra("term_busy"),
+            )
+            return None
+
+    async def _fence_guards(
+        self, conn: Serial, session: Session, old_term: int | None, *, ended_cleanly: bool
+    ) -> int | None:
         """Take the term from guarded transactions of an ended leadership; the new term,
         or None if it is still held.
 
-        We hold the claim, and the old leadership was released or its lease has run out
-        (:meth:`_claim` waited for that), so whatever still holds the term row belongs to
-        a leadership that is over: typically a leader cut off mid-write, whose backend
-        waits on its client (holding the row, whatever the server's timeouts say) for as
-        long as the path stays half-open. Terminating it is safe: a transaction that never
-        committed leaves no write behind, and one that commits first was fenced by the old
-        term, which is still current until we take the next one.
+        We hold the claim. After an unclean end the old lease has run out (:meth:`_claim`
+        waited for it) or the old process was seen to end: whatever still holds the term
+        row belongs to a leadership that is over, typically a leader cut off mid-write,
+        whose backend waits on its client (holding the row, whatever the server's
+        timeouts say) for as long as the path stays half-open. After a clean release the
+        old leader's work was done; a guarded transaction may still be committing, so it
+        gets one lease from when the term row was first found held (see
+        :func:`notifelect.rules.may_fence_guard`). Terminating is safe: a transaction
+        that never committed leaves no write behind, and one that commits first was
+        fenced by the old term, still current until we take the next one.
         """
-        rows = await conn.fetch(self._q.guard_holders, self.namespace, *self._key_halves)
-        if not rows:
-            return None  # the holder just ended, or the leader row is being written
+        at = now()
+        if self._term_held is None or self._term_held[0] != old_term:
+            self._term_held = (old_term, at)
+        if not may_fence_guard(ended_cleanly, at - self._term_held[1], self._lease):
+            return None
         if not self._fence_enabled:
             self._warn_once(
                 "guard",
-                "the previous term of the group is still held by a guarded transaction"
-                f" (backend pid {rows[0]['pid']}) and fencing is off (fence=False): the"
-                " group has no leader until that transaction ends",
+                "the previous term of the group is still held by a guarded transaction and"
+                " fencing is off (fence=False): the group has no leader until it ends",
+            )
+            return None
+        try:
+            # Looked up and terminated in one statement: only what holds the guard now.
+            rows = await conn.fetch(self._q.fence_guards, *self._key_halves)
+        except asyncpg.InsufficientPrivilegeError:
+            self._warn_once(
+                "guard",
+                "no permission to terminate the backend whose transaction holds the previous"
+                " term of the group (a guarded write of a leadership that is over): the group"
+                " has no leader until it ends. Grant pg_signal_backend to the election role"
+                " (or run the application's connections as the same role), and set"
+                " transaction_timeout (PostgreSQL 17 and later) or TCP keep-alives on the"
+                " server",
             )
             return None
         for row in rows:
-            pid, age = row["pid"], row["age"]
-            try:
-                await conn.fetchval("SELECT pg_terminate_backend($1)", pid)
-            except asyncpg.InsufficientPrivilegeError:
-                self._warn_once(
-                    "guard",
-                    f"no permission to terminate backend pid {pid}, whose transaction holds"
-                    " the previous term of the group (a guarded write of a leader whose"
-                    " lease has run out): the group has no leader until it ends. Grant"
-                    " pg_signal_backend to the election role (or run the application's"
-                    " connections as the same role), and set transaction_timeout"
-                    " (PostgreSQL 17 and later) or TCP keepalives on the server",
-                )
-                return None
+            if not row["ended"]:
+                continue  # gone already
             self._count_fenced("guarded transaction")
             log.warning(
                 "fenced out a guarded transaction of an ended leadership: backend pid %s,"
                 " %s, open for %.3fs",
-                pid,
+                row["pid"],
                 row["state"] or "state unknown",
-                age if age is not None else float("nan"),
+                row["age"] if row["age"] is not None else float("nan"),
                 extra=self._extra("fenced_guard"),
             )
-        # The terminated backends end within milliseconds, their row locks with them.
+        # The terminated backends end within milliseconds, their row locks with them (and
+        # a holder that just ended has let go already).
         deadline = now() + _SHORT_LOCK_WAIT
         while True:
-            term = await session.terms((self.namespace, self._member.priority, self._lease))
+            term = await self._take_term(session)
             if term is not None or now() >= deadline:
                 return term
             await asyncio.sleep(_LOCK_POLL)

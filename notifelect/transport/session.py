@@ -104,6 +104,7 @@ class Claimed(NamedTuple):
     """A group's claim lock, taken; and its leadership as recorded once it was."""
 
     leader: int | None  # the recorded leader's node (None: the group never had one)
+    term: int | None  # its term
     released: bool  # whether that leader released its term
     lease: float | None  # the lease that leader acts on (None: not recorded)
 
@@ -761,10 +762,12 @@ class Session:
             if row["got"]:
                 self._claimed.add(key)
         taken = {namespace for key, namespace in asks if key in self._claimed}
-        recorded = dict.fromkeys(taken, Claimed(None, False, None))
+        recorded = dict.fromkeys(taken, Claimed(None, None, False, None))
         if taken:
             for row in await conn.fetch(self.queries.leaders_released, list(taken)):
-                recorded[row["namespace"]] = Claimed(row["node"], row["released"], row["lease"])
+                recorded[row["namespace"]] = Claimed(
+                    row["node"], row["term"], row["released"], row["lease"]
+                )
         return [recorded.get(namespace) for _, namespace in asks]
 
     async def _reconcile_claims(self, conn: asyncpg.Connection[Any], keys: list[int]) -> None:

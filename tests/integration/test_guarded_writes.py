@@ -25,7 +25,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from notifelect import ElectionGroup, Leadership, Settings
+from notifelect import ElectionGroup, Leadership, NotLeaderError, Settings
 from tests.support.proxy import FaultProxy, Mode
 from tests.support.servers import ThrowawayPostgres, sqlalchemy_url
 from tests.support.waiting import until
@@ -58,7 +58,6 @@ class MidWrite:
     old: ElectionGroup
     new: ElectionGroup
     namespace: str
-    by_hand: bool = False
     guarded: asyncio.Event = field(default_factory=asyncio.Event)
     go: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -67,13 +66,7 @@ class MidWrite:
 
     async def _write(self, ls: Leadership) -> None:
         async with self.engine.begin() as conn:
-            if self.by_hand:
-                await conn.execute(
-                    text("SELECT term FROM notifelect_term WHERE namespace = :ns FOR SHARE"),
-                    {"ns": self.namespace},
-                )
-            else:
-                await ls.fence(conn)
+            await ls.fence(conn)
             self.guarded.set()
             await self.go.wait()
             await conn.execute(
@@ -161,13 +154,10 @@ def _engine(dsn: str, port: int, user: str | None = None) -> AsyncEngine:
 
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize(
-    ("cut", "by_hand", "ending"),
+    ("cut", "ending"),
     [
-        *(pytest.param(Mode.BLACKHOLE, False, e, id=f"idle-in-transaction-{e}") for e in ENDINGS),
-        *(pytest.param(Mode.BLACKHOLE_REPLIES, False, e, id=f"mid-statement-{e}") for e in ENDINGS),
-        # A guard written by hand (or by an older release) takes no guard lock: its
-        # backend is found as the row's locker.
-        pytest.param(Mode.BLACKHOLE_REPLIES, True, "terminated", id="mid-statement-by-hand"),
+        *(pytest.param(Mode.BLACKHOLE, e, id=f"idle-in-transaction-{e}") for e in ENDINGS),
+        *(pytest.param(Mode.BLACKHOLE_REPLIES, e, id=f"mid-statement-{e}") for e in ENDINGS),
     ],
 )
 async def test_a_cut_off_leaders_guarded_write_is_fenced(
@@ -175,7 +165,6 @@ async def test_a_cut_off_leaders_guarded_write_is_fenced(
     proxy: FaultProxy,
     namespace: str,
     cut: Mode,
-    by_hand: bool,
     ending: str,
 ) -> None:
     engine = _engine(throwaway_pg.dsn, proxy.port)
@@ -186,7 +175,6 @@ async def test_a_cut_off_leaders_guarded_write_is_fenced(
         old=ElectionGroup(engine, namespace, FAST),
         new=ElectionGroup(throwaway_pg.dsn, namespace, FAST),
         namespace=namespace,
-        by_hand=by_hand,
     )
     try:
         term, guard_pid = await run.cut_mid_write(cut)
@@ -268,4 +256,128 @@ async def test_without_permission_to_fence_it_says_so_once_and_waits(
         await run.new.wait_for_leadership(timeout=30)
     finally:
         await run.close()
+        await engine.dispose(close=False)
+
+
+#: What the server's own timeouts do for a backend whose client was cut off in the middle
+#: of a transaction (the table in docs/guides/fencing.md): (how the path fails, the
+#: setting, whether it ends the backend).
+TIMEOUTS = [
+    pytest.param(Mode.BLACKHOLE, "idle_in_transaction_session_timeout", True, id="idle-iit"),
+    pytest.param(Mode.BLACKHOLE, "statement_timeout", False, id="idle-statement"),
+    pytest.param(
+        Mode.BLACKHOLE_REPLIES, "idle_in_transaction_session_timeout", False, id="mid-iit"
+    ),
+    pytest.param(Mode.BLACKHOLE_REPLIES, "statement_timeout", False, id="mid-statement"),
+]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("cut", "setting", "ends"), TIMEOUTS)
+async def test_what_the_servers_own_timeouts_do_for_a_cut_off_transaction(
+    throwaway_pg: ThrowawayPostgres, proxy: FaultProxy, cut: Mode, setting: str, ends: bool
+) -> None:
+    admin = await asyncpg.connect(throwaway_pg.dsn)
+    await admin.execute(f"CREATE TABLE IF NOT EXISTS {WRITES} (namespace text, term bigint)")
+    conn = await asyncpg.connect(
+        _via(throwaway_pg.dsn, proxy.port), ssl=False, server_settings={setting: "200"}
+    )
+    pid = conn.get_server_pid()
+    write: asyncio.Future[str] | None = None
+    try:
+        await conn.execute("BEGIN")
+        await conn.fetchval("SELECT term FROM notifelect_term LIMIT 1")
+        proxy.set_mode(cut)
+        # With arguments asyncpg prepares first: the server answers the prepare and then
+        # waits, in the middle of the statement, for what never comes.
+        write = asyncio.ensure_future(
+            conn.execute(f"INSERT INTO {WRITES} (namespace, term) VALUES ($1, $2)", "x", 1)
+        )
+        if cut is Mode.BLACKHOLE_REPLIES:
+            await _until_query(admin, pid, "INSERT")
+
+        async def alive() -> bool:
+            return bool(
+                await admin.fetchval(
+                    "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE pid = $1)", pid
+                )
+            )
+
+        window = 10.0 if ends else 2.0  # ten times the timeout, at least
+        for _ in range(int(window / 0.05)):
+            if not await alive():
+                break
+            await asyncio.sleep(0.05)
+        assert await alive() is not ends
+    finally:
+        proxy.set_mode(Mode.PASS)
+        if write is not None:
+            write.cancel()
+        conn.terminate()
+        await admin.close()
+
+
+@pytest.mark.timeout(60)
+async def test_a_lease_bounded_transaction_commits_or_rolls_back_as_usual(
+    dsn: str, namespace: str, engine: AsyncEngine
+) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(text(f"CREATE TABLE {WRITES} (namespace text, term bigint)"))
+    async with ElectionGroup(dsn, namespace, FAST) as group:
+        ls = await group.wait_for_leadership(timeout=10)
+        async with ls.transaction(engine) as conn:
+            await conn.execute(
+                text(f"INSERT INTO {WRITES} VALUES (:ns, :term)"),
+                {"ns": namespace, "term": ls.term},
+            )
+
+        async def failing() -> None:
+            async with ls.transaction(engine) as conn:
+                await conn.execute(text(f"INSERT INTO {WRITES} VALUES (:ns, 0)"), {"ns": namespace})
+                raise ZeroDivisionError
+
+        with pytest.raises(ZeroDivisionError):
+            await failing()
+        async with engine.connect() as conn:
+            rows = (await conn.execute(text(f"SELECT term FROM {WRITES}"))).scalars().all()
+        assert rows == [ls.term]  # the first committed, the second rolled back
+        assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    with pytest.raises(NotLeaderError):
+        async with ls.transaction(engine):
+            pass  # a leadership that ended admits no transaction
+
+
+@pytest.mark.timeout(60)
+async def test_a_lease_bounded_transaction_ends_within_the_lease_when_the_database_goes_silent(
+    throwaway_pg: ThrowawayPostgres, proxy: FaultProxy, namespace: str
+) -> None:
+    engine = _engine(throwaway_pg.dsn, proxy.port)
+    try:
+        async with ElectionGroup(engine, namespace, FAST) as group:
+            ls = await group.wait_for_leadership(timeout=10)
+            marks: dict[str, float] = {}
+
+            async def work() -> None:
+                async with ls.transaction(engine) as conn:
+                    await conn.execute(text("SELECT 1"))
+                    marks["valid_until"] = time.monotonic() + ls.lease_remaining
+                    proxy.set_mode(Mode.BLACKHOLE)  # the database goes silent, mid-work
+                    marks["silent_at"] = time.monotonic()
+                    await conn.execute(text("SELECT 2"))  # never answered
+
+            with pytest.raises(NotLeaderError):
+                await work()
+            ended = time.monotonic()
+            silent_at, valid_until = marks["silent_at"], marks["valid_until"]
+            print(
+                f"\nFIGURES lease-bounded transaction: ended {ended - silent_at:.3f}s after the cut"
+            )
+            # At the end of the lease as last renewed (renewals stopped at the cut), not
+            # after a graceful close on a dead path; a little room for a busy machine.
+            assert ended <= valid_until + FAST.lease + 0.5
+            assert ended - silent_at <= FAST.lease + 0.5
+            assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+            proxy.set_mode(Mode.PASS)
+    finally:
+        proxy.set_mode(Mode.PASS)
         await engine.dispose(close=False)

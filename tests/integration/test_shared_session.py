@@ -19,6 +19,7 @@ import pytest
 
 from notifelect import ConfigurationError, ElectionGroup, Leadership, Settings
 from notifelect._clock import now
+from notifelect.fencing import read_term_for_share
 from notifelect.group import _postgres_transport
 from notifelect.schema import Names
 from notifelect.sql import ElectionQueries, lock_halves
@@ -103,9 +104,7 @@ async def hold_term_row(stack: AsyncExitStack, dsn: str, namespace: str) -> asyn
     outside = await asyncpg.connect(dsn)
     stack.push_async_callback(outside.close)
     await outside.execute("BEGIN")
-    await outside.fetchval(
-        f"SELECT term FROM {Names().term} WHERE namespace = $1 FOR SHARE", namespace
-    )
+    await read_term_for_share(outside, Names(), namespace)
     return outside
 
 
@@ -136,8 +135,9 @@ async def test_claim_blocked_by_a_guarded_transaction_does_not_starve_the_sessio
 async def test_fencing_a_held_term_row_leaves_the_sessions_other_groups_alone(
     dsn: str, namespace: str
 ) -> None:
-    """The same, with fencing: P2 terminates the holder of X's term row (the old
-    leadership was released) and takes X; Y, led on that session, goes on undisturbed."""
+    """The same, with fencing: the old leadership was released, so the holder of X's term
+    row gets one lease to finish; then P2 terminates it and takes X. Y, led on that
+    session, goes on undisturbed."""
     async with AsyncExitStack() as stack:
         x1, y2, x2, y_deposed = await y_led_beside_x_follower(stack, dsn, namespace)
         session = session_of(y2)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from notifelect.rules import Sighting, sight, unchanged_for
+from notifelect.rules import Sighting, may_fence_guard, sight, unchanged_for
 
 LEADER = (7, 100)  # node, term
 
@@ -69,3 +69,20 @@ def test_silence_is_judged_on_this_nodes_clock(
 
 def test_quiet_never_goes_negative() -> None:
     assert unchanged_for(Sighting(LEADER, "r1", 10.0), 9.0) == 0.0
+
+
+#: (what happened, ended cleanly, how long the term row has been found held, may fence)
+GUARDS = [
+    ("the leader was cut off or paused: the claimant waited out its lease", False, 0.0, True),
+    ("the leader's process was seen to end (the fast crash path)", False, 0.0, True),
+    ("a clean hand-over: a guarded write may still be committing", True, 0.0, False),
+    ("a clean hand-over, the write still open half a lease later", True, 0.75, False),
+    ("a clean hand-over, the write still open a lease later: stuck", True, 1.5, True),
+]
+
+
+@pytest.mark.parametrize(("what", "clean", "held_for", "may"), GUARDS, ids=[g[0] for g in GUARDS])
+def test_a_guarded_transaction_of_an_ended_leadership_is_fenced(
+    what: str, clean: bool, held_for: float, may: bool
+) -> None:
+    assert may_fence_guard(clean, held_for, lease=1.5) is may
