@@ -8,10 +8,19 @@ table of the docs.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 
-__all__ = ["Sighting", "may_fence_guard", "sight", "unchanged_for"]
+__all__ = [
+    "Sighting",
+    "ended_cleanly",
+    "may_fence_guard",
+    "sight",
+    "standby",
+    "successor",
+    "takeover_wait",
+    "unchanged_for",
+]
 
 
 @dataclass(frozen=True)
@@ -63,3 +72,69 @@ def may_fence_guard(ended_cleanly: bool, held_for: float, lease: float) -> bool:
     committing: it gets one ``lease``.
     """
     return not ended_cleanly or held_for >= lease
+
+
+def ended_cleanly(previous: int | None, released: bool, me: int | None) -> bool:
+    """Whether the previous leadership of a group, as a node that just took its claim
+    found it recorded, ended so that nobody can still act on it: the group never had a
+    leader, its leader released its term (a clean hand-over, after its work was done), or
+    it was this very node's (whose gates closed when it lost the claim)."""
+    return previous is None or released or previous == me
+
+
+def takeover_wait(
+    *,
+    previous: int | None,
+    released: bool,
+    me: int | None,
+    fenced: bool,
+    strict: bool,
+    evidence: int | None,
+    lease: float,
+    recorded_lease: float | None,
+) -> tuple[float, str | None]:
+    """How long a node that has just taken a group's claim waits, on its own clock,
+    before it takes the next term; and why (None: no wait).
+
+    It acts at once after a clean release (``released``), when the group never had a
+    leader, or when the previous leader was this very node (whose gates closed when it
+    lost the claim). After any other end the previous leader may still trust its lease
+    (its session may have been ended by the server while its process lives on), so the
+    node waits a whole lease, the longer of its own and the one recorded with the
+    previous term: that lease was last renewed before the claim was taken, so it has run
+    out by then. Only with ``strict=False`` and ``evidence`` that the previous leader's
+    process ended (its anchor seen to end), and when that leader was not fenced by this
+    node, does it act at once (the fast crash path).
+    """
+    if ended_cleanly(previous, released, me):
+        return 0.0, None
+    proven = evidence is not None and previous == evidence
+    if proven and not strict and not fenced:
+        return 0.0, None
+    why = (
+        "fenced"
+        if fenced
+        else "strict_takeover"
+        if proven
+        else "no evidence that its process is gone"
+    )
+    return max(lease, recorded_lease or 0.0), why
+
+
+def standby(members: Iterable[tuple[int, int]], leader: int) -> int | None:
+    """The member that watches ``leader``'s process to take over at once if it ends:
+    among the other ``members`` (priority, node), the highest priority, and among equals
+    the next node id after the leader's, wrapping around (so that, among equals, each
+    session watches one other, whatever the number of groups). The SQL of the session
+    follows the same order (``notifelect.sql.STANDBY_ORDER``, checked against this)."""
+    others = [(priority, node) for priority, node in members if node != leader]
+    if not others:
+        return None
+    return min(others, key=lambda m: (-m[0], m[1] <= leader, m[1]))[1]
+
+
+def successor(members: Iterable[tuple[int, int]], leaving: int) -> int | None:
+    """The member a leaving leader names to claim at once: the best other member by rank
+    (priority, then node id)."""
+    others = [(priority, node) for priority, node in members if node != leaving]
+    return max(others)[1] if others else None

@@ -62,7 +62,7 @@ def status_members(names: Names) -> str:
         "SELECT m.namespace, m.node, m.priority, m.host, m.pid, m.joined_at"
         f" FROM {quote_ident(names.member)} m"
         f" WHERE {LIVE_MEMBER} AND {_ONE_OR_ALL.format(column='m.namespace')}"
-        " ORDER BY m.namespace, m.priority DESC, m.node DESC"
+        f" ORDER BY m.namespace, {RANK_ORDER}"
     )
 
 
@@ -122,9 +122,14 @@ TICK_LEADER = (
     "renewed_at",
 )
 
+#: Members (``m``) by rank, best first: the order of candidates and of a leaving leader's
+#: successor (``notifelect.rules.successor``; checked against it).
+RANK_ORDER = "m.priority DESC, m.node DESC"
+
 #: The order in which live members (``m``) become a leader's standby: the highest priority,
 #: and among equals the next node id after the leader's (``{leader}``), wrapping around.
-#: Among equals each session then watches one other, whatever the number of groups.
+#: Among equals each session then watches one other, whatever the number of groups
+#: (``notifelect.rules.standby``; checked against it).
 STANDBY_ORDER = "m.priority DESC, (m.node > {leader}) DESC, m.node"
 
 
@@ -170,7 +175,7 @@ class ElectionQueries:
         #: The best other live member (``$2``: this node). Column: node.
         self.successor = (
             f"SELECT m.node FROM {member} m WHERE m.namespace = $1 AND m.node <> $2"
-            f" AND {LIVE_MEMBER} ORDER BY m.priority DESC, m.node DESC LIMIT 1"
+            f" AND {LIVE_MEMBER} ORDER BY {RANK_ORDER} LIMIT 1"
         )
         #: Register this session as member ``$2`` (priority ``$3``, host ``$4``, pid
         #: ``$5``), dropping members whose sessions are gone.
@@ -390,7 +395,7 @@ class ElectionQueries:
             f" (SELECT m.priority, m.node FROM {member} m WHERE m.namespace = $1"
             f"  AND {LIVE_MEMBER}"
             "  AND NOT (h.held AND m.node IS NOT DISTINCT FROM (SELECT node FROM l))"
-            "  ORDER BY m.priority DESC, m.node DESC LIMIT 1) b ON true"
+            f"  ORDER BY {RANK_ORDER} LIMIT 1) b ON true"
         )
         #: Whether node ``$2`` is a live member with priority ``$3``.
         self.is_member = (

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from .._clock import now
+from ..rules import standby, successor, takeover_wait
 from .base import (
     Freed,
     Granted,
@@ -211,10 +212,18 @@ class MemoryTransport(Transport):
         group.freed.clear()
         taken_at = now()
         record = group.record
-        unclean = record is not None and not record.released and record.node != self.node
-        proven = evidence is not None and record is not None and record.node == evidence
-        if unclean and (fenced or self.strict_takeover or not proven):
-            await asyncio.sleep(max(0.0, taken_at + self.bus.lease - now()))
+        wait, why = takeover_wait(
+            previous=None if record is None else record.node,
+            released=record is not None and record.released,
+            me=self.node,
+            fenced=fenced,
+            strict=self.strict_takeover,
+            evidence=evidence,
+            lease=self.bus.lease,
+            recorded_lease=None,
+        )
+        if why is not None:
+            await asyncio.sleep(max(0.0, taken_at + wait - now()))
             if group.holder is not self:  # dropped while waiting
                 raise TransportError("the memory transport is closed")
         confirmed_at = now()
@@ -242,7 +251,9 @@ class MemoryTransport(Transport):
         if group.holder is not self or group.term != term:
             raise LeaseLostError(f"term {term} is no longer current")
         group.renewed_at = now()
-        return Renewal(await self.successor(), sent_at)
+        assert self.node is not None
+        members = [(t.member.priority, t.node) for t in self.bus.members(self.namespace) if t.node]
+        return Renewal(standby(members, self.node), sent_at)
 
     async def release(self, term: int, reason: str) -> None:
         group = self._require()
@@ -253,11 +264,9 @@ class MemoryTransport(Transport):
             group.freed.set()
 
     async def successor(self) -> int | None:
-        others = [t for t in self.bus.members(self.namespace) if t is not self and t.node]
-        if not others:
-            return None
-        best = max(others, key=lambda t: (t.member.priority, t.node or 0))
-        return best.node
+        assert self.node is not None
+        members = [(t.member.priority, t.node) for t in self.bus.members(self.namespace) if t.node]
+        return successor(members, self.node)
 
     async def survey(
         self,

@@ -19,7 +19,14 @@ import asyncpg
 
 from .._clock import now
 from ..errors import ConfigurationError
-from ..rules import Sighting, may_fence_guard, sight, unchanged_for
+from ..rules import (
+    Sighting,
+    ended_cleanly,
+    may_fence_guard,
+    sight,
+    takeover_wait,
+    unchanged_for,
+)
 from ..schema import Names
 from ..sql import ElectionQueries, lock_halves
 from .base import (
@@ -330,33 +337,30 @@ class PostgresTransport(Transport):
                 else Claimed(row["node"], row["term"], row["released"], row["lease"])
             )
         taken_at = now()
-        # Act at once only after a clean release, on positive evidence that the old leader's
-        # process is gone, or when the old leader was this very node (whose gates closed
-        # when it lost the claim). Otherwise the old leader may still trust its lease: its
-        # session may have been ended by the server while the process lives on (a half-open
-        # path, a restart, our own fencing). Wait the whole lease out on this node's clock
-        # (the old leader's, if it acts on a longer one): the old leader's lease was last
-        # renewed before we got the claim, so it has surely run out by then.
         old = claimed.leader
-        unclean = old is not None and not claimed.released and old != self._node
-        proven = evidence is not None and old == evidence
-        if unclean and (fenced or self._strict or not proven):
-            lease = max(self._lease, claimed.lease or 0.0)
+        wait, why = takeover_wait(
+            previous=old,
+            released=claimed.released,
+            me=self._node,
+            fenced=fenced,
+            strict=self._strict,
+            evidence=evidence,
+            lease=self._lease,
+            recorded_lease=claimed.lease,
+        )
+        if why is not None:
             log.info(
                 "waiting %.3fs for the previous leader's lease to run out (%s)",
-                lease,
-                "fenced"
-                if fenced
-                else "strict_takeover"
-                if proven
-                else "no evidence that its process is gone",
+                wait,
+                why,
                 extra=self._extra("lease_wait"),
             )
-            await asyncio.sleep(max(0.0, taken_at + lease - now()))
+            await asyncio.sleep(max(0.0, taken_at + wait - now()))
         confirmed_at = now()
         term = await self._take_term(session)
         if term is None:
-            term = await self._fence_guards(conn, session, claimed.term, ended_cleanly=not unclean)
+            clean = ended_cleanly(old, claimed.released, self._node)
+            term = await self._fence_guards(conn, session, claimed.term, ended_cleanly=clean)
         if term is None:
             # A transaction guarded by the old term still holds its row (FOR SHARE) and
             # could not be fenced, or the holder was just ending. Give the claim back and

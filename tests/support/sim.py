@@ -19,6 +19,7 @@ import random
 from dataclasses import dataclass, field
 
 from notifelect import protocol as p
+from notifelect import rules
 from notifelect.messages import Kind, Message, Rank
 
 
@@ -57,11 +58,13 @@ class Sim:
         lease: float = 2.0,
         cost: float = 0.0,
         seed: int = 1,
+        strict_takeover: bool = True,
     ):
         self.config = config
         self.delay = delay
         self.cost = cost
         self.lease = lease
+        self.strict_takeover = strict_takeover
         self.namespace = namespace
         self.rng = random.Random(seed)
         self.now = 0.0
@@ -100,9 +103,11 @@ class Sim:
         self._push(self.now if at is None else at, node, p.Start())
 
     def stop(self, node: int) -> None:
-        others = [n for n in self.alive if n != node]
-        successor = max(others, key=lambda n: self.states[n].rank) if others else None
-        self._push(self.now, node, p.Stop(successor))
+        self._push(self.now, node, p.Stop(rules.successor(self._members(), node)))
+
+    def _members(self) -> list[tuple[int, int]]:
+        """The live members, as (priority, node)."""
+        return [(self.states[n].rank.priority, n) for n in self.alive]
 
     def crash(self, node: int) -> None:
         """The process dies: its session and anchor end, the database frees its claim."""
@@ -214,8 +219,7 @@ class Sim:
             case p.Announce(kind, term):
                 if self.holder == node and self.term == term:
                     self.renewed = self.now
-                others = [n for n in self.alive if n != node]
-                standby = max(others, key=lambda n: self.states[n].rank) if others else None
+                standby = rules.standby(self._members(), node)
                 rank = self.states[node].rank
                 self._broadcast(Message(kind, self.namespace, rank, term=term, standby=standby))
             case p.SetTimer(timer, at, spread):
@@ -269,9 +273,16 @@ class Sim:
             self._push(self.now + self.delay, node, p.ClaimRefused())
             return
         self.holder = node
-        unclean = self.record is not None and not self.record[1] and self.record[0] != node
-        proven = evidence is not None and self.record is not None and self.record[0] == evidence
-        wait = self.lease if unclean and (fenced or not proven) else 0.0
+        wait, _ = rules.takeover_wait(
+            previous=None if self.record is None else self.record[0],
+            released=self.record is not None and self.record[1],
+            me=node,
+            fenced=fenced,
+            strict=self.strict_takeover,
+            evidence=evidence,
+            lease=self.lease,
+            recorded_lease=None,
+        )
         self.term += 1
         self.record = (node, False)
         self.renewed = self.now + wait
