@@ -41,7 +41,8 @@ class Refused(Exception):
     """No revision was written; the message says why and what to do instead.
 
     ``up_to_date`` is true when nothing needs writing (the history already brings the
-    schema to the version this release needs), false when something stands in the way.
+    schema to the version this release needs, or takes notifelect's own revisions, which
+    do), false when something stands in the way.
     """
 
     def __init__(self, message: str, *, up_to_date: bool = False) -> None:
