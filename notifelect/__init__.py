@@ -1,8 +1,7 @@
 """Leader election for Python services on PostgreSQL LISTEN/NOTIFY and the Bully algorithm."""
 
-from importlib.metadata import PackageNotFoundError, version
-
 from . import election_manager
+from ._version import __version__ as __version__  # stated once, in pyproject.toml
 from .decorators import (
     Gate,
     Periodic,
@@ -26,11 +25,6 @@ from .leadership import LeaderInfo, Leadership, current_leadership
 from .schema import Names
 from .settings import RetryPolicy, Settings
 from .transport import MemoryBus
-
-try:
-    __version__ = version("notifelect")  # stated once, in pyproject.toml
-except PackageNotFoundError:  # pragma: no cover - imported from a tree that was never installed
-    __version__ = "0+unknown"
 
 __all__ = [
     "ConfigurationError",

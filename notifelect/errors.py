@@ -5,7 +5,7 @@
     NotifelectError
     ├── ConfigurationError (also ValueError)   bad settings, names, engines or drivers
     ├── ConnectionLimitError (also ConnectionError)  all max_connections slots in use
-    ├── SchemaError                            the database objects are missing or out of date
+    ├── SchemaError                            the schema is missing or at another version
     ├── GroupStateError                        a group used in the wrong lifecycle state
     ├── NotLeaderError                         leader-only code called on a node that does not lead
     ├── LeadershipLost                         leader-only work interrupted because leadership ended
@@ -32,7 +32,9 @@ class ConnectionLimitError(NotifelectError, ConnectionError):
 
 
 class SchemaError(NotifelectError):
-    """The election schema is missing or older than this version of notifelect expects."""
+    """The election schema is missing, incomplete, or at another version than this release
+    needs; the message names the database, schema and prefix checked, both versions and the
+    next step."""
 
 
 class GroupStateError(NotifelectError, RuntimeError):

@@ -366,35 +366,19 @@ def uninstall_statements(names: Names) -> list[str]:
     ]
 
 
-def required_relations(names: Names) -> list[str]:
-    """Quoted names of the relations a running node needs, for ``to_regclass`` checks."""
+def required_names(names: Names) -> list[str]:
+    """Names of the relations a running node needs (what a schema check looks for)."""
     return [
-        quote_ident(name)
-        for name in (
-            names.sequence,
-            names.version,
-            names.term,
-            names.leader,
-            names.member,
-            names.history,
-            names.session,
-        )
+        names.sequence,
+        names.version,
+        names.term,
+        names.leader,
+        names.member,
+        names.history,
+        names.session,
     ]
 
 
-def missing_schema_message(names: Names, found: int | None) -> str:
-    """The error text for a missing or outdated schema, naming both fixes."""
-    prefix_hint = f" with NOTIFELECT_PREFIX={names.prefix}" if names.prefix else ""
-    if found is None:
-        what = (
-            f"the notifelect schema (sequence {names.sequence!r} and its tables) is not installed"
-        )
-    else:
-        what = f"the notifelect schema is at version {found}, this code needs {SCHEMA_VERSION}"
-    return (
-        f"{what} in this database; run 'python -m notifelect install'{prefix_hint}, or with "
-        "Alembic 'alembic upgrade head' when a revision of the application calls "
-        "notifelect.migrations.upgrade_schema, 'alembic upgrade heads' when notifelect's "
-        "revisions are added through version_locations (see the documentation, 'Schema and "
-        "Alembic')"
-    )
+def required_relations(names: Names) -> list[str]:
+    """Quoted names of :func:`required_names`, for ``to_regclass`` checks."""
+    return [quote_ident(name) for name in required_names(names)]

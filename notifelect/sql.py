@@ -19,8 +19,14 @@ LIVE_MEMBER = (
     " AND (a.backend_start = m.backend_start OR a.backend_start IS NULL))"
 )
 
-#: Whether every relation given as ``$1`` (text[] of quoted names) exists.
-RELATIONS_EXIST = "SELECT bool_and(to_regclass(n) IS NOT NULL) FROM unnest($1::text[]) AS n"
+#: Where the connection looks for the schema, and which of the relations given as ``$1``
+#: (text[] of quoted names) it cannot find there. Columns: database, schema (NULL when no
+#: schema of the search path exists), search_path, missing (text[], as given).
+SCHEMA_FACTS = (
+    "SELECT current_database() AS database, current_schema() AS schema,"
+    " current_setting('search_path') AS search_path,"
+    " ARRAY(SELECT n FROM unnest($1::text[]) AS n WHERE to_regclass(n) IS NULL) AS missing"
+)
 
 #: The database's clock now (not the start of the transaction).
 CLOCK = "SELECT clock_timestamp()"

@@ -17,6 +17,7 @@ from ..errors import NotifelectError
 from ._common import Command, Subparsers
 from .demo import configure_demo_parser
 from .listen import configure_listen_parser
+from .revision import configure_alembic_parser
 from .schema import configure_install_parser, configure_uninstall_parser
 from .status import configure_status_parser
 
@@ -27,6 +28,7 @@ COMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     configure_status_parser,
     configure_listen_parser,
     configure_demo_parser,
+    configure_alembic_parser,
 )
 
 #: The name ``--help`` shows by default: the console script's.

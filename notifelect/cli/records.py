@@ -15,8 +15,7 @@ from typing import Any
 import asyncpg
 
 from .. import sql
-from ..errors import SchemaError
-from ..schema import SCHEMA_VERSION, Names, missing_schema_message, required_relations
+from ..schema import Names
 
 #: How many past terms each group shows by default.
 DEFAULT_TRANSITIONS = 5
@@ -107,16 +106,6 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, list):
         return [_jsonable(v) for v in value]
     return value
-
-
-async def check_schema(conn: asyncpg.Connection[Any], names: Names) -> None:
-    """Raise SchemaError (naming the fix) unless the schema of this version is installed."""
-    present = await conn.fetchval(sql.RELATIONS_EXIST, required_relations(names))
-    if not present:
-        raise SchemaError(missing_schema_message(names, None))
-    version = await conn.fetchval(sql.schema_version(names))
-    if version != SCHEMA_VERSION:
-        raise SchemaError(missing_schema_message(names, version))
 
 
 class StatusReader:

@@ -19,6 +19,7 @@ import asyncpg
 from .. import messages
 from ..messages import Kind, Message
 from ..schema import Names
+from ..schema_check import check_schema
 from ._common import (
     Subparsers,
     add_connection_arguments,
@@ -31,7 +32,7 @@ from ._common import (
     positive_float,
     run,
 )
-from .records import DEFAULT_TRANSITIONS, Snapshot, StatusReader, check_schema
+from .records import DEFAULT_TRANSITIONS, Snapshot, StatusReader
 from .render import render_json, render_text
 
 #: After a leader resigns, ``--watch`` re-reads this often (seconds) for up to

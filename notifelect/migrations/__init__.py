@@ -1,13 +1,14 @@
 """notifelect's schema as Alembic revisions, for a checkout and for applications' histories.
 
 An application that keeps its schema in Alembic calls :func:`upgrade_schema` and
-:func:`downgrade_schema` from a revision of its own (one head, ``alembic upgrade head``)::
+:func:`downgrade_schema` from revisions of its own (one head, ``alembic upgrade head``),
+which ``python -m notifelect alembic revision`` writes (:mod:`.history`)::
 
     def upgrade() -> None:
-        upgrade_schema(1)
+        upgrade_schema(3)  # from whatever older version the database has
 
     def downgrade() -> None:
-        downgrade_schema(1)
+        downgrade_schema(3, to=1)  # back to the version the previous revision applied
 
 Alternatively it adds notifelect's own revisions (``notifelect/migrations/versions``,
 shipped in the wheel, on the branch labelled ``notifelect``) through
@@ -33,6 +34,7 @@ from typing import Any
 
 from ..errors import ConfigurationError
 from ..schema import (
+    SCHEMA_VERSION,
     Names,
     ddl_lock_statement,
     downgrade_statements,
@@ -85,23 +87,57 @@ def configured_names() -> Names:
 
 
 def upgrade_schema(version: int) -> None:
-    """Body of the revision that creates schema ``version``: idempotent, serialised DDL."""
+    """Body of a revision's upgrade: bring the schema up to ``version`` from any older one.
+
+    Runs the DDL of every version from 1 to ``version`` in order, under the schema-change
+    lock. Each statement is idempotent, so what is already there is kept: the same call
+    installs the schema from nothing (or from the 0.0.3 sequence), upgrades one of an
+    older version, and adopts one made by ``python -m notifelect install``. A revision
+    that bumps an application from schema 1 to 3 therefore calls ``upgrade_schema(3)``.
+    """
     from alembic import op
 
+    _check_version(version, "upgrade_schema")
     names = configured_names()
     op.execute(ddl_lock_statement())
-    for statement in statements_for_version(names, version):
-        op.execute(statement)
+    for step in range(1, version + 1):
+        for statement in statements_for_version(names, step):
+            op.execute(statement)
 
 
-def downgrade_schema(version: int) -> None:
-    """Body of the revision's downgrade: back from schema ``version`` to ``version - 1``."""
+def downgrade_schema(version: int, to: int | None = None) -> None:
+    """Body of a revision's downgrade: take the schema back from ``version`` to ``to``.
+
+    ``to`` defaults to ``version - 1``: ``downgrade_schema(1)`` removes every object, as
+    the downgrade of a revision that calls ``upgrade_schema(1)``. The revision that
+    brought an application from schema 1 to 3 undoes it with ``downgrade_schema(3,
+    to=1)``, and one that installed version 3 from nothing with ``downgrade_schema(3,
+    to=0)``. Runs each version's downgrade DDL, newest first, under the schema-change lock.
+    """
     from alembic import op
 
+    _check_version(version, "downgrade_schema")
+    target = version - 1 if to is None else to
+    if isinstance(target, bool) or not isinstance(target, int) or not 0 <= target < version:
+        raise ConfigurationError(
+            f"downgrade_schema({version}, to={to!r}): 'to' is the schema version to go back "
+            f"to, from 0 (nothing) to {version - 1}"
+        )
     names = configured_names()
     op.execute(ddl_lock_statement())
-    for statement in downgrade_statements(names, version):
-        op.execute(statement)
+    for step in range(version, target, -1):
+        for statement in downgrade_statements(names, step):
+            op.execute(statement)
+
+
+def _check_version(version: object, call: str) -> None:
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise ConfigurationError(f"{call}({version!r}): the schema version is an integer")
+    if not 1 <= version <= SCHEMA_VERSION:
+        raise ConfigurationError(
+            f"{call}({version}): this notifelect knows schema versions 1 to {SCHEMA_VERSION}"
+            " (a revision written for a newer release needs that release installed)"
+        )
 
 
 def include_name(name: str | None, type_: str, parent_names: Any) -> bool:

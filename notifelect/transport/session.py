@@ -36,10 +36,11 @@ from typing import Any, NamedTuple, Protocol
 import asyncpg
 
 from .._clock import now
-from ..errors import ConfigurationError, SchemaError
+from ..errors import ConfigurationError
 from ..rules import Sighting, sight, unchanged_for
-from ..schema import SCHEMA_VERSION, Names, missing_schema_message, required_relations
-from ..sql import RELATIONS_EXIST, TICK_LEADER, ElectionQueries, lock_halves, schema_version
+from ..schema import Names
+from ..schema_check import check_schema
+from ..sql import TICK_LEADER, ElectionQueries, lock_halves
 from .base import Freed, LeaderRecord, TransportError
 from .connect import ANCHOR_NAME, APPLICATION_NAME, WATCHER_NAME, session_name
 from .serial import Batched, Serial, retrieve
@@ -535,12 +536,9 @@ class Session:
         return anchor
 
     async def _check_schema(self, conn: asyncpg.Connection[Any]) -> None:
-        present = await conn.fetchval(RELATIONS_EXIST, required_relations(self.names))
-        if not present:
-            raise SchemaError(missing_schema_message(self.names, None))
-        version = await conn.fetchval(schema_version(self.names))
-        if version != SCHEMA_VERSION:
-            raise SchemaError(missing_schema_message(self.names, version))
+        """Refuse (SchemaError naming the database, versions and fix) to open on a schema
+        that is missing, older or newer than this release's."""
+        await check_schema(conn, self.names)
 
     async def _check_replication_role(self, conn: asyncpg.Connection[Any]) -> None:
         """The election's writes must fire the trigger that stamps each change of a leader
