@@ -670,7 +670,7 @@ class Driver:
             log.warning("standby watcher gave up: %r", exc)
             return
         if generation == self._generation:
-            self._inbox.put(protocol.ClaimFreed(protocol.Freed(how.value), leader))
+            self._inbox.put(protocol.ClaimFreed(how, leader))
 
     async def _with_successor(self, message: Message) -> Message:
         """Name the highest-ranked live member as successor in a RESIGN.
@@ -807,9 +807,6 @@ class Driver:
 
     def track_thread(self) -> contextlib.AbstractContextManager[None]:
         return self.work.track_thread()
-
-    def abdicate(self) -> None:
-        self._inbox.put(_Control.ABDICATE)
 
 
 def _retrying(policy: RetryPolicy) -> AsyncRetrying:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import ConfigurationError, NotLeaderError, StaleLeaderError
 from .schema import Names, quote_ident
@@ -26,7 +26,24 @@ from .schema import Names, quote_ident
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-    from .leadership import Leadership
+
+class Lease(Protocol):
+    """What a lease-bounded transaction needs of a leadership (a
+    :class:`~notifelect.leadership.Leadership`)."""
+
+    namespace: str
+    names: Names
+    term: int
+    ended_reason: str | None
+
+    @property
+    def is_valid(self) -> bool: ...
+
+    @property
+    def lease_remaining(self) -> float: ...
+
+    def check(self) -> None: ...
+
 
 #: How often a lease-bounded transaction looks at its lease (whose end moves with every
 #: renewal, and which ends early when the leadership does).
@@ -89,9 +106,7 @@ async def check_term(executor: Any, names: Names, namespace: str, term: int) -> 
 
 
 @contextlib.asynccontextmanager
-async def lease_bounded(
-    leadership: Leadership, engine: AsyncEngine
-) -> AsyncIterator[AsyncConnection]:
+async def lease_bounded(leadership: Lease, engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     """A transaction on a connection of ``engine``, guarded by ``leadership``'s term and
     bounded by its lease (see :meth:`Leadership.transaction`)."""
     leadership.check()
@@ -114,7 +129,7 @@ class _Bound:
     """One lease-bounded transaction: its connection, and the deadline that follows the
     lease."""
 
-    def __init__(self, leadership: Leadership) -> None:
+    def __init__(self, leadership: Lease) -> None:
         self.leadership = leadership
         self.deadline = asyncio.timeout(None)
         self.driver: Any = None  # the driver's connection, once checked out

@@ -41,6 +41,7 @@ import enum
 from dataclasses import dataclass, field
 
 from .messages import Kind, Message, Rank
+from .rules import Freed as Freed  # how the standby saw the claim end (one enum)
 
 __all__ = [
     "Abdicate",
@@ -98,14 +99,6 @@ class Preempt(enum.Enum):
     PRIORITY = "priority"  # a live member of strictly higher priority (the default)
     RANK = "rank"  # classic Bully: any higher (priority, sequence)
     NEVER = "never"  # nobody: the incumbent keeps leading until it leaves
-
-
-class Freed(enum.Enum):
-    """How the standby saw the leader's claim end (mirrors the transport's answer)."""
-
-    RELEASED = "released"  # a clean hand-over: the RESIGN names the successor
-    DIED = "died"  # the leader's process was seen to end: take over at once
-    UNOBSERVED = "unobserved"  # nothing was seen: an ordinary election
 
 
 @dataclass(frozen=True)

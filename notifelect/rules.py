@@ -8,10 +8,12 @@ table of the docs.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 
 __all__ = [
+    "Freed",
     "Sighting",
     "ended_cleanly",
     "may_fence_guard",
@@ -21,6 +23,21 @@ __all__ = [
     "takeover_wait",
     "unchanged_for",
 ]
+
+
+class Freed(enum.Enum):
+    """How a standby saw a leader's claim end (what its watch of the leader's process
+    reports)."""
+
+    #: The leader marked its term released before letting go: a clean hand-over; its
+    #: RESIGN names the successor.
+    RELEASED = "released"
+    #: The leader's process was seen alive (its anchor held) and then gone, on a session
+    #: that stayed connected throughout: positive evidence that it can no longer act.
+    DIED = "died"
+    #: Nothing was observed: the anchor was already free (or the watch was re-established
+    #: after a disconnect). Not evidence of anything; a successor waits out the lease.
+    UNOBSERVED = "unobserved"
 
 
 @dataclass(frozen=True)

@@ -58,11 +58,6 @@ def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def quote_literal(text: str) -> str:
-    """Quote a string literal for SQL (doubling embedded quotes); used only in DDL comments."""
-    return "'" + text.replace("'", "''") + "'"
-
-
 @dataclass(frozen=True)
 class Names:
     """Names of all database objects for one prefix."""

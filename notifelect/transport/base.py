@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import abc
-import enum
 import os
 import socket
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+
+from ..rules import Freed as Freed  # how a standby saw a claim end
 
 PayloadHandler = Callable[[str], None]
 LostHandler = Callable[[BaseException | None], None]
@@ -82,19 +83,6 @@ class TransportError(ConnectionError):
     node reconnects. Transports raise it (or a subclass) instead of their driver's errors,
     so the election never needs to know which driver is underneath.
     """
-
-
-class Freed(enum.Enum):
-    """How the standby saw a leader's claim end (the result of :meth:`Transport.watch`)."""
-
-    #: The leader marked its term released before letting go: a clean hand-over.
-    RELEASED = "released"
-    #: The leader's process was seen alive (its anchor held) and then gone, on a session
-    #: that stayed connected throughout: positive evidence that it can no longer act.
-    DIED = "died"
-    #: Nothing was observed: the anchor was already free (or the watch was re-established
-    #: after a disconnect). Not evidence of anything; a successor waits out the lease.
-    UNOBSERVED = "unobserved"
 
 
 class Transport(abc.ABC):

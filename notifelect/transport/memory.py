@@ -64,7 +64,6 @@ class MemoryBus:
         self.lease = lease
         self.leader_timeout = leader_timeout
         self.strict_takeover = strict_takeover
-        self.delivered = 0
         #: Every leadership granted, in order, per namespace: (node, term).
         self.terms: dict[str, list[tuple[int, int]]] = {}
 
@@ -85,7 +84,6 @@ class MemoryBus:
         loop = asyncio.get_running_loop()
         for transport in list(self._open.values()):
             if not transport.paused:
-                self.delivered += 1
                 loop.call_soon(transport.deliver, payload)
 
     def holder(self, namespace: str) -> int | None:

@@ -192,7 +192,6 @@ class PostgresTransport(Transport):
 
     def _make_session(self) -> Session:
         return Session(
-            key=self._share,
             names=self._names,
             timing=self._timing,
             host=self._member.host,

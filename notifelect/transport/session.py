@@ -291,7 +291,6 @@ class Session:
     def __init__(
         self,
         *,
-        key: Hashable,
         names: Names,
         timing: Timing,
         host: str,
@@ -299,7 +298,6 @@ class Session:
         connect: Connect | None,
         connection: asyncpg.Connection[Any] | None,
     ) -> None:
-        self.key = key
         self.names = names
         self.timing = timing
         self.queries = ElectionQueries(names)
