@@ -36,17 +36,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, stop_never
-from tenacity.wait import wait_exponential, wait_random
-
 from . import messages, protocol
 from ._clock import now
+from ._retry import retrying
 from ._work import LeaderWork
-from .errors import ConfigurationError, SchemaError
 from .health import Vacancies
 from .leadership import DeposedCallback, ElectedCallback, LeaderInfo, Leadership
 from .messages import Kind, Message, Rank
-from .settings import RetryPolicy, Settings
+from .settings import Settings
 from .transport.base import Freed, LeaderRecord, LeaseLostError, Member, Renewal, Transport
 
 log = logging.getLogger(__name__)
@@ -758,7 +755,7 @@ class Driver:
         """Watch the leader's process, retrying (with the reconnect policy) on errors."""
         how = Freed.UNOBSERVED
         try:
-            async for attempt in _retrying(self.settings.retry):
+            async for attempt in retrying(self.settings.retry):
                 with attempt:
                     try:
                         how = await self.transport.watch(leader)
@@ -880,7 +877,7 @@ class Driver:
         # Leader work has stopped: only now let the anchor go (see the module docstring).
         self.transport.release_anchor()
         try:
-            async for attempt in _retrying(self.settings.retry):
+            async for attempt in retrying(self.settings.retry):
                 with attempt:
                     if self.closing:
                         return False
@@ -909,18 +906,3 @@ class Driver:
 
     def abdicate(self) -> None:
         self._inbox.put(_Control.ABDICATE)
-
-
-def _retrying(policy: RetryPolicy) -> AsyncRetrying:
-    return AsyncRetrying(
-        wait=wait_exponential(multiplier=policy.initial, max=policy.maximum)
-        + wait_random(0, policy.jitter),
-        stop=stop_never if policy.attempts is None else stop_after_attempt(policy.attempts),
-        # Only errors are retried: a cancellation (BaseException) must end the loop at once.
-        retry=retry_if_exception(
-            lambda exc: (
-                isinstance(exc, Exception) and not isinstance(exc, SchemaError | ConfigurationError)
-            )
-        ),
-        reraise=True,
-    )
