@@ -1,6 +1,6 @@
 """APScheduler 3 on every replica; jobs gated by ``@group.leader_only`` run on one only.
 
-    pip install 'notifelect[examples]'
+    pip install -e '.[examples]'                      # from a checkout of notifelect
     python -m notifelect install                      # once per database
     export DATABASE_URL=postgresql://user@localhost/app   # or the PG* variables
     python examples/apscheduler_jobs.py &             # run it two or three times

@@ -1,6 +1,6 @@
 """A FastAPI service whose replicas elect a leader; ask any replica who leads.
 
-    pip install 'notifelect[examples]'
+    pip install -e '.[examples]'                      # from a checkout of notifelect
     python -m notifelect install                      # once per database
     export DATABASE_URL=postgresql+asyncpg://user@localhost/app
     python examples/fastapi_app.py --port 8000 &      # replica 1
@@ -9,8 +9,10 @@
 
 (or ``uvicorn examples.fastapi_app:app`` from the repository root). The application's
 lifespan joins the group; on shutdown the group resigns, so the other replica takes over
-at once. ``refresh_cache`` runs every second, on the leader only. ``--run-for SECONDS``
-stops the server by itself.
+at once. ``refresh_cache`` runs every second, on the leader only. ``/healthz`` is the
+readiness probe (every connected member is ready, also while an election runs);
+``/healthz/leader`` answers 200 on the leader only, for a check that routes leader-only
+traffic. ``--run-for SECONDS`` stops the server by itself.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from datetime import timedelta
 from typing import Any
 
 import uvicorn
-from fastapi import FastAPI
+from fastapi import FastAPI, Response
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from notifelect import ElectionGroup
@@ -82,6 +84,23 @@ async def leader() -> dict[str, Any]:
         },
         "cache_refreshes": refresh_cache.runs,
     }
+
+
+@app.get("/healthz")
+async def healthz(response: Response) -> dict[str, Any]:
+    """Readiness: 200 while this replica is connected and a member of the group, also
+    while an election runs (a failover takes no replica out of service)."""
+    health = group.health
+    response.status_code = 200 if health.ready else 503
+    return health.as_dict()
+
+
+@app.get("/healthz/leader")
+async def healthz_leader(response: Response) -> dict[str, Any]:
+    """200 on the leader only: for routing leader-only traffic, never for readiness."""
+    health = group.health
+    response.status_code = 200 if health.is_leader else 503
+    return health.as_dict()
 
 
 async def serve(host: str, port: int, run_for: float | None) -> None:

@@ -20,7 +20,8 @@ from .errors import (
     SchemaError,
     StaleLeaderError,
 )
-from .group import ElectionGroup, Health, HealthState
+from .group import ElectionGroup
+from .health import Health, HealthState, Vacancies
 from .leadership import LeaderInfo, Leadership, current_leadership
 from .schema import Names
 from .settings import RetryPolicy, Settings
@@ -46,6 +47,7 @@ __all__ = [
     "SchemaError",
     "Settings",
     "StaleLeaderError",
+    "Vacancies",
     "current_leadership",
     "election_manager",
     "every",

@@ -36,16 +36,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, stop_never
-from tenacity.wait import wait_exponential, wait_random
-
 from . import messages, protocol
 from ._clock import now
+from ._retry import retrying
 from ._work import LeaderWork
-from .errors import ConfigurationError, SchemaError
+from .health import Vacancies
 from .leadership import DeposedCallback, ElectedCallback, LeaderInfo, Leadership
 from .messages import Kind, Message, Rank
-from .settings import RetryPolicy, Settings
+from .settings import Settings
 from .transport.base import Freed, LeaderRecord, LeaseLostError, Member, Renewal, Transport
 
 log = logging.getLogger(__name__)
@@ -131,7 +129,7 @@ class Driver:
         self.member = member
         self._elected = elected
         self._deposed = deposed
-        self._on_change = on_change
+        self._notify = on_change
         self.node: int | None = None
         self.proto: protocol.State | None = None
         self.connected = False
@@ -139,6 +137,15 @@ class Driver:
         self.leader_info: LeaderInfo | None = None
         self.failure: BaseException | None = None
         self.stats: Counter[str] = Counter()
+        #: How long the group went without a leader, as this node saw it.
+        self.vacancies = Vacancies()
+        #: The leadership (node, term) last known, and the open vacancy: since when, and
+        #: which leadership was lost.
+        self._known: tuple[int, int] | None = None
+        self._vacant: tuple[float, tuple[int, int]] | None = None
+        #: The last renewal of the known leader's lease this node saw: (node, term, when,
+        #: on this node's clock).
+        self._renewal: tuple[int, int, float] | None = None
         self.closing = False
         self._inbox = Inbox()
         self._timers: dict[protocol.Timer, asyncio.TimerHandle] = {}
@@ -183,6 +190,73 @@ class Driver:
         }
         extra.update({f"notifelect_{k}": v for k, v in fields.items()})
         return extra
+
+    # ------------------------------------------------------------ what the group reports
+
+    def known_leader(self) -> LeaderInfo | None:
+        """Who leads the group as far as this node knows now; None during an election,
+        and while this node is not connected."""
+        proto = self.proto
+        if proto is None or not self.connected or proto.role is protocol.Role.STOPPED:
+            return None
+        if proto.leader is None:
+            return None
+        info = self.leader_info
+        if info is not None and info.node == proto.leader.node:
+            return info
+        return LeaderInfo(
+            proto.leader.node, proto.leader.priority, proto.leader_term or 0, None, None, None
+        )
+
+    def leader_renewal_age(self) -> float | None:
+        """Seconds since the known leader last renewed its lease, on this node's clock, as
+        far as this node has seen (its own last renewal if it leads); None if unknown."""
+        ls = self.leadership
+        if ls is not None and not ls._ended:
+            return max(0.0, now() - (ls._valid_until - self.settings.lease))
+        leader, seen = self.known_leader(), self._renewal
+        if leader is None or seen is None or seen[:2] != (leader.node, leader.term):
+            return None
+        return max(0.0, now() - seen[2])
+
+    def _saw_renewal(self, node: int, term: int, at: float, *, exact: bool = True) -> None:
+        """Leader ``node`` renewed its lease of ``term`` at ``at`` (this node's clock).
+
+        ``exact``: ``at`` is when the renewal happened (read from the database), not only
+        when this node heard of it (a message may have waited in the inbox)."""
+        seen = self._renewal
+        if seen is None or seen[:2] != (node, term) or seen[2] < at:
+            self._renewal = (node, term, at)
+        vacant = self._vacant
+        if exact and vacant is not None and vacant[1] == (node, term) and at > vacant[0]:
+            self._vacant = None  # it renewed after it seemed lost: this node lost sight of it
+
+    def _on_change(self) -> None:
+        """What the group reports may have changed: time the vacancies, tell the group."""
+        if not self.closing:
+            self._time_vacancy()
+        self._notify()
+
+    def _time_vacancy(self) -> None:
+        """A vacancy runs from the moment this node sees no leader after it knew one to the
+        moment it knows a different leadership. Seeing the lost one again does not end it
+        (a late message of a dead leader); a renewal of it made after the loss cancels it
+        (only this node had lost sight of it, as across its own reconnect)."""
+        info = self.known_leader()
+        at = now()
+        if info is None:
+            if self._vacant is None and self._known is not None:
+                self._vacant = (at, self._known)
+            return
+        current = (info.node, info.term)
+        if self._vacant is not None:
+            since, lost = self._vacant
+            if current != lost:
+                self.vacancies.observe(at - since)
+                self._vacant = None
+        elif self._known is not None and current != self._known:
+            self.vacancies.observe(0.0)  # the next leader was seen before any gap was
+        self._known = current
 
     # ------------------------------------------------------------ lifecycle
 
@@ -375,8 +449,18 @@ class Driver:
                 if due is not None:  # the database has shown the leader alive meanwhile
                     self._set_timer(protocol.Timer.LEADER, due)
                     continue
-            if isinstance(event, protocol.Receive) and not await self._credible(event.message):
-                continue
+            if isinstance(event, protocol.Receive):
+                if not await self._credible(event.message):
+                    continue
+                m = event.message
+                if (
+                    self.transport.publishes_heartbeats
+                    and m.kind in (Kind.COORDINATOR, Kind.HEARTBEAT)
+                    and m.rank.node != self.node
+                    and m.term is not None
+                ):
+                    # Such a leader renews its lease and then announces it (_announce).
+                    self._saw_renewal(m.rank.node, m.term, now(), exact=False)
             await self._apply(event)
 
     async def _apply(self, event: protocol.Event) -> None:
@@ -557,6 +641,15 @@ class Driver:
         """
         proto = self.proto
         if (
+            proto is not None
+            and self.connected
+            and record.node != self.node
+            and not record.released
+            and record.renewed_age is not None
+        ):
+            # The age is the database's; this node counts on from its own reading.
+            self._saw_renewal(record.node, record.term, now() - max(0.0, record.renewed_age))
+        if (
             proto is None
             or not self.connected
             or proto.role is protocol.Role.LEADER
@@ -659,7 +752,7 @@ class Driver:
         """Watch the leader's process, retrying (with the reconnect policy) on errors."""
         how = Freed.UNOBSERVED
         try:
-            async for attempt in _retrying(self.settings.retry):
+            async for attempt in retrying(self.settings.retry):
                 with attempt:
                     try:
                         how = await self.transport.watch(leader)
@@ -781,7 +874,7 @@ class Driver:
         # Leader work has stopped: only now let the anchor go (see the module docstring).
         self.transport.release_anchor()
         try:
-            async for attempt in _retrying(self.settings.retry):
+            async for attempt in retrying(self.settings.retry):
                 with attempt:
                     if self.closing:
                         return False
@@ -807,18 +900,3 @@ class Driver:
 
     def track_thread(self) -> contextlib.AbstractContextManager[None]:
         return self.work.track_thread()
-
-
-def _retrying(policy: RetryPolicy) -> AsyncRetrying:
-    return AsyncRetrying(
-        wait=wait_exponential(multiplier=policy.initial, max=policy.maximum)
-        + wait_random(0, policy.jitter),
-        stop=stop_never if policy.attempts is None else stop_after_attempt(policy.attempts),
-        # Only errors are retried: a cancellation (BaseException) must end the loop at once.
-        retry=retry_if_exception(
-            lambda exc: (
-                isinstance(exc, Exception) and not isinstance(exc, SchemaError | ConfigurationError)
-            )
-        ),
-        reraise=True,
-    )

@@ -1,8 +1,9 @@
 """An embedded PostgreSQL for demos and tests on machines without a database server.
 
-Uses the ``pgserver`` package (``pip install 'notifelect[embedded]'``), which ships real
-PostgreSQL binaries. The server lives in a temporary directory and is stopped and removed
-by :meth:`EmbeddedPostgres.close` (also on garbage collection and at interpreter exit).
+Uses the ``pgserver`` package (the ``embedded`` extra: ``pip install -e '.[embedded]'`` in
+a checkout of notifelect), which ships real PostgreSQL binaries. The server lives in a
+temporary directory and is stopped and removed by :meth:`EmbeddedPostgres.close` (also on
+garbage collection and at interpreter exit).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ class EmbeddedPostgres:
         except ImportError:
             raise ConfigurationError(
                 "no database given and the embedded PostgreSQL is not installed: pass --dsn "
-                "(or set PGHOST etc.), or pip install 'notifelect[embedded]'"
+                "(or set PGHOST etc.), or install the embedded extra (pip install -e "
+                "'.[embedded]' in a checkout of notifelect, or pip install pgserver)"
             ) from None
         self.root = Path(tempfile.mkdtemp(prefix="notifelect-embedded-"))
         self.root.chmod(0o777)  # pgserver runs PostgreSQL as an unprivileged user under root

@@ -9,15 +9,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-from collections import Counter
+import itertools
+from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
-from . import decorators, protocol
+from . import decorators
 from ._driver import Driver
 from .errors import ConfigurationError, GroupStateError
+from .health import Health, HealthState, Vacancies
 from .leadership import (
     DeposedCallback,
     DeposedT,
@@ -36,35 +37,13 @@ if TYPE_CHECKING:
 
     from .transport.memory import MemoryBus
 
-__all__ = ["ElectionGroup", "Health", "HealthState"]
+__all__ = ["ElectionGroup"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-
-class HealthState(enum.Enum):
-    """Where a group stands, for readiness probes and dashboards."""
-
-    NEW = "new"  # created, not entered yet
-    CONNECTING = "connecting"  # opening, or reconnecting after a loss
-    ELECTING = "electing"  # connected, no leader known yet
-    FOLLOWING = "following"  # connected, another node leads
-    LEADING = "leading"  # this node leads (its lease is valid)
-    FAILED = "failed"  # gave up reconnecting: see Health.error
-    CLOSED = "closed"  # left the group
-
-
-@dataclass(frozen=True)
-class Health:
-    """A snapshot of a group's health: ``ready`` when it follows or leads."""
-
-    state: HealthState
-    leader: LeaderInfo | None = None
-    error: BaseException | None = None
-
-    @property
-    def ready(self) -> bool:
-        return self.state in (HealthState.FOLLOWING, HealthState.LEADING)
+#: How many groups of each name this process created: numbers their instance names.
+_created: defaultdict[str, itertools.count[int]] = defaultdict(lambda: itertools.count(1))
 
 
 class _Life(enum.Enum):
@@ -108,6 +87,8 @@ class ElectionGroup:
         self.settings = settings
         self.name = settings.namespace
         self._member = member or Member(priority=settings.priority)
+        nth = next(_created[self.name])
+        self._instance = f"{self._member.host}:{self._member.pid}" + (f"#{nth}" if nth > 1 else "")
         if transport is None:
             if engine is None:
                 raise ConfigurationError(
@@ -181,18 +162,7 @@ class ElectionGroup:
     @property
     def leader(self) -> LeaderInfo | None:
         """Who leads the group as far as this node knows, or None during an election."""
-        d = self._driver
-        proto = d.proto
-        if proto is None or not d.connected or proto.role is protocol.Role.STOPPED:
-            return None
-        if proto.leader is None:
-            return None
-        info = d.leader_info
-        if info is not None and info.node == proto.leader.node:
-            return info
-        return LeaderInfo(
-            proto.leader.node, proto.leader.priority, proto.leader_term or 0, None, None, None
-        )
+        return self._driver.known_leader()
 
     @property
     def is_open(self) -> bool:
@@ -201,22 +171,44 @@ class ElectionGroup:
 
     @property
     def health(self) -> Health:
-        """Where the group stands now (see :class:`HealthState`); cheap, no I/O."""
+        """Where the group stands now (see :class:`Health`); cheap, no I/O."""
         life, d = self._life, self._driver
         if life is _Life.NEW:
-            return Health(HealthState.NEW)
-        if life in (_Life.CLOSING, _Life.CLOSED):
-            return Health(HealthState.CLOSED)
-        if d.failure is not None:
-            return Health(HealthState.FAILED, error=d.failure)
-        if life is _Life.OPENING or not d.connected:
-            return Health(HealthState.CONNECTING)
-        if self.is_leader:
-            return Health(HealthState.LEADING, leader=self.leader)
-        leader = self.leader
-        if leader is not None:
-            return Health(HealthState.FOLLOWING, leader=leader)
-        return Health(HealthState.ELECTING)
+            state = HealthState.NEW
+        elif life in (_Life.CLOSING, _Life.CLOSED):
+            state = HealthState.CLOSED
+        elif d.failure is not None:
+            return Health(HealthState.FAILED, error=d.failure, group=self.name, node=self.node)
+        elif life is _Life.OPENING or not d.connected:
+            state = HealthState.CONNECTING
+        else:
+            leader = self.leader
+            if self.is_leader:
+                state = HealthState.LEADING
+            elif leader is not None:
+                state = HealthState.FOLLOWING
+            else:
+                state = HealthState.ELECTING
+            return Health(
+                state,
+                leader=leader,
+                group=self.name,
+                node=self.node,
+                leader_renewal_age=d.leader_renewal_age(),
+            )
+        return Health(state, group=self.name, node=self.node)
+
+    @property
+    def vacancies(self) -> Vacancies:
+        """How long the group went without a leader, as this node saw it (live counts)."""
+        return self._driver.vacancies
+
+    @property
+    def instance(self) -> str:
+        """A name of this member that stays the same for the life of the group object,
+        across reconnects (unlike :attr:`node`): ``host:pid``, with ``#2``, ``#3`` ...
+        for further groups of the same name created in this process."""
+        return self._instance
 
     @property
     def close_bound(self) -> float:

@@ -1,4 +1,4 @@
-"""Prometheus metrics of election groups: ``pip install 'notifelect[metrics]'``.
+"""Prometheus metrics of election groups (the ``metrics`` extra: ``prometheus-client``).
 
 ::
 
@@ -9,12 +9,16 @@
     start_http_server(9108)
 
 The collector reads each group's state and counters when it is scraped; the election pays
-nothing between scrapes. Every metric has the labels ``group`` (the namespace) and
-``node`` (this node's id).
+nothing between scrapes (the vacancy histogram is counted by the group as it happens).
+Every metric has the labels ``group`` (the namespace) and ``node`` (the group's
+:attr:`~notifelect.ElectionGroup.instance`, ``host:pid``: the same for the life of the
+process, across reconnects); the node id, which a reconnect renews, is a label of the info
+metrics.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -25,11 +29,17 @@ if TYPE_CHECKING:
 
 try:
     from prometheus_client import REGISTRY
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+    from prometheus_client.core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+    )
     from prometheus_client.registry import Collector, CollectorRegistry
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ConfigurationError(
-        "notifelect.metrics needs prometheus-client: pip install 'notifelect[metrics]'"
+        "notifelect.metrics needs prometheus-client: install the metrics extra"
+        " (pip install -e '.[metrics]' from a checkout of notifelect, or"
+        " pip install prometheus-client)"
     ) from exc
 
 __all__ = ["COUNTERS", "GroupCollector", "register"]
@@ -65,18 +75,47 @@ class GroupCollector(Collector):
 
     def collect(self) -> Iterator[Any]:
         labels = ["group", "node"]
-        is_leader = GaugeMetricFamily(
-            "notifelect_is_leader", "1 while this node is the valid leader.", labels=labels
+
+        def gauge(name: str, text: str, extra: tuple[str, ...] = ()) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, text, labels=[*labels, *extra])
+
+        is_leader = gauge("notifelect_is_leader", "1 while this node is the valid leader.")
+        ready = gauge(
+            "notifelect_ready",
+            "1 while this node is connected and a member of the group (also during an"
+            " election): readiness.",
         )
-        ready = GaugeMetricFamily(
-            "notifelect_ready", "1 while the group follows or leads (readiness).", labels=labels
+        present = gauge(
+            "notifelect_leader_present", "1 while this node knows of a leader of the group."
         )
-        term = GaugeMetricFamily(
-            "notifelect_term", "The term of the leadership this node knows of.", labels=labels
+        leader_info = gauge(
+            "notifelect_leader_info",
+            "1 for the leader this node knows of: its node id, host and term (exact).",
+            ("node_id", "leader_node", "leader_host", "term"),
         )
-        margin = GaugeMetricFamily(
+        node_info = gauge(
+            "notifelect_node_info",
+            "1 for this member: its node id (renewed by a reconnect), host, pid, priority.",
+            ("node_id", "host", "pid", "priority"),
+        )
+        term = gauge(
+            "notifelect_term",
+            "The term of the leadership this node knows of (0 if none); exact as a float,"
+            " and as the term label of notifelect_leader_info.",
+        )
+        margin = gauge(
             "notifelect_lease_remaining_seconds",
             "Seconds until this leader's lease runs out unless renewed (0 when not leading).",
+        )
+        renewal_age = gauge(
+            "notifelect_leader_renewal_age_seconds",
+            "Seconds since the known leader last renewed its lease, as this node read it,"
+            " on this node's clock (absent while no leader is known).",
+        )
+        vacancy = HistogramMetricFamily(
+            "notifelect_leader_vacancy_seconds",
+            "How long the group was without a leader, from when this node saw it lose its"
+            " leader to when it saw the next one, on this node's clock.",
             labels=labels,
         )
         counters = {
@@ -84,17 +123,47 @@ class GroupCollector(Collector):
             for name, (_, text) in COUNTERS.items()
         }
         for group in list(self._groups):
-            values = [group.name, str(group.node if group.node is not None else "")]
+            values = [group.name, group.instance]
+            node_id = "" if group.node is None else str(group.node)
             health = group.health
+            leader = health.leader
             is_leader.add_metric(values, 1.0 if group.is_leader else 0.0)
             ready.add_metric(values, 1.0 if health.ready else 0.0)
-            leader = group.leader
+            present.add_metric(values, 1.0 if leader is not None else 0.0)
+            member = group._member
+            node_info.add_metric(
+                [*values, node_id, member.host, str(member.pid), str(group.settings.priority)],
+                1.0,
+            )
+            if leader is not None:
+                leader_info.add_metric(
+                    [*values, node_id, str(leader.node), leader.host or "", str(leader.term)], 1.0
+                )
             term.add_metric(values, float(leader.term) if leader is not None else 0.0)
             ls = group.leadership
             margin.add_metric(values, ls.lease_remaining if ls is not None else 0.0)
+            if health.leader_renewal_age is not None:
+                renewal_age.add_metric(values, health.leader_renewal_age)
+            seen = group.vacancies
+            vacancy.add_metric(
+                values,
+                buckets=[(_bound(bound), n) for bound, n in seen.cumulative()],
+                sum_value=seen.total,
+            )
             for name, (key, _) in COUNTERS.items():
                 counters[name].add_metric(values, float(group.stats[key]))
-        yield from (is_leader, ready, term, margin, *counters.values())
+        yield from (
+            is_leader,
+            ready,
+            present,
+            leader_info,
+            node_info,
+            term,
+            margin,
+            renewal_age,
+            vacancy,
+            *counters.values(),
+        )
 
 
 def register(*groups: ElectionGroup, registry: CollectorRegistry = REGISTRY) -> GroupCollector:
@@ -102,3 +171,8 @@ def register(*groups: ElectionGroup, registry: CollectorRegistry = REGISTRY) -> 
     collector = GroupCollector(*groups)
     registry.register(collector)
     return collector
+
+
+def _bound(seconds: float) -> str:
+    """A histogram bucket's ``le`` label."""
+    return "+Inf" if math.isinf(seconds) else repr(seconds)

@@ -223,6 +223,15 @@ class ElectionQueries:
         #: waited for. For each group taken, the open history rows are closed as lost, a
         #: new one is opened and the leader row is recorded with its standby and the lease
         #: its leader acts on. Columns: namespace, term (those taken).
+        #:
+        #: A lost term ends when the lost leader's lease ran out as last renewed: the
+        #: later of its leader row's and its session's renewal, plus the lease the row
+        #: records, never later than now nor before the term started. The gap to the
+        #: next term's start is then the time the group had no leader. Only while the
+        #: session row still names the leader row's backend (see ``_RENEWED_AGE``) is the
+        #: last renewal known; without it (the session's row was dropped by a newer
+        #: session, or the group gave its claim back) the term ends now, as it does
+        #: when the row records no lease.
         self.take_terms = (
             "WITH want AS (SELECT * FROM unnest($1::text[], $2::int[], $6::float8[])"
             "              AS w(namespace, priority, lease)),"
@@ -239,7 +248,13 @@ class ElectionQueries:
             f"           SELECT namespace, {TERM_FLOOR} FROM ok ON CONFLICT (namespace)"
             "           DO UPDATE SET term = greatest(t.term + 1, EXCLUDED.term)"
             "           RETURNING t.namespace, t.term),"
-            f"     c AS (UPDATE {history} h SET ended_at = clock_timestamp(), reason = 'lost'"
+            f"     c AS (UPDATE {history} h SET reason = 'lost', ended_at = greatest(h.started_at,"
+            "           least(clock_timestamp(), coalesce((SELECT greatest(l.renewed_at,"
+            "            s.renewed_at) + make_interval(secs => l.lease)"
+            f"            FROM {leader} l JOIN {session} s ON s.node = l.node"
+            "            AND s.backend_pid = l.backend_pid"
+            "            WHERE l.namespace = h.namespace AND l.term = h.term),"
+            "           clock_timestamp())))"
             "           FROM n WHERE h.namespace = n.namespace AND h.ended_at IS NULL),"
             f"     o AS (INSERT INTO {history} (namespace, term, node, host, pid, started_at)"
             "           SELECT namespace, term, $3, $4, $5, clock_timestamp() FROM n),"

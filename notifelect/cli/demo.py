@@ -42,7 +42,8 @@ def configure_demo_parser(subparsers: Subparsers) -> None:
             "Run N node processes in one election group and show who leads; then kill the "
             "leader (SIGKILL), pause the next one (SIGSTOP/SIGCONT) and let the third exit "
             "cleanly, printing each failover time. Without --dsn, --pg-* or PG* variables "
-            "it starts an embedded PostgreSQL (pip install 'notifelect[embedded]') and "
+            "it starts an embedded PostgreSQL (the embedded extra: pip install -e "
+            "'.[embedded]' in a checkout of notifelect) and "
             "removes it at the end. Ctrl-C stops everything."
         ),
     )

@@ -1,4 +1,8 @@
-"""``notifelect listen``: election messages as they pass on the channel, for debugging."""
+"""``notifelect listen``: election messages as they pass on the channel, for debugging.
+
+It runs until stopped, through restarts of the database: a lost connection is said on
+stderr and reconnected with backoff (messages sent while it was away are not seen).
+"""
 
 from __future__ import annotations
 
@@ -20,16 +24,17 @@ from ._common import (
     Subparsers,
     add_connection_arguments,
     add_prefix_argument,
-    close_quietly,
     names_from,
     namespace_from,
-    open_connection,
     positive_float,
     run,
 )
+from ._reconnect import ConnectionLost, keep_connected
 
 #: Longest part of a rejected payload that is printed.
 _SHOWN = 200
+#: The longest a check of the connection may take before it counts as lost (seconds).
+_CHECK_TIMEOUT = 5.0
 
 
 def decode_any(payload: str) -> Message | Rejected:
@@ -129,9 +134,13 @@ async def listen(
     Each group has a channel of its own: with ``namespace`` only that group's is heard;
     otherwise every group that has members or a leader, looked up again every ``rescan``
     seconds for groups that start later. ``ready`` is called once LISTEN is active (with
-    the number of channels); nothing sent before that is seen.
+    the number of channels); nothing sent before that is seen. The connection is checked
+    every ``rescan`` seconds too: if it is lost, :class:`ConnectionLost` (or the error of
+    the check) is raised.
     """
+    loop = asyncio.get_running_loop()
     done = asyncio.Event()
+    lost = asyncio.Event()
     printed = 0
     channels: set[str] = set()
 
@@ -142,6 +151,9 @@ async def listen(
             if count is not None and printed >= count:
                 done.set()
 
+    def on_closed(_conn: object) -> None:
+        lost.set()
+
     async def follow() -> None:
         groups = [namespace] if namespace is not None else await _group_names(conn, names)
         for group in groups:
@@ -150,24 +162,43 @@ async def listen(
                 await conn.add_listener(channel, on_notify)
                 channels.add(channel)
 
+    conn.add_termination_listener(on_closed)
     try:
         await follow()
         if ready is not None:
             ready(len(channels))
-        try:
-            async with asyncio.timeout(duration):
-                while not done.is_set():
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(done.wait(), rescan)
-                    if namespace is None and not done.is_set():
+        deadline = None if duration is None else loop.time() + duration
+        while not done.is_set():
+            wait = rescan if deadline is None else min(rescan, deadline - loop.time())
+            if wait <= 0:
+                break
+            await _first_of(done, lost, timeout=wait)
+            if lost.is_set():
+                raise ConnectionLost("the server closed the connection")
+            if not done.is_set():
+                # Bounded: a server that stopped answering counts as lost too.
+                async with asyncio.timeout(max(rescan, _CHECK_TIMEOUT)):
+                    if namespace is None:
                         await follow()
-        except TimeoutError:
-            pass
+                    else:
+                        await conn.fetchval("SELECT 1")
     finally:
+        conn.remove_termination_listener(on_closed)
         if not conn.is_closed():
-            for channel in channels:
-                await conn.remove_listener(channel, on_notify)
+            with contextlib.suppress(Exception):
+                for channel in channels:
+                    await conn.remove_listener(channel, on_notify)
     return printed
+
+
+async def _first_of(*events: asyncio.Event, timeout: float) -> None:
+    """Wait until one of ``events`` is set, or ``timeout`` seconds."""
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
 
 
 async def _group_names(conn: asyncpg.Connection[Any], names: Names) -> list[str]:
@@ -201,33 +232,43 @@ def listen_command(args: argparse.Namespace) -> int:
     namespace = namespace_from(args)
 
     async def main() -> int:
-        conn = await open_connection(args)
-        try:
-            printer = Printer(as_json=args.json, namespace=namespace)
+        printer = Printer(as_json=args.json, namespace=namespace)
 
-            def ready(channels: int) -> None:
-                where = (
-                    f"the channel of group {namespace!r}"
-                    if namespace
-                    else f"the channels of {channels} group(s), and of any that starts"
-                )
-                print(
-                    f"notifelect: listening on {where} (Ctrl-C to stop)",
-                    file=sys.stderr,
-                    flush=True,
-                )
+        def ready(channels: int) -> None:
+            where = (
+                f"the channel of group {namespace!r}"
+                if namespace
+                else f"the channels of {channels} group(s), and of any that starts"
+            )
+            print(
+                f"notifelect: listening on {where} (Ctrl-C to stop)",
+                file=sys.stderr,
+                flush=True,
+            )
 
+        async def session(conn: asyncpg.Connection[Any], back: Callable[[], None] | None) -> int:
+            left = None if args.count is None else args.count - printer.count
             await listen(
                 conn,
                 names,
                 printer,
                 namespace=namespace,
-                count=args.count,
-                duration=args.duration,
-                ready=ready,
+                count=left,
+                ready=ready if back is None else lambda _: back(),
             )
             return 0
-        finally:
-            await close_quietly(conn)
+
+        timer = asyncio.timeout(args.duration)
+        try:
+            async with timer:
+                return await keep_connected(
+                    args,
+                    session,
+                    back="; listening again (messages sent meanwhile were missed)",
+                )
+        except TimeoutError:
+            if not timer.expired():
+                raise
+            return 0
 
     return run(main())

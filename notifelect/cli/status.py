@@ -2,13 +2,15 @@
 
 The records come from the database (:mod:`.records`), including how recently each
 leader's session renewed its lease; ``--watch`` also listens on the groups' channels so
-that it redraws at once when a leadership changes.
+that it redraws at once when a leadership changes, and runs through restarts of the
+database (a lost connection is said on stderr and reconnected with backoff).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -32,6 +34,7 @@ from ._common import (
     positive_float,
     run,
 )
+from ._reconnect import ConnectionLost, keep_connected
 from .records import DEFAULT_TRANSITIONS, Snapshot, StatusReader
 from .render import render_json, render_text
 
@@ -40,6 +43,8 @@ from .render import render_json, render_text
 #: the database, not announced on the channel.
 QUICK_REFRESH = 0.1
 QUICK_WINDOW = 5.0
+#: The longest a read may take before ``--watch`` takes the connection for lost (seconds).
+_READ_TIMEOUT = 10.0
 
 
 # ---------------------------------------------------------------- the channels
@@ -54,11 +59,18 @@ class Turnovers:
         self.names = names
         self._channels: set[str] = set()
         self._changed = asyncio.Event()
+        #: The connection closed: the next wait raises instead of waiting for news.
+        self.lost = False
+        conn.add_termination_listener(self._closed)
 
     def _on(self, conn: object, pid: int, channel: str, payload: object) -> None:
         message = messages.parse(str(payload), None)
         if isinstance(message, Message) and message.kind in (Kind.COORDINATOR, Kind.RESIGN):
             self._changed.set()
+
+    def _closed(self, conn: object) -> None:
+        self.lost = True
+        self._changed.set()
 
     async def follow(self, namespaces: Iterable[str]) -> None:
         """Listen on the channel of every group in ``namespaces`` too."""
@@ -69,7 +81,8 @@ class Turnovers:
                 self._channels.add(channel)
 
     async def wait(self, timeout: float) -> bool:
-        """Wait for a change of leadership (True) or until ``timeout`` (False)."""
+        """Wait for a change of leadership (True) or until ``timeout`` (False); raises
+        :class:`ConnectionLost` once the connection has closed."""
         try:
             async with asyncio.timeout(timeout):
                 await self._changed.wait()
@@ -77,12 +90,16 @@ class Turnovers:
             return False
         finally:
             self._changed.clear()
+        if self.lost:
+            raise ConnectionLost("the server closed the connection")
         return True
 
     async def close(self) -> None:
+        self.conn.remove_termination_listener(self._closed)
         if not self.conn.is_closed():
-            for channel in self._channels:
-                await self.conn.remove_listener(channel, self._on)
+            with contextlib.suppress(Exception):
+                for channel in self._channels:
+                    await self.conn.remove_listener(channel, self._on)
         self._channels.clear()
 
 
@@ -114,7 +131,8 @@ async def watch(
 ) -> None:
     """Call ``show`` with a fresh snapshot every ``interval`` and at once on every change.
 
-    Runs until ``stop`` is set or the task is cancelled.
+    Runs until ``stop`` is set or the task is cancelled; raises :class:`ConnectionLost`
+    (or the error of a read, which is bounded in time) when the connection is lost.
     """
     await check_schema(conn, names)
     reader = StatusReader(conn, names, namespace=namespace, transitions=transitions)
@@ -123,7 +141,8 @@ async def watch(
     quick_until = 0.0  # after a change: re-read often until the successor shows
     try:
         while not stop.is_set():
-            snap = await reader.read()
+            async with asyncio.timeout(max(interval, _READ_TIMEOUT)):
+                snap = await reader.read()
             await turnovers.follow(g.namespace for g in snap.groups)
             show(snap)
             vacant = any(g.leader is None and g.members for g in snap.groups)
@@ -204,20 +223,9 @@ def status(args: argparse.Namespace) -> int:
     names = names_from(args)
     namespace = namespace_from(args)
 
-    async def main() -> int:
+    async def once() -> int:
         conn = await open_connection(args)
         try:
-            if args.watch:
-                screen = Screen(as_json=args.json)
-                await watch(
-                    conn,
-                    names,
-                    screen,
-                    namespace=namespace,
-                    interval=args.interval,
-                    transitions=args.terms,
-                )
-                return 0
             snap = await snapshot(conn, names, namespace=namespace, transitions=args.terms)
             if args.json:
                 print(render_json(snap))
@@ -227,4 +235,27 @@ def status(args: argparse.Namespace) -> int:
         finally:
             await close_quietly(conn)
 
-    return run(main())
+    async def watching() -> int:
+        screen = Screen(as_json=args.json)
+
+        async def session(conn: asyncpg.Connection[Any], back: Callable[[], None] | None) -> int:
+            def show(snap: Snapshot) -> None:
+                nonlocal back
+                screen(snap)
+                if back is not None:
+                    back()  # after the first view drawn from the new connection
+                    back = None
+
+            await watch(
+                conn,
+                names,
+                show,
+                namespace=namespace,
+                interval=args.interval,
+                transitions=args.terms,
+            )
+            return 0
+
+        return await keep_connected(args, session)
+
+    return run(watching() if args.watch else once())

@@ -72,6 +72,14 @@ async def test_fastapi_replicas_agree_on_one_leader_and_hand_over(dsn: str) -> N
         assert leader["term"] == follower["term"]
         assert leader["leader"]["pid"] == replicas[index].proc.pid
         assert not follower["is_leader"]
+        # Both replicas are ready; only the leader passes the leader-routing check.
+        for i, port in enumerate(ports):
+            ready = await client.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+            assert ready.status_code == 200
+            assert ready.json()["ready"]
+            routed = await client.get(f"http://127.0.0.1:{port}/healthz/leader", timeout=2)
+            assert routed.status_code == (200 if i == index else 503)
+            assert routed.json()["leader"]["term"] == leader["term"]
 
         # A graceful shutdown of the leader (SIGINT, as uvicorn gets on a deploy) hands over.
         assert await replicas[index].stop(timeout=60) == 0, replicas[index].output

@@ -5,15 +5,28 @@ from __future__ import annotations
 import asyncio
 import time
 from contextlib import AsyncExitStack
+from datetime import timedelta
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from notifelect import ElectionGroup, Leadership, NotLeaderError, Settings, StaleLeaderError
+from notifelect import (
+    ElectionGroup,
+    Health,
+    Leadership,
+    NotLeaderError,
+    Settings,
+    StaleLeaderError,
+)
 from notifelect.fencing import check_term
+from notifelect.metrics import register
 from notifelect.transport.postgres import PostgresTransport
+from tests.support.exposition import labelled, sample, samples
+from tests.support.proxy import FaultProxy, Mode
 from tests.support.servers import ThrowawayPostgres, sqlalchemy_url
 from tests.support.waiting import settled, until
 
@@ -203,6 +216,98 @@ async def test_terminated_backend_steps_down_at_once_reconnects_and_rejoins(
             "SELECT count(*) FROM notifelect_status WHERE namespace = $1", namespace
         )
         assert members == 3
+
+
+def via(dsn: str, port: int) -> str:
+    """``dsn`` through a proxy listening on ``port`` of 127.0.0.1."""
+    parts = urlsplit(dsn)
+    netloc = f"{parts.username}@127.0.0.1:{port}" if parts.username else f"127.0.0.1:{port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+@pytest.mark.timeout(90)
+async def test_a_lost_term_ends_where_its_lease_ran_out_while_followers_stay_ready(
+    throwaway_pg: ThrowawayPostgres, namespace: str
+) -> None:
+    # The leader is cut off (its path to the server stops forwarding); the follower fences
+    # it and takes over one lease later. The history row of the lost term ends where its
+    # lease ran out, before the next term starts; the follower stayed ready throughout;
+    # the cut-off node comes back with a new node id and the same metrics label.
+    settings = Settings(election_interval=0.1, lease=1.0, leader_timeout=0.5)
+    dsn = throwaway_pg.dsn
+    admin = await asyncpg.connect(dsn)
+    proxy = await FaultProxy("127.0.0.1", throwaway_pg.port).start()
+    registry = CollectorRegistry()
+    seen: list[Health] = []
+    try:
+        async with AsyncExitStack() as stack:
+            cut = await stack.enter_async_context(
+                ElectionGroup(via(dsn, proxy.port), namespace, settings)
+            )
+            lost = await cut.wait_for_leadership(timeout=10)
+            follower = await stack.enter_async_context(ElectionGroup(dsn, namespace, settings))
+            await until([follower], lambda: follower.health.leader_renewal_age is not None)
+            age = follower.health.leader_renewal_age
+            assert age is not None
+            assert 0 <= age < settings.lease  # read from the leader's session renewals
+            register(cut, follower, registry=registry)
+            old_node = cut.node
+            notify = follower._driver._notify
+
+            def record() -> None:
+                notify()
+                seen.append(follower.health)
+
+            follower._driver._notify = record
+            before = await admin.fetchval("SELECT clock_timestamp()")
+            proxy.set_mode(Mode.BLACKHOLE)
+            after = await admin.fetchval("SELECT clock_timestamp()")
+            won = await follower.wait_for_leadership(timeout=20)
+            follower._driver._notify = notify
+            proxy.set_mode(Mode.PASS)
+
+            def back() -> bool:
+                leader = cut.leader
+                return cut.node != old_node and leader is not None and leader.term == won.term
+
+            await until([cut], back, timeout=30)
+            lines = samples(generate_latest(registry))
+            vacancies = follower.vacancies
+        history = {
+            row["term"]: row
+            for row in await admin.fetch(
+                "SELECT term, started_at, ended_at, reason FROM notifelect_history"
+                " WHERE namespace = $1",
+                namespace,
+            )
+        }
+    finally:
+        await admin.close()
+        await proxy.close()
+
+    old, new = history[lost.term], history[won.term]
+    assert old["reason"] == "lost"
+    lease = timedelta(seconds=settings.lease)
+    # Its last renewal came at most a few intervals before the cut and none after it.
+    assert before + lease - timedelta(seconds=0.5) <= old["ended_at"]
+    assert old["ended_at"] <= after + lease + timedelta(seconds=0.05)
+    # The gap is the vacancy: the follower noticed the silence (leader_timeout), fenced,
+    # and waited a whole lease from its claim.
+    gap = (new["started_at"] - old["ended_at"]).total_seconds()
+    assert 0.25 <= gap < 10
+    # The follower never went unready, though it saw the group without a leader.
+    assert any(not h.has_leader for h in seen)
+    assert all(h.ready for h in seen)
+    assert vacancies.count == 1
+    assert vacancies.last is not None
+    assert settings.lease - 0.05 <= vacancies.last < 10
+    # The terms are exact in the metrics, and the cut-off node kept its label.
+    assert sample(lines, "notifelect_term", follower) == won.term
+    (info,) = labelled(lines, "notifelect_leader_info", cut)
+    assert info["term"] == str(won.term)
+    assert info["leader_node"] == str(follower.node)
+    (node,) = labelled(lines, "notifelect_node_info", cut)
+    assert node["node_id"] == str(cut.node) != str(old_node)
 
 
 @pytest.mark.parametrize("mode", ["fast", "immediate"])

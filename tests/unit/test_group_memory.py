@@ -290,13 +290,13 @@ async def test_paused_leader_lease_runs_out_and_is_fenced() -> None:
 
 async def test_retry_policy_retries_errors_but_never_swallows_cancellation() -> None:
     from notifelect import RetryPolicy
-    from notifelect._driver import _retrying
+    from notifelect._retry import retrying
 
     policy = RetryPolicy(initial=0.001, maximum=0.001, jitter=0.0, attempts=3)
     calls: list[type[BaseException]] = []
 
     async def run(error: type[BaseException]) -> None:
-        async for attempt in _retrying(policy):
+        async for attempt in retrying(policy):
             with attempt:
                 calls.append(error)
                 raise error("boom")
