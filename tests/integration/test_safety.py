@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import subprocess
 import sys
 import time
@@ -293,3 +294,44 @@ def _via(dsn: str, port: int) -> str:
     parts = urlsplit(dsn)
     netloc = f"{parts.username}@127.0.0.1:{port}" if parts.username else f"127.0.0.1:{port}"
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+@pytest.mark.timeout(60)
+async def test_a_session_ended_by_the_server_is_reported_as_such_before_its_close_is_seen(
+    throwaway_pg: ThrowawayPostgres, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The server ends the election session; the client reads the server's notice of it but
+    # not yet that the connection closed (as after a freeze of the process, or a slow
+    # path). asyncpg is left consuming the notice, and the next call finds the connection
+    # busy ("another operation is in progress"): no call of notifelect ran beside another,
+    # the session had ended. It is lost, and says why.
+    dsn = throwaway_pg.dsn
+    proxy = await FaultProxy("127.0.0.1", throwaway_pg.port).start()
+    admin = await asyncpg.connect(dsn)
+    caplog.set_level(logging.WARNING, logger="notifelect")
+    try:
+        async with ElectionGroup(_via(dsn, proxy.port), namespace, FAST) as group:
+            await group.wait_for_leadership(timeout=10)
+            transport = group._transport
+            assert isinstance(transport, PostgresTransport)
+            assert transport.connection is not None
+            pid = transport.connection.get_server_pid()
+            proxy.set_mode(Mode.HOLD_CLOSE)
+            assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+
+            def lost() -> list[str]:
+                return [
+                    r.getMessage()
+                    for r in caplog.records
+                    if getattr(r, "notifelect_event", None) == "session_lost"
+                ]
+
+            await until([group], lost, timeout=20, what="the session lost")
+            (message,) = lost()[:1]
+            assert "ended the session" in message or "was closed" in message, message
+            proxy.set_mode(Mode.PASS)
+            await group.wait_for_leadership(timeout=20)  # a new session leads again
+    finally:
+        proxy.set_mode(Mode.PASS)
+        await admin.close()
+        await proxy.close()

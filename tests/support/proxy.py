@@ -11,6 +11,8 @@ open or new):
 * ``blackhole_replies``: forward what the client sends, hold what the server sends: a path
   that fails in one direction. A client that sent a statement then waits for its answer
   while the server, having answered, waits for the client's next message.
+* ``hold_close``: forward every byte, but hold the end of the stream: a client sees what
+  a server sent before it closed, and not yet that it closed.
 * ``delay_notifications``: forward everything, but hold each PostgreSQL
   ``NotificationResponse`` back for ``delay`` seconds and insert it later at a message
   boundary (the protocol allows asynchronous messages between any two messages).
@@ -39,6 +41,7 @@ class Mode(enum.Enum):
     PASS = "pass"
     BLACKHOLE = "blackhole"
     BLACKHOLE_REPLIES = "blackhole_replies"
+    HOLD_CLOSE = "hold_close"
     DELAY_NOTIFICATIONS = "delay_notifications"
     DROP_NOTIFICATIONS = "drop_notifications"
 
@@ -127,8 +130,9 @@ class _Pipe:
             self.writer.write(data)
 
     def end(self) -> None:
-        """The source closed: propagate unless the path is black-holed."""
-        if self.holding or self.held:
+        """The source closed: propagate unless the path is black-holed (or the mode
+        holds the end of the stream)."""
+        if self.holding or self.held or self.proxy.mode is Mode.HOLD_CLOSE:
             self.eof_held = True
             return
         self.close()
@@ -138,7 +142,7 @@ class _Pipe:
         held, self.held = self.held, []
         for data in held:
             self._forward(data)
-        if self.eof_held:
+        if self.eof_held and self.proxy.mode is not Mode.HOLD_CLOSE:
             self.close()
 
     def close(self) -> None:
