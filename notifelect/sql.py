@@ -183,19 +183,6 @@ class ElectionQueries:
             f"SELECT m.node FROM {member} m WHERE m.namespace = $1 AND m.node <> $2"
             f" AND {LIVE_MEMBER} ORDER BY {RANK_ORDER} LIMIT 1"
         )
-        #: Register this session as member ``$2`` (priority ``$3``, host ``$4``, pid
-        #: ``$5``), dropping members whose sessions are gone.
-        self.register_member = (
-            f"WITH gone AS (DELETE FROM {member} m WHERE m.namespace = $1"
-            f" AND m.node <> $2 AND NOT {LIVE_MEMBER})\n"
-            f"INSERT INTO {member}"
-            " (namespace, node, priority, host, pid, backend_pid, backend_start, joined_at)"
-            " SELECT $1, $2, $3, $4, $5, a.pid, a.backend_start, clock_timestamp()"
-            " FROM pg_stat_activity a WHERE a.pid = pg_backend_pid()"
-            " ON CONFLICT (namespace, node) DO UPDATE SET priority = EXCLUDED.priority,"
-            " host = EXCLUDED.host, pid = EXCLUDED.pid, backend_pid = EXCLUDED.backend_pid,"
-            " backend_start = EXCLUDED.backend_start"
-        )
         #: Leave: delete member ``$2``.
         self.unregister_member = f"DELETE FROM {member} WHERE namespace = $1 AND node = $2"
         #: The recorded leader's node, term, whether it released it and its lease.
@@ -402,21 +389,46 @@ class ElectionQueries:
             f" UPDATE {history} SET ended_at = clock_timestamp(), reason = $3"
             " WHERE namespace = $1 AND term = $2"
         )
-        #: Whether the claim (``$2``, ``$3``: key halves) is held, the best live candidate,
-        #: not counting the recorded leader while it holds the claim, and the recorded
-        #: (unreleased) leadership. Columns: held, priority, node, leader_priority,
-        #: leader_node, leader_term.
-        self.survey = (
-            f"WITH h AS (SELECT EXISTS ({_CLAIM_HOLDER}) AS held),"
-            f"     l AS (SELECT node, priority, term FROM {leader}"
-            "           WHERE namespace = $1 AND NOT released)"
-            " SELECT h.held, b.priority, b.node, (SELECT priority FROM l) AS leader_priority,"
-            " (SELECT node FROM l) AS leader_node, (SELECT term FROM l) AS leader_term"
-            " FROM h LEFT JOIN LATERAL"
-            f" (SELECT m.priority, m.node FROM {member} m WHERE m.namespace = $1"
-            f"  AND {LIVE_MEMBER}"
-            "  AND NOT (h.held AND m.node IS NOT DISTINCT FROM (SELECT node FROM l))"
+        #: The survey of several groups at once (``$1``: text[] of namespaces; ``$2``,
+        #: ``$3``: bigint[], the halves of their claim keys), in the order given: whether
+        #: each group's claim is held, its best live candidate (not counting the recorded
+        #: leader while it holds the claim) and its recorded (unreleased) leadership. The
+        #: lock table is read once for all of them. Columns: namespace, held, priority,
+        #: node, leader_priority, leader_node, leader_term.
+        self.surveys = (
+            "WITH locks AS MATERIALIZED (SELECT classid::bigint AS classid,"
+            "  objid::bigint AS objid FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            "  AND mode = 'ExclusiveLock' AND objsubid = 1"
+            "  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())),"
+            " g AS (SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[])"
+            "  WITH ORDINALITY AS g(namespace, classid, objid, i))"
+            " SELECT g.namespace, h.held, b.priority, b.node, l.priority AS leader_priority,"
+            " l.node AS leader_node, l.term AS leader_term"
+            " FROM g CROSS JOIN LATERAL (SELECT EXISTS (SELECT FROM locks k"
+            "  WHERE k.classid = g.classid AND k.objid = g.objid) AS held) h"
+            f" LEFT JOIN LATERAL (SELECT node, priority, term FROM {leader}"
+            "  WHERE namespace = g.namespace AND NOT released) l ON true"
+            f" LEFT JOIN LATERAL (SELECT m.priority, m.node FROM {member} m"
+            f"  WHERE m.namespace = g.namespace AND {LIVE_MEMBER}"
+            "  AND NOT (h.held AND m.node IS NOT DISTINCT FROM l.node)"
             f"  ORDER BY {RANK_ORDER} LIMIT 1) b ON true"
+            " ORDER BY g.i"
+        )
+        #: Register this session as member ``$2`` of several groups at once (``$1``:
+        #: text[] of namespaces; ``$3``: int[], their priorities; host ``$4``, pid
+        #: ``$5``), dropping the members of those groups whose sessions are gone.
+        self.register_members = (
+            f"WITH gone AS (DELETE FROM {member} m WHERE m.namespace = ANY($1::text[])"
+            f" AND m.node <> $2 AND NOT {LIVE_MEMBER})\n"
+            f"INSERT INTO {member}"
+            " (namespace, node, priority, host, pid, backend_pid, backend_start, joined_at)"
+            " SELECT g.namespace, $2, g.priority, $4, $5, a.pid, a.backend_start,"
+            " clock_timestamp()"
+            " FROM unnest($1::text[], $3::int[]) AS g(namespace, priority)"
+            " CROSS JOIN pg_stat_activity a WHERE a.pid = pg_backend_pid()"
+            " ON CONFLICT (namespace, node) DO UPDATE SET priority = EXCLUDED.priority,"
+            " host = EXCLUDED.host, pid = EXCLUDED.pid, backend_pid = EXCLUDED.backend_pid,"
+            " backend_start = EXCLUDED.backend_start"
         )
         #: Whether node ``$2`` is a live member with priority ``$3``.
         self.is_member = (

@@ -176,14 +176,8 @@ class PostgresTransport(Transport):
         self._session = self._anchored = session
         self._node = node
         try:
-            await self._require().execute(
-                self._q.register_member,
-                self.namespace,
-                node,
-                self._member.priority,
-                self._member.host,
-                self._member.pid,
-            )
+            self._require()
+            await session.registrations((self.namespace, self._member.priority))
         except BaseException:
             self._session = None
             await session.leave(self)
@@ -562,8 +556,9 @@ class PostgresTransport(Transport):
     async def survey(
         self,
     ) -> tuple[bool, tuple[int, int] | None, tuple[int, int, int] | None]:
-        row = await self._require().fetchrow(self._q.survey, self.namespace, *self._key_halves)
-        assert row is not None
+        self._require()
+        assert self._session is not None
+        row = await self._session.surveys((self.namespace, self._key))
         best = None if row["node"] is None else (int(row["priority"]), int(row["node"]))
         held = bool(row["held"])
         leader = None

@@ -328,6 +328,10 @@ class Session:
         #: Claim locks to try, and terms to take, for several groups at once.
         self.claims = Batched(lambda: self.serial, "claiming", self._try_claims)
         self.terms = Batched(lambda: self.serial, "taking terms", self._take_terms)
+        #: Surveys and member registrations of several groups at once: many groups
+        #: joining, or losing the leader they share, cost a statement, not one each.
+        self.surveys = Batched(lambda: self.serial, "surveying", self._survey)
+        self.registrations = Batched(lambda: self.serial, "registering", self._register)
 
     def _extra(self, event: str) -> dict[str, object]:
         return {"notifelect_event": event, "notifelect_node": self.node}
@@ -765,6 +769,37 @@ class Session:
                     row["node"], row["term"], row["released"], row["lease"]
                 )
         return [recorded.get(namespace) for _, namespace in asks]
+
+    async def _survey(
+        self, conn: asyncpg.Connection[Any], asks: list[tuple[str, int]]
+    ) -> list[asyncpg.Record]:
+        """Survey the groups ``asks`` (namespace, claim key): one row each, in order."""
+        unique = list(dict.fromkeys(asks))
+        halves = [lock_halves(key) for _, key in unique]
+        rows = await conn.fetch(
+            self.queries.surveys,
+            [namespace for namespace, _ in unique],
+            [hi for hi, _ in halves],
+            [lo for _, lo in halves],
+        )
+        found = {row["namespace"]: row for row in rows}
+        return [found[namespace] for namespace, _ in asks]
+
+    async def _register(
+        self, conn: asyncpg.Connection[Any], asks: list[tuple[str, int]]
+    ) -> list[None]:
+        """Register this session as a member of the groups ``asks`` (namespace,
+        priority)."""
+        unique = dict(asks)
+        await conn.execute(
+            self.queries.register_members,
+            list(unique),
+            self.node,
+            list(unique.values()),
+            self._host,
+            self._pid,
+        )
+        return [None for _ in asks]
 
     async def _reconcile_claims(self, conn: asyncpg.Connection[Any], keys: list[int]) -> None:
         """Count among the held claims those of ``keys`` that this backend holds. If the

@@ -8,6 +8,7 @@ loop, standing in for two processes.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
@@ -25,6 +26,7 @@ from notifelect.schema import Names
 from notifelect.sql import ElectionQueries, lock_halves
 from notifelect.transport.base import Member
 from notifelect.transport.postgres import PostgresTransport
+from notifelect.transport.serial import Serial
 from notifelect.transport.session import Session, open_sessions
 from tests.support.waiting import eventually, until
 
@@ -683,3 +685,42 @@ async def test_the_election_runs_with_its_triggers_firing(dsn: str, namespace: s
             "SELECT changed IS NOT NULL FROM notifelect_leader WHERE namespace = $1", namespace
         )
         assert stamped
+
+
+@pytest.mark.timeout(120)
+async def test_many_groups_joining_at_once_cost_statements_per_session_not_per_group(
+    dsn: str, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two processes join the same 100 groups at once: their surveys and member
+    registrations run a statement per session (LISTEN stays one per group), so joining
+    costs about one call per group and process on the election connections, not three."""
+    calls: collections.Counter[str] = collections.Counter()
+    run = Serial.run
+
+    async def counted(self: Serial, what: str, *args: Any, **kwargs: Any) -> Any:
+        calls[what] += 1
+        return await run(self, what, *args, **kwargs)
+
+    monkeypatch.setattr(Serial, "run", counted)
+    names = [f"{namespace}-{i}" for i in range(100)]
+    async with AsyncExitStack() as stack:
+        groups = [
+            ElectionGroup(process(dsn, p), name, FAST) for p in ("p1", "p2") for name in names
+        ]
+        await asyncio.gather(*(g.__aenter__() for g in groups))
+        for g in groups:
+            stack.push_async_callback(g.close)
+        await until(
+            groups,
+            lambda: (
+                sum(g.is_leader for g in groups) == len(names)
+                and all(g.leader is not None for g in groups)
+            ),
+            timeout=60,
+            what="one leader per group",
+        )
+        joined = sum(calls.values()) - calls["a renewal"]
+        print(f"\nFIGURES 2 processes x {len(names)} groups joined: {dict(calls)}")
+        assert calls["LISTEN"] == 2 * len(names)
+        # Unbatched, the surveys and registrations alone were 400 calls more.
+        assert joined < 2 * len(names) + 50, calls
