@@ -399,7 +399,7 @@ def _postgres_transport(engine: Any, settings: Settings, member: Member) -> Tran
     from .transport.connect import connector_for
     from .transport.postgres import PostgresTransport
 
-    connect, borrowed = connector_for(engine)
+    connect, borrowed = connector_for(engine, host_timeout=settings.host_timeout)
     return PostgresTransport(
         namespace=settings.namespace,
         names=settings.names,
