@@ -30,6 +30,7 @@ import contextlib
 import dataclasses
 import enum
 import logging
+import math
 import random
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -163,6 +164,10 @@ class Driver:
         )
         self._last_warning = 0.0
         self._warned_count = 0
+        #: While the loop waits to reconnect or tries to: nothing is held then, so a stop
+        #: cuts the attempt (or the wait before the next one) short.
+        self._reconnecting = False
+        self._reconnect_warned_at = -math.inf
         cfg = settings
         self.config = protocol.Config(
             election_timeout=cfg.election_timeout,
@@ -303,7 +308,12 @@ class Driver:
         self.closing = True
         task = self._task
         try:
-            if task is not None and not task.done():
+            if task is not None and not task.done() and self._reconnecting:
+                # Nothing to resign or hand over: a connect attempt, or the backoff before
+                # the next one, would only delay the stop (by seconds per group).
+                task.cancel()
+                await asyncio.wait([task])
+            elif task is not None and not task.done():
                 self._inbox.put(_Control.STOP)
                 try:
                     async with asyncio.timeout(self.close_bound):
@@ -873,12 +883,21 @@ class Driver:
         self.transport.abort()
         # Leader work has stopped: only now let the anchor go (see the module docstring).
         self.transport.release_anchor()
+        lost_at = now()
+        failed = 0
+        self._reconnect_warned_at = -math.inf  # a new outage is said at its first failure
+        self._reconnecting = True
         try:
             async for attempt in retrying(self.settings.retry):
                 with attempt:
                     if self.closing:
                         return False
-                    await self.open()
+                    try:
+                        await self.open()
+                    except Exception as exc:
+                        failed += 1
+                        self._reconnect_failed(failed, now() - lost_at, exc)
+                        raise
                     self.stats["reconnects"] += 1
         except Exception as exc:
             self.failure = exc
@@ -891,7 +910,27 @@ class Driver:
             )
             self._on_change()
             return False
+        finally:
+            self._reconnecting = False
         return True
+
+    def _reconnect_failed(self, attempts: int, since: float, exc: BaseException) -> None:
+        """Say that reconnecting fails: at the first failure after a loss, then at most
+        every ``_WARN_EVERY`` s while it goes on."""
+        self.stats["reconnect_failures"] += 1
+        t = now()
+        if t - self._reconnect_warned_at < _WARN_EVERY:
+            return
+        self._reconnect_warned_at = t
+        log.warning(
+            "group %r cannot reconnect: %d attempt(s) failed in %.1fs since its connection "
+            "was lost; still retrying; latest: %r",
+            self.name,
+            attempts,
+            since,
+            exc,
+            extra=self._extra("reconnect_failing", attempts=attempts, error=repr(exc)),
+        )
 
     # ------------------------------------------------------------ calls
 

@@ -60,10 +60,11 @@ class ElectionGroup:
     ``engine`` is a SQLAlchemy ``AsyncEngine`` on the asyncpg driver, a DSN string, or an
     asyncpg connection (borrowed: never closed, and it serves one member of each group,
     with the same settings; if the connection itself is lost the group cannot reconnect).
-    Otherwise the group takes dedicated connections from the engine (detached from its
-    pool, so LISTEN and locks never leak back into it): the election connection, the
-    node's anchor (an idle session whose end tells a standby the process is gone) and,
-    while it is the standby, a watcher.
+    Otherwise the group opens dedicated connections as the engine (or DSN) says, never
+    taken from or returned to the engine's pool, so LISTEN and locks never leak into it:
+    the election connection, the node's anchor (an idle session whose end tells a standby
+    the process is gone) and, while it is the standby, a watcher. Several hosts in the URL
+    are tried one at a time, each within ``Settings.connect_timeout``.
 
     ``async with group:`` returns once the node is connected, listening and has its id; the
     election then runs in the background. Leaving the block resigns (leader work is
@@ -391,7 +392,7 @@ def _postgres_transport(engine: Any, settings: Settings, member: Member) -> Tran
     from .transport.connect import connector_for
     from .transport.postgres import PostgresTransport
 
-    connect, borrowed = connector_for(engine)
+    connect, borrowed = connector_for(engine, host_timeout=settings.host_timeout)
     return PostgresTransport(
         namespace=settings.namespace,
         names=settings.names,

@@ -59,6 +59,10 @@ COUNTERS = {
         " (a silent claim holder, or a guarded transaction holding the old term).",
     ),
     "notifelect_reconnects": ("reconnects", "Reconnections after a lost connection."),
+    "notifelect_reconnect_failures": (
+        "reconnect_failures",
+        "Attempts to reconnect after a lost connection that failed.",
+    ),
     "notifelect_messages_received": ("received", "Notifications read on the channel."),
     "notifelect_messages_dropped": ("dropped", "Messages dropped (junk, forged, unverified)."),
 }

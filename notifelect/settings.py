@@ -100,6 +100,12 @@ class Settings:
       turns on the fast crash path: the standby takes over from a crashed leader in
       milliseconds, assuming nobody terminates a leader's anchor session while its
       network path is half-open (see the failure semantics).
+    - ``connect_timeout``: how long connecting to one host may take (TCP, TLS, login and
+      the ``target_session_attrs`` check), per host of a multi-host URL, so that a host
+      that does not answer at all costs at most this before the next one is tried.
+      Default (None): half of :attr:`io_timeout` (1 s at the defaults). Raise it for a
+      slow path to the database (TLS over a long distance); a host that cannot be reached
+      within it is never used.
     - ``prefix``: prefix of every database object name (default ``$NOTIFELECT_PREFIX``).
     - ``retry``: reconnect policy.
     - ``secret``: optional shared secret (at least 16 bytes; str is encoded as UTF-8). When
@@ -123,6 +129,7 @@ class Settings:
     callback_timeout: float = 10.0
     fence: bool = True
     strict_takeover: bool = True
+    connect_timeout: float | None = None
     prefix: str | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     secret: bytes | str | None = field(default=None, repr=False)
@@ -145,8 +152,9 @@ class Settings:
             )
         for name in ("finish_timeout", "callback_timeout"):
             _positive(name, getattr(self, name))
-        if self.join_holdoff is not None:
-            _positive("join_holdoff", self.join_holdoff)
+        for name in ("join_holdoff", "connect_timeout"):
+            if getattr(self, name) is not None:
+                _positive(name, getattr(self, name))
         for name in ("fence", "strict_takeover"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigurationError(
@@ -198,6 +206,13 @@ class Settings:
         """The bound of every database call of the election (the longer of lease and
         leader_timeout): a call that takes longer counts as a lost connection."""
         return max(self.lease, self.leader_timeout)
+
+    @property
+    def host_timeout(self) -> float:
+        """How long connecting to one host may take (``connect_timeout``, or half of
+        :attr:`io_timeout`: a server that needs longer only to let the election in could
+        not answer its calls in time either, and two hosts fit in one ``io_timeout``)."""
+        return self.io_timeout / 2 if self.connect_timeout is None else self.connect_timeout
 
     @property
     def coordinator_wait(self) -> float:

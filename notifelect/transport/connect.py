@@ -3,21 +3,29 @@
 Connections made here carry an ``application_name`` so that an election's sessions can be
 told apart in ``pg_stat_activity``: the one the user configured (in the DSN's query, the
 engine's ``connect_args``/URL, or ``$PGAPPNAME``), else :data:`APPLICATION_NAME`. A
-borrowed asyncpg connection is left as it is.
+borrowed asyncpg connection is left as it is. Which host a connection goes to, and how
+long each may take, is :mod:`.hosts`'s business.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import os
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import parse_qsl
 
 import asyncpg
+from asyncpg.connect_utils import SessionAttribute
 
 from ..errors import ConfigurationError, ConnectionLimitError
+from .hosts import Address, HostOrder, addresses, parse_hostspec, split_dsn, target_of
 
 Connect = Callable[[], Awaitable["asyncpg.Connection[Any]"]]
+
+#: How long connecting to one host may take unless the settings say otherwise (see
+#: ``Settings.connect_timeout``).
+DEFAULT_HOST_TIMEOUT = 1.0
 
 _ASYNC_HINT = (
     "use a SQLAlchemy AsyncEngine on the asyncpg driver, e.g. "
@@ -41,17 +49,23 @@ def session_name(kind: str, node: int) -> str:
 
 
 def connector_for(
-    engine: Any, *, application_name: str = APPLICATION_NAME
+    engine: Any,
+    *,
+    application_name: str = APPLICATION_NAME,
+    host_timeout: float = DEFAULT_HOST_TIMEOUT,
 ) -> tuple[Connect | None, asyncpg.Connection[Any] | None]:
     """Return (connect, borrowed): a factory of dedicated connections, or a borrowed one.
 
     Dedicated connections get ``application_name`` when neither the DSN or engine nor
-    ``$PGAPPNAME`` sets one.
+    ``$PGAPPNAME`` sets one. They go to the hosts of the DSN or engine one at a time, each
+    within ``host_timeout`` seconds, skipping a host that is not what
+    ``target_session_attrs`` asks for (default ``read-write``): see :mod:`.hosts`. A
+    connection being opened is given up at once if its caller is cancelled.
     """
     if isinstance(engine, asyncpg.Connection):
         return None, engine
     if isinstance(engine, str):
-        return _dsn_connector(engine, application_name), None
+        return _DsnConnector(engine, application_name, host_timeout), None
     try:
         from sqlalchemy.engine import Engine
         from sqlalchemy.ext.asyncio import AsyncEngine
@@ -68,8 +82,14 @@ def connector_for(
                 f"ElectionGroup needs PostgreSQL through asyncpg, got an AsyncEngine for "
                 f"{engine.url.drivername!r}; {_ASYNC_HINT}"
             )
-        return _engine_connector(engine, application_name), None
+        return _EngineConnector(engine, application_name, host_timeout), None
     raise ConfigurationError(f"ElectionGroup cannot use a {type(engine).__name__}; {_ASYNC_HINT}")
+
+
+def connect_bound(connect: Connect | None) -> float:
+    """The longest one call of ``connect`` takes by its own per-host bounds (0 if it does
+    not say)."""
+    return float(getattr(connect, "bound", 0.0))
 
 
 def _default_name(application_name: str) -> str:
@@ -110,58 +130,174 @@ def _observe_lost_ssl_probes() -> None:
 _observe_lost_ssl_probes()
 
 
-def _dsn_connector(dsn: str, application_name: str) -> Connect:
-    scheme, sep, rest = dsn.partition("://")
-    if not sep:
-        raise ConfigurationError(f"not a DSN: {dsn!r}; expected postgresql://user@host/db")
-    base, _, driver = scheme.partition("+")
-    if base not in ("postgresql", "postgres") or driver not in ("", "asyncpg"):
-        raise ConfigurationError(
-            f"ElectionGroup needs a PostgreSQL DSN for asyncpg, got scheme {scheme!r}; "
-            f"{_ASYNC_HINT}"
+class _DsnConnector:
+    """Dedicated connections from a DSN, one host at a time (see :mod:`.hosts`)."""
+
+    def __init__(self, dsn: str, application_name: str, host_timeout: float) -> None:
+        scheme, sep, _ = dsn.partition("://")
+        if not sep:
+            raise ConfigurationError(f"not a DSN: {dsn!r}; expected postgresql://user@host/db")
+        base, _, driver = scheme.partition("+")
+        if base not in ("postgresql", "postgres") or driver not in ("", "asyncpg"):
+            raise ConfigurationError(
+                f"ElectionGroup needs a PostgreSQL DSN for asyncpg, got scheme {scheme!r}; "
+                f"{_ASYNC_HINT}"
+            )
+        split = split_dsn(dsn)
+        self._rest = split.rest
+        self._hosts = split.hosts
+        self._order = HostOrder(host_timeout, target_of(split.target))
+        self._settings = (
+            None
+            if "application_name" in split.query
+            else {"application_name": _default_name(application_name)}
         )
-    plain = f"postgresql://{rest}"
-    query = dict(parse_qsl(rest.partition("?")[2]))
-    settings = (
-        None
-        if "application_name" in query
-        else {"application_name": _default_name(application_name)}
-    )
+        #: The longest one call takes: every host tried, each within its budget.
+        self.bound = max(1, len(self._hosts)) * host_timeout
 
-    async def connect() -> asyncpg.Connection[Any]:
+    async def _attempt(self, address: Address | None) -> asyncpg.Connection[Any]:
+        return await asyncpg.connect(
+            self._rest,
+            host=None if address is None else address.host,
+            port=None if address is None else address.port,
+            server_settings=self._settings,
+            timeout=self._order.budget,
+            target_session_attrs=SessionAttribute(self._order.target),
+        )
+
+    async def __call__(self) -> asyncpg.Connection[Any]:
         try:
-            return await asyncpg.connect(plain, server_settings=settings)
+            return await self._order.connect(self._hosts, self._attempt)
         except Exception as exc:
             _raise_if_full(exc)
             raise
 
-    return connect
+
+#: The election connection an :class:`_EngineConnector` is opening in this task, if any
+#: (read by its ``do_connect`` listener, which SQLAlchemy runs in the same context).
+_OPENING: contextvars.ContextVar[_EngineAttempt | None] = contextvars.ContextVar(
+    "notifelect_opening", default=None
+)
 
 
-def _engine_connector(engine: Any, application_name: str) -> Connect:
-    async def connect() -> asyncpg.Connection[Any]:
-        # A connection from the engine's pool honours its URL, connect_args and connect
-        # events; detaching it means it is closed by us and never returned to the pool
-        # with our LISTEN or advisory lock on it, and frees its slot in the pool.
+class _EngineAttempt:
+    """One election connection being opened through an engine's own connect path."""
+
+    def __init__(self, order: HostOrder) -> None:
+        self.order = order
+        self.made: asyncpg.Connection[Any] | None = None
+
+    def take_over(self, cparams: dict[str, Any]) -> None:
+        """Make the engine's connect call go through :meth:`each_host` (from its
+        ``do_connect`` event: ``cparams`` are the arguments it is about to use)."""
+        original = cparams.get("async_creator_fn", asyncpg.connect)
+
+        async def each_host(*args: Any, **kwargs: Any) -> asyncpg.Connection[Any]:
+            return await self.each_host(original, args, kwargs)
+
+        cparams["async_creator_fn"] = each_host
+
+    async def each_host(
+        self, original: Callable[..., Awaitable[Any]], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> asyncpg.Connection[Any]:
+        order = self.order
+        target = target_of(kwargs.get("target_session_attrs"))
+        where = "the engine's URL or connect_args"
+        hosts = addresses(
+            [h for spec in _listed(kwargs.get("host")) for h in parse_hostspec(spec, where)],
+            [int(p) for spec in _listed(kwargs.get("port")) for p in spec.split(",") if p],
+            where,
+        )
+        timeout = kwargs.get("timeout")
+        budget = order.budget if timeout is None else min(float(timeout), order.budget)
+
+        async def attempt(address: Address | None) -> asyncpg.Connection[Any]:
+            chosen = dict(kwargs, timeout=budget, target_session_attrs=target)
+            if address is not None:
+                chosen.update(host=address.host, port=address.port)
+            conn: asyncpg.Connection[Any] = await original(*args, **chosen)
+            return conn
+
+        order.target = target
+        self.made = await order.connect(hosts, attempt)
+        return self.made
+
+    def discard(self) -> None:
+        """Drop the connection made, if the engine did not hand it over."""
+        if self.made is not None and not self.made.is_closed():
+            self.made.terminate()
+
+
+def _listed(value: object) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, list | tuple):
+        return [str(v) for v in value if v is not None]
+    return [str(value)]
+
+
+def _on_do_connect(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> None:
+    attempt = _OPENING.get()
+    if attempt is not None:
+        attempt.take_over(cparams)
+
+
+class _EngineConnector:
+    """Dedicated connections through an AsyncEngine's own connect path, one host at a time.
+
+    Why this way: the connection must be what the engine would make (its URL, its
+    ``connect_args``, its ``do_connect`` listeners that supply a password or a token, its
+    ``connect`` listeners), yet go to one host at a time within a budget of its own, and
+    never come from or go back to the engine's pool. So a fresh copy of the pool
+    (``Pool.recreate()``: the same connect function and events, nothing pooled) makes each
+    connection, and a ``do_connect`` listener on the engine, active only while this
+    connector opens one, routes the engine's final arguments through :mod:`.hosts`. An
+    engine made with ``creator``/``async_creator`` connects as its creator says (whose
+    hosts the election cannot see), bounded only by the session's own open timeout.
+    """
+
+    def __init__(self, engine: Any, application_name: str, host_timeout: float) -> None:
+        from sqlalchemy import event
+
+        self._engine = engine
+        self._name = application_name
+        target = target_of(engine.url.query.get("target_session_attrs"))
+        self._order = HostOrder(host_timeout, target)
+        sync = engine.sync_engine
+        if not event.contains(sync, "do_connect", _on_do_connect):
+            event.listen(sync, "do_connect", _on_do_connect)
+        _, cparams = engine.dialect.create_connect_args(engine.url)
+        #: The longest one call takes, as far as the URL shows its hosts.
+        self.bound = max(1, len(_listed(cparams.get("host")))) * host_timeout
+
+    async def __call__(self) -> asyncpg.Connection[Any]:
+        from sqlalchemy.util import greenlet_spawn
+
+        attempt = _EngineAttempt(self._order)
+        opening = _OPENING.set(attempt)
         try:
-            fairy = await engine.raw_connection()
-        except Exception as exc:
-            _raise_if_full(exc)
+            pool = self._engine.sync_engine.pool.recreate()
+            fairy = await greenlet_spawn(pool.connect)
+        except BaseException as exc:
+            attempt.discard()
+            if isinstance(exc, Exception):
+                _raise_if_full(exc)
             raise
+        finally:
+            _OPENING.reset(opening)
         conn: asyncpg.Connection[Any] = fairy.driver_connection
-        fairy.detach()
+        fairy.detach()  # ours to close; never returned to a pool
         try:
             if not conn.get_settings().application_name:
                 # The engine's URL and connect_args named none: a plain SET (no prepared
                 # statement), once per dedicated connection.
-                name = _default_name(application_name).replace("'", "''")
-                await conn.execute(f"SET application_name = '{name}'")
+                name = _default_name(self._name).replace("'", "''")
+                async with asyncio.timeout(self._order.budget):
+                    await conn.execute(f"SET application_name = '{name}'")
         except BaseException:
             conn.terminate()
             raise
         return conn
-
-    return connect
 
 
 def _raise_if_full(exc: BaseException) -> None:

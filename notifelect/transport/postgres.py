@@ -243,6 +243,12 @@ class PostgresTransport(Transport):
         session, self._session = self._session, None
         self._on_payload = None
         if session is None:
+            leaving, self._leaving = self._leaving, None
+            if leaving is not None:
+                # A lost membership is still being given back on the shared session
+                # (bounded): it must not outlive the group that closes.
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(leaving)
             self.release_anchor()
             return
         leaving = asyncio.ensure_future(self._leave(session))

@@ -42,7 +42,7 @@ from ..schema import Names
 from ..schema_check import check_schema
 from ..sql import TICK_LEADER, ElectionQueries, lock_halves
 from .base import Freed, LeaderRecord, TransportError
-from .connect import ANCHOR_NAME, APPLICATION_NAME, WATCHER_NAME, session_name
+from .connect import ANCHOR_NAME, APPLICATION_NAME, WATCHER_NAME, connect_bound, session_name
 from .serial import Batched, Serial, retrieve
 
 log = logging.getLogger(__name__)
@@ -361,9 +361,15 @@ class Session:
         try:
             if self._opening is None:
                 self._opening = asyncio.ensure_future(self._open())
+                self._opening.add_done_callback(retrieve)  # its groups get its outcome
             await asyncio.shield(self._opening)
         except BaseException:
             self.forget(group)
+            opening = self._opening
+            if opening is not None and not opening.done() and not self._groups:
+                # Nobody waits for it any more (every group that asked was closed or gave
+                # up): stop connecting at once rather than within the open's bound.
+                opening.cancel()
             raise
         if not self.usable:
             self.forget(group)
@@ -432,15 +438,15 @@ class Session:
     # ------------------------------------------------------------ opening
 
     async def _open(self) -> None:
+        # Connecting may try every host (each within its own budget) once; the connections
+        # after the first go to the host that accepted it.
+        bound = self.timing.io_timeout + PROBE_TIMEOUT + connect_bound(self._connect)
         try:
-            async with asyncio.timeout(self.timing.io_timeout + PROBE_TIMEOUT):
+            async with asyncio.timeout(bound):
                 await self._connect_all()
         except TimeoutError as exc:
-            self._fail(f"connecting took over {self.timing.io_timeout + PROBE_TIMEOUT:g}s")
-            raise TransportError(
-                "connecting the election session took over "
-                f"{self.timing.io_timeout + PROBE_TIMEOUT:g}s"
-            ) from exc
+            self._fail(f"connecting took over {bound:g}s")
+            raise TransportError(f"connecting the election session took over {bound:g}s") from exc
         except BaseException as exc:
             self._fail(repr(exc))
             raise

@@ -61,10 +61,13 @@ class Timing:
     #: Groups each node joins besides the one under test, on the same engine (so on the
     #: same election session): their fenced writes are checked as well.
     extra_groups: int = 2
+    #: The longest wait between reconnect attempts (RetryPolicy.maximum).
+    retry_maximum: float = 0.5
 
     def argv(self) -> list[str]:
         return [
             "--extra-groups", str(self.extra_groups),
+            "--retry-maximum", str(self.retry_maximum),
             "--interval", str(self.interval),
             "--election-timeout", str(self.election_timeout),
             "--lease", str(self.lease),
@@ -189,14 +192,22 @@ class Cluster:
         return urlunsplit(parts._replace(netloc=netloc))
 
     async def spawn(
-        self, count: int = 1, *, proxied: bool = False, extra: tuple[str, ...] = ()
+        self,
+        count: int = 1,
+        *,
+        proxied: bool = False,
+        extra: tuple[str, ...] = (),
+        dsn: str | None = None,
     ) -> list[NodeProcess]:
-        """Start ``count`` node processes; return once each has joined the group."""
+        """Start ``count`` node processes; return once each has joined the group. They
+        connect to ``dsn`` if given (several servers, a proxy of the test's own), else to
+        the server, through a proxy of their own if ``proxied``."""
         started = []
+        given = dsn
         for _ in range(count):
             proxy = None
-            dsn = self.server.dsn
-            if proxied:
+            dsn = given or self.server.dsn
+            if proxied and given is None:
                 proxy = await FaultProxy("127.0.0.1", self.server.port).start()
                 self.proxies.append(proxy)
                 dsn = self._proxied_dsn(proxy.port)

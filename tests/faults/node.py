@@ -14,7 +14,7 @@ checked that its leadership is valid), ``call_start`` / ``call_end`` (a long lea
 call), ``deposed``, ``exec`` (a committed execution), ``refused`` (the guard said no: ``lease``
 = the local lease check, ``stale`` = the database term moved on), ``error`` (the job's
 database work failed), ``probe`` (a write attempted with a lost leadership's term, see
-below) and ``exit``.
+below), ``left`` (every group closed, after SIGTERM) and ``exit``.
 
 After losing leadership other than by its own exit, the node keeps trying to write with
 its old term through the database half of the guard alone (as a leader whose local lease
@@ -45,6 +45,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import asyncpg
+from asyncpg.connect_utils import SessionAttribute
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -59,6 +61,7 @@ from notifelect import (
     current_leadership,
 )
 from notifelect.fencing import check_term
+from notifelect.transport.hosts import Address, HostOrder, split_dsn, target_of
 from tests.support.servers import sqlalchemy_url
 
 AUDIT_TABLE = "fault_audit"
@@ -130,11 +133,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lease", type=float, default=0.5)
     p.add_argument("--leader-timeout", type=float, default=0.5)
     p.add_argument("--job-period", type=float, default=0.05)
+    p.add_argument("--retry-maximum", type=float, default=0.5)
     p.add_argument("--work", type=float, default=0.01)
     p.add_argument("--act-period", type=float, default=0.01)
     p.add_argument("--finish-call", type=float, default=0.0)
     p.add_argument("--thread-call", type=float, default=0.0)
     p.add_argument("--suspend-file", type=Path, default=None)
+    p.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=5.0,
+        help="how long the job's engine may take to connect (asyncpg's timeout: for all the "
+        "hosts of its URL together); the election's own connections use connect_timeout",
+    )
+    p.add_argument(
+        "--election-connect-timeout",
+        type=float,
+        default=None,
+        help="Settings.connect_timeout (default: half of io_timeout)",
+    )
     p.add_argument(
         "--idle-in-transaction-ms",
         type=int,
@@ -150,23 +167,60 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def engines(args: argparse.Namespace) -> tuple[AsyncEngine, AsyncEngine]:
+    """The engine the groups join on (made from the URL, as an application's is), and the
+    engine of the node's own work (the job, the probes): the same one, unless the URL
+    lists several hosts.
+
+    With several hosts the work's connections go to one host at a time, each within
+    ``--connect-timeout``, as the election's own do: asyncpg's timeout covers all of
+    them together, so a silent first host would leave the job without a connection.
+    """
+    connect_args: dict[str, Any] = {
+        "ssl": False,
+        "timeout": args.connect_timeout,
+        "command_timeout": 5,
+        "server_settings": {
+            "idle_in_transaction_session_timeout": str(args.idle_in_transaction_ms)
+        },
+    }
+    election = create_async_engine(
+        sqlalchemy_url(args.dsn),
+        pool_size=2,
+        max_overflow=2,
+        pool_pre_ping=False,
+        connect_args=connect_args,
+    )
+    split = split_dsn(args.dsn)
+    if len(split.hosts) < 2:
+        return election, election
+    order = HostOrder(args.connect_timeout, target_of(split.target))
+
+    async def each_host() -> Any:
+        async def attempt(address: Address | None) -> Any:
+            assert address is not None
+            target = SessionAttribute(order.target)
+            return await asyncpg.connect(
+                split.rest, host=address.host, port=address.port,
+                target_session_attrs=target, **connect_args,
+            )  # fmt: skip
+
+        return await order.connect(split.hosts, attempt)
+
+    work = create_async_engine(
+        sqlalchemy_url(args.dsn),
+        pool_size=2,
+        max_overflow=2,
+        pool_pre_ping=True,  # a pooled connection may lead to the old primary
+        async_creator=each_host,
+    )
+    return election, work
+
+
 class Node:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.engine: AsyncEngine = create_async_engine(
-            sqlalchemy_url(args.dsn),
-            pool_size=2,
-            max_overflow=2,
-            pool_pre_ping=False,
-            connect_args={
-                "ssl": False,
-                "timeout": 5,
-                "command_timeout": 5,
-                "server_settings": {
-                    "idle_in_transaction_session_timeout": str(args.idle_in_transaction_ms)
-                },
-            },
-        )
+        self.election_engine, self.engine = engines(args)
         settings = Settings(
             namespace=args.namespace,
             election_interval=args.interval,
@@ -174,12 +228,13 @@ class Node:
             lease=args.lease,
             leader_timeout=args.leader_timeout,
             priority=args.priority,
-            retry=RetryPolicy(initial=0.05, maximum=0.5, jitter=0.05),
+            connect_timeout=args.election_connect_timeout,
+            retry=RetryPolicy(initial=0.05, maximum=args.retry_maximum, jitter=0.05),
         )
-        self.group = ElectionGroup(self.engine, settings=settings)
+        self.group = ElectionGroup(self.election_engine, settings=settings)
         self.extras = [
             ElectionGroup(
-                self.engine,
+                self.election_engine,
                 settings=settings.replace(namespace=extra_namespace(args.namespace, i)),
             )
             for i in range(args.extra_groups)
@@ -343,12 +398,17 @@ class Node:
                 self.stopping = True
                 for task in list(self.probes):
                     task.cancel()
+            emit("left", node=self.group.node)
         finally:
             for task in list(self.probes):
                 task.cancel()
                 with contextlib.suppress(BaseException):
                     await task
-            await self.engine.dispose()
+            # Closing a pooled connection waits for the server's goodbye, which never comes
+            # over a black-holed path: bounded, then the process ends anyway.
+            for engine in {self.election_engine, self.engine}:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(engine.dispose(), 2)
         emit("exit", node=self.group.node)
 
 

@@ -5,7 +5,9 @@ open or new):
 
 * ``pass``: forward bytes both ways.
 * ``blackhole``: accept and hold every byte in both directions and never close either side,
-  like a network path that silently drops packets. End-of-stream is held too. Switching
+  like a network path that silently drops packets. End-of-stream is held too. A connection
+  accepted meanwhile is not passed on (not even to a server that is gone): its client
+  waits for an answer that never comes, as for a host that drops every packet. Switching
   back to ``pass`` delivers what was held (as TCP retransmission would after a partition
   heals), then forwards normally.
 * ``blackhole_replies``: forward what the client sends, hold what the server sends: a path
@@ -22,6 +24,9 @@ open or new):
 Server-to-client traffic is parsed into protocol messages to act on notifications; a
 connection that negotiates TLS is forwarded unparsed (notification modes then do nothing),
 so clients should connect with TLS disabled (asyncpg: ``ssl=False``).
+
+:meth:`FaultProxy.repoint` sends new connections to another server, as a DNS name or a
+floating address moved to a new primary does; open connections stay where they are.
 """
 
 from __future__ import annotations
@@ -168,6 +173,9 @@ class FaultProxy:
         self._server: asyncio.Server | None = None
         self._pipes: set[_Pipe] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._unblocked = asyncio.Event()
+        self._unblocked.set()
+        self._closing = False
 
     @property
     def port(self) -> int:
@@ -191,11 +199,20 @@ class FaultProxy:
         if delay is not None:
             self.delay = delay
         self.stats.modes.append(self.mode.value)
+        if self.mode is Mode.BLACKHOLE:
+            self._unblocked.clear()
+        else:
+            self._unblocked.set()
         for pipe in list(self._pipes):
             if not pipe.holding:
                 pipe.flush()
 
+    def repoint(self, upstream_host: str, upstream_port: int) -> None:
+        """Send new connections to ``upstream_host:upstream_port`` from now on."""
+        self.upstream = (upstream_host, upstream_port)
+
     async def close(self) -> None:
+        self._closing = True
         if self._server is not None:
             self._server.close()
         for pipe in list(self._pipes):
@@ -217,12 +234,19 @@ class FaultProxy:
             await self._serve(reader, writer)
         except (OSError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            # Only close() cancels these tasks, and awaits them: ending quietly keeps
+            # asyncio's server from logging the cancellation as an error in its callback.
+            if task.cancelling() and not self._closing:
+                raise
         finally:
             self._tasks.discard(task)
             with contextlib.suppress(Exception):
                 writer.close()
 
     async def _serve(self, c_reader: asyncio.StreamReader, c_writer: asyncio.StreamWriter) -> None:
+        # A black-holed path lets nothing through, not even a refusal from a dead server.
+        await self._unblocked.wait()
         s_reader, s_writer = await asyncio.open_connection(*self.upstream)
         to_client = _Pipe(self, c_writer, parse=True)
         to_server = _Pipe(self, s_writer, parse=False)

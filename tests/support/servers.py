@@ -33,10 +33,17 @@ def with_database(dsn: str, database: str) -> str:
 
 
 def sqlalchemy_url(dsn: str) -> str:
-    """A SQLAlchemy URL for the asyncpg driver from a libpq-style DSN."""
+    """A SQLAlchemy URL for the asyncpg driver from a libpq-style DSN (several hosts as
+    repeated ``host=h:p`` parameters, as SQLAlchemy writes them)."""
     parts = urlsplit(dsn)
-    query = dict(parse_qsl(parts.query))
+    query = parse_qsl(parts.query)
     return urlunsplit(parts._replace(scheme="postgresql+asyncpg", query=urlencode(query)))
+
+
+def multi_host_dsn(user: str, database: str, ports: list[int], **params: str) -> str:
+    """A DSN listing several servers of 127.0.0.1, in the form SQLAlchemy reads too."""
+    query = [("host", f"127.0.0.1:{port}") for port in ports] + list(params.items())
+    return f"postgresql://{user}@/{database}?{urlencode(query)}"
 
 
 def free_port() -> int:
@@ -115,13 +122,18 @@ def _run_as() -> dict[str, Any]:
 
 
 class ThrowawayPostgres:
-    """A private PostgreSQL on 127.0.0.1:<free port>; trust auth, superuser ``postgres``."""
+    """A private PostgreSQL on 127.0.0.1:<free port>; trust auth, superuser ``postgres``.
 
-    def __init__(self, root: Path | None = None) -> None:
+    :meth:`replicate` makes a hot standby of it (streaming replication), which
+    :meth:`promote` turns into a primary: a database failover, as PostgreSQL's own HA
+    (Patroni, managed services) performs one.
+    """
+
+    def __init__(self, root: Path | None = None, port: int | None = None) -> None:
         self.root = Path(root or tempfile.mkdtemp(prefix="notifelect-pg-"))
         self.root.chmod(0o777)
         self.data = self.root / "data"
-        self.port = free_port()
+        self.port = port or free_port()
         self.log = self.root / "postgres.log"
         self._bin = _bin_dir()
         self._as = _run_as()
@@ -177,6 +189,38 @@ class ThrowawayPostgres:
             with contextlib.suppress(ProcessLookupError, ValueError):
                 os.kill(int(pid), signal.SIGKILL)
         self._ctl("-w", "-t", "30", "stop", "-m", "immediate", check=False)
+
+    def replicate(self, port: int | None = None) -> ThrowawayPostgres:
+        """Start a hot standby of this server (on ``port``, or a free one) and return it.
+
+        A base backup (``pg_basebackup -R``: ``standby.signal`` and a ``primary_conninfo``
+        naming this server), streaming asynchronously until :meth:`synchronous` says
+        otherwise. The standby is configured to serve as a primary once promoted: no
+        synchronous standby of its own.
+        """
+        replica = ThrowawayPostgres(port=port)
+        subprocess.run(
+            [str(self._bin / "pg_basebackup"), "-h", "127.0.0.1", "-p", str(self.port),
+             "-U", "postgres", "-D", str(replica.data), "-X", "stream", "-R",
+             "--checkpoint=fast", "--no-sync"],
+            check=True, capture_output=True, text=True, timeout=120, **self._as,
+        )  # fmt: skip
+        with open(replica.data / "postgresql.conf", "a") as conf:
+            conf.write(
+                f"\nport = {replica.port}\nunix_socket_directories = '{replica.root}'\n"
+                "synchronous_standby_names = ''\nsynchronous_commit = off\n"
+            )
+        return replica.start()
+
+    def synchronous(self, standbys: str = "*") -> None:
+        """Make every commit wait for a standby named by ``standbys`` (reloaded at once)."""
+        with open(self.data / "postgresql.conf", "a") as conf:
+            conf.write(f"\nsynchronous_standby_names = '{standbys}'\nsynchronous_commit = on\n")
+        self._ctl("reload")
+
+    def promote(self) -> None:
+        """Turn this standby into a primary; returns once it accepts writes."""
+        self._ctl("-w", "-t", "60", "promote")
 
     def restart(self, mode: str = "fast") -> None:
         self.stop(mode)
