@@ -119,7 +119,9 @@ async def lease_bounded(leadership: Lease, engine: AsyncEngine) -> AsyncIterator
                     yield conn
             finally:
                 follow.cancel()
-    except BaseException as exc:
+    except asyncio.CancelledError:
+        raise  # the caller's own cancellation (the deadline's comes out as TimeoutError)
+    except Exception as exc:
         if bound.lapsed:  # whatever the block saw of it, the lease ended first
             raise NotLeaderError(bound.message()) from exc
         raise
@@ -134,15 +136,19 @@ class _Bound:
         self.deadline = asyncio.timeout(None)
         self.driver: Any = None  # the driver's connection, once checked out
         self.lapsed = False
+        self.committing = False  # the COMMIT was sent
 
     def message(self) -> str:
         ls = self.leadership
         why = ls.ended_reason or "its lease ran out"
-        return (
-            f"leadership term {ls.term} of group {ls.namespace!r} ended while its transaction"
-            f" ran ({why}); the transaction's connection was dropped, nothing of it was"
-            " committed"
-        )
+        head = f"leadership term {ls.term} of group {ls.namespace!r} ended while its transaction"
+        if self.committing:
+            return (
+                f"{head} was committing ({why}): the connection was dropped and the outcome of"
+                f" the COMMIT is unknown; if it committed, it did so under term {ls.term},"
+                " before any newer term"
+            )
+        return f"{head} ran ({why}); the connection was dropped, nothing of it was committed"
 
     async def follow(self) -> None:
         """At the end of the lease (it moves with every renewal, and comes at once when
@@ -155,19 +161,34 @@ class _Bound:
             if remaining <= 0:
                 break
             await asyncio.sleep(min(remaining, _FOLLOW))
+        self.lapse()
+        self.deadline.reschedule(loop.time())
+
+    def lapse(self) -> None:
         self.lapsed = True
         _terminate(self.driver)
-        self.deadline.reschedule(loop.time())
 
     @contextlib.asynccontextmanager
     async def fenced(self, engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
         ls = self.leadership
         conn = await engine.connect()
-        committed = False
+        clean = False  # the connection may go back to the pool as it is
         try:
-            self.driver = (await conn.get_raw_connection()).driver_connection
+            raw = await conn.get_raw_connection()
+            self.driver = raw.driver_connection
+            if getattr(raw.dbapi_connection, "autocommit", False):
+                # An engine in AUTOCOMMIT: each statement would commit on its own and the
+                # guard would hold nothing. This one transaction is a real one.
+                level = conn.dialect.default_isolation_level or "READ COMMITTED"
+                await conn.execution_options(isolation_level=level)
             await conn.begin()
-            await check_term(conn, ls.names, ls.namespace, ls.term)
+            try:
+                await check_term(conn, ls.names, ls.namespace, ls.term)
+                await _require_guard(conn, ls, "as it began")
+            except Exception:
+                await conn.rollback()  # the block never ran: an ordinary refusal
+                clean = True
+                raise
             try:
                 yield conn
             except Exception:
@@ -176,18 +197,51 @@ class _Bound:
                 # The work failed, the lease still runs: roll back as usual (if the lease
                 # ends first, the connection is dropped).
                 await conn.rollback()
+                clean = True
                 raise
+            # The block may have ended the transaction itself (a commit or a rollback of
+            # its own): what it wrote since is not guarded, and must not be committed.
+            await _require_guard(conn, ls, "at its commit")
+            if not ls.is_valid:  # a block that blocked the loop past the lease
+                self.lapse()
+                raise NotLeaderError(self.message())
+            self.committing = True
             await conn.commit()
-            committed = True
+            clean = True
         finally:
-            if not committed and conn.in_transaction():
-                # Cancelled, or out of lease: never wait on a network that may be gone. The
-                # client side ends now; a server backend left waiting on a half-open path
-                # holds the group's guard, and the next leader fences it before it takes
-                # its term.
+            if not clean:
+                # Cancelled, out of lease, or the guard lost: never wait on a network that
+                # may be gone. The client side ends now; a server backend left waiting on
+                # a half-open path holds the group's guard, and the next leader fences it
+                # before it takes its term.
                 _terminate(self.driver)
                 await conn.invalidate()
             await conn.close()
+
+
+async def _require_guard(conn: AsyncConnection, ls: Lease, when: str) -> None:
+    """Raise unless this transaction still holds the group's guard (the lock named after
+    the group, taken with the term row's): a transaction ended inside the block, or an
+    engine in autocommit, would have let it go."""
+    from sqlalchemy import text
+
+    hi, lo = guard_key(ls.names, ls.namespace)
+    held = await conn.scalar(
+        text(
+            "SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            " AND pid = pg_backend_pid() AND objsubid = 2 AND mode = 'ShareLock'"
+            " AND classid = (:hi)::bigint & 4294967295 AND objid = (:lo)::bigint & 4294967295)"
+        ),
+        {"hi": hi, "lo": lo},
+    )
+    if not held:
+        raise ConfigurationError(
+            f"the transaction of group {ls.namespace!r} term {ls.term} no longer holds its guard"
+            f" {when}: the block ended the transaction itself (a commit or rollback of its"
+            " own, or of a session bound to the connection), or the engine commits every"
+            " statement (AUTOCOMMIT). Nothing was committed after that point; write only"
+            " inside the one transaction leadership.transaction() begins"
+        )
 
 
 def _terminate(driver: Any) -> None:

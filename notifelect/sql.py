@@ -368,11 +368,12 @@ class ElectionQueries:
         )
         #: The claim locks (one-key advisory locks) this backend holds. Columns: classid,
         #: objid (the key's halves, as :func:`lock_halves` gives them).
+        #: (A backend's locks are all in its own database; no catalog is read, so this
+        #: works even when the shared lock table is full.)
         self.held_claims = (
             "SELECT classid::bigint AS classid, objid::bigint AS objid FROM pg_locks"
             " WHERE locktype = 'advisory' AND granted AND pid = pg_backend_pid()"
             " AND objsubid = 1"
-            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
         )
         #: Drop session ``$1``.
         self.unregister_session = f"DELETE FROM {session} WHERE node = $1"

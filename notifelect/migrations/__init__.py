@@ -175,7 +175,8 @@ def process_revision_directives(context: Any, revision: Any, directives: list[An
     for directive in directives:
         if getattr(directive, "version_path", None) is not None:
             continue
-        head = getattr(directive, "head", None)
+        # The command line leaves --head unset (None): Alembic reads that as "head".
+        head = getattr(directive, "head", None) or "head"
         try:
             bases = [s for s in script.get_revisions(head) if s is not None] if head else []
         except CommandError:

@@ -106,6 +106,10 @@ def target_of(value: object) -> str:
     if value is None:
         value = os.environ.get("PGTARGETSESSIONATTRS") or DEFAULT_TARGET
     text = str(getattr(value, "value", value))
+    if text == "any":
+        # The election writes (its sequence, its rows, LISTEN): only a server that takes
+        # writes can serve it, so "any" host means any read-write one.
+        return DEFAULT_TARGET
     if text in _READ_ONLY_TARGETS:
         raise ConfigurationError(
             f"target_session_attrs={text} sends the election to a standby, where it cannot "
@@ -215,6 +219,11 @@ class HostOrder:
             if isinstance(error, TimeoutError):
                 why = _why(error, self.budget, self.target)
                 raise TimeoutError(f"{address}: {why}") from error
+            if isinstance(error, asyncpg.exceptions.TargetServerAttributeNotMatched):
+                why = _why(error, self.budget, self.target)
+                raise TransportError(
+                    f"{address}: {why}; target_session_attrs={self.target}"
+                ) from error
             raise error
         said = "; ".join(f"{a}: {_why(e, self.budget, self.target)}" for a, e in failures)
         raise TransportError(

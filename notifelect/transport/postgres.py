@@ -499,16 +499,19 @@ class PostgresTransport(Transport):
                 row["holder_idle"],
                 read_at,
             )
-            if unchanged_for(self._holder_seen, read_at) < self._lease + self._io_timeout:
+            silent = unchanged_for(self._holder_seen, read_at)
+            if silent < self._lease + self._io_timeout:
                 return False
         else:
             mark = (row["renewed_at"], row["session_renewed_at"])
             leader = (row["node"], row["term"])
-            quiet = session.quiet_for(self.namespace, leader, mark, age, read_at)
-            if quiet < self._leader_timeout:
+            silent = session.quiet_for(self.namespace, leader, mark, age, read_at)
+            # Silent for longer than the followers' patience and than a lease: a leader
+            # that renews late but within its lease (a slow server) is never fenced.
+            if silent < max(self._leader_timeout, self._lease):
                 return False  # the leader renews its lease: only our notifications are late
         try:
-            await conn.fetchval("SELECT pg_terminate_backend($1)", holder)
+            ended = await conn.fetchval("SELECT pg_terminate_backend($1)", holder)
         except asyncpg.InsufficientPrivilegeError:
             self._warn_once(
                 "claim",
@@ -518,13 +521,14 @@ class PostgresTransport(Transport):
                 " election role for fast fencing.",
             )
             return False
-        self._count_fenced("claim")
-        log.warning(
-            "fenced out silent leader backend pid %s (lease last renewed %.3fs ago)",
-            holder,
-            age if age is not None else float("nan"),
-            extra=self._extra("fenced"),
-        )
+        if ended:  # (another group of ours may have fenced the same session just now)
+            self._count_fenced("claim")
+            log.warning(
+                "fenced out silent leader backend pid %s (silent for %.3fs)",
+                holder,
+                silent,
+                extra=self._extra("fenced"),
+            )
         # Wait for the terminated backend to let go, bounded on the server side: a client-side
         # timeout would leave the connection busy cancelling the statement.
         return await self._lock_within(session, _SHORT_LOCK_WAIT) is not None

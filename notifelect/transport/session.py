@@ -441,10 +441,14 @@ class Session:
         # Connecting may try every host (each within its own budget) once; the connections
         # after the first go to the host that accepted it.
         bound = self.timing.io_timeout + PROBE_TIMEOUT + connect_bound(self._connect)
+        deadline = asyncio.timeout(bound)
         try:
-            async with asyncio.timeout(bound):
+            async with deadline:
                 await self._connect_all()
         except TimeoutError as exc:
+            if not deadline.expired():  # a host's own budget: its message names the host
+                self._fail(repr(exc))
+                raise TransportError(f"connecting the election session failed: {exc}") from exc
             self._fail(f"connecting took over {bound:g}s")
             raise TransportError(f"connecting the election session took over {bound:g}s") from exc
         except BaseException as exc:
@@ -554,7 +558,7 @@ class Session:
         other than ``origin`` (a role's or database's setting meant for replication
         tools) it does not fire. Set it back on a connection of our own; refuse otherwise."""
         role = await conn.fetchval("SELECT current_setting('session_replication_role')")
-        if role == "origin":
+        if role in ("origin", "local"):  # ordinary triggers fire under both
             return
         fix = (
             f"the election connection runs with session_replication_role = {role}, under "

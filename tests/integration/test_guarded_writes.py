@@ -23,9 +23,9 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
-from notifelect import ElectionGroup, Leadership, NotLeaderError, Settings
+from notifelect import ConfigurationError, ElectionGroup, Leadership, NotLeaderError, Settings
 from tests.support.proxy import FaultProxy, Mode
 from tests.support.servers import ThrowawayPostgres, sqlalchemy_url
 from tests.support.waiting import until
@@ -381,3 +381,66 @@ async def test_a_lease_bounded_transaction_ends_within_the_lease_when_the_databa
     finally:
         proxy.set_mode(Mode.PASS)
         await engine.dispose(close=False)
+
+
+async def _writes(engine: AsyncEngine) -> list[int]:
+    async with engine.connect() as conn:
+        return list((await conn.execute(text(f"SELECT term FROM {WRITES}"))).scalars().all())
+
+
+@pytest.mark.timeout(60)
+async def test_a_lease_bounded_transaction_keeps_its_guard_whatever_the_block_or_engine_does(
+    dsn: str, namespace: str, engine: AsyncEngine
+) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(text(f"CREATE TABLE {WRITES} (namespace text, term bigint)"))
+    insert = text(f"INSERT INTO {WRITES} VALUES (:ns, :term)")
+    autocommit = create_async_engine(engine.url, isolation_level="AUTOCOMMIT")
+    try:
+        async with ElectionGroup(dsn, namespace, FAST) as group:
+            ls = await group.wait_for_leadership(timeout=10)
+            params = {"ns": namespace, "term": ls.term}
+
+            # An engine that commits every statement still gets one guarded transaction:
+            # nothing is visible before the block ends.
+            async with ls.transaction(autocommit) as conn:
+                await conn.execute(insert, params)
+                assert await _writes(engine) == []
+            assert await _writes(engine) == [ls.term]
+
+            # A block that ends the transaction itself: what it writes after that is not
+            # guarded and is not committed.
+            async def commits_inside() -> None:
+                async with ls.transaction(engine) as conn:
+                    await conn.commit()
+                    await conn.execute(insert, params)
+
+            with pytest.raises(ConfigurationError, match="no longer holds its guard"):
+                await commits_inside()
+
+            # An ORM session that rolls back its own work on the guarded connection, with
+            # a savepoint (as the guide shows), keeps the guard.
+            async with ls.transaction(engine) as conn:
+                session = AsyncSession(bind=conn, join_transaction_mode="create_savepoint")
+                await session.execute(insert, {"ns": namespace, "term": -1})
+                await session.rollback()
+                await session.execute(insert, params)
+                await session.commit()
+            assert await _writes(engine) == [ls.term, ls.term]
+
+            # The caller's own cancellation stays a cancellation.
+            entered = asyncio.Event()
+
+            async def waits() -> None:
+                async with ls.transaction(engine):
+                    entered.set()
+                    await asyncio.Event().wait()
+
+            task = asyncio.ensure_future(waits())
+            await asyncio.wait_for(entered.wait(), timeout=10)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    finally:
+        await autocommit.dispose()

@@ -22,6 +22,7 @@ from sqlalchemy.pool import QueuePool
 from notifelect import ElectionGroup, HealthState, RetryPolicy, Settings
 from notifelect.transport.postgres import PostgresTransport
 from tests.support.proxy import FaultProxy, Mode
+from tests.support.servers import ThrowawayPostgres
 from tests.support.waiting import until
 
 FAST = Settings(election_interval=0.1, lease=0.5, leader_timeout=0.5, connect_timeout=0.5)
@@ -41,6 +42,13 @@ def _port(dsn: str) -> int:
     port = urlsplit(dsn).port
     assert port is not None
     return port
+
+
+@pytest.fixture
+def dsn(throwaway_pg: ThrowawayPostgres) -> str:
+    """A server reached over TCP (the hosts below are 127.0.0.1 ports), of this test's own:
+    the shared one may be an embedded server on a Unix socket."""
+    return throwaway_pg.dsn
 
 
 @pytest.fixture

@@ -123,9 +123,10 @@ async def test_terms_stay_unique_when_a_database_failover_loses_the_last_bump(
 
 
 @pytest.mark.timeout(120)
-def test_nothing_is_left_unretrieved(dsn: str) -> None:
+def test_nothing_is_left_unretrieved(throwaway_pg: ThrowawayPostgres) -> None:
+    # A server of its own, over TCP: the run proxies its connections to it.
     run = subprocess.run(
-        [sys.executable, "-m", "tests.integration.noisy_run", dsn],
+        [sys.executable, "-m", "tests.integration.noisy_run", throwaway_pg.dsn],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -238,7 +238,8 @@ async def test_the_first_revision_of_an_application_never_lands_in_the_package(
     config = host_app_config(tmp_path, empty_dsn)
     package = Path(migrations.__file__).parent / "versions"
     before = sorted(p.name for p in package.iterdir())
-    await asyncio.to_thread(command.revision, config, "first")
+    # head=None: what the `alembic revision` command line passes when --head is not given
+    await asyncio.to_thread(command.revision, config, "first", head=None)  # type: ignore[arg-type]
     assert sorted(p.name for p in package.iterdir()) == before
     written = [p for p in own.iterdir() if p.suffix == ".py"]
     assert len(written) == 1

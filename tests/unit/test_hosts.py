@@ -80,7 +80,7 @@ def test_a_target_that_sends_the_election_to_a_standby_is_refused(target: str) -
 def test_targets(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PGTARGETSESSIONATTRS", raising=False)
     assert target_of(None) == "read-write"
-    assert target_of("any") == "any"
+    assert target_of("any") == "read-write"  # the election writes: any read-write host
     monkeypatch.setenv("PGTARGETSESSIONATTRS", "primary")
     assert target_of(None) == "primary"
     with pytest.raises(ConfigurationError, match="unknown target_session_attrs 'rw'"):
