@@ -191,10 +191,12 @@ class ElectionQueries:
         )
         #: The whole leader record. Columns as :class:`~notifelect.transport.LeaderRecord`.
         #: Also the renewal's mark (see :data:`RENEWAL_MARK`): renewed_at, session_renewed_at.
-        self.leader_record = (
-            "SELECT l.node, l.priority, l.term, l.host, l.pid, l.since, l.released, l.standby,"
-            f" {_RENEWED_AGE} AS renewed_age, {RENEWAL_MARK}"
-            f" FROM {leader} l LEFT JOIN {session} s ON s.node = l.node WHERE l.namespace = $1"
+        #: Of several groups at once (``$1``: text[]), with a first column namespace.
+        self.leader_records = (
+            "SELECT l.namespace, l.node, l.priority, l.term, l.host, l.pid, l.since,"
+            f" l.released, l.standby, {_RENEWED_AGE} AS renewed_age, {RENEWAL_MARK}"
+            f" FROM {leader} l LEFT JOIN {session} s ON s.node = l.node"
+            " WHERE l.namespace = ANY($1::text[])"
         )
         #: Try the claim locks ``$1`` (bigint[]) of several groups at once. Column: got,
         #: in the order given.

@@ -581,17 +581,19 @@ class PostgresTransport(Transport):
         return bool(found)
 
     async def leader(self) -> LeaderRecord | None:
-        read_at = now()
-        row = await self._require().fetchrow(self._q.leader_record, self.namespace)
+        self._require()
+        session = self._session
+        assert session is not None
+        # Read with every group of the session that asks now (many groups verifying the
+        # announcements of one new leader cost one statement).
+        row, read_at = await session.leaders(self.namespace)
         if row is None:
             return None
         fields = dict(row)
+        del fields["namespace"]
         mark = (fields.pop("renewed_at"), fields.pop("session_renewed_at"))
-        session = self._session
-        quiet = None
-        if session is not None:
-            leader = (fields["node"], fields["term"])
-            quiet = session.quiet_for(self.namespace, leader, mark, fields["renewed_age"], read_at)
+        leader = (fields["node"], fields["term"])
+        quiet = session.quiet_for(self.namespace, leader, mark, fields["renewed_age"], read_at)
         return LeaderRecord(**fields, quiet_for=quiet)
 
     async def watch(self, leader: int) -> Freed:

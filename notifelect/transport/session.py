@@ -332,6 +332,7 @@ class Session:
         #: joining, or losing the leader they share, cost a statement, not one each.
         self.surveys = Batched(lambda: self.serial, "surveying", self._survey)
         self.registrations = Batched(lambda: self.serial, "registering", self._register)
+        self.leaders = Batched(lambda: self.serial, "reading leaders", self._read_leaders)
 
     def _extra(self, event: str) -> dict[str, object]:
         return {"notifelect_event": event, "notifelect_node": self.node}
@@ -794,6 +795,16 @@ class Session:
         )
         found = {row["namespace"]: row for row in rows}
         return [found[namespace] for namespace, _ in asks]
+
+    async def _read_leaders(
+        self, conn: asyncpg.Connection[Any], asks: list[str]
+    ) -> list[tuple[asyncpg.Record | None, float]]:
+        """The leader rows of the groups ``asks`` (None: none recorded), each with when the
+        statement was sent (this node's clock)."""
+        read_at = now()
+        rows = await conn.fetch(self.queries.leader_records, list(dict.fromkeys(asks)))
+        found = {row["namespace"]: row for row in rows}
+        return [(found.get(namespace), read_at) for namespace in asks]
 
     async def _register(
         self, conn: asyncpg.Connection[Any], asks: list[tuple[str, int]]
