@@ -5,6 +5,7 @@ from ._version import __version__ as __version__  # stated once, in pyproject.to
 from .decorators import (
     Gate,
     Periodic,
+    cron,
     every,
     leader_only,
     on_deposed,
@@ -21,12 +22,16 @@ from .errors import (
     StaleLeaderError,
 )
 from .group import ElectionGroup, Health, HealthState
+from .job_store import RunRecord
+from .jobs import JobRun, current_run
 from .leadership import LeaderInfo, Leadership, current_leadership
+from .schedule import CatchUp
 from .schema import Names
 from .settings import RetryPolicy, Settings
 from .transport import MemoryBus
 
 __all__ = [
+    "CatchUp",
     "ConfigurationError",
     "ConnectionLimitError",
     "ElectionGroup",
@@ -34,6 +39,7 @@ __all__ = [
     "GroupStateError",
     "Health",
     "HealthState",
+    "JobRun",
     "LeaderInfo",
     "Leadership",
     "LeadershipLost",
@@ -43,10 +49,13 @@ __all__ = [
     "NotifelectError",
     "Periodic",
     "RetryPolicy",
+    "RunRecord",
     "SchemaError",
     "Settings",
     "StaleLeaderError",
+    "cron",
     "current_leadership",
+    "current_run",
     "election_manager",
     "every",
     "leader_only",

@@ -16,6 +16,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from . import decorators, protocol
+from . import jobs as scheduling
 from ._driver import Driver
 from .errors import ConfigurationError, GroupStateError
 from .leadership import (
@@ -27,6 +28,7 @@ from .leadership import (
     Leadership,
 )
 from .messages import Rank
+from .schedule import CatchUp
 from .settings import Settings
 from .transport.base import Member, Transport
 
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
     import asyncpg
     from sqlalchemy.ext.asyncio import AsyncEngine
 
+    from .job_store import JobStore
     from .transport.memory import MemoryBus
 
 __all__ = ["ElectionGroup", "Health", "HealthState"]
@@ -118,6 +121,8 @@ class ElectionGroup:
         elif engine is not None:
             raise ConfigurationError("pass either an engine or transport=, not both")
         self._transport = transport
+        self._engine = engine
+        self._jobs: JobStore | None = None
         self._life = _Life.NEW
         self._elected: list[tuple[ElectedCallback, bool]] = []
         self._deposed: list[DeposedCallback] = []
@@ -193,6 +198,11 @@ class ElectionGroup:
         return LeaderInfo(
             proto.leader.node, proto.leader.priority, proto.leader_term or 0, None, None, None
         )
+
+    @property
+    def jobs(self) -> list[decorators.Periodic[Any]]:
+        """The scheduled jobs registered on this group (``every``, ``cron``)."""
+        return scheduling.scheduled_jobs(self)
 
     @property
     def is_open(self) -> bool:
@@ -329,13 +339,60 @@ class ElectionGroup:
         return register if fn is None else register(fn)
 
     def every(
-        self, interval: timedelta | float, *, initial_delay: timedelta | float = 0.0
+        self,
+        interval: timedelta | float,
+        *,
+        initial_delay: timedelta | float = 0.0,
+        run_on_start: bool = True,
+        catch_up: CatchUp | str | timedelta | float = CatchUp.LATEST,
+        jitter: timedelta | float = 0.0,
+        name: str | None = None,
+        keep: int = scheduling.KEEP_RUNS,
     ) -> Callable[[Callable[[], Awaitable[R]]], decorators.Periodic[R]]:
-        """Run ``async def job()`` on the leader every ``interval``, never overlapping itself.
+        """Run ``async def job()`` on the leader every ``interval``, on the group's
+        schedule kept in the database (never overlapping itself).
 
         See :func:`notifelect.every`.
         """
-        return decorators.every(self, interval, initial_delay=initial_delay)
+        return scheduling.every(
+            self,
+            interval,
+            initial_delay=initial_delay,
+            run_on_start=run_on_start,
+            catch_up=catch_up,
+            jitter=jitter,
+            name=name,
+            keep=keep,
+        )
+
+    def cron(
+        self,
+        expression: str,
+        *,
+        tz: str = "UTC",
+        initial_delay: timedelta | float = 0.0,
+        run_on_start: bool = False,
+        catch_up: CatchUp | str | timedelta | float = CatchUp.LATEST,
+        jitter: timedelta | float = 0.0,
+        name: str | None = None,
+        keep: int = scheduling.KEEP_RUNS,
+    ) -> Callable[[Callable[[], Awaitable[R]]], decorators.Periodic[R]]:
+        """Run ``async def job()`` on the leader at the times of a cron expression in the
+        time zone ``tz``, on the group's schedule kept in the database.
+
+        See :func:`notifelect.cron`.
+        """
+        return scheduling.cron(
+            self,
+            expression,
+            tz=tz,
+            initial_delay=initial_delay,
+            run_on_start=run_on_start,
+            catch_up=catch_up,
+            jitter=jitter,
+            name=name,
+            keep=keep,
+        )
 
     # What the decorators need (decorators.GateHost).
 
@@ -354,6 +411,11 @@ class ElectionGroup:
 
     def _add_deposed(self, callback: DeposedCallback) -> None:
         self._deposed.append(callback)
+
+    def _job_store(self) -> JobStore:
+        if self._jobs is None:
+            self._jobs = scheduling.job_store_for(self._engine, self._transport, self.settings)
+        return self._jobs
 
     # ------------------------------------------------------------ lifecycle
 
