@@ -38,8 +38,9 @@ __all__ = [
 ]
 
 #: Outcomes of a run: ``running`` until it ends; ``abandoned`` when a later leader found it
-#: unfinished and its node gone (or silent for longer than any drain can take).
-OUTCOMES = ("running", "succeeded", "failed", "cancelled", "abandoned")
+#: unfinished and its node gone (or silent for longer than any drain can take); ``missed``
+#: when APScheduler did not run it (its misfire grace time had passed).
+OUTCOMES = ("running", "succeeded", "failed", "cancelled", "abandoned", "missed")
 
 
 @dataclass(frozen=True)
