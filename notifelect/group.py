@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+from urllib.parse import urlsplit
 
 from . import decorators, protocol
 from . import jobs as scheduling
@@ -89,6 +91,10 @@ class ElectionGroup:
     node's anchor (an idle session whose end tells a standby the process is gone) and,
     while it is the standby, a watcher.
 
+    ``advertise_url`` is the URL at which other replicas reach this one (absolute http or
+    https); it is stored with the member's row and read by the followers
+    (:meth:`leader_url`), e.g. to redirect leader-only requests to the leader.
+
     ``async with group:`` returns once the node is connected, listening and has its id; the
     election then runs in the background. Leaving the block resigns (leader work is
     cancelled and awaited, then the claim is released and the successor named) and
@@ -104,13 +110,16 @@ class ElectionGroup:
         *,
         transport: Transport | None = None,
         member: Member | None = None,
+        advertise_url: str | None = None,
     ) -> None:
         settings = settings or Settings()
         if name is not None:
             settings = settings.replace(namespace=name)
         self.settings = settings
         self.name = settings.namespace
-        self._member = member or Member(priority=settings.priority)
+        self.advertise_url = _check_url(advertise_url)
+        self._member = member or Member(priority=settings.priority, url=self.advertise_url)
+        self._urls: dict[int, str | None] = {}  # advertised URLs of leaders, by node
         if transport is None:
             if engine is None:
                 raise ConfigurationError(
@@ -139,13 +148,21 @@ class ElectionGroup:
 
     @classmethod
     def in_memory(
-        cls, bus: MemoryBus, name: str, settings: Settings | None = None, *, priority: int = 0
+        cls,
+        bus: MemoryBus,
+        name: str,
+        settings: Settings | None = None,
+        *,
+        priority: int = 0,
+        advertise_url: str | None = None,
     ) -> ElectionGroup:
         """A group on an in-process bus, for tests of code that uses leader-only gates."""
         settings = (settings or Settings()).replace(namespace=name, priority=priority)
-        member = Member(priority=priority)
+        member = Member(priority=priority, url=_check_url(advertise_url))
         transport = bus.transport(name, member, strict_takeover=settings.strict_takeover)
-        return cls(settings=settings, transport=transport, member=member)
+        return cls(
+            settings=settings, transport=transport, member=member, advertise_url=advertise_url
+        )
 
     def __repr__(self) -> str:
         proto = self._driver.proto
@@ -185,7 +202,36 @@ class ElectionGroup:
 
     @property
     def leader(self) -> LeaderInfo | None:
-        """Who leads the group as far as this node knows, or None during an election."""
+        """Who leads the group as far as this node knows, or None during an election.
+
+        Its ``url`` is the leader's advertised URL: this node's own when it leads, else
+        once :meth:`leader_url` has read it for that leader (None until then)."""
+        info = self._leader_info()
+        if info is None:
+            return None
+        url = self.advertise_url if info.node == self.node else self._urls.get(info.node)
+        return info if url is None else dataclasses.replace(info, url=url)
+
+    async def leader_url(self) -> str | None:
+        """The URL the current leader advertises (``advertise_url``), or None when no
+        leader is known or it advertises none.
+
+        Reads the leader's member row once per leader node (a query on the group's
+        engine, bounded by ``io_timeout``) and remembers it; returns at once for this
+        node's own URL or a remembered one."""
+        info = self._leader_info()
+        if info is None:
+            return None
+        if info.node == self.node:
+            return self.advertise_url
+        if info.node not in self._urls:
+            url = await self._job_store().member_url(self.name, info.node)
+            if url is None:
+                return None  # not read yet, or not advertised: ask again next time
+            self._urls[info.node] = url
+        return self._urls[info.node]
+
+    def _leader_info(self) -> LeaderInfo | None:
         d = self._driver
         proto = d.proto
         if proto is None or not d.connected or proto.role is protocol.Role.STOPPED:
@@ -455,6 +501,19 @@ class ElectionGroup:
         finally:
             self._life = _Life.CLOSED
             self._notify_change()
+
+
+def _check_url(url: str | None) -> str | None:
+    """``advertise_url`` if it is an absolute http(s) URL (or None)."""
+    if url is None:
+        return None
+    parts = urlsplit(url) if isinstance(url, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigurationError(
+            f"advertise_url must be an absolute http:// or https:// URL at which other "
+            f"nodes reach this one, e.g. 'http://10.0.0.5:8000', got {url!r}"
+        )
+    return url
 
 
 def _postgres_transport(engine: Any, settings: Settings, member: Member) -> Transport:

@@ -115,6 +115,10 @@ class JobStore(Protocol):
         """Every recorded run of a job, oldest first."""
         ...
 
+    async def member_url(self, namespace: str, node: int) -> str | None:
+        """The URL member ``node`` of the group advertises (None: none, or not a member)."""
+        ...
+
 
 # ---------------------------------------------------------------- PostgreSQL
 
@@ -166,6 +170,7 @@ def _queries(names: Names) -> dict[str, str]:
             "SELECT namespace, job, scheduled_at, started_at, node, term, outcome, ended_at,"
             f" error FROM {run} WHERE {key} ORDER BY scheduled_at"
         ),
+        "url": (f"SELECT url FROM {q(names.member)} WHERE namespace = :namespace AND node = :node"),
     }
 
 
@@ -267,6 +272,12 @@ class PostgresJobStore:
             rows = await conn.execute(self._sql["runs"], {"namespace": namespace, "job": job})
             return [RunRecord(*row) for row in rows]
 
+    async def member_url(self, namespace: str, node: int) -> str | None:
+        async with self._begin() as conn:
+            params = {"namespace": namespace, "node": node}
+            url = (await conn.execute(self._sql["url"], params)).scalar()
+            return None if url is None else str(url)
+
 
 def _clock() -> Any:
     from sqlalchemy import text
@@ -306,9 +317,11 @@ class MemoryJobStore:
         self,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         alive: Callable[[int], bool] = lambda node: False,
+        urls: Callable[[int], str | None] = lambda node: None,
     ) -> None:
         self.clock = clock
         self.alive = alive
+        self.urls = urls
         self.jobs: dict[tuple[str, str], _MemoryJob] = {}
         self.records: dict[tuple[str, str], dict[datetime, RunRecord]] = {}
 
@@ -373,6 +386,9 @@ class MemoryJobStore:
         runs = self.records.get((namespace, job), {})
         return [runs[t] for t in sorted(runs)]
 
+    async def member_url(self, namespace: str, node: int) -> str | None:
+        return self.urls(node)
+
 
 _MEMORY: weakref.WeakKeyDictionary[MemoryBus, MemoryJobStore] = weakref.WeakKeyDictionary()
 
@@ -382,6 +398,7 @@ def memory_store(bus: MemoryBus) -> MemoryJobStore:
     store = _MEMORY.get(bus)
     if store is None:
         store = _MEMORY[bus] = MemoryJobStore(
-            alive=lambda node: any(t.node == node for t in bus._open.values())
+            alive=lambda node: node in bus._open,
+            urls=lambda node: bus._open[node].member.url if node in bus._open else None,
         )
     return store

@@ -241,6 +241,7 @@ def downgrade_statements(names: Names, version: int) -> list[str]:
             f"DROP VIEW IF EXISTS {q(names.jobs_view)}",
             f"DROP TABLE IF EXISTS {q(names.job_run)}",
             f"DROP TABLE IF EXISTS {q(names.job)}",
+            f"ALTER TABLE IF EXISTS {q(names.member)} DROP COLUMN IF EXISTS url",
             f"UPDATE {q(names.version)} SET version = 3 WHERE version > 3",
         ]
     raise ConfigurationError(
@@ -377,9 +378,11 @@ def _version_4(names: Names) -> list[str]:
     """Scheduled jobs whose schedule belongs to the group: each job's row (its schedule as
     text, the time of its first run, the next due time its leader computed) and one row per
     run (scheduled time, start, end, node, term, outcome), whose key makes each scheduled
-    time run at most once; and the view of each job's last run."""
+    time run at most once; the view of each job's last run; and the URL each member
+    advertises (where requests for the leader are redirected)."""
     q = quote_ident
     return [
+        f"ALTER TABLE {q(names.member)} ADD COLUMN IF NOT EXISTS url text",
         f"CREATE TABLE IF NOT EXISTS {q(names.job)} (\n"
         "    namespace text NOT NULL,\n"
         "    job text NOT NULL,\n"

@@ -62,10 +62,10 @@ def status_leaders(names: Names) -> str:
 def status_members(names: Names) -> str:
     """Live members (``$1``: namespace or NULL for all), each group's highest rank first.
 
-    Columns: namespace, node, priority, host, pid, joined_at.
+    Columns: namespace, node, priority, host, pid, joined_at, url.
     """
     return (
-        "SELECT m.namespace, m.node, m.priority, m.host, m.pid, m.joined_at"
+        "SELECT m.namespace, m.node, m.priority, m.host, m.pid, m.joined_at, m.url"
         f" FROM {quote_ident(names.member)} m"
         f" WHERE {LIVE_MEMBER} AND {_ONE_OR_ALL.format(column='m.namespace')}"
         f" ORDER BY m.namespace, {RANK_ORDER}"
@@ -184,17 +184,17 @@ class ElectionQueries:
             f" AND {LIVE_MEMBER} ORDER BY {RANK_ORDER} LIMIT 1"
         )
         #: Register this session as member ``$2`` (priority ``$3``, host ``$4``, pid
-        #: ``$5``), dropping members whose sessions are gone.
+        #: ``$5``, advertised URL ``$6``), dropping members whose sessions are gone.
         self.register_member = (
             f"WITH gone AS (DELETE FROM {member} m WHERE m.namespace = $1"
             f" AND m.node <> $2 AND NOT {LIVE_MEMBER})\n"
             f"INSERT INTO {member}"
-            " (namespace, node, priority, host, pid, backend_pid, backend_start, joined_at)"
-            " SELECT $1, $2, $3, $4, $5, a.pid, a.backend_start, clock_timestamp()"
+            " (namespace, node, priority, host, pid, backend_pid, backend_start, joined_at, url)"
+            " SELECT $1, $2, $3, $4, $5, a.pid, a.backend_start, clock_timestamp(), $6"
             " FROM pg_stat_activity a WHERE a.pid = pg_backend_pid()"
             " ON CONFLICT (namespace, node) DO UPDATE SET priority = EXCLUDED.priority,"
             " host = EXCLUDED.host, pid = EXCLUDED.pid, backend_pid = EXCLUDED.backend_pid,"
-            " backend_start = EXCLUDED.backend_start"
+            " backend_start = EXCLUDED.backend_start, url = EXCLUDED.url"
         )
         #: Leave: delete member ``$2``.
         self.unregister_member = f"DELETE FROM {member} WHERE namespace = $1 AND node = $2"

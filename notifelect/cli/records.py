@@ -51,6 +51,8 @@ class MemberStatus:
     joined_at: datetime
     rank: int
     role: str  # "leader", "standby" (takes over first) or "follower"
+    #: The URL the member advertises (``ElectionGroup(advertise_url=...)``), if any.
+    url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -212,6 +214,7 @@ def _assemble(
                     joined_at=m["joined_at"],
                     rank=rank,
                     role=role,
+                    url=m["url"],
                 )
             )
         transitions = [

@@ -48,13 +48,16 @@ def render_text(snap: Snapshot) -> str:
                 f"  leader     node {ld.node} (host {ld.host}, pid {ld.pid}), term {ld.term}"
             )
             out.append(f"  since      {_when(ld.since, snap.at)}")
+            url = next((m.url for m in g.members if m.node == ld.node and m.url), None)
+            if url:
+                out.append(f"  url        {url}")
             out.append(f"  lease      renewed {_ago(ld.renewed_age)} ago")
         if g.members:
             out.append("  members    rank  node      priority  role      host/pid")
             for m in g.members:
                 out.append(
                     f"             {m.rank:<5} {m.node:<9} {m.priority:<9} {m.role:<9}"
-                    f" {m.host}/{m.pid}"
+                    f" {m.host}/{m.pid}" + (f"  {m.url}" if m.url else "")
                 )
         else:
             out.append("  members    none running")

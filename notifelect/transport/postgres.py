@@ -183,6 +183,7 @@ class PostgresTransport(Transport):
                 self._member.priority,
                 self._member.host,
                 self._member.pid,
+                self._member.url,
             )
         except BaseException:
             self._session = None

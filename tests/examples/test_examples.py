@@ -75,6 +75,16 @@ async def test_fastapi_replicas_agree_on_one_leader_and_hand_over(dsn: str) -> N
         assert leader["leader"]["pid"] == replicas[index].proc.pid
         assert not follower["is_leader"]
 
+        # A leader-only request to the follower is redirected to the leader's URL.
+        answer = await client.post(f"http://127.0.0.1:{ports[1 - index]}/rebuild")
+        assert answer.status_code == 307
+        assert answer.headers["location"] == f"http://127.0.0.1:{ports[index]}/rebuild"
+        assert follower["leader"]["url"] == f"http://127.0.0.1:{ports[index]}"
+        followed = await client.post(
+            f"http://127.0.0.1:{ports[1 - index]}/rebuild", follow_redirects=True
+        )
+        assert followed.json() == {"rebuilt_by": leader["node"], "term": leader["term"]}
+
         # A graceful shutdown of the leader (SIGINT, as uvicorn gets on a deploy) hands over.
         assert await replicas[index].stop(timeout=60) == 0, replicas[index].output
         assert "resigned" in replicas[index].output  # the lifespan left the group
