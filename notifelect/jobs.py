@@ -55,7 +55,7 @@ R_co = TypeVar("R_co", covariant=True)
 #: How many runs of each job the database keeps by default (older ones are deleted).
 KEEP_RUNS = 1000
 
-_run: contextvars.ContextVar[JobRun | None] = contextvars.ContextVar(
+_current_run: contextvars.ContextVar[JobRun | None] = contextvars.ContextVar(
     "notifelect_job_run", default=None
 )
 
@@ -63,7 +63,7 @@ _run: contextvars.ContextVar[JobRun | None] = contextvars.ContextVar(
 def current_run() -> JobRun | None:
     """The scheduled run the calling code belongs to (inside a job started by its
     schedule), else None."""
-    return _run.get()
+    return _current_run.get()
 
 
 class JobHost(GateHost, Protocol):
@@ -285,7 +285,7 @@ class Periodic(Generic[R_co]):
 
     async def _run(self, ls: Leadership, run: RunRecord, store: JobStore) -> None:
         _current.set(ls)
-        _run.set(JobRun(self.name, ls, run, store))
+        _current_run.set(JobRun(self.name, ls, run, store))
         outcome, error = "succeeded", None
         began = now()
         try:
