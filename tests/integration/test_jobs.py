@@ -134,3 +134,39 @@ async def test_a_group_on_a_dsn_keeps_its_schedule_too(dsn: str, namespace: str)
         await asyncio.wait_for(ran.wait(), timeout=20)
     (run,) = await runs(dsn, namespace, "hourly")
     assert run.outcome == "succeeded"
+
+
+@pytest.mark.timeout(60)
+async def test_a_run_in_progress_at_a_hand_over_ends_before_the_next_one_starts(
+    dsn: str, namespace: str
+) -> None:
+    started = asyncio.Event()
+    release = asyncio.Event()
+    count = 0
+    async with AsyncExitStack() as stack:
+        groups = [ElectionGroup(e, namespace, FAST) for e in await engines(stack, dsn, 2)]
+        for g in groups:
+
+            @g.every(0.3, name="slow")
+            async def slow() -> None:
+                nonlocal count
+                count += 1
+                if count == 1:
+                    started.set()
+                    await release.wait()
+
+            await stack.enter_async_context(g)
+        await asyncio.wait_for(started.wait(), timeout=20)
+        first = next(g for g in groups if g.is_leader)
+        other = next(g for g in groups if g is not first)
+        closing = asyncio.create_task(first.close())  # a deploy, in the middle of a run
+        await until(groups, lambda: not first.is_leader, timeout=10)
+        assert not other.is_leader  # the successor waits for the run to end
+        release.set()
+        await closing
+        await until([other], lambda: count >= 3, timeout=20)
+    recorded = await runs(dsn, namespace, "slow")
+    assert recorded[0].outcome == "succeeded"  # it finished during the hand-over
+    assert recorded[0].ended_at is not None
+    assert recorded[1].started_at >= recorded[0].ended_at
+    assert recorded[1].term > recorded[0].term
