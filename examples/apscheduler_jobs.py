@@ -1,42 +1,48 @@
-"""APScheduler 3 on every replica; jobs gated by ``@group.leader_only`` run on one only.
+"""APScheduler 3 on every replica; the bound scheduler runs on the leader only.
 
-    pip install -e '.[examples]'                      # from a checkout of notifelect
+    pip install -e '.[apscheduler]'                   # from a checkout of notifelect
     python -m notifelect install                      # once per database
     export DATABASE_URL=postgresql://user@localhost/app   # or the PG* variables
     python examples/apscheduler_jobs.py &             # run it two or three times
     python examples/apscheduler_jobs.py
 
-Every replica schedules the same jobs. ``send_report`` is leader-only: on the other
-replicas the scheduler still fires it, and the gate skips it (returns None). Stop the
-replica that sends the reports and another one carries on. ``--run-for SECONDS`` stops
-by itself; ``--every SECONDS`` sets the pace (a real job would use a cron trigger).
+Every replica configures the same schedulers. ``leader_scheduler`` is bound to the group
+with ``LeaderScheduler``: it stays paused on the followers (no wake-up, no log line per
+tick) and runs ``send_report`` on the leader only; a new leader continues its schedule
+where the database says it stands. ``local_scheduler`` is not bound: it runs
+``refresh_local_cache`` on every replica. Kill the replica that sends the reports and
+another one carries on. ``--run-for SECONDS`` stops by itself; ``--every SECONDS`` sets
+the pace (a real job would use a cron trigger).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import signal
-from datetime import datetime
+import sys
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler  # type: ignore[import-untyped]
 
-from notifelect import ElectionGroup, current_leadership
+from notifelect import ElectionGroup
+from notifelect.integrations.apscheduler import LeaderScheduler
 
 group = ElectionGroup(os.environ.get("DATABASE_URL", "postgresql://"), name="apscheduler-example")
+leader_scheduler = AsyncIOScheduler()
+leading = LeaderScheduler(group, leader_scheduler)  # before entering the group
+local_scheduler = AsyncIOScheduler()
 
 
-@group.leader_only
 async def send_report() -> None:
-    """Must not run twice: gated on leadership (cancelled if leadership ends meanwhile)."""
-    leadership = current_leadership()
-    assert leadership is not None
-    print(f"node {group.node}: report sent (term {leadership.term})", flush=True)
+    """Must not run twice at once: runs on the leader's scheduler only."""
+    ls = group.leadership
+    print(f"node {group.node}: report sent (term {ls.term if ls else None})", flush=True)
 
 
 async def refresh_local_cache() -> None:
-    """Per-replica work: not gated, runs everywhere."""
+    """Per-replica work: runs everywhere."""
     print(f"node {group.node}: local cache refreshed", flush=True)
 
 
@@ -48,16 +54,15 @@ async def main(every: float, run_for: float | None) -> None:
     if run_for is not None:
         loop.call_later(run_for, stop.set)
 
-    scheduler = AsyncIOScheduler()
-    scheduler.add_job(send_report, "interval", seconds=every, next_run_time=datetime.now())
-    scheduler.add_job(refresh_local_cache, "interval", seconds=every)
-    async with group:  # join first: the gate refuses calls on a group not entered
+    leader_scheduler.add_job(send_report, "interval", seconds=every, id="send_report")
+    local_scheduler.add_job(refresh_local_cache, "interval", seconds=every)
+    async with group, leading:  # the group first: the scheduler follows its leadership
         print(f"node {group.node}: joined group {group.name!r}", flush=True)
-        scheduler.start()
+        local_scheduler.start()
         try:
             await stop.wait()
         finally:
-            scheduler.shutdown(wait=False)
+            local_scheduler.shutdown(wait=False)
     print(f"node {group.node}: left", flush=True)
 
 
@@ -66,4 +71,6 @@ if __name__ == "__main__":
     parser.add_argument("--every", type=float, default=1.0, help="job interval in seconds")
     parser.add_argument("--run-for", type=float, help="stop after SECONDS")
     args = parser.parse_args()
+    # APScheduler's own log lines (one per run it starts) go to standard error.
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s %(message)s")
     asyncio.run(main(args.every, args.run_for))

@@ -5,6 +5,7 @@ from ._version import __version__ as __version__  # stated once, in pyproject.to
 from .decorators import (
     Gate,
     Periodic,
+    cron,
     every,
     leader_only,
     on_deposed,
@@ -22,12 +23,16 @@ from .errors import (
 )
 from .group import ElectionGroup
 from .health import Health, HealthState, Vacancies
+from .job_store import RunRecord
+from .jobs import JobRun, current_run
 from .leadership import LeaderInfo, Leadership, current_leadership
+from .schedule import CatchUp
 from .schema import Names
 from .settings import RetryPolicy, Settings
 from .transport import MemoryBus
 
 __all__ = [
+    "CatchUp",
     "ConfigurationError",
     "ConnectionLimitError",
     "ElectionGroup",
@@ -35,6 +40,7 @@ __all__ = [
     "GroupStateError",
     "Health",
     "HealthState",
+    "JobRun",
     "LeaderInfo",
     "Leadership",
     "LeadershipLost",
@@ -44,11 +50,14 @@ __all__ = [
     "NotifelectError",
     "Periodic",
     "RetryPolicy",
+    "RunRecord",
     "SchemaError",
     "Settings",
     "StaleLeaderError",
     "Vacancies",
+    "cron",
     "current_leadership",
+    "current_run",
     "election_manager",
     "every",
     "leader_only",

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import itertools
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+from urllib.parse import urlsplit
 
 from . import decorators
+from . import jobs as scheduling
 from ._driver import Driver
 from .errors import ConfigurationError, GroupStateError
 from .health import Health, HealthState, Vacancies
@@ -28,6 +31,7 @@ from .leadership import (
     Leadership,
 )
 from .messages import Rank
+from .schedule import CatchUp
 from .settings import Settings
 from .transport.base import Member, Transport
 
@@ -35,6 +39,7 @@ if TYPE_CHECKING:
     import asyncpg
     from sqlalchemy.ext.asyncio import AsyncEngine
 
+    from .job_store import JobStore
     from .transport.memory import MemoryBus
 
 __all__ = ["ElectionGroup"]
@@ -66,6 +71,10 @@ class ElectionGroup:
     the process is gone) and, while it is the standby, a watcher. Several hosts in the URL
     are tried one at a time, each within ``Settings.connect_timeout``.
 
+    ``advertise_url`` is the URL at which other replicas reach this one (absolute http or
+    https); it is stored with the member's row and read by the followers
+    (:meth:`leader_url`), e.g. to redirect leader-only requests to the leader.
+
     ``async with group:`` returns once the node is connected, listening and has its id; the
     election then runs in the background. Leaving the block resigns (leader work is
     cancelled and awaited, then the claim is released and the successor named) and
@@ -81,13 +90,16 @@ class ElectionGroup:
         *,
         transport: Transport | None = None,
         member: Member | None = None,
+        advertise_url: str | None = None,
     ) -> None:
         settings = settings or Settings()
         if name is not None:
             settings = settings.replace(namespace=name)
         self.settings = settings
         self.name = settings.namespace
-        self._member = member or Member(priority=settings.priority)
+        self.advertise_url = _check_url(advertise_url)
+        self._member = member or Member(priority=settings.priority, url=self.advertise_url)
+        self._urls: dict[int, str | None] = {}  # advertised URLs of leaders, by node
         nth = next(_created[self.name])
         self._instance = f"{self._member.host}:{self._member.pid}" + (f"#{nth}" if nth > 1 else "")
         if transport is None:
@@ -100,6 +112,8 @@ class ElectionGroup:
         elif engine is not None:
             raise ConfigurationError("pass either an engine or transport=, not both")
         self._transport = transport
+        self._engine = engine
+        self._jobs: JobStore | None = None
         self._life = _Life.NEW
         self._elected: list[tuple[ElectedCallback, bool]] = []
         self._deposed: list[DeposedCallback] = []
@@ -116,13 +130,21 @@ class ElectionGroup:
 
     @classmethod
     def in_memory(
-        cls, bus: MemoryBus, name: str, settings: Settings | None = None, *, priority: int = 0
+        cls,
+        bus: MemoryBus,
+        name: str,
+        settings: Settings | None = None,
+        *,
+        priority: int = 0,
+        advertise_url: str | None = None,
     ) -> ElectionGroup:
         """A group on an in-process bus, for tests of code that uses leader-only gates."""
         settings = (settings or Settings()).replace(namespace=name, priority=priority)
-        member = Member(priority=priority)
+        member = Member(priority=priority, url=_check_url(advertise_url))
         transport = bus.transport(name, member, strict_takeover=settings.strict_takeover)
-        return cls(settings=settings, transport=transport, member=member)
+        return cls(
+            settings=settings, transport=transport, member=member, advertise_url=advertise_url
+        )
 
     def __repr__(self) -> str:
         proto = self._driver.proto
@@ -162,8 +184,39 @@ class ElectionGroup:
 
     @property
     def leader(self) -> LeaderInfo | None:
-        """Who leads the group as far as this node knows, or None during an election."""
-        return self._driver.known_leader()
+        """Who leads the group as far as this node knows, or None during an election.
+
+        Its ``url`` is the leader's advertised URL: this node's own when it leads, else
+        once :meth:`leader_url` has read it for that leader (None until then)."""
+        info = self._driver.known_leader()
+        if info is None:
+            return None
+        url = self.advertise_url if info.node == self.node else self._urls.get(info.node)
+        return info if url is None else dataclasses.replace(info, url=url)
+
+    async def leader_url(self) -> str | None:
+        """The URL the current leader advertises (``advertise_url``), or None when no
+        leader is known or it advertises none.
+
+        Reads the leader's member row once per leader node (a query on the group's
+        engine, bounded by ``io_timeout``) and remembers it; returns at once for this
+        node's own URL or a remembered one."""
+        info = self._driver.known_leader()
+        if info is None:
+            return None
+        if info.node == self.node:
+            return self.advertise_url
+        if info.node not in self._urls:
+            url = await self._job_store().member_url(self.name, info.node)
+            if url is None:
+                return None  # not read yet, or not advertised: ask again next time
+            self._urls[info.node] = url
+        return self._urls[info.node]
+
+    @property
+    def jobs(self) -> list[decorators.Periodic[Any]]:
+        """The scheduled jobs registered on this group (``every``, ``cron``)."""
+        return scheduling.scheduled_jobs(self)
 
     @property
     def is_open(self) -> bool:
@@ -322,13 +375,60 @@ class ElectionGroup:
         return register if fn is None else register(fn)
 
     def every(
-        self, interval: timedelta | float, *, initial_delay: timedelta | float = 0.0
+        self,
+        interval: timedelta | float,
+        *,
+        initial_delay: timedelta | float = 0.0,
+        run_on_start: bool = True,
+        catch_up: CatchUp | str | timedelta | float = CatchUp.LATEST,
+        jitter: timedelta | float = 0.0,
+        name: str | None = None,
+        keep: int = scheduling.KEEP_RUNS,
     ) -> Callable[[Callable[[], Awaitable[R]]], decorators.Periodic[R]]:
-        """Run ``async def job()`` on the leader every ``interval``, never overlapping itself.
+        """Run ``async def job()`` on the leader every ``interval``, on the group's
+        schedule kept in the database (never overlapping itself).
 
         See :func:`notifelect.every`.
         """
-        return decorators.every(self, interval, initial_delay=initial_delay)
+        return scheduling.every(
+            self,
+            interval,
+            initial_delay=initial_delay,
+            run_on_start=run_on_start,
+            catch_up=catch_up,
+            jitter=jitter,
+            name=name,
+            keep=keep,
+        )
+
+    def cron(
+        self,
+        expression: str,
+        *,
+        tz: str = "UTC",
+        initial_delay: timedelta | float = 0.0,
+        run_on_start: bool = False,
+        catch_up: CatchUp | str | timedelta | float = CatchUp.LATEST,
+        jitter: timedelta | float = 0.0,
+        name: str | None = None,
+        keep: int = scheduling.KEEP_RUNS,
+    ) -> Callable[[Callable[[], Awaitable[R]]], decorators.Periodic[R]]:
+        """Run ``async def job()`` on the leader at the times of a cron expression in the
+        time zone ``tz``, on the group's schedule kept in the database.
+
+        See :func:`notifelect.cron`.
+        """
+        return scheduling.cron(
+            self,
+            expression,
+            tz=tz,
+            initial_delay=initial_delay,
+            run_on_start=run_on_start,
+            catch_up=catch_up,
+            jitter=jitter,
+            name=name,
+            keep=keep,
+        )
 
     # What the decorators need (decorators.GateHost).
 
@@ -347,6 +447,11 @@ class ElectionGroup:
 
     def _add_deposed(self, callback: DeposedCallback) -> None:
         self._deposed.append(callback)
+
+    def _job_store(self) -> JobStore:
+        if self._jobs is None:
+            self._jobs = scheduling.job_store_for(self._engine, self._transport, self.settings)
+        return self._jobs
 
     # ------------------------------------------------------------ lifecycle
 
@@ -386,6 +491,19 @@ class ElectionGroup:
         finally:
             self._life = _Life.CLOSED
             self._notify_change()
+
+
+def _check_url(url: str | None) -> str | None:
+    """``advertise_url`` if it is an absolute http(s) URL (or None)."""
+    if url is None:
+        return None
+    parts = urlsplit(url) if isinstance(url, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigurationError(
+            f"advertise_url must be an absolute http:// or https:// URL at which other "
+            f"nodes reach this one, e.g. 'http://10.0.0.5:8000', got {url!r}"
+        )
+    return url
 
 
 def _postgres_transport(engine: Any, settings: Settings, member: Member) -> Transport:

@@ -44,6 +44,8 @@ class LeaderInfo:
     host: str | None
     pid: int | None
     since: datetime | None
+    #: The URL the leader advertises (``ElectionGroup(advertise_url=...)``), once known.
+    url: str | None = None
 
     @classmethod
     def from_record(cls, record: LeaderRecord) -> LeaderInfo:

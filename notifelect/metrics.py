@@ -33,6 +33,7 @@ try:
         CounterMetricFamily,
         GaugeMetricFamily,
         HistogramMetricFamily,
+        SummaryMetricFamily,
     )
     from prometheus_client.registry import Collector, CollectorRegistry
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
@@ -168,6 +169,34 @@ class GroupCollector(Collector):
             vacancy,
             *counters.values(),
         )
+        yield from _job_metrics(self._groups)
+
+
+def _job_metrics(groups: list[ElectionGroup]) -> Iterator[Any]:
+    """The scheduled jobs' runs on this node, labelled ``group``, ``node`` and ``job``."""
+    labels = ["group", "node", "job"]
+    runs = CounterMetricFamily(
+        "notifelect_job_runs", "Scheduled runs this node ran that succeeded.", labels=labels
+    )
+    failures = CounterMetricFamily(
+        "notifelect_job_failures", "Scheduled runs this node ran that raised.", labels=labels
+    )
+    duration = SummaryMetricFamily(
+        "notifelect_job_duration_seconds", "How long the scheduled runs took.", labels=labels
+    )
+    lateness = SummaryMetricFamily(
+        "notifelect_job_lateness_seconds",
+        "How late the scheduled runs started after their scheduled time.",
+        labels=labels,
+    )
+    for group in list(groups):
+        for job in group.jobs:
+            values = [group.name, group.instance, job.name]
+            runs.add_metric(values, float(job.runs))
+            failures.add_metric(values, float(job.failures))
+            duration.add_metric(values, job.ended, job.duration_total)
+            lateness.add_metric(values, job.ended, job.lateness_total)
+    yield from (runs, failures, duration, lateness)
 
 
 def register(*groups: ElectionGroup, registry: CollectorRegistry = REGISTRY) -> GroupCollector:

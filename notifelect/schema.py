@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from .errors import ConfigurationError
 
 #: Version of the schema this code expects; bumped with every Alembic revision.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 PREFIX_ENV = "NOTIFELECT_PREFIX"
 _PREFIX_RULE = re.compile(r"[a-z0-9_]{0,30}")
@@ -66,7 +66,7 @@ class Names:
 
     def __post_init__(self) -> None:
         validate_prefix(self.prefix)
-        for name in (self.sequence, self.channel, self.term, self.leader, self.member):
+        for name in (self.sequence, self.channel, *self.tables(), self.jobs_view):
             if len(name.encode()) > _MAX_IDENTIFIER:  # pragma: no cover - prefix rule prevents it
                 raise ConfigurationError(f"object name {name!r} exceeds 63 bytes")
 
@@ -116,8 +116,35 @@ class Names:
     def status_view(self) -> str:
         return f"{self.prefix}notifelect_status"
 
+    @property
+    def job(self) -> str:
+        """A group's scheduled jobs: one row per (group, job name)."""
+        return f"{self.prefix}notifelect_job"
+
+    @property
+    def job_run(self) -> str:
+        """The runs of the scheduled jobs: one row per (group, job name, scheduled time)."""
+        return f"{self.prefix}notifelect_job_run"
+
+    @property
+    def jobs_view(self) -> str:
+        """The view of each job's last run and next due time."""
+        return f"{self.prefix}notifelect_jobs"
+
     def tables(self) -> tuple[str, ...]:
-        return (self.version, self.term, self.leader, self.member, self.history, self.session)
+        return (
+            self.version,
+            self.term,
+            self.leader,
+            self.member,
+            self.history,
+            self.session,
+            self.job,
+            self.job_run,
+        )
+
+    def views(self) -> tuple[str, ...]:
+        return (self.status_view, self.jobs_view)
 
     def group_channel(self, namespace: str) -> str:
         """The channel of one group's election messages (a hash of prefix and name)."""
@@ -173,6 +200,8 @@ def statements_for_version(names: Names, version: int) -> list[str]:
         return _version_2(names)
     if version == 3:
         return _version_3(names)
+    if version == 4:
+        return _version_4(names)
     raise ConfigurationError(
         f"no schema version {version}: this notifelect knows versions 1 to {SCHEMA_VERSION}"
     )
@@ -200,6 +229,15 @@ def downgrade_statements(names: Names, version: int) -> list[str]:
             f"ALTER TABLE IF EXISTS {q(names.leader)} DROP COLUMN IF EXISTS changed",
             f"ALTER TABLE IF EXISTS {q(names.leader)} DROP COLUMN IF EXISTS lease",
             f"UPDATE {q(names.version)} SET version = 2 WHERE version > 2",
+        ]
+    if version == 4:
+        q = quote_ident
+        return [
+            f"DROP VIEW IF EXISTS {q(names.jobs_view)}",
+            f"DROP TABLE IF EXISTS {q(names.job_run)}",
+            f"DROP TABLE IF EXISTS {q(names.job)}",
+            f"ALTER TABLE IF EXISTS {q(names.member)} DROP COLUMN IF EXISTS url",
+            f"UPDATE {q(names.version)} SET version = 3 WHERE version > 3",
         ]
     raise ConfigurationError(
         f"no schema version {version}: this notifelect knows versions 1 to {SCHEMA_VERSION}"
@@ -231,7 +269,7 @@ def object_base_names() -> tuple[str, ...]:
     The tables, the sequence, the view and the standalone Alembic version table.
     """
     bare = Names("")
-    return (*bare.tables(), bare.sequence, bare.status_view, alembic_version_table(bare))
+    return (*bare.tables(), bare.sequence, *bare.views(), alembic_version_table(bare))
 
 
 def is_schema_object(name: str) -> bool:
@@ -331,6 +369,62 @@ def _version_3(names: Names) -> list[str]:
     ]
 
 
+def _version_4(names: Names) -> list[str]:
+    """Scheduled jobs whose schedule belongs to the group: each job's row (its schedule as
+    text, the time of its first run, the next due time its leader computed) and one row per
+    run (scheduled time, start, end, node, term, outcome), whose key makes each scheduled
+    time run at most once; the view of each job's last run; and the URL each member
+    advertises (where requests for the leader are redirected)."""
+    q = quote_ident
+    return [
+        f"ALTER TABLE {q(names.member)} ADD COLUMN IF NOT EXISTS url text",
+        f"CREATE TABLE IF NOT EXISTS {q(names.job)} (\n"
+        "    namespace text NOT NULL,\n"
+        "    job text NOT NULL,\n"
+        "    schedule text NOT NULL,\n"
+        "    first_due timestamptz NOT NULL,\n"
+        "    next_due timestamptz,\n"
+        "    created_at timestamptz NOT NULL,\n"
+        "    updated_at timestamptz NOT NULL,\n"
+        "    PRIMARY KEY (namespace, job)\n"
+        ")",
+        f"CREATE TABLE IF NOT EXISTS {q(names.job_run)} (\n"
+        "    namespace text NOT NULL,\n"
+        "    job text NOT NULL,\n"
+        "    scheduled_at timestamptz NOT NULL,\n"
+        "    started_at timestamptz NOT NULL,\n"
+        "    ended_at timestamptz,\n"
+        "    node bigint NOT NULL,\n"
+        "    term bigint NOT NULL,\n"
+        "    outcome text NOT NULL,\n"
+        "    error text,\n"
+        "    PRIMARY KEY (namespace, job, scheduled_at)\n"
+        ")",
+        *record_version_statements(names, 4),
+        jobs_view_statement(names),
+    ]
+
+
+def jobs_view_statement(names: Names) -> str:
+    """The view that answers "when did each job last run, how did it end, when is it due"
+    from psql (``lateness`` is the start's delay after the scheduled time)."""
+    q = quote_ident
+    return (
+        f"CREATE OR REPLACE VIEW {q(names.jobs_view)} AS\n"
+        "SELECT j.namespace, j.job, j.schedule, r.scheduled_at AS last_scheduled_at,\n"
+        "       r.started_at AS last_started_at, r.ended_at AS last_ended_at,\n"
+        "       r.outcome AS last_outcome, r.error AS last_error, r.node, r.term,\n"
+        "       r.started_at - r.scheduled_at AS lateness,\n"
+        "       r.ended_at - r.started_at AS duration, j.next_due\n"
+        f"FROM {q(names.job)} j\n"
+        "LEFT JOIN LATERAL (\n"
+        f"    SELECT * FROM {q(names.job_run)} x\n"
+        "    WHERE x.namespace = j.namespace AND x.job = j.job\n"
+        "    ORDER BY x.scheduled_at DESC LIMIT 1\n"
+        ") r ON true"
+    )
+
+
 def status_view_statement(names: Names) -> str:
     """The view that answers "who leads, since when, who else is there" from psql."""
     q = quote_ident
@@ -354,7 +448,7 @@ def uninstall_statements(names: Names) -> list[str]:
     """Idempotent DDL removing every object of the schema, and nothing else."""
     q = quote_ident
     return [
-        f"DROP VIEW IF EXISTS {q(names.status_view)}",
+        *(f"DROP VIEW IF EXISTS {q(view)}" for view in reversed(names.views())),
         *(f"DROP TABLE IF EXISTS {q(table)}" for table in reversed(names.tables())),
         f"DROP FUNCTION IF EXISTS {q(names.leader_changed)}()",
         f"DROP SEQUENCE IF EXISTS {q(names.sequence)}",
@@ -371,6 +465,8 @@ def required_names(names: Names) -> list[str]:
         names.member,
         names.history,
         names.session,
+        names.job,
+        names.job_run,
     ]
 
 

@@ -62,10 +62,10 @@ def status_leaders(names: Names) -> str:
 def status_members(names: Names) -> str:
     """Live members (``$1``: namespace or NULL for all), each group's highest rank first.
 
-    Columns: namespace, node, priority, host, pid, joined_at.
+    Columns: namespace, node, priority, host, pid, joined_at, url.
     """
     return (
-        "SELECT m.namespace, m.node, m.priority, m.host, m.pid, m.joined_at"
+        "SELECT m.namespace, m.node, m.priority, m.host, m.pid, m.joined_at, m.url"
         f" FROM {quote_ident(names.member)} m"
         f" WHERE {LIVE_MEMBER} AND {_ONE_OR_ALL.format(column='m.namespace')}"
         f" ORDER BY m.namespace, {RANK_ORDER}"
@@ -419,19 +419,20 @@ class ElectionQueries:
         )
         #: Register this session as member ``$2`` of several groups at once (``$1``:
         #: text[] of namespaces; ``$3``: int[], their priorities; host ``$4``, pid
-        #: ``$5``), dropping the members of those groups whose sessions are gone.
+        #: ``$5``; ``$6``: text[], the URLs they advertise), dropping the members of those
+        #: groups whose sessions are gone.
         self.register_members = (
             f"WITH gone AS (DELETE FROM {member} m WHERE m.namespace = ANY($1::text[])"
             f" AND m.node <> $2 AND NOT {LIVE_MEMBER})\n"
             f"INSERT INTO {member}"
-            " (namespace, node, priority, host, pid, backend_pid, backend_start, joined_at)"
+            " (namespace, node, priority, host, pid, backend_pid, backend_start, joined_at, url)"
             " SELECT g.namespace, $2, g.priority, $4, $5, a.pid, a.backend_start,"
-            " clock_timestamp()"
-            " FROM unnest($1::text[], $3::int[]) AS g(namespace, priority)"
+            " clock_timestamp(), g.url"
+            " FROM unnest($1::text[], $3::int[], $6::text[]) AS g(namespace, priority, url)"
             " CROSS JOIN pg_stat_activity a WHERE a.pid = pg_backend_pid()"
             " ON CONFLICT (namespace, node) DO UPDATE SET priority = EXCLUDED.priority,"
             " host = EXCLUDED.host, pid = EXCLUDED.pid, backend_pid = EXCLUDED.backend_pid,"
-            " backend_start = EXCLUDED.backend_start"
+            " backend_start = EXCLUDED.backend_start, url = EXCLUDED.url"
         )
         #: Whether node ``$2`` is a live member with priority ``$3``.
         self.is_member = (

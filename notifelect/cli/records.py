@@ -16,6 +16,7 @@ import asyncpg
 
 from .. import sql
 from ..schema import Names
+from .job_records import JobStatus, by_namespace, jobs_query
 
 #: How many past terms each group shows by default.
 DEFAULT_TRANSITIONS = 5
@@ -50,6 +51,8 @@ class MemberStatus:
     joined_at: datetime
     rank: int
     role: str  # "leader", "standby" (takes over first) or "follower"
+    #: The URL the member advertises (``ElectionGroup(advertise_url=...)``), if any.
+    url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,8 @@ class GroupStatus:
     transitions: list[Transition] = field(default_factory=list)
     #: Why there is no leader although the database recorded one (released, session gone).
     vacancy: str | None = None
+    #: The group's scheduled jobs (``@group.every``, ``@group.cron``).
+    jobs: list[JobStatus] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = _jsonable(asdict(self))
@@ -126,6 +131,7 @@ class StatusReader:
         self._leaders_sql = sql.status_leaders(names)
         self._members_sql = sql.status_members(names)
         self._history_sql = sql.status_history(names)
+        self._jobs_sql = jobs_query(names)
 
     async def read(self) -> Snapshot:
         """One consistent snapshot (a single read-only transaction)."""
@@ -135,7 +141,11 @@ class StatusReader:
             leaders = await conn.fetch(self._leaders_sql, self.namespace)
             members = await conn.fetch(self._members_sql, self.namespace)
             history = await conn.fetch(self._history_sql, self.namespace, self.transitions)
-        return _assemble(at, leaders, members, history, self.namespace, self.names)
+            jobs = by_namespace(await conn.fetch(self._jobs_sql, self.namespace))
+        snap = _assemble(at, leaders, members, history, self.namespace, self.names)
+        for group in snap.groups:
+            group.jobs.extend(jobs.get(group.namespace, []))
+        return snap
 
 
 def _assemble(
@@ -204,6 +214,7 @@ def _assemble(
                     joined_at=m["joined_at"],
                     rank=rank,
                     role=role,
+                    url=m["url"],
                 )
             )
         transitions = [

@@ -26,6 +26,8 @@ class Member:
     priority: int = 0
     host: str = field(default_factory=socket.gethostname)
     pid: int = field(default_factory=os.getpid)
+    #: The URL this member advertises (``ElectionGroup(advertise_url=...)``), if any.
+    url: str | None = None
 
 
 @dataclass(frozen=True)

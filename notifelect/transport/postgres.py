@@ -177,7 +177,7 @@ class PostgresTransport(Transport):
         self._node = node
         try:
             self._require()
-            await session.registrations((self.namespace, self._member.priority))
+            await session.registrations((self.namespace, self._member.priority, self._member.url))
         except BaseException:
             self._session = None
             await session.leave(self)

@@ -807,18 +807,19 @@ class Session:
         return [(found.get(namespace), read_at) for namespace in asks]
 
     async def _register(
-        self, conn: asyncpg.Connection[Any], asks: list[tuple[str, int]]
+        self, conn: asyncpg.Connection[Any], asks: list[tuple[str, int, str | None]]
     ) -> list[None]:
         """Register this session as a member of the groups ``asks`` (namespace,
-        priority)."""
-        unique = dict(asks)
+        priority, advertised URL)."""
+        unique = {namespace: (priority, url) for namespace, priority, url in asks}
         await conn.execute(
             self.queries.register_members,
             list(unique),
             self.node,
-            list(unique.values()),
+            [priority for priority, _ in unique.values()],
             self._host,
             self._pid,
+            [url for _, url in unique.values()],
         )
         return [None for _ in asks]
 

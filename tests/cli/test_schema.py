@@ -39,7 +39,7 @@ async def relations(dsn: str) -> set[str]:
 
 def schema_relations(prefix: str = "") -> set[str]:
     names = Names(prefix)
-    return {names.sequence, names.status_view, *names.tables()}
+    return {names.sequence, *names.views(), *names.tables()}
 
 
 async def test_install_and_uninstall_are_idempotent(empty_dsn: str) -> None:

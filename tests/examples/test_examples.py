@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import re
+import signal
 import sys
 from collections import defaultdict
 from contextlib import AsyncExitStack
+from itertools import pairwise
 from typing import Any
 
 import asyncpg
@@ -81,6 +83,16 @@ async def test_fastapi_replicas_agree_on_one_leader_and_hand_over(dsn: str) -> N
             assert routed.status_code == (200 if i == index else 503)
             assert routed.json()["leader"]["term"] == leader["term"]
 
+        # A leader-only request to the follower is redirected to the leader's URL.
+        answer = await client.post(f"http://127.0.0.1:{ports[1 - index]}/rebuild")
+        assert answer.status_code == 307
+        assert answer.headers["location"] == f"http://127.0.0.1:{ports[index]}/rebuild"
+        assert follower["leader"]["url"] == f"http://127.0.0.1:{ports[index]}"
+        followed = await client.post(
+            f"http://127.0.0.1:{ports[1 - index]}/rebuild", follow_redirects=True
+        )
+        assert followed.json() == {"rebuilt_by": leader["node"], "term": leader["term"]}
+
         # A graceful shutdown of the leader (SIGINT, as uvicorn gets on a deploy) hands over.
         assert await replicas[index].stop(timeout=60) == 0, replicas[index].output
         assert "resigned" in replicas[index].output  # the lifespan left the group
@@ -100,27 +112,96 @@ async def test_fastapi_replicas_agree_on_one_leader_and_hand_over(dsn: str) -> N
         assert await replicas[1 - index].stop(timeout=60) == 0, replicas[1 - index].output
 
 
-@pytest.mark.timeout(120)
-async def test_apscheduler_replicas_run_the_gated_job_on_the_leader_only(dsn: str) -> None:
+def reports_by_term(replicas: list[Process]) -> dict[int, set[int]]:
+    """Term -> the nodes that printed a report in it."""
+    found: dict[int, set[int]] = defaultdict(set)
+    for replica in replicas:
+        for line in replica.stdout:
+            if match := re.match(r"node (\d+): report sent \(term (\d+)\)", line):
+                found[int(match.group(2))].add(int(match.group(1)))
+    return found
+
+
+def ran_send_report(replica: Process) -> list[str]:
+    """APScheduler's log lines about ``send_report`` running (or missing a run)."""
+    return [
+        line
+        for line in replica.stderr
+        if line.startswith("apscheduler.")
+        and ('Running job "send_report' in line or 'Run time of job "send_report' in line)
+    ]
+
+
+@pytest.mark.timeout(180)
+async def test_apscheduler_runs_on_the_leader_only_and_continues_after_a_kill(dsn: str) -> None:
     env = clean_env(DATABASE_URL=dsn)
-    argv = (sys.executable, str(EXAMPLES / "apscheduler_jobs.py"), "--every", "0.2")
+    argv = (sys.executable, str(EXAMPLES / "apscheduler_jobs.py"), "--every", "1")
     async with AsyncExitStack() as stack:
         replicas = [
-            await stack.enter_async_context(spawn(*argv, "--run-for", "5", env=env))
-            for _ in range(2)
+            await stack.enter_async_context(spawn(*argv, "--run-for", "60", env=env))
+            for _ in range(3)
         ]
-        codes = [await r.wait(timeout=90) for r in replicas]
-        outputs = [r.output for r in replicas]
-    assert codes == [0, 0], outputs
-    reports: dict[int, set[int]] = defaultdict(set)  # term -> nodes that sent a report in it
-    for replica in replicas:
-        assert any("local cache refreshed" in line for line in replica.stdout), replica.output
-        assert any(line.endswith(": left") for line in replica.stdout), replica.output
-        for line in replica.stdout:
-            if found := re.match(r"node (\d+): report sent \(term (\d+)\)", line):
-                reports[int(found.group(2))].add(int(found.group(1)))
-    assert reports, outputs  # the gated job ran
-    assert all(len(nodes) == 1 for nodes in reports.values()), reports  # never two per term
+
+        def reporting() -> list[Process]:
+            return [r for r in replicas if any("report sent" in line for line in r.stdout)]
+
+        await poll(
+            _async(
+                lambda: (
+                    len(reports_by_term(replicas)) == 1
+                    and any(len(ran_send_report(r)) >= 3 for r in replicas)
+                )
+            ),
+            timeout=60,
+            what="three runs",
+        )
+        (leader,) = reporting()
+        followers = [r for r in replicas if r is not leader]
+        # The followers' schedulers are paused: no run, no line per tick (their local,
+        # unbound scheduler runs meanwhile, every second).
+        for follower in followers:
+            assert ran_send_report(follower) == [], follower.output
+            assert any("local cache refreshed" in line for line in follower.stdout)
+        leader.proc.send_signal(signal.SIGKILL)
+        await leader.wait(timeout=20)
+        await poll(
+            _async(lambda: len(reports_by_term(replicas)) >= 2
+                   and sum(len(ran_send_report(f)) for f in followers) >= 3),
+            timeout=60,
+            what="another replica continuing the reports",
+        )  # fmt: skip
+        for follower in followers:
+            assert await follower.stop(timeout=60) == 0, follower.output
+    reports = reports_by_term(replicas)
+    assert all(len(nodes) == 1 for nodes in reports.values()), reports  # one node per term
+    took_over = [f for f in followers if ran_send_report(f)]
+    assert len(took_over) == 1
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        runs = await conn.fetch(
+            "SELECT scheduled_at, started_at, ended_at, term, outcome FROM notifelect_job_run"
+            " WHERE namespace = 'apscheduler-example' AND job = 'apscheduler:send_report'"
+            " ORDER BY scheduled_at"
+        )
+    finally:
+        await conn.close()
+    assert len({r["term"] for r in runs}) == 2
+    steps = [(b["scheduled_at"] - a["scheduled_at"]).total_seconds() for a, b in pairwise(runs)]
+    # The new leader continued the recorded schedule: never an extra run, never earlier.
+    assert all(step >= 1.0 and abs(step - round(step)) < 1e-3 for step in steps), steps
+    assert all(
+        b["started_at"] >= a["ended_at"]
+        for a, b in pairwise(runs)
+        if a["ended_at"] is not None and b["outcome"] != "missed"
+    )
+
+
+def _async(predicate: Any) -> Any:
+    async def probe() -> Any:
+        return predicate()
+
+    return probe
 
 
 @pytest.mark.timeout(120)

@@ -23,6 +23,11 @@ audit table too (kind ``probe``), so the checker proves it never overlapped anot
 
 SIGTERM makes the node leave the group cleanly (resign and hand over) and exit 0.
 
+``--every S`` adds a job on the group's schedule (``@group.every(S)``, default policies,
+named ``ticks``): each run writes an audit row of kind ``tick`` in the run's own fenced
+transaction (``current_run().transaction()``), which also records the run as succeeded,
+and reports ``tick`` (term and scheduled time).
+
 ``--finish-call S`` keeps a ``leader_only(finish_on_loss=True)`` coroutine call running
 for S seconds whenever the node leads; ``--thread-call S`` does the same with a plain
 ``def`` call in a worker thread. ``--suspend-file F`` simulates a suspended host: on
@@ -59,6 +64,7 @@ from notifelect import (
     Settings,
     StaleLeaderError,
     current_leadership,
+    current_run,
 )
 from notifelect.fencing import check_term
 from notifelect.transport.hosts import Address, HostOrder, split_dsn, target_of
@@ -72,6 +78,8 @@ AUDIT_DDL = (
     " started double precision NOT NULL, ended double precision NOT NULL,"
     " db_at timestamptz NOT NULL DEFAULT clock_timestamp())"
 )
+#: The name of the job that ``--every`` adds.
+TICKS = "ticks"
 _INSERT = text(
     f"INSERT INTO {AUDIT_TABLE} (namespace, node, pid, term, kind, started, ended)"
     " VALUES (:namespace, :node, :pid, :term, :kind, :started, :ended)"
@@ -136,6 +144,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--retry-maximum", type=float, default=0.5)
     p.add_argument("--work", type=float, default=0.01)
     p.add_argument("--act-period", type=float, default=0.01)
+    p.add_argument("--every", type=float, default=0.0)
     p.add_argument("--finish-call", type=float, default=0.0)
     p.add_argument("--thread-call", type=float, default=0.0)
     p.add_argument("--suspend-file", type=Path, default=None)
@@ -249,6 +258,8 @@ class Node:
         self.group.on_elected(self.span, resign_on_error=False)
         self.group.every(args.job_period)(self.job)
         self.group.on_deposed(self.deposed)
+        if args.every:
+            self.group.every(args.every, name=TICKS)(self.tick)
         self.finishing = self.group.leader_only(finish_on_loss=True)(self.long_call)
         self.threaded = self.group.leader_only(self.long_sync_call)
 
@@ -304,6 +315,18 @@ class Node:
             await asyncio.Future()
         finally:
             emit("span_end", node=ls.node, term=ls.term)
+
+    async def tick(self) -> None:
+        """A run of the group's schedule: its audit row commits with its run record."""
+        ls, run = current_leadership(), current_run()
+        assert ls is not None
+        assert run is not None
+        async with run.transaction() as conn:
+            started = time.time()
+            await asyncio.sleep(self.args.work)
+            ended = time.time()
+            await conn.execute(_INSERT, self._row(ls.term, "tick", started, ended))
+        emit("tick", term=ls.term, scheduled=run.scheduled_at.timestamp(), started=started)
 
     async def job(self) -> None:
         ls = current_leadership()

@@ -115,7 +115,7 @@ def test_any_printable_namespace_up_to_200_bytes_is_accepted(namespace: str) -> 
 
 def test_object_names_stay_within_postgres_identifier_limit() -> None:
     names = Names("p" * 30)
-    for name in (names.sequence, names.channel, *names.tables(), names.status_view):
+    for name in (names.sequence, names.channel, *names.tables(), *names.views()):
         assert len(name.encode()) <= 63
 
 

@@ -133,7 +133,7 @@ async def catalog(dsn: str, *, exclude: tuple[str, ...] = ()) -> dict[str, list[
 
 def relation_names(names: Names) -> set[str]:
     """Every relation that notifelect's schema consists of, for ``names``' prefix."""
-    return {*names.tables(), names.sequence, names.status_view}
+    return {*names.tables(), names.sequence, *names.views()}
 
 
 #: The head revision of notifelect's branch: one revision per schema version.

@@ -100,3 +100,58 @@ async def test_a_new_application_installs_the_schema_with_the_same_command(
     assert await notifelect_relations(empty_dsn) == []
     assert await notifelect_functions(empty_dsn) == []
     assert await _alembic_versions(empty_dsn) == []
+
+
+#: The revision with which an application brought notifelect's schema to version 3 (what
+#: the command wrote for the release that needed version 3).
+_VERSION_3_REVISION = '''"""notifelect schema 3
+
+Revision ID: app_0002
+Revises: app_0001
+"""
+from notifelect.migrations import downgrade_schema, upgrade_schema
+
+revision = "app_0002"
+down_revision = "app_0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    upgrade_schema(3)
+
+
+def downgrade() -> None:
+    downgrade_schema(3, to=1)
+'''
+
+
+@pytest.mark.timeout(120)
+async def test_an_application_at_version_3_takes_the_same_step_to_version_4(
+    empty_dsn: str, dsn: str, tmp_path: Path
+) -> None:
+    """Version 4 adds the scheduled jobs' tables: the step from 3 is the documented one."""
+    assert SCHEMA_VERSION == 4
+    app = tmp_path / "app"
+    versions = init_async_app(app, empty_dsn)
+    add_version_1_revision(versions)
+    (versions / "app_0002_notifelect_schema_3.py").write_text(_VERSION_3_REVISION)
+    alembic_cli(app, "upgrade", "head")
+    at_version_3 = await catalog(empty_dsn)
+    assert at_version_3["versions"] == [("notifelect_version", 3)]
+    message = str(await start(empty_dsn))
+    assert "is at version 3; " in message
+    assert "needs schema version 4." in message
+
+    done = notifelect_cli(app, "alembic", "revision", "--rev-id", "app_0003")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "upgrade: upgrade_schema(4); downgrade: downgrade_schema(4, to=3)" in done.stdout
+    alembic_cli(app, "upgrade", "head")
+    upgraded = await catalog(empty_dsn, exclude=("alembic_version",))
+    assert upgraded == await catalog(dsn)
+    names = Names()
+    assert {names.job, names.job_run, names.jobs_view} <= {n for n, _ in upgraded["relations"]}
+    await _elects(empty_dsn)
+
+    alembic_cli(app, "downgrade", "app_0002")
+    assert await catalog(empty_dsn) == at_version_3

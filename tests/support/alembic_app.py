@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 #: The revision the documentation shows for a history that installed schema version 1,
 #: and the one ``python -m notifelect alembic revision --rev-id app_0002`` writes after it.
 VERSION_1_REVISION = ROOT / "examples" / "alembic" / "app_0001_notifelect_schema.py"
-BUMP_REVISION = ROOT / "examples" / "alembic" / "app_0002_notifelect_schema_3.py"
+BUMP_REVISION = ROOT / "examples" / "alembic" / "app_0002_notifelect_schema_4.py"
 
 
 def run(app: Path, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -1,4 +1,4 @@
-"""notifelect schema 3
+"""notifelect schema 4
 
 Revision ID: app_0002
 Revises: app_0001
@@ -20,9 +20,9 @@ depends_on: Union[str, Sequence[str], None] = None
 
 def upgrade() -> None:
     """Upgrade schema."""
-    upgrade_schema(3)
+    upgrade_schema(4)
 
 
 def downgrade() -> None:
     """Downgrade schema."""
-    downgrade_schema(3, to=1)
+    downgrade_schema(4, to=1)

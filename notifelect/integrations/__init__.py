@@ -1,0 +1,1 @@
+"""Optional integrations with frameworks: each module needs its extra installed."""

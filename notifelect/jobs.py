@@ -1,0 +1,508 @@
+"""Scheduled jobs that belong to the group: ``@group.every(interval)`` and ``@group.cron(...)``.
+
+The schedule lives in the database (:mod:`notifelect.job_store`), not in whichever node
+leads. While a node leads, its loop for each job reads the job's last run, plans the next
+one with the pure rules of :mod:`notifelect.schedule` on the database's clock, waits for
+it, claims it (a run record written in a transaction fenced by the leadership's term) and
+runs the job. A new leader continues where the schedule stands: the next run is due at the
+previous run's scheduled time plus the interval, never earlier, so a hand-over or a
+failover neither adds a run nor shifts the cadence.
+
+A run never starts while the previous run of the same job is still in progress anywhere:
+
+* on this node, runs follow each other;
+* a run in progress when its node hands over (``async with group`` left, a deploy) may
+  finish, for at most ``Settings.finish_timeout``, while the node keeps its lease, and the
+  successor is elected only after it (``leader_only(finish_on_loss=True)``'s rule); when
+  the leadership is *lost* (connection, lease) the run is cancelled like all leader work;
+* a new leader that finds the last run without an end waits while that run's node still
+  has its session (for at most ``finish_timeout + callback_timeout``), then records the run
+  as ``abandoned`` and goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import functools
+import logging
+import weakref
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+
+from ._clock import now
+from ._gate import GateHost, admit, require_host, run_tracked, seconds
+from .errors import ConfigurationError, NotLeaderError, StaleLeaderError
+from .leadership import Leadership, _current
+from .schedule import CatchUp, Cron, Interval, Schedule, Trigger, catch_up_policy
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection
+
+    from .job_store import JobStore, RunRecord
+    from .settings import Settings
+
+__all__ = ["JobRun", "Periodic", "cron", "current_run", "every", "scheduled_jobs"]
+
+log = logging.getLogger(__name__)
+
+R = TypeVar("R")
+R_co = TypeVar("R_co", covariant=True)
+
+#: How many runs of each job the database keeps by default (older ones are deleted).
+KEEP_RUNS = 1000
+
+_current_run: contextvars.ContextVar[JobRun | None] = contextvars.ContextVar(
+    "notifelect_job_run", default=None
+)
+
+
+def current_run() -> JobRun | None:
+    """The scheduled run the calling code belongs to (inside a job started by its
+    schedule), else None."""
+    return _current_run.get()
+
+
+class JobHost(GateHost, Protocol):
+    """What scheduled jobs need from an election group besides the gates."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    def _job_store(self) -> JobStore: ...
+
+
+@dataclass(frozen=True)
+class JobRun:
+    """One run of a scheduled job, as the job sees it through :func:`current_run`.
+
+    ``scheduled_at`` is the time of the schedule it stands for (aware, UTC); ``started_at``
+    when it started, on the database's clock.
+    """
+
+    job: str
+    leadership: Leadership
+    record: RunRecord
+    _store: JobStore
+
+    @property
+    def scheduled_at(self) -> datetime:
+        return self.record.scheduled_at
+
+    @property
+    def started_at(self) -> datetime:
+        return self.record.started_at
+
+    @property
+    def term(self) -> int:
+        return self.record.term
+
+    @property
+    def lateness(self) -> float:
+        """Seconds between the scheduled time and the start."""
+        return self.record.lateness
+
+    def transaction(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
+        """The job's fenced transaction, which also records this run as succeeded.
+
+        ``async with run.transaction() as conn:`` is ``leadership.transaction(engine)``
+        (fenced by the term, bounded by the lease) on the group's engine, and its commit
+        records the run's end with the outcome ``succeeded``: the job's writes and the
+        record that the run happened commit together or not at all. Raises
+        ConfigurationError for a group without a database (a MemoryBus).
+        """
+        return self._store.transaction(self.leadership, self.record)
+
+
+_registered: weakref.WeakKeyDictionary[object, list[Periodic[Any]]] = weakref.WeakKeyDictionary()
+
+
+def scheduled_jobs(group: object) -> list[Periodic[Any]]:
+    """The scheduled jobs registered on ``group``, in the order they were."""
+    return list(_registered.get(group, ()))
+
+
+class Periodic(Generic[R_co]):
+    """A job that runs on the leader on the group's schedule (``every`` or ``cron``).
+
+    Calling it runs the job once, outside the schedule (nothing is recorded), gated and
+    tracked exactly like a ``leader_only`` call: it returns None on a node that does not
+    lead, sees :func:`current_leadership`, and is cancelled when the leadership ends.
+    :meth:`history` reads the group's recorded runs.
+
+    What this node ran of the schedule: ``runs`` (succeeded) and ``failures`` (raised),
+    ``ended`` (every run whose end it recorded, cancelled ones included),
+    ``duration_total`` and ``lateness_total`` (seconds, summed over ``ended``), and
+    ``last`` (its last run's record).
+    """
+
+    def __init__(
+        self,
+        group: JobHost,
+        job: Callable[[], Awaitable[R_co]],
+        schedule: Schedule,
+        name: str,
+        keep: int,
+    ) -> None:
+        self.group = group
+        self.job = job
+        self.schedule = schedule
+        self.name = name
+        self.keep = keep
+        trigger = schedule.trigger
+        self.interval = trigger.seconds if isinstance(trigger, Interval) else None
+        self.initial_delay = schedule.initial_delay.total_seconds()
+        self.runs = 0
+        self.failures = 0
+        self.ended = 0
+        self.duration_total = 0.0
+        self.lateness_total = 0.0
+        self.last: RunRecord | None = None
+        self._qualname = getattr(job, "__qualname__", repr(job))
+        functools.update_wrapper(self, job)
+
+    def __repr__(self) -> str:
+        return f"<Periodic {self.name!r} {self.schedule.describe()} of group {self.group.name!r}>"
+
+    async def __call__(self) -> R_co | None:
+        ls = admit(self.group, self._qualname, False)
+        if ls is None:
+            return None
+        return await run_tracked(self.group, ls, self._qualname, self.job(), False)
+
+    async def history(self) -> list[RunRecord]:
+        """The group's recorded runs of this job, oldest first (at most ``keep``)."""
+        return await self.group._job_store().runs(self.group.name, self.name)
+
+    def _extra(self, event: str, ls: Leadership, **fields: object) -> dict[str, object]:
+        extra: dict[str, object] = {
+            "notifelect_event": event,
+            "notifelect_namespace": ls.namespace,
+            "notifelect_node": ls.node,
+            "notifelect_term": ls.term,
+            "notifelect_job": self.name,
+        }
+        extra.update({f"notifelect_{k}": v for k, v in fields.items()})
+        return extra
+
+    # ------------------------------------------------------------ the leader's loop
+
+    async def _loop(self, ls: Leadership) -> None:
+        """Run the schedule while ``ls`` admits work (an ``on_elected`` task)."""
+        settings = self.group.settings
+        waiting: tuple[int, datetime] | None = None
+        waiting_since = 0.0
+        while ls.admits:
+            try:
+                store = self.group._job_store()
+                state = await store.state(
+                    ls.namespace, self.name, self.schedule.describe(), self.schedule.first_due
+                )
+                last = state.last
+                if last is not None and last.ended_at is None and last.term != ls.term:
+                    if waiting != (last.term, last.scheduled_at):
+                        waiting, waiting_since = (last.term, last.scheduled_at), now()
+                        log.info(
+                            "job %s of group %r: the run scheduled at %s (node %s, term %s) "
+                            "has not ended; waiting for it",
+                            self.name,
+                            ls.namespace,
+                            last.scheduled_at.isoformat(),
+                            last.node,
+                            last.term,
+                            extra=self._extra("job_waiting", ls, other_term=last.term),
+                        )
+                    bound = settings.finish_timeout + settings.callback_timeout
+                    if now() - waiting_since < bound and await store.holder_alive(last):
+                        await asyncio.sleep(settings.election_interval)
+                        continue
+                    await store.abandon(ls, last)
+                    log.warning(
+                        "job %s of group %r: recorded the run scheduled at %s (node %s, term "
+                        "%s) as abandoned: %s",
+                        self.name,
+                        ls.namespace,
+                        last.scheduled_at.isoformat(),
+                        last.node,
+                        last.term,
+                        "its node's session is gone"
+                        if now() - waiting_since < bound
+                        else f"still unfinished after {bound:.1f}s",
+                        extra=self._extra("job_abandoned", ls, other_term=last.term),
+                    )
+                    continue
+                plan = self.schedule.plan(
+                    None if last is None else last.scheduled_at, state.first_due, state.now
+                )
+                if plan.scheduled_at != state.next_due:
+                    await store.set_next_due(ls.namespace, self.name, plan.scheduled_at)
+                start = self.schedule.start_at(f"{ls.namespace}\0{self.name}", plan.scheduled_at)
+                wait = (start - state.now).total_seconds()
+                if wait > 0:
+                    # Then read again: the plan is made on the database's clock.
+                    await asyncio.sleep(wait)
+                    continue
+                if not _admits(ls):  # it may have changed while this task waited
+                    return
+                if plan.skipped:
+                    log.info(
+                        "job %s of group %r: skipping %d scheduled time(s) that passed without "
+                        "a run (catch_up=%s); running the one of %s",
+                        self.name,
+                        ls.namespace,
+                        plan.skipped,
+                        _describe_catch_up(self.schedule),
+                        plan.scheduled_at.isoformat(),
+                        extra=self._extra("job_skipped", ls, skipped=plan.skipped),
+                    )
+                after = self.schedule.trigger.after(plan.scheduled_at)
+                run = await store.claim(ls, self.name, plan.scheduled_at, after)
+                if run is not None:
+                    await self._execute(ls, run, store)
+            except (NotLeaderError, StaleLeaderError):
+                return  # the leadership ended: the next leader continues the schedule
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning(
+                    "job %s of group %r: could not read or record its schedule: %r; retrying",
+                    self.name,
+                    ls.namespace,
+                    exc,
+                    extra=self._extra("job_store_failed", ls, error=repr(exc)),
+                )
+                await asyncio.sleep(settings.election_interval)
+
+    async def _execute(self, ls: Leadership, run: RunRecord, store: JobStore) -> None:
+        """Run the job as leader work that may finish during a hand-over; the loop waits
+        for it, and if the loop is cancelled the run goes on as tracked work."""
+        task = asyncio.ensure_future(self._run(ls, run, store))
+        self.group._track_call(task, False)
+        await asyncio.shield(task)
+
+    async def _run(self, ls: Leadership, run: RunRecord, store: JobStore) -> None:
+        _current.set(ls)
+        _current_run.set(JobRun(self.name, ls, run, store))
+        outcome, error = "succeeded", None
+        began = now()
+        try:
+            await self.job()
+            self.runs += 1
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        except Exception as exc:
+            self.failures += 1
+            outcome, error = "failed", repr(exc)[:1000]
+            log.exception(
+                "job %s of group %r failed (run scheduled at %s, term %s)",
+                self.name,
+                ls.namespace,
+                run.scheduled_at.isoformat(),
+                ls.term,
+                extra=self._extra("job_failed", ls, error=error),
+            )
+        finally:
+            duration = now() - began
+            self.ended += 1
+            self.duration_total += duration
+            self.lateness_total += max(0.0, run.lateness)
+            try:
+                await store.finish(run, outcome, error, self.keep)
+            except Exception as exc:
+                log.warning(
+                    "job %s of group %r: could not record the end of the run scheduled at %s "
+                    "(%s): %r",
+                    self.name,
+                    ls.namespace,
+                    run.scheduled_at.isoformat(),
+                    outcome,
+                    exc,
+                    extra=self._extra("job_store_failed", ls, error=repr(exc)),
+                )
+            self.last = run
+            log.debug(
+                "job %s of group %r: run scheduled at %s %s in %.3fs, started %.3fs late",
+                self.name,
+                ls.namespace,
+                run.scheduled_at.isoformat(),
+                outcome,
+                duration,
+                run.lateness,
+                extra=self._extra("job_ran", ls, outcome=outcome, duration=duration),
+            )
+
+
+def _admits(ls: Leadership) -> bool:
+    return ls.admits
+
+
+def _describe_catch_up(schedule: Schedule) -> str:
+    policy = schedule.catch_up
+    return policy.value if isinstance(policy, CatchUp) else f"{policy.total_seconds():g}s"
+
+
+def _register(
+    group: GateHost,
+    what: str,
+    trigger: Trigger,
+    *,
+    initial_delay: timedelta | float,
+    run_on_start: bool,
+    catch_up: CatchUp | str | timedelta | float,
+    jitter: timedelta | float,
+    name: str | None,
+    keep: int,
+) -> Callable[[Callable[[], Awaitable[R]]], Periodic[R]]:
+    delay = seconds(initial_delay, "initial_delay")
+    if delay < 0:
+        raise ConfigurationError(f"{what}() initial_delay must be >= 0, got {initial_delay!r}")
+    spread = seconds(jitter, "jitter")
+    if spread < 0:
+        raise ConfigurationError(f"{what}() jitter must be >= 0, got {jitter!r}")
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+        raise ConfigurationError(f"{what}() keep must be an int >= 1, got {keep!r}")
+    if name is not None and (not isinstance(name, str) or not name):
+        raise ConfigurationError(f"{what}() name must be a non-empty string, got {name!r}")
+    schedule = Schedule(
+        trigger,
+        catch_up_policy(catch_up),
+        timedelta(seconds=spread),
+        timedelta(seconds=delay),
+        bool(run_on_start),
+    )
+    host: JobHost = group  # type: ignore[assignment]
+    host._job_store()  # a group that cannot keep a schedule says so now
+
+    def decorate(job: Callable[[], Awaitable[R]]) -> Periodic[R]:
+        if not callable(job):
+            raise ConfigurationError(f"{what}() job is not callable: {job!r}")
+        job_name = name or f"{job.__module__}.{getattr(job, '__qualname__', repr(job))}"
+        taken = _registered.setdefault(group, [])
+        if any(p.name == job_name for p in taken):
+            raise ConfigurationError(
+                f"group {group.name!r} already has a scheduled job named {job_name!r}: the "
+                "name identifies the job's schedule in the database; give one of them "
+                f"{what}(..., name='...')"
+            )
+        periodic = Periodic(host, job, schedule, job_name, keep)
+        taken.append(periodic)
+
+        async def loop(ls: Leadership) -> None:
+            _current.set(ls)
+            await periodic._loop(ls)
+
+        group._add_elected(loop, False)
+        return periodic
+
+    return decorate
+
+
+def every(
+    group: GateHost,
+    interval: timedelta | float,
+    *,
+    initial_delay: timedelta | float = 0.0,
+    run_on_start: bool = True,
+    catch_up: CatchUp | str | timedelta | float = CatchUp.LATEST,
+    jitter: timedelta | float = 0.0,
+    name: str | None = None,
+    keep: int = KEEP_RUNS,
+) -> Callable[[Callable[[], Awaitable[R]]], Periodic[R]]:
+    """Run ``async def job()`` on the leader every ``interval``, on the group's schedule.
+
+    The schedule is kept in the database: each run is recorded (scheduled time, start,
+    end, node, term, outcome), and whichever node leads runs the next one at the previous
+    run's *scheduled* time plus ``interval``, never earlier; a hand-over or failover
+    neither adds a run nor shifts the cadence, and runs never overlap (see
+    :mod:`notifelect.jobs`). A job the group never ran first runs ``initial_delay`` after
+    a leader first sees it (``run_on_start=False``: one interval later still).
+
+    ``catch_up`` says what happens to scheduled times that passed without a run:
+    ``"latest"`` runs once for the latest of them, ``"each"`` runs each, a window
+    (``timedelta``) runs those no older than it. ``jitter`` delays each start by up to that
+    much (the same on every node for a given run). ``name`` identifies the job in the
+    database (default: the function's module and qualified name); ``keep`` is how many runs
+    the database keeps. Exceptions are logged and recorded; the schedule goes on.
+    """
+    require_host(group, "every")
+    interval_s = seconds(interval, "interval")
+    if interval_s <= 0:
+        raise ConfigurationError(f"every() interval must be > 0, got {interval!r}")
+    return _register(
+        group,
+        "every",
+        Interval(interval_s),
+        initial_delay=initial_delay,
+        run_on_start=run_on_start,
+        catch_up=catch_up,
+        jitter=jitter,
+        name=name,
+        keep=keep,
+    )
+
+
+def cron(
+    group: GateHost,
+    expression: str,
+    *,
+    tz: str = "UTC",
+    initial_delay: timedelta | float = 0.0,
+    run_on_start: bool = False,
+    catch_up: CatchUp | str | timedelta | float = CatchUp.LATEST,
+    jitter: timedelta | float = 0.0,
+    name: str | None = None,
+    keep: int = KEEP_RUNS,
+) -> Callable[[Callable[[], Awaitable[R]]], Periodic[R]]:
+    """Run ``async def job()`` on the leader at the times of a cron ``expression``
+    (``"*/5 * * * *"``: minute, hour, day of month, month, day of week) in the time zone
+    ``tz`` (an IANA name), on the group's schedule.
+
+    Needs the ``cron`` extra (``pip install 'notifelect[cron]'``). Everything else is as
+    for :func:`every`; by default a job the group never ran first runs at the expression's
+    first time (``run_on_start=True``: at once).
+    """
+    require_host(group, "cron")
+    if not isinstance(expression, str):
+        raise ConfigurationError(f"cron() expression must be a string, got {expression!r}")
+    return _register(
+        group,
+        "cron",
+        Cron(expression, tz),
+        initial_delay=initial_delay,
+        run_on_start=run_on_start,
+        catch_up=catch_up,
+        jitter=jitter,
+        name=name,
+        keep=keep,
+    )
+
+
+def job_store_for(engine: Any, transport: Any, settings: Settings) -> JobStore:
+    """The store of a group's jobs: in its database, or on its MemoryBus."""
+    from .job_store import MemoryJobStore, PostgresJobStore, memory_store
+    from .transport.memory import MemoryTransport
+
+    if isinstance(transport, MemoryTransport):
+        return memory_store(transport.bus)
+    if engine is None:
+        return MemoryJobStore()
+    if isinstance(engine, str):
+        from sqlalchemy.ext.asyncio import create_async_engine
+        from sqlalchemy.pool import NullPool
+
+        # The group checked the DSN. No pool: nothing to dispose of when the group ends.
+        rest = engine.partition("://")[2]
+        engine = create_async_engine(f"postgresql+asyncpg://{rest}", poolclass=NullPool)
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    if not isinstance(engine, AsyncEngine):
+        raise ConfigurationError(
+            f"scheduled jobs of group {settings.namespace!r} keep their schedule in the "
+            f"database and need connections of their own; the group was given a "
+            f"{type(engine).__name__}: create it with an AsyncEngine or a DSN"
+        )
+    return PostgresJobStore(engine, settings.names, settings.io_timeout)

@@ -1,0 +1,172 @@
+"""Scheduled jobs on a real PostgreSQL: the schedule and the runs are in the database."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from contextlib import AsyncExitStack
+from datetime import timedelta
+
+import asyncpg
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from notifelect import ConfigurationError, ElectionGroup, RunRecord, Settings, current_run
+from tests.support.servers import sqlalchemy_url
+from tests.support.waiting import until
+
+FAST = Settings(election_interval=0.1, lease=1.0, leader_timeout=0.5)
+
+
+async def engines(stack: AsyncExitStack, dsn: str, n: int) -> list[AsyncEngine]:
+    result = []
+    for _ in range(n):
+        engine = create_async_engine(sqlalchemy_url(dsn), pool_size=2, max_overflow=0)
+        stack.push_async_callback(engine.dispose)
+        result.append(engine)
+    return result
+
+
+async def runs(dsn: str, namespace: str, job: str) -> list[RunRecord]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT namespace, job, scheduled_at, started_at, node, term, outcome, ended_at,"
+            " error FROM notifelect_job_run WHERE namespace = $1 AND job = $2"
+            " ORDER BY scheduled_at",
+            namespace,
+            job,
+        )
+    finally:
+        await conn.close()
+    return [RunRecord(*r) for r in rows]
+
+
+@pytest.mark.timeout(60)
+async def test_a_hand_over_continues_the_schedule_without_an_extra_run(
+    dsn: str, namespace: str
+) -> None:
+    done: list[int] = []
+    async with AsyncExitStack() as stack:
+        groups = [ElectionGroup(e, namespace, FAST) for e in await engines(stack, dsn, 3)]
+        periodics = []
+        for g in groups:
+
+            @g.every(0.5, name="tick")
+            async def tick(g: ElectionGroup = g) -> None:
+                assert g.node is not None
+                done.append(g.node)
+
+            periodics.append(tick)
+            await stack.enter_async_context(g)
+        await until(groups, lambda: len(done) >= 2, timeout=20)
+        count = len(done)
+        await until(groups, lambda: len(done) > count, timeout=10)  # just after a run
+        first = next(g for g in groups if g.is_leader)
+        await first.close()
+        rest = [g for g in groups if g is not first]
+        await until(rest, lambda: len(set(done)) == 2, timeout=20)
+        count = len(done)
+        await until(rest, lambda: len(done) >= count + 2, timeout=20)
+        history = await periodics[0].history()
+    recorded = await runs(dsn, namespace, "tick")
+    assert [r.scheduled_at for r in recorded] == [r.scheduled_at for r in history][: len(recorded)]
+    steps = {b.scheduled_at - a.scheduled_at for a, b in itertools.pairwise(recorded)}
+    assert steps == {timedelta(seconds=0.5)}  # no extra run, no shift, no gap
+    assert all(r.started_at >= r.scheduled_at for r in recorded)
+    assert all(
+        b.started_at >= a.ended_at
+        for a, b in itertools.pairwise(recorded)
+        if a.ended_at is not None
+    )
+    assert len({(r.node, r.term) for r in recorded}) == 2
+    assert len(recorded) == len(done)
+
+
+@pytest.mark.timeout(60)
+async def test_the_job_and_its_run_record_share_a_fenced_transaction(
+    dsn: str, namespace: str, engine: AsyncEngine
+) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(text("CREATE TABLE IF NOT EXISTS report (ran_for timestamptz)"))
+    group = ElectionGroup(engine, namespace, FAST)
+
+    @group.every(0.2, name="report")
+    async def report() -> None:
+        run = current_run()
+        assert run is not None
+        async with run.transaction() as conn:
+            await conn.execute(text("INSERT INTO report VALUES (:t)"), {"t": run.scheduled_at})
+            if len(await report.history()) == 2:
+                raise RuntimeError("rolled back with its record")
+
+    async with group:
+        await group.wait_for_leadership(timeout=20)
+        await until([group], lambda: report.runs >= 3, timeout=20)
+    recorded = await runs(dsn, namespace, "report")
+    async with engine.connect() as conn:
+        written = set((await conn.execute(text("SELECT ran_for FROM report"))).scalars())
+    assert {r.scheduled_at for r in recorded if r.outcome == "succeeded"} == written
+    assert [r.outcome for r in recorded[:3]] == ["succeeded", "failed", "succeeded"]
+
+
+async def test_a_group_on_a_borrowed_connection_cannot_keep_a_schedule(dsn: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        group = ElectionGroup(conn, "borrowed")
+        with pytest.raises(ConfigurationError, match="need connections of their own"):
+            group.every(60)
+    finally:
+        await conn.close()
+
+
+@pytest.mark.timeout(60)
+async def test_a_group_on_a_dsn_keeps_its_schedule_too(dsn: str, namespace: str) -> None:
+    group = ElectionGroup(dsn, namespace, FAST)
+    ran = asyncio.Event()
+
+    @group.every(60, name="hourly")
+    async def hourly() -> None:
+        ran.set()
+
+    async with group:
+        await asyncio.wait_for(ran.wait(), timeout=20)
+    (run,) = await runs(dsn, namespace, "hourly")
+    assert run.outcome == "succeeded"
+
+
+@pytest.mark.timeout(60)
+async def test_a_run_in_progress_at_a_hand_over_ends_before_the_next_one_starts(
+    dsn: str, namespace: str
+) -> None:
+    started = asyncio.Event()
+    release = asyncio.Event()
+    count = 0
+    async with AsyncExitStack() as stack:
+        groups = [ElectionGroup(e, namespace, FAST) for e in await engines(stack, dsn, 2)]
+        for g in groups:
+
+            @g.every(0.3, name="slow")
+            async def slow() -> None:
+                nonlocal count
+                count += 1
+                if count == 1:
+                    started.set()
+                    await release.wait()
+
+            await stack.enter_async_context(g)
+        await asyncio.wait_for(started.wait(), timeout=20)
+        first = next(g for g in groups if g.is_leader)
+        other = next(g for g in groups if g is not first)
+        closing = asyncio.create_task(first.close())  # a deploy, in the middle of a run
+        await until(groups, lambda: not first.is_leader, timeout=10)
+        assert not other.is_leader  # the successor waits for the run to end
+        release.set()
+        await closing
+        await until([other], lambda: count >= 3, timeout=20)
+    recorded = await runs(dsn, namespace, "slow")
+    assert recorded[0].outcome == "succeeded"  # it finished during the hand-over
+    assert recorded[0].ended_at is not None
+    assert recorded[1].started_at >= recorded[0].ended_at
+    assert recorded[1].term > recorded[0].term
