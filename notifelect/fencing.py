@@ -17,13 +17,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import inspect
+import os
+import socket
+import threading
+from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import ConfigurationError, NotLeaderError, StaleLeaderError
 from .schema import Names, quote_ident
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection, Engine
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 
@@ -41,6 +46,9 @@ class Lease(Protocol):
 
     @property
     def lease_remaining(self) -> float: ...
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None: ...
 
     def check(self) -> None: ...
 
@@ -63,7 +71,11 @@ def _signed32(half: int) -> int:
 
 
 def _sql(names: Names, style: str) -> str:
-    ns, hi, lo = ("$1", "$2", "$3") if style == "numeric" else (":namespace", ":hi", ":lo")
+    ns, hi, lo = {
+        "numeric": ("$1", "$2", "$3"),
+        "named": (":namespace", ":hi", ":lo"),
+        "format": ("%s", "%s", "%s"),
+    }[style]
     # The advisory lock is taken before the row's (the row lock is the plan's top node).
     return (
         f"SELECT t.term FROM (SELECT pg_advisory_xact_lock_shared({hi}, {lo})) g,"
@@ -71,17 +83,38 @@ def _sql(names: Names, style: str) -> str:
     )
 
 
+_EXECUTORS = (
+    "a SQLAlchemy Connection, Session, AsyncConnection or AsyncSession (any PostgreSQL "
+    "driver), or an asyncpg, psycopg or psycopg2 connection"
+)
+
+
+def is_sync_executor(executor: Any) -> bool:
+    """Whether ``executor`` runs statements synchronously (a SQLAlchemy ``Connection`` or
+    ``Session``, or a DBAPI connection of psycopg or psycopg2)."""
+    from sqlalchemy.engine import Connection
+    from sqlalchemy.orm import Session
+
+    if isinstance(executor, Connection | Session):
+        return True
+    if hasattr(executor, "fetchval"):  # asyncpg
+        return False
+    execute = getattr(executor, "execute", None)
+    if execute is not None and inspect.iscoroutinefunction(execute):
+        return False  # psycopg's AsyncConnection
+    return callable(getattr(executor, "cursor", None))
+
+
 async def read_term_for_share(executor: Any, names: Names, namespace: str) -> int | None:
     """The current term of ``namespace``, locked FOR SHARE in ``executor``'s transaction.
 
-    ``executor`` is a SQLAlchemy ``AsyncSession`` or ``AsyncConnection``, or an asyncpg
-    connection; it must be inside a transaction for the lock to matter.
+    ``executor`` is a SQLAlchemy ``AsyncSession`` or ``AsyncConnection`` (any async
+    driver), an asyncpg connection or a psycopg ``AsyncConnection``; it must be inside a
+    transaction for the lock to matter. Sync executors: :func:`read_term_for_share_sync`.
     """
-    try:
-        from sqlalchemy import text
-        from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
-    except ImportError:  # pragma: no cover - SQLAlchemy is a dependency
-        AsyncConnection = AsyncSession = ()  # type: ignore[assignment,misc]
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
     hi, lo = guard_key(names, namespace)
     if isinstance(executor, AsyncSession | AsyncConnection):
         params = {"namespace": namespace, "hi": hi, "lo": lo}
@@ -89,13 +122,49 @@ async def read_term_for_share(executor: Any, names: Names, namespace: str) -> in
         value = result.scalar()
         return None if value is None else int(value)
     fetchval = getattr(executor, "fetchval", None)
-    if fetchval is None:
+    if fetchval is not None:
+        value = await fetchval(_sql(names, "numeric"), namespace, hi, lo)
+        return None if value is None else int(value)
+    execute = getattr(executor, "execute", None)
+    if execute is None or not inspect.iscoroutinefunction(execute):
         raise ConfigurationError(
-            "the fencing guard needs a SQLAlchemy AsyncSession or AsyncConnection, or an "
-            f"asyncpg connection; got {type(executor).__name__}"
+            f"the fencing guard needs {_EXECUTORS}; got {type(executor).__name__}"
         )
-    value = await fetchval(_sql(names, "numeric"), namespace, hi, lo)
-    return None if value is None else int(value)
+    cursor = await execute(_sql(names, "format"), (namespace, hi, lo))
+    row = await cursor.fetchone()
+    return None if row is None else int(row[0])
+
+
+def read_term_for_share_sync(executor: Any, names: Names, namespace: str) -> int | None:
+    """:func:`read_term_for_share` for a SQLAlchemy ``Connection`` or ``Session`` (any
+    driver) or a psycopg / psycopg2 connection; blocks the calling thread."""
+    from sqlalchemy import text
+    from sqlalchemy.engine import Connection
+    from sqlalchemy.orm import Session
+
+    hi, lo = guard_key(names, namespace)
+    if isinstance(executor, Connection | Session):
+        params = {"namespace": namespace, "hi": hi, "lo": lo}
+        value = executor.execute(text(_sql(names, "named")), params).scalar()
+        return None if value is None else int(value)
+    if not callable(getattr(executor, "cursor", None)):
+        raise ConfigurationError(
+            f"the fencing guard needs {_EXECUTORS}; got {type(executor).__name__}"
+        )
+    cursor = executor.cursor()
+    try:
+        cursor.execute(_sql(names, "format"), (namespace, hi, lo))
+        row = cursor.fetchone()
+    finally:
+        cursor.close()
+    return None if row is None else int(row[0])
+
+
+def check_term_sync(executor: Any, names: Names, namespace: str, term: int) -> None:
+    """:func:`check_term` for sync executors (see :func:`read_term_for_share_sync`)."""
+    current = read_term_for_share_sync(executor, names, namespace)
+    if current != term:
+        raise StaleLeaderError(namespace, term, current)
 
 
 async def check_term(executor: Any, names: Names, namespace: str, term: int) -> None:
@@ -136,13 +205,7 @@ class _Bound:
         self.lapsed = False
 
     def message(self) -> str:
-        ls = self.leadership
-        why = ls.ended_reason or "its lease ran out"
-        return (
-            f"leadership term {ls.term} of group {ls.namespace!r} ended while its transaction"
-            f" ran ({why}); the transaction's connection was dropped, nothing of it was"
-            " committed"
-        )
+        return _lapsed_message(self.leadership)
 
     async def follow(self) -> None:
         """At the end of the lease (it moves with every renewal, and comes at once when
@@ -198,6 +261,127 @@ def _terminate(driver: Any) -> None:
     if callable(terminate):
         terminate()  # asyncpg
         return
-    pgconn = getattr(driver, "pgconn", None)
-    if pgconn is not None:
-        pgconn.finish()  # psycopg 3
+    fileno = getattr(driver, "fileno", None)
+    if callable(fileno):  # psycopg 3 (sync or async), psycopg2
+        with contextlib.suppress(Exception):
+            _shut(int(fileno()))
+
+
+def _shut(fd: int) -> None:
+    """Shut a connection's socket down for both directions, without touching the driver.
+
+    Any thread may do this while another is blocked reading or writing on the socket: the
+    kernel wakes the blocked call at once (the driver sees the connection closed and
+    raises), and no library state is shared between the threads, which libpq would not
+    allow. The descriptor is duplicated so that closing our socket object leaves the
+    driver's own descriptor for the driver to close."""
+    sock = socket.socket(fileno=os.dup(fd))
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    finally:
+        sock.close()
+
+
+@contextlib.contextmanager
+def lease_bounded_sync(leadership: Lease, engine: Engine) -> Iterator[Connection]:
+    """The sync form of :func:`lease_bounded`, for a SQLAlchemy ``Engine`` (psycopg 3 or
+    psycopg2). A thread cannot be interrupted: when the lease ends the connection's socket
+    is shut down (from the election's event loop thread), so whatever the block is waiting
+    on in the database fails at once, its next statement fails, and leaving the block
+    raises :class:`NotLeaderError` without committing."""
+    leadership.check()
+    follower = _SyncFollower(leadership)
+    conn = engine.connect()
+    committed = False
+    try:
+        driver = conn.connection.driver_connection
+        follower.start(None if driver is None else int(driver.fileno()))
+        conn.begin()
+        check_term_sync(conn, leadership.names, leadership.namespace, leadership.term)
+        try:
+            yield conn
+        except Exception:
+            if not follower.lapsed:
+                conn.rollback()
+            raise
+        if not follower.stop():  # the lease ended while the block ran: never commit
+            raise NotLeaderError(_lapsed_message(leadership))
+        conn.commit()
+        committed = True
+    except BaseException as exc:
+        if follower.lapsed and not isinstance(exc, NotLeaderError):
+            raise NotLeaderError(_lapsed_message(leadership)) from exc
+        raise
+    finally:
+        follower.stop()
+        if not committed and conn.in_transaction():
+            conn.invalidate()  # never a round trip on a connection that may be cut off
+        conn.close()
+
+
+def _lapsed_message(ls: Lease) -> str:
+    why = ls.ended_reason or "its lease ran out"
+    return (
+        f"leadership term {ls.term} of group {ls.namespace!r} ended while its transaction"
+        f" ran ({why}); the transaction's connection was dropped, nothing of it was"
+        " committed"
+    )
+
+
+class _SyncFollower:
+    """Follows a leadership's lease for a sync transaction and cuts its connection off
+    when it ends. It runs on the election's event loop when the leadership has one (the
+    election's own thread), else on a thread of its own."""
+
+    def __init__(self, leadership: Lease) -> None:
+        self.leadership = leadership
+        self.lapsed = False
+        self._lock = threading.Lock()
+        self._fd: int | None = None  # cut only while the transaction runs (fds get reused)
+        self._done = threading.Event()
+        self._future: Any = None
+
+    def start(self, fd: int | None) -> None:
+        self._fd = fd
+        loop = self.leadership.loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop stopped meanwhile
+                self._future = asyncio.run_coroutine_threadsafe(self._follow_async(), loop)
+                return
+        threading.Thread(target=self._follow_thread, name="notifelect-lease", daemon=True).start()
+
+    def stop(self) -> bool:
+        """Stop following; True unless the lease ended first (then the connection is cut)."""
+        with self._lock:
+            self._fd = None
+            self._done.set()
+            if self._future is not None:
+                self._future.cancel()
+            return not self.lapsed
+
+    def _remaining(self) -> float:
+        ls = self.leadership
+        return ls.lease_remaining if ls.is_valid else 0.0
+
+    async def _follow_async(self) -> None:
+        while True:
+            remaining = self._remaining()
+            if remaining <= 0 or self._done.is_set():
+                break
+            await asyncio.sleep(min(remaining, _FOLLOW))
+        self._cut()
+
+    def _follow_thread(self) -> None:
+        while (remaining := self._remaining()) > 0:
+            if self._done.wait(min(remaining, _FOLLOW)):
+                return
+        self._cut()
+
+    def _cut(self) -> None:
+        with self._lock:
+            if self._done.is_set():
+                return
+            self.lapsed = True
+            if self._fd is not None:
+                with contextlib.suppress(OSError):
+                    _shut(self._fd)
