@@ -25,6 +25,7 @@ from .health import Health, HealthState, Vacancies
 from .leadership import LeaderInfo, Leadership, current_leadership
 from .schema import Names
 from .settings import RetryPolicy, Settings
+from .sync import SyncElectionGroup
 from .transport import MemoryBus
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "SchemaError",
     "Settings",
     "StaleLeaderError",
+    "SyncElectionGroup",
     "Vacancies",
     "current_leadership",
     "election_manager",
