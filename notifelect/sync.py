@@ -16,6 +16,7 @@ connections and thread stay with the parent): see :func:`_after_fork_in_child`.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import contextvars
 import functools
@@ -61,8 +62,8 @@ class SyncElectionGroup:
     starts a daemon thread named ``notifelect-<name>`` that runs the election on its own
     event loop, and returns once the node is connected, listening and has its id (it
     raises what joining raised). Leaving the block (or :meth:`close`) resigns, hands over
-    at once and stops the thread, within :attr:`close_bound` seconds. A group is started
-    once.
+    at once and stops the thread, within :attr:`close_bound` seconds; a group still
+    running when the interpreter exits is closed the same way. A group is started once.
 
     Every property and method may be called from any thread. ``@group.leader_only``,
     ``@group.every`` and ``@group.on_elected`` take plain ``def`` functions and run them
@@ -399,4 +400,14 @@ def _after_fork_in_child() -> None:
         group._forked(parent)
 
 
+def _close_at_exit() -> None:
+    """At interpreter exit, resign the groups still running in this process: the
+    successor takes over at once instead of after a lease (daemon threads are still alive
+    while ``atexit`` handlers run)."""
+    for group in list(_LIVE):
+        if group._pid == os.getpid():
+            group.close()
+
+
 os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(_close_at_exit)
