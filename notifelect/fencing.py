@@ -344,7 +344,13 @@ class _SyncFollower:
     def start(self, fd: int | None) -> None:
         self._fd = fd
         loop = self.leadership.loop
-        if loop is not None and not loop.is_closed():
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        # Not on the election's loop if this very thread runs it: it could not follow
+        # while the block holds the thread.
+        if loop is not None and loop is not running and not loop.is_closed():
             with contextlib.suppress(RuntimeError):  # the loop stopped meanwhile
                 self._future = asyncio.run_coroutine_threadsafe(self._follow_async(), loop)
                 return

@@ -383,6 +383,8 @@ def libpq_to_dsn(cparams: dict[str, Any]) -> str:
     for key, value in cparams.items():
         if key == "database":
             key = "dbname"
+        if isinstance(value, list | tuple):  # several hosts or ports, as some dialects give them
+            value = ",".join(str(v) for v in value if v is not None)
         if value is None or not isinstance(value, str | int):
             continue
         if key == "dbname" or key in _ASYNCPG_KEYWORDS:

@@ -161,3 +161,19 @@ async def test_an_engine_with_a_creator_is_refused_with_the_fix(dsn: str, namesp
         assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
     finally:
         engine.dispose()
+
+
+@pytest.mark.timeout(30)
+async def test_sync_transaction_on_the_elections_own_thread_is_still_bounded(
+    dsn: str, namespace: str
+) -> None:
+    # Blocking the event loop that runs the election stops its renewals: the lease runs
+    # out, and a follower of its own (the loop cannot follow) cuts the statement off.
+    engine = sa.create_engine(url(dsn, "psycopg"))
+    try:
+        async with ElectionGroup(engine, namespace, FAST) as group:
+            ls = await group.wait_for_leadership(10)
+            with pytest.raises(NotLeaderError), ls.transaction(engine) as conn:
+                conn.execute(text("SELECT pg_sleep(30)"))
+    finally:
+        engine.dispose()

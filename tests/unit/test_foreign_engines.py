@@ -91,3 +91,10 @@ def test_a_read_only_target_is_refused_at_construction() -> None:
     engine = sa.create_engine("postgresql+psycopg://u@h/db?target_session_attrs=standby")
     with pytest.raises(ConfigurationError, match="target_session_attrs=standby"):
         connector_for(engine)
+
+
+def test_hosts_and_ports_given_as_lists_are_kept() -> None:
+    dsn = libpq_to_dsn({"host": ["a", "b"], "port": [5433, 5434], "database": "app"})
+    split = split_dsn(dsn)
+    assert [str(a) for a in split.hosts] == ["a:5433", "b:5434"]
+    assert "dbname=app" in dsn
