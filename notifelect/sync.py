@@ -254,7 +254,9 @@ class SyncElectionGroup:
             _require_plain(f, "on_deposed")
 
             async def deposed(ls: Leadership) -> None:
-                await self._in_thread(f, ls)
+                # The leadership is over: nothing to protect by waiting for the thread
+                # past Settings.callback_timeout (which cancels this).
+                await self._in_thread(f, ls, wait_when_cancelled=False)
 
             functools.update_wrapper(deposed, f)
             self._group.on_deposed(deposed)
@@ -284,18 +286,22 @@ class SyncElectionGroup:
 
         return decorate
 
-    async def _in_thread(self, fn: Callable[..., R], *args: Any) -> R:
+    async def _in_thread(
+        self, fn: Callable[..., R], *args: Any, wait_when_cancelled: bool = True
+    ) -> R:
         """Run ``fn(*args)`` in a worker thread, with this task's context (so
         ``current_leadership()`` works there). Cancelled, it waits for the thread to
         return, which it cannot interrupt, and then goes on being cancelled: leader work
-        counts as stopped only once it really stopped."""
+        counts as stopped only once it really stopped (the leader work's own bounds,
+        ``callback_timeout``, limit how long the election waits for that)."""
         loop = asyncio.get_running_loop()
         context = contextvars.copy_context()
         future = loop.run_in_executor(self._executor, functools.partial(context.run, fn, *args))
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
-            await asyncio.wait([future])
+            if wait_when_cancelled:
+                await asyncio.wait([future])
             raise
 
     # ------------------------------------------------------------ lifecycle

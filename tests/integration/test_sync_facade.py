@@ -47,6 +47,7 @@ def test_facade_elects_hands_over_and_runs_def_jobs(sync_engine: sa.Engine, name
     runs: list[tuple[str, int]] = []
     lock = threading.Lock()
     elected_over = threading.Event()
+    deposed: list[tuple[str, int]] = []
 
     def make(name: str) -> SyncElectionGroup:
         group = ElectionGroup(sync_engine, namespace, FAST)
@@ -63,6 +64,11 @@ def test_facade_elects_hands_over_and_runs_def_jobs(sync_engine: sa.Engine, name
             ls.wait_until_over()  # returns when the leadership ends: the hand-over waits
             if name == "a":
                 elected_over.set()
+
+        @group.on_deposed
+        def gone(ls: Leadership) -> None:
+            with lock:
+                deposed.append((name, ls.term))
 
         @group.leader_only
         def write(value: int) -> int:
@@ -89,6 +95,7 @@ def test_facade_elects_hands_over_and_runs_def_jobs(sync_engine: sa.Engine, name
         assert b.leader.node == a.node
         a.close()  # resigns: the on_elected thread returned before b takes over
         assert elected_over.is_set()
+        assert deposed == [("a", first.term)]
         second = b.wait_for_leadership(10)
         assert second.term > first.term
         wait_for(lambda: any(n == "b" for n, _ in runs), 10, "b's job ran")
