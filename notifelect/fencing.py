@@ -130,7 +130,7 @@ async def read_term_for_share(executor: Any, names: Names, namespace: str) -> in
         raise ConfigurationError(
             f"the fencing guard needs {_EXECUTORS}; got {type(executor).__name__}"
         )
-    cursor = await execute(_sql(names, "format"), (namespace, hi, lo))
+    cursor = await execute(_sql(names, "format"), (hi, lo, namespace))  # in the order they appear
     row = await cursor.fetchone()
     return None if row is None else int(row[0])
 
@@ -153,7 +153,7 @@ def read_term_for_share_sync(executor: Any, names: Names, namespace: str) -> int
         )
     cursor = executor.cursor()
     try:
-        cursor.execute(_sql(names, "format"), (namespace, hi, lo))
+        cursor.execute(_sql(names, "format"), (hi, lo, namespace))  # in the order they appear
         row = cursor.fetchone()
     finally:
         cursor.close()

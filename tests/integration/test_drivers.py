@@ -19,7 +19,6 @@ from sqlalchemy.orm import Session
 from notifelect import ElectionGroup, NotLeaderError, Settings, StaleLeaderError
 from notifelect.errors import ConfigurationError
 from tests.integration.test_group import backend_pid
-from tests.support.waiting import until
 
 FAST = Settings(election_interval=0.2, lease=2.0, leader_timeout=1.0)
 
@@ -77,25 +76,24 @@ async def test_engine_of_each_driver_elects_hands_over_and_fences(
     first, second = (ElectionGroup(e, namespace, FAST) for e in engines)
     async with second:
         async with first:
-            ls = await asyncio.wait_for(asyncio.shield(_first_leader(first, second)), timeout=10)
-            leader = first if first.leadership is ls else second
-            await fence_on(engines[0] if leader is first else engines[1], leader)
-            old = ls
-        if leader is first:
-            new = await second.wait_for_leadership(10)
-            assert new.term > old.term
+            await second.wait_for_leader(10)  # second joined first, so it leads
+            old = await second.wait_for_leadership(10)
             await fence_on(engines[1], second)
+            assert not first.is_leader
+        # first left without leading; now second hands over to a new first member
+        third = ElectionGroup(engines[0], namespace, FAST)
+        async with third:
+            await third.wait_for_leader(10)
+            await second.close()  # resigns: third takes over at once
+            new = await third.wait_for_leadership(10)
+            assert new.term > old.term
+            await fence_on(engines[0], third)
             with pytest.raises(NotLeaderError):
                 await old.fence(None)
-        # The engines' own pools lent no connection to the election.
-        for engine in engines:
-            pool = engine.pool if isinstance(engine, Engine) else engine.sync_engine.pool
-            assert pool.checkedout() == 0  # type: ignore[attr-defined]
-
-
-async def _first_leader(a: ElectionGroup, b: ElectionGroup) -> Any:
-    await until([a, b], lambda: a.is_leader or b.is_leader, timeout=10, what="a leader")
-    return a.leadership or b.leadership
+    # The engines' own pools lent no connection to the election.
+    for engine in engines:
+        pool = engine.pool if isinstance(engine, Engine) else engine.sync_engine.pool
+        assert pool.checkedout() == 0  # type: ignore[attr-defined]
 
 
 @pytest.mark.timeout(30)
@@ -177,3 +175,28 @@ async def test_sync_transaction_on_the_elections_own_thread_is_still_bounded(
                 conn.execute(text("SELECT pg_sleep(30)"))
     finally:
         engine.dispose()
+
+
+@pytest.mark.timeout(30)
+async def test_fence_on_the_drivers_own_connections(dsn: str, namespace: str) -> None:
+    import psycopg
+    import psycopg2  # type: ignore[import-untyped]
+
+    async with ElectionGroup(dsn, namespace, FAST) as group:
+        ls = await group.wait_for_leadership(10)
+
+        def sync_fences() -> None:
+            with psycopg.connect(dsn) as conn, conn.transaction():
+                ls.fence(conn)
+            conn2 = psycopg2.connect(dsn)
+            try:
+                with conn2:  # a transaction
+                    ls.fence(conn2)
+            finally:
+                conn2.close()
+
+        await asyncio.to_thread(sync_fences)
+        async with await psycopg.AsyncConnection.connect(dsn) as aconn, aconn.transaction():
+            await ls.fence(aconn)
+        with pytest.raises(ConfigurationError, match="the fencing guard needs"):
+            await ls.fence(object())
