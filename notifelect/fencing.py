@@ -20,15 +20,13 @@ import contextlib
 import inspect
 import os
 import socket
-import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import ConfigurationError, NotLeaderError, StaleLeaderError
 from .schema import Names, quote_ident
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Connection, Engine
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 
@@ -46,9 +44,6 @@ class Lease(Protocol):
 
     @property
     def lease_remaining(self) -> float: ...
-
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop | None: ...
 
     def check(self) -> None: ...
 
@@ -205,7 +200,13 @@ class _Bound:
         self.lapsed = False
 
     def message(self) -> str:
-        return _lapsed_message(self.leadership)
+        ls = self.leadership
+        why = ls.ended_reason or "its lease ran out"
+        return (
+            f"leadership term {ls.term} of group {ls.namespace!r} ended while its transaction"
+            f" ran ({why}); the transaction's connection was dropped, nothing of it was"
+            " committed"
+        )
 
     async def follow(self) -> None:
         """At the end of the lease (it moves with every renewal, and comes at once when
@@ -264,10 +265,10 @@ def _terminate(driver: Any) -> None:
     fileno = getattr(driver, "fileno", None)
     if callable(fileno):  # psycopg 3 (sync or async), psycopg2
         with contextlib.suppress(Exception):
-            _shut(int(fileno()))
+            shut_socket(int(fileno()))
 
 
-def _shut(fd: int) -> None:
+def shut_socket(fd: int) -> None:
     """Shut a connection's socket down for both directions, without touching the driver.
 
     Any thread may do this while another is blocked reading or writing on the socket: the
@@ -280,114 +281,3 @@ def _shut(fd: int) -> None:
         sock.shutdown(socket.SHUT_RDWR)
     finally:
         sock.close()
-
-
-@contextlib.contextmanager
-def lease_bounded_sync(leadership: Lease, engine: Engine) -> Iterator[Connection]:
-    """The sync form of :func:`lease_bounded`, for a SQLAlchemy ``Engine`` (psycopg 3 or
-    psycopg2). A thread cannot be interrupted: when the lease ends the connection's socket
-    is shut down (from the election's event loop thread), so whatever the block is waiting
-    on in the database fails at once, its next statement fails, and leaving the block
-    raises :class:`NotLeaderError` without committing."""
-    leadership.check()
-    follower = _SyncFollower(leadership)
-    conn = engine.connect()
-    committed = False
-    try:
-        driver = conn.connection.driver_connection
-        follower.start(None if driver is None else int(driver.fileno()))
-        conn.begin()
-        check_term_sync(conn, leadership.names, leadership.namespace, leadership.term)
-        try:
-            yield conn
-        except Exception:
-            if not follower.lapsed:
-                conn.rollback()
-            raise
-        if not follower.stop():  # the lease ended while the block ran: never commit
-            raise NotLeaderError(_lapsed_message(leadership))
-        conn.commit()
-        committed = True
-    except BaseException as exc:
-        if follower.lapsed and not isinstance(exc, NotLeaderError):
-            raise NotLeaderError(_lapsed_message(leadership)) from exc
-        raise
-    finally:
-        follower.stop()
-        if not committed and conn.in_transaction():
-            conn.invalidate()  # never a round trip on a connection that may be cut off
-        conn.close()
-
-
-def _lapsed_message(ls: Lease) -> str:
-    why = ls.ended_reason or "its lease ran out"
-    return (
-        f"leadership term {ls.term} of group {ls.namespace!r} ended while its transaction"
-        f" ran ({why}); the transaction's connection was dropped, nothing of it was"
-        " committed"
-    )
-
-
-class _SyncFollower:
-    """Follows a leadership's lease for a sync transaction and cuts its connection off
-    when it ends. It runs on the election's event loop when the leadership has one (the
-    election's own thread), else on a thread of its own."""
-
-    def __init__(self, leadership: Lease) -> None:
-        self.leadership = leadership
-        self.lapsed = False
-        self._lock = threading.Lock()
-        self._fd: int | None = None  # cut only while the transaction runs (fds get reused)
-        self._done = threading.Event()
-        self._future: Any = None
-
-    def start(self, fd: int | None) -> None:
-        self._fd = fd
-        loop = self.leadership.loop
-        try:
-            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        # Not on the election's loop if this very thread runs it: it could not follow
-        # while the block holds the thread.
-        if loop is not None and loop is not running and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):  # the loop stopped meanwhile
-                self._future = asyncio.run_coroutine_threadsafe(self._follow_async(), loop)
-                return
-        threading.Thread(target=self._follow_thread, name="notifelect-lease", daemon=True).start()
-
-    def stop(self) -> bool:
-        """Stop following; True unless the lease ended first (then the connection is cut)."""
-        with self._lock:
-            self._fd = None
-            self._done.set()
-            if self._future is not None:
-                self._future.cancel()
-            return not self.lapsed
-
-    def _remaining(self) -> float:
-        ls = self.leadership
-        return ls.lease_remaining if ls.is_valid else 0.0
-
-    async def _follow_async(self) -> None:
-        while True:
-            remaining = self._remaining()
-            if remaining <= 0 or self._done.is_set():
-                break
-            await asyncio.sleep(min(remaining, _FOLLOW))
-        self._cut()
-
-    def _follow_thread(self) -> None:
-        while (remaining := self._remaining()) > 0:
-            if self._done.wait(min(remaining, _FOLLOW)):
-                return
-        self._cut()
-
-    def _cut(self) -> None:
-        with self._lock:
-            if self._done.is_set():
-                return
-            self.lapsed = True
-            if self._fd is not None:
-                with contextlib.suppress(OSError):
-                    _shut(self._fd)

@@ -187,7 +187,8 @@ class Leadership:
         """
         from sqlalchemy.ext.asyncio import AsyncEngine
 
-        from .fencing import lease_bounded, lease_bounded_sync
+        from .fencing import lease_bounded
+        from .fencing_sync import lease_bounded_sync
 
         if isinstance(engine, AsyncEngine):
             return lease_bounded(self, engine)

@@ -200,3 +200,42 @@ async def test_fence_on_the_drivers_own_connections(dsn: str, namespace: str) ->
             await ls.fence(aconn)
         with pytest.raises(ConfigurationError, match="the fencing guard needs"):
             await ls.fence(object())
+
+
+@pytest.mark.timeout(30)
+async def test_sync_transaction_stays_one_guarded_transaction(dsn: str, namespace: str) -> None:
+    plain = sa.create_engine(url(dsn, "psycopg2"))
+    autocommit = plain.execution_options(isolation_level="AUTOCOMMIT")
+    try:
+        async with ElectionGroup(plain, namespace, FAST) as group:
+            ls = await group.wait_for_leadership(10)
+
+            def work() -> None:
+                with plain.begin() as conn:
+                    conn.execute(text("CREATE TABLE t (v int)"))
+
+                # An engine in AUTOCOMMIT still gets one real transaction: a failing
+                # block leaves nothing behind.
+                def failing() -> None:
+                    with ls.transaction(autocommit) as conn:
+                        conn.execute(text("INSERT INTO t VALUES (1)"))
+                        raise RuntimeError("the block failed")
+
+                # A block that ends the transaction itself loses the guard: refused.
+                def committing_itself() -> None:
+                    with ls.transaction(plain) as conn:
+                        conn.commit()
+                        conn.execute(text("INSERT INTO t VALUES (2)"))
+
+                with pytest.raises(RuntimeError):
+                    failing()
+                with pytest.raises(ConfigurationError, match="no longer holds its guard"):
+                    committing_itself()
+                with ls.transaction(plain) as conn:
+                    conn.execute(text("INSERT INTO t VALUES (3)"))
+                with plain.connect() as conn:
+                    assert list(conn.scalars(text("SELECT v FROM t ORDER BY v"))) == [3]
+
+            await asyncio.to_thread(work)
+    finally:
+        plain.dispose()
