@@ -29,6 +29,7 @@ from .leadership import LeaderInfo, Leadership, current_leadership
 from .schedule import CatchUp
 from .schema import Names
 from .settings import RetryPolicy, Settings
+from .sync import SyncElectionGroup
 from .transport import MemoryBus
 
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
     "SchemaError",
     "Settings",
     "StaleLeaderError",
+    "SyncElectionGroup",
     "Vacancies",
     "cron",
     "current_leadership",

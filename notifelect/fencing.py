@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
+import os
+import socket
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -63,7 +66,11 @@ def _signed32(half: int) -> int:
 
 
 def _sql(names: Names, style: str) -> str:
-    ns, hi, lo = ("$1", "$2", "$3") if style == "numeric" else (":namespace", ":hi", ":lo")
+    ns, hi, lo = {
+        "numeric": ("$1", "$2", "$3"),
+        "named": (":namespace", ":hi", ":lo"),
+        "format": ("%s", "%s", "%s"),
+    }[style]
     # The advisory lock is taken before the row's (the row lock is the plan's top node).
     return (
         f"SELECT t.term FROM (SELECT pg_advisory_xact_lock_shared({hi}, {lo})) g,"
@@ -71,17 +78,38 @@ def _sql(names: Names, style: str) -> str:
     )
 
 
+_EXECUTORS = (
+    "a SQLAlchemy Connection, Session, AsyncConnection or AsyncSession (any PostgreSQL "
+    "driver), or an asyncpg, psycopg or psycopg2 connection"
+)
+
+
+def is_sync_executor(executor: Any) -> bool:
+    """Whether ``executor`` runs statements synchronously (a SQLAlchemy ``Connection`` or
+    ``Session``, or a DBAPI connection of psycopg or psycopg2)."""
+    from sqlalchemy.engine import Connection
+    from sqlalchemy.orm import Session
+
+    if isinstance(executor, Connection | Session):
+        return True
+    if hasattr(executor, "fetchval"):  # asyncpg
+        return False
+    execute = getattr(executor, "execute", None)
+    if execute is not None and inspect.iscoroutinefunction(execute):
+        return False  # psycopg's AsyncConnection
+    return callable(getattr(executor, "cursor", None))
+
+
 async def read_term_for_share(executor: Any, names: Names, namespace: str) -> int | None:
     """The current term of ``namespace``, locked FOR SHARE in ``executor``'s transaction.
 
-    ``executor`` is a SQLAlchemy ``AsyncSession`` or ``AsyncConnection``, or an asyncpg
-    connection; it must be inside a transaction for the lock to matter.
+    ``executor`` is a SQLAlchemy ``AsyncSession`` or ``AsyncConnection`` (any async
+    driver), an asyncpg connection or a psycopg ``AsyncConnection``; it must be inside a
+    transaction for the lock to matter. Sync executors: :func:`read_term_for_share_sync`.
     """
-    try:
-        from sqlalchemy import text
-        from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
-    except ImportError:  # pragma: no cover - SQLAlchemy is a dependency
-        AsyncConnection = AsyncSession = ()  # type: ignore[assignment,misc]
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
     hi, lo = guard_key(names, namespace)
     if isinstance(executor, AsyncSession | AsyncConnection):
         params = {"namespace": namespace, "hi": hi, "lo": lo}
@@ -89,13 +117,49 @@ async def read_term_for_share(executor: Any, names: Names, namespace: str) -> in
         value = result.scalar()
         return None if value is None else int(value)
     fetchval = getattr(executor, "fetchval", None)
-    if fetchval is None:
+    if fetchval is not None:
+        value = await fetchval(_sql(names, "numeric"), namespace, hi, lo)
+        return None if value is None else int(value)
+    execute = getattr(executor, "execute", None)
+    if execute is None or not inspect.iscoroutinefunction(execute):
         raise ConfigurationError(
-            "the fencing guard needs a SQLAlchemy AsyncSession or AsyncConnection, or an "
-            f"asyncpg connection; got {type(executor).__name__}"
+            f"the fencing guard needs {_EXECUTORS}; got {type(executor).__name__}"
         )
-    value = await fetchval(_sql(names, "numeric"), namespace, hi, lo)
-    return None if value is None else int(value)
+    cursor = await execute(_sql(names, "format"), (hi, lo, namespace))  # in the order they appear
+    row = await cursor.fetchone()
+    return None if row is None else int(row[0])
+
+
+def read_term_for_share_sync(executor: Any, names: Names, namespace: str) -> int | None:
+    """:func:`read_term_for_share` for a SQLAlchemy ``Connection`` or ``Session`` (any
+    driver) or a psycopg / psycopg2 connection; blocks the calling thread."""
+    from sqlalchemy import text
+    from sqlalchemy.engine import Connection
+    from sqlalchemy.orm import Session
+
+    hi, lo = guard_key(names, namespace)
+    if isinstance(executor, Connection | Session):
+        params = {"namespace": namespace, "hi": hi, "lo": lo}
+        value = executor.execute(text(_sql(names, "named")), params).scalar()
+        return None if value is None else int(value)
+    if not callable(getattr(executor, "cursor", None)):
+        raise ConfigurationError(
+            f"the fencing guard needs {_EXECUTORS}; got {type(executor).__name__}"
+        )
+    cursor = executor.cursor()
+    try:
+        cursor.execute(_sql(names, "format"), (hi, lo, namespace))  # in the order they appear
+        row = cursor.fetchone()
+    finally:
+        cursor.close()
+    return None if row is None else int(row[0])
+
+
+def check_term_sync(executor: Any, names: Names, namespace: str, term: int) -> None:
+    """:func:`check_term` for sync executors (see :func:`read_term_for_share_sync`)."""
+    current = read_term_for_share_sync(executor, names, namespace)
+    if current != term:
+        raise StaleLeaderError(namespace, term, current)
 
 
 async def check_term(executor: Any, names: Names, namespace: str, term: int) -> None:
@@ -252,6 +316,22 @@ def _terminate(driver: Any) -> None:
     if callable(terminate):
         terminate()  # asyncpg
         return
-    pgconn = getattr(driver, "pgconn", None)
-    if pgconn is not None:
-        pgconn.finish()  # psycopg 3
+    fileno = getattr(driver, "fileno", None)
+    if callable(fileno):  # psycopg 3 (sync or async), psycopg2
+        with contextlib.suppress(Exception):
+            shut_socket(int(fileno()))
+
+
+def shut_socket(fd: int) -> None:
+    """Shut a connection's socket down for both directions, without touching the driver.
+
+    Any thread may do this while another is blocked reading or writing on the socket: the
+    kernel wakes the blocked call at once (the driver sees the connection closed and
+    raises), and no library state is shared between the threads, which libpq would not
+    allow. The descriptor is duplicated so that closing our socket object leaves the
+    driver's own descriptor for the driver to close."""
+    sock = socket.socket(fileno=os.dup(fd))
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    finally:
+        sock.close()

@@ -37,6 +37,7 @@ from .transport.base import Member, Transport
 
 if TYPE_CHECKING:
     import asyncpg
+    from sqlalchemy.engine import Engine
     from sqlalchemy.ext.asyncio import AsyncEngine
 
     from .job_store import JobStore
@@ -62,9 +63,13 @@ class _Life(enum.Enum):
 class ElectionGroup:
     """One node's membership of an election group.
 
-    ``engine`` is a SQLAlchemy ``AsyncEngine`` on the asyncpg driver, a DSN string, or an
-    asyncpg connection (borrowed: never closed, and it serves one member of each group,
-    with the same settings; if the connection itself is lost the group cannot reconnect).
+    ``engine`` is a SQLAlchemy engine for PostgreSQL, sync (``Engine``) or async
+    (``AsyncEngine``), on asyncpg, psycopg 3 or psycopg2; a DSN string; or an asyncpg
+    connection (borrowed: never closed, and it serves one member of each group, with the
+    same settings; if the connection itself is lost the group cannot reconnect). The
+    election runs on asyncpg connections of its own whatever the engine's driver: for
+    psycopg and psycopg2 engines it reads where and as whom the engine connects (URL,
+    ``connect_args``, ``do_connect`` listeners) and connects there with asyncpg.
     Otherwise the group opens dedicated connections as the engine (or DSN) says, never
     taken from or returned to the engine's pool, so LISTEN and locks never leak into it:
     the election connection, the node's anchor (an idle session whose end tells a standby
@@ -84,7 +89,7 @@ class ElectionGroup:
 
     def __init__(
         self,
-        engine: AsyncEngine | str | asyncpg.Connection[Any] | None = None,
+        engine: AsyncEngine | Engine | str | asyncpg.Connection[Any] | None = None,
         name: str | None = None,
         settings: Settings | None = None,
         *,
@@ -105,8 +110,7 @@ class ElectionGroup:
         if transport is None:
             if engine is None:
                 raise ConfigurationError(
-                    "ElectionGroup needs an AsyncEngine (postgresql+asyncpg://...), a DSN, "
-                    "or transport="
+                    "ElectionGroup needs a SQLAlchemy engine for PostgreSQL, a DSN, or transport="
                 )
             transport = _postgres_transport(engine, settings, self._member)
         elif engine is not None:

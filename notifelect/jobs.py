@@ -497,8 +497,21 @@ def job_store_for(engine: Any, transport: Any, settings: Settings) -> JobStore:
         # The group checked the DSN. No pool: nothing to dispose of when the group ends.
         rest = engine.partition("://")[2]
         engine = create_async_engine(f"postgresql+asyncpg://{rest}", poolclass=NullPool)
+    from sqlalchemy.engine import Engine
     from sqlalchemy.ext.asyncio import AsyncEngine
 
+    if isinstance(engine, Engine):
+        # A sync engine (the threaded facade): the records go through connections made as
+        # the election's are (asyncpg, from the engine's own connect arguments).
+        from sqlalchemy.ext.asyncio import create_async_engine
+        from sqlalchemy.pool import NullPool
+
+        from .transport.connect import connector_for
+
+        connect, _ = connector_for(engine, host_timeout=settings.host_timeout)
+        engine = create_async_engine(
+            "postgresql+asyncpg://", async_creator=connect, poolclass=NullPool
+        )
     if not isinstance(engine, AsyncEngine):
         raise ConfigurationError(
             f"scheduled jobs of group {settings.namespace!r} keep their schedule in the "

@@ -6,20 +6,23 @@ group; :func:`current_leadership` gives leader-only code the leadership it runs 
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
-from collections.abc import Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
+import threading
+from collections.abc import Awaitable, Callable, Generator
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from ._clock import now
 from .errors import NotLeaderError
-from .fencing import check_term
+from .fencing import check_term, check_term_sync, is_sync_executor
 from .schema import Names
 from .transport.base import LeaderRecord
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection, Engine
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 __all__ = ["LeaderInfo", "Leadership", "current_leadership"]
@@ -74,7 +77,12 @@ class Leadership:
         self._valid_until = valid_until
         self._ended = False
         self._draining = False
+        self._over = threading.Event()  # set once no new work is admitted (drain or end)
         self.ended_reason: str | None = None
+        try:
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None
 
     def __repr__(self) -> str:
         if self._ended:
@@ -99,6 +107,27 @@ class Leadership:
         """Seconds until the lease runs out if it is not renewed (0 once ended)."""
         return 0.0 if self._ended else max(0.0, self._valid_until - now())
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop of the election that holds this leadership (its own thread)."""
+        return self._loop
+
+    def wait_until_over(self, timeout: float | None = None) -> bool:
+        """Block the calling thread until this leadership admits no new work (a hand-over
+        began, it was lost, or its lease ran out) or ``timeout`` seconds passed; return
+        whether it is over. For plain ``def`` leader work, which cannot be cancelled: loop
+        ``while not leadership.wait_until_over(1.0): ...``. Never call it on an event
+        loop."""
+        deadline = None if timeout is None else now() + timeout
+        while self.admits:
+            left = self.lease_remaining
+            if deadline is not None:
+                left = min(left, deadline - now())
+                if left <= 0:
+                    return False
+            self._over.wait(min(left, 0.05) if left > 0 else 0.05)
+        return True
+
     def check(self) -> None:
         """Raise NotLeaderError unless this leadership is still valid."""
         if not self.is_valid:
@@ -107,23 +136,40 @@ class Leadership:
                 + (f" ({self.ended_reason})" if self.ended_reason else "")
             )
 
-    async def fence(self, executor: Any) -> None:
+    def fence(self, executor: Any) -> Awaitable[None]:
         """Fencing guard for a write in ``executor``'s open transaction.
 
         Locks the group's term row FOR SHARE and raises StaleLeaderError unless it still
         holds this term; a newer leader cannot take its term until the transaction ends,
         so a write that passes the guard and commits was made under the current term.
+
+        ``executor``: a SQLAlchemy ``AsyncSession`` or ``AsyncConnection`` or an asyncpg or
+        psycopg ``AsyncConnection`` (``await leadership.fence(conn)``); or a sync
+        SQLAlchemy ``Session`` or ``Connection`` or a psycopg / psycopg2 connection, on
+        any driver, which is checked during the call itself, blocking the thread
+        (``leadership.fence(conn)``; awaiting the result as well does no harm).
         """
         self.check()
-        await check_term(executor, self.names, self.namespace, self.term)
+        if is_sync_executor(executor):
+            check_term_sync(executor, self.names, self.namespace, self.term)
+            return _Checked()
+        return check_term(executor, self.names, self.namespace, self.term)
 
-    def transaction(self, engine: AsyncEngine) -> AbstractAsyncContextManager[AsyncConnection]:
+    @overload
+    def transaction(self, engine: AsyncEngine) -> AbstractAsyncContextManager[AsyncConnection]: ...
+
+    @overload
+    def transaction(self, engine: Engine) -> AbstractContextManager[Connection]: ...
+
+    def transaction(
+        self, engine: AsyncEngine | Engine
+    ) -> AbstractAsyncContextManager[AsyncConnection] | AbstractContextManager[Connection]:
         """A fenced transaction bounded by this leadership's lease.
 
         ``async with leadership.transaction(engine) as conn:`` checks out a connection of
-        ``engine`` (a SQLAlchemy ``AsyncEngine``), begins a transaction and passes the
-        guard (:meth:`fence`), then runs the block; leaving it commits. Raises
-        :class:`NotLeaderError` at once if the lease has lapsed, and
+        ``engine`` (a SQLAlchemy ``AsyncEngine``, any async PostgreSQL driver), begins a
+        transaction and passes the guard (:meth:`fence`), then runs the block; leaving it
+        commits. Raises :class:`NotLeaderError` at once if the lease has lapsed, and
         :class:`StaleLeaderError` if a newer term exists.
 
         The block and its commit are bounded by the lease: the deadline follows every
@@ -133,10 +179,22 @@ class Leadership:
         happens when the caller is cancelled. So the work of a leader cut off from the
         database ends within its lease, whatever the network does. An exception of the
         block rolls back as usual. Use ``AsyncSession(bind=conn)`` for the ORM.
-        """
-        from .fencing import lease_bounded
 
-        return lease_bounded(self, engine)
+        With a sync ``Engine`` (psycopg 3 or psycopg2) it is a plain context manager,
+        ``with leadership.transaction(engine) as conn:``. A thread cannot be cancelled, so
+        at the end of the lease the connection's socket is shut down from the election's
+        thread instead: whatever the block waits on in the database fails at once, and
+        leaving the block raises :class:`NotLeaderError` without committing. Use
+        ``Session(bind=conn)`` for the ORM.
+        """
+        from sqlalchemy.ext.asyncio import AsyncEngine
+
+        from .fencing import lease_bounded
+        from .fencing_sync import lease_bounded_sync
+
+        if isinstance(engine, AsyncEngine):
+            return lease_bounded(self, engine)
+        return lease_bounded_sync(self, engine)
 
     # The election driver's side (not for users).
 
@@ -147,11 +205,22 @@ class Leadership:
         if not self._ended:
             self._draining = True
             self.ended_reason = reason
+            self._over.set()
 
     def _end(self, reason: str) -> None:
         if not self._ended:
             self._ended = True
             self.ended_reason = self.ended_reason or reason
+            self._over.set()
+
+
+class _Checked:
+    """What :meth:`Leadership.fence` returns for a sync executor: the check is done, and
+    awaiting it as well does nothing."""
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return
+        yield
 
 
 #: ``async def callback(leadership)`` registered with ``on_elected`` / ``on_deposed``.

@@ -41,4 +41,4 @@ def test_extras_reuse_each_other_instead_of_repeating_lists() -> None:
             name = re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0].lower()
             assert name not in owner, f"{name} is listed in both {owner.get(name)} and {extra}"
             owner[name] = extra
-    assert "notifelect[embedded,examples,bench,metrics,cron]" in extras["dev"]
+    assert "notifelect[embedded,examples,bench,metrics,cron,psycopg,psycopg2]" in extras["dev"]

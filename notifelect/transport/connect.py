@@ -1,5 +1,11 @@
 """Turn what users hand to ElectionGroup (engine, DSN, connection) into asyncpg connections.
 
+Any SQLAlchemy engine for PostgreSQL will do, sync or async, on asyncpg, psycopg 3 or
+psycopg2: the election always runs on asyncpg connections of its own. An asyncpg engine
+makes them through its own connect path; for the other drivers the arguments the engine
+would connect with (its URL, ``connect_args`` and ``do_connect`` listeners) are read and
+given to asyncpg instead (:class:`_ForeignEngineConnector`).
+
 Connections made here carry an ``application_name`` so that an election's sessions can be
 told apart in ``pg_stat_activity``: the one the user configured (in the DSN's query, the
 engine's ``connect_args``/URL, or ``$PGAPPNAME``), else :data:`APPLICATION_NAME`. A
@@ -14,6 +20,7 @@ import contextvars
 import os
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlencode
 
 import asyncpg
 from asyncpg.connect_utils import SessionAttribute
@@ -28,9 +35,15 @@ Connect = Callable[[], Awaitable["asyncpg.Connection[Any]"]]
 DEFAULT_HOST_TIMEOUT = 1.0
 
 _ASYNC_HINT = (
-    "use a SQLAlchemy AsyncEngine on the asyncpg driver, e.g. "
-    "create_async_engine('postgresql+asyncpg://user@host/db'), or a DSN string"
+    "use a SQLAlchemy engine for PostgreSQL (create_engine or create_async_engine on "
+    "postgresql+asyncpg, +psycopg or +psycopg2), a postgresql:// DSN string, or an asyncpg "
+    "connection"
 )
+#: The SQLAlchemy PostgreSQL drivers whose connect arguments are libpq's (see
+#: :func:`libpq_to_dsn`).
+_LIBPQ_DRIVERS = ("psycopg", "psycopg_async", "psycopg2", "psycopg2cffi")
+#: DSN schemes taken as they are (a SQLAlchemy URL's driver says nothing to asyncpg).
+_DSN_DRIVERS = ("", "asyncpg", "psycopg", "psycopg_async", "psycopg2")
 
 
 #: ``application_name`` of the election's connections unless the user set one; once the
@@ -71,18 +84,18 @@ def connector_for(
         from sqlalchemy.ext.asyncio import AsyncEngine
     except ImportError:  # pragma: no cover - SQLAlchemy is a dependency
         raise ConfigurationError(f"cannot use {type(engine).__name__}: {_ASYNC_HINT}") from None
-    if isinstance(engine, Engine):
-        raise ConfigurationError(
-            f"ElectionGroup got a synchronous Engine ({engine.url.drivername}); {_ASYNC_HINT}"
-        )
-    if isinstance(engine, AsyncEngine):
+    if isinstance(engine, Engine | AsyncEngine):
         dialect = engine.dialect
-        if dialect.name != "postgresql" or dialect.driver != "asyncpg":
+        if dialect.name == "postgresql" and dialect.driver == "asyncpg":
+            if isinstance(engine, AsyncEngine):
+                return _EngineConnector(engine, application_name, host_timeout), None
+        elif dialect.name != "postgresql" or dialect.driver not in _LIBPQ_DRIVERS:
+            kind = "an AsyncEngine" if isinstance(engine, AsyncEngine) else "an Engine"
             raise ConfigurationError(
-                f"ElectionGroup needs PostgreSQL through asyncpg, got an AsyncEngine for "
-                f"{engine.url.drivername!r}; {_ASYNC_HINT}"
+                f"ElectionGroup needs PostgreSQL through asyncpg, psycopg or psycopg2, got "
+                f"{kind} for {engine.url.drivername!r}; {_ASYNC_HINT}"
             )
-        return _EngineConnector(engine, application_name, host_timeout), None
+        return _ForeignEngineConnector(engine, application_name, host_timeout), None
     raise ConfigurationError(f"ElectionGroup cannot use a {type(engine).__name__}; {_ASYNC_HINT}")
 
 
@@ -133,12 +146,18 @@ _observe_lost_ssl_probes()
 class _DsnConnector:
     """Dedicated connections from a DSN, one host at a time (see :mod:`.hosts`)."""
 
-    def __init__(self, dsn: str, application_name: str, host_timeout: float) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        application_name: str,
+        host_timeout: float,
+        order: HostOrder | None = None,
+    ) -> None:
         scheme, sep, _ = dsn.partition("://")
         if not sep:
             raise ConfigurationError(f"not a DSN: {dsn!r}; expected postgresql://user@host/db")
         base, _, driver = scheme.partition("+")
-        if base not in ("postgresql", "postgres") or driver not in ("", "asyncpg"):
+        if base not in ("postgresql", "postgres") or driver not in _DSN_DRIVERS:
             raise ConfigurationError(
                 f"ElectionGroup needs a PostgreSQL DSN for asyncpg, got scheme {scheme!r}; "
                 f"{_ASYNC_HINT}"
@@ -146,7 +165,11 @@ class _DsnConnector:
         split = split_dsn(dsn)
         self._rest = split.rest
         self._hosts = split.hosts
-        self._order = HostOrder(host_timeout, target_of(split.target))
+        if order is None:
+            order = HostOrder(host_timeout, target_of(split.target))
+        else:
+            order.target = target_of(split.target)
+        self._order = order
         self._settings = (
             None
             if "application_name" in split.query
@@ -298,6 +321,147 @@ class _EngineConnector:
             conn.terminate()
             raise
         return conn
+
+
+class _Arguments(Exception):
+    """What an engine's connect path was about to connect with (raised to stop it)."""
+
+    def __init__(self, cparams: dict[str, Any]) -> None:
+        super().__init__("connect arguments read")
+        self.cparams = dict(cparams)
+
+
+#: True while a :class:`_ForeignEngineConnector` reads an engine's connect arguments in
+#: this context (``asyncio.to_thread`` and ``greenlet_spawn`` carry it along).
+_READING: contextvars.ContextVar[bool] = contextvars.ContextVar("notifelect_reading", default=False)
+
+
+def _on_read_arguments(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> None:
+    if _READING.get():
+        raise _Arguments(cparams)
+
+
+#: libpq keywords asyncpg reads from a DSN itself (``options`` and ``application_name``
+#: go to the server at start-up, which is what libpq does with them too).
+_ASYNCPG_KEYWORDS = frozenset(
+    {
+        "host",
+        "port",
+        "user",
+        "password",
+        "passfile",
+        "sslmode",
+        "sslcert",
+        "sslkey",
+        "sslrootcert",
+        "sslcrl",
+        "sslpassword",
+        "ssl_min_protocol_version",
+        "ssl_max_protocol_version",
+        "target_session_attrs",
+        "krbsrvname",
+        "gsslib",
+        "application_name",
+        "options",
+    }
+)
+
+
+def libpq_to_dsn(cparams: dict[str, Any]) -> str:
+    """The ``postgresql://`` DSN asyncpg reads for libpq-style connect arguments (those
+    psycopg and psycopg2 connect with): hosts and ports (several: ``host=a,b``), database,
+    user, password, the SSL settings (``sslmode``, ``sslrootcert``, ``sslcert``,
+    ``sslkey``, ...), ``target_session_attrs``, ``application_name`` and ``options``.
+
+    Left out: the drivers' own Python options (``context``, ``cursor_factory``,
+    ``autocommit``, ...), which mean nothing to asyncpg, and libpq's client-side knobs
+    asyncpg has no equivalent for (``keepalives*``, ``gssencmode``, ``channel_binding``);
+    ``connect_timeout`` gives way to the election's own per-host budget
+    (``Settings.connect_timeout``).
+    """
+    pairs: list[tuple[str, str]] = []
+    for key, value in cparams.items():
+        if key == "database":
+            key = "dbname"
+        if isinstance(value, list | tuple):  # several hosts or ports, as some dialects give them
+            value = ",".join(str(v) for v in value if v is not None)
+        if value is None or not isinstance(value, str | int):
+            continue
+        if key == "dbname" or key in _ASYNCPG_KEYWORDS:
+            pairs.append((key, str(value)))
+    if "host" not in cparams and isinstance(cparams.get("hostaddr"), str):
+        pairs.append(("host", cparams["hostaddr"]))
+    return "postgresql://?" + urlencode(pairs) if pairs else "postgresql://"
+
+
+class _ForeignEngineConnector:
+    """Dedicated asyncpg connections for an engine on another driver (psycopg 3, sync or
+    async, or psycopg2), or a sync engine on asyncpg.
+
+    Why asyncpg underneath rather than the engine's own driver: the election session is a
+    long-lived, mostly idle connection that must hear NOTIFY the moment it arrives, be
+    dropped without a round trip when its lease is in doubt, and keep one code path (one
+    set of failure tests) for every user; asyncpg does all three on the event loop the
+    election already runs. psycopg's async connection could carry it too, but psycopg2 and
+    sync psycopg could not, and two session implementations would double what has to be
+    proved safe. So the engine is asked only *where* and *as whom* to connect: its pool's
+    connect path runs (a fresh copy of the pool, nothing pooled, so the user's pool stays
+    untouched) with its URL, ``connect_args`` and ``do_connect`` listeners (which may
+    supply a password or a token), and a last ``do_connect`` listener, active only while
+    this connector reads, takes the final arguments and stops before any connection is
+    made. They are mapped to asyncpg's (:func:`libpq_to_dsn`) and the hosts tried one at a
+    time (:mod:`.hosts`). An engine made with ``creator=`` hides where it connects: it is
+    refused on the first connect, with the fix.
+    """
+
+    def __init__(self, engine: Any, application_name: str, host_timeout: float) -> None:
+        from sqlalchemy import event
+        from sqlalchemy.ext.asyncio import AsyncEngine
+
+        self._is_async = isinstance(engine, AsyncEngine)
+        self._sync = engine.sync_engine if self._is_async else engine
+        self._url = engine.url
+        self._name = application_name
+        self._timeout = host_timeout
+        self._order = HostOrder(
+            host_timeout, target_of(engine.url.query.get("target_session_attrs"))
+        )
+        if not event.contains(self._sync, "do_connect", _on_read_arguments):
+            event.listen(self._sync, "do_connect", _on_read_arguments)
+        _, cparams = engine.dialect.create_connect_args(engine.url)
+        hosts = str(cparams.get("host") or "").split(",")
+        #: The longest one call takes, as far as the URL shows its hosts.
+        self.bound = max(1, len([h for h in hosts if h])) * host_timeout
+
+    async def arguments(self) -> dict[str, Any]:
+        """The arguments the engine would connect with now (its listeners run: a token
+        may change from one connection to the next)."""
+        from sqlalchemy.util import greenlet_spawn
+
+        pool = self._sync.pool.recreate()
+        reading = _READING.set(True)
+        try:
+            if self._is_async:
+                made = await greenlet_spawn(pool.connect)
+            else:
+                # Listeners of a sync engine may block (fetching a token): not on the loop.
+                made = await asyncio.to_thread(pool.connect)
+        except _Arguments as read:
+            return read.cparams
+        finally:
+            _READING.reset(reading)
+        made.invalidate()
+        raise ConfigurationError(
+            f"the engine for {self._url.render_as_string()!r} connects through creator= or a "
+            "do_connect listener that makes the connection itself, so the election cannot "
+            "see where it connects; give ElectionGroup a DSN (or an engine without a creator) "
+            "for the same database"
+        )
+
+    async def __call__(self) -> asyncpg.Connection[Any]:
+        dsn = libpq_to_dsn(await self.arguments())
+        connect = _DsnConnector(dsn, self._name, self._timeout, self._order)
+        return await connect()
 
 
 def _raise_if_full(exc: BaseException) -> None:

@@ -1,0 +1,28 @@
+"""The election group of the example site, built from Django's own database settings.
+
+It is created here and started only where a process should take part: the
+``run_leader_jobs`` command below (or gunicorn's ``post_fork`` hook for web workers), never
+in ``AppConfig.ready()``, which also runs in ``migrate``, ``shell`` and every other command.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from django.conf import settings
+
+from notifelect.sync import SyncElectionGroup
+
+
+def database_url(alias: str = "default") -> str:
+    """A ``postgresql://`` URL for one of ``settings.DATABASES``."""
+    db = settings.DATABASES[alias]
+    user = quote(db.get("USER") or "", safe="")
+    password = quote(db.get("PASSWORD") or "", safe="")
+    auth = f"{user}:{password}@" if password else f"{user}@" if user else ""
+    host = db.get("HOST") or ""
+    port = f":{db['PORT']}" if db.get("PORT") else ""
+    return f"postgresql://{auth}{host}{port}/{quote(db['NAME'], safe='')}"
+
+
+group = SyncElectionGroup(database_url(), name="django-example")
