@@ -490,32 +490,22 @@ def job_store_for(engine: Any, transport: Any, settings: Settings) -> JobStore:
         return memory_store(transport.bus)
     if engine is None:
         return MemoryJobStore()
-    if isinstance(engine, str):
-        from sqlalchemy.ext.asyncio import create_async_engine
-        from sqlalchemy.pool import NullPool
+    from sqlalchemy.ext.asyncio import create_async_engine
+    from sqlalchemy.pool import NullPool
 
-        # The group checked the DSN. No pool: nothing to dispose of when the group ends.
-        rest = engine.partition("://")[2]
-        engine = create_async_engine(f"postgresql+asyncpg://{rest}", poolclass=NullPool)
-    from sqlalchemy.engine import Engine
-    from sqlalchemy.ext.asyncio import AsyncEngine
+    from .transport.connect import connector_for
 
-    if isinstance(engine, Engine):
-        # A sync engine (the threaded facade): the records go through connections made as
-        # the election's are (asyncpg, from the engine's own connect arguments).
-        from sqlalchemy.ext.asyncio import create_async_engine
-        from sqlalchemy.pool import NullPool
-
-        from .transport.connect import connector_for
-
-        connect, _ = connector_for(engine, host_timeout=settings.host_timeout)
-        engine = create_async_engine(
-            "postgresql+asyncpg://", async_creator=connect, poolclass=NullPool
-        )
-    if not isinstance(engine, AsyncEngine):
+    # The records go through connections made as the election's are: one host of a
+    # multi-host URL at a time, each within its own budget, to a server that takes writes,
+    # so a database failover with a silent old primary reaches the jobs too (an engine's
+    # own pool would spend its whole connect timeout on the silent host). No pool: each
+    # short transaction connects to the host that accepted last.
+    connect, borrowed = connector_for(engine, host_timeout=settings.host_timeout)
+    if connect is None or borrowed is not None:
         raise ConfigurationError(
             f"scheduled jobs of group {settings.namespace!r} keep their schedule in the "
             f"database and need connections of their own; the group was given a "
-            f"{type(engine).__name__}: create it with an AsyncEngine or a DSN"
+            f"{type(engine).__name__}: create it with an engine or a DSN"
         )
+    engine = create_async_engine("postgresql+asyncpg://", async_creator=connect, poolclass=NullPool)
     return PostgresJobStore(engine, settings.names, settings.io_timeout)
