@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import os
 import threading
 from collections.abc import Awaitable, Callable, Generator
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
@@ -75,6 +76,9 @@ class Leadership:
         self.node = node
         self.since = datetime.now(UTC)
         self._valid_until = valid_until
+        #: The process it was granted to: a child forked while it was valid shares its
+        #: memory (and the clock) but not the claim; it must never act on it.
+        self._pid = os.getpid()
         self._ended = False
         self._draining = False
         self._over = threading.Event()  # set once no new work is admitted (drain or end)
@@ -95,7 +99,7 @@ class Leadership:
 
     @property
     def is_valid(self) -> bool:
-        return not self._ended and now() < self._valid_until
+        return not self._ended and now() < self._valid_until and os.getpid() == self._pid
 
     @property
     def admits(self) -> bool:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import concurrent.futures.thread  # its exit hook is registered on import, before ours
 import contextvars
 import functools
 import inspect
@@ -416,4 +417,11 @@ def _close_at_exit() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+# Before concurrent.futures joins its worker threads at exit (its hook runs before the
+# atexit handlers, and these hooks run in reverse order of registration): a def callback
+# still running, waiting for its leadership to end, would otherwise keep the process
+# from ever exiting. The atexit handler stays for interpreters without that hook.
+_register_early = getattr(threading, "_register_atexit", None)
+if callable(_register_early):
+    _register_early(_close_at_exit)
 atexit.register(_close_at_exit)
