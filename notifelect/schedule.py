@@ -201,6 +201,11 @@ class Plan:
     skipped: int = 0
 
 
+#: How late a run may start, after its scheduled time, for waking up and claiming it; a
+#: ``catch_up`` window counts from there.
+WAKE_GRACE = timedelta(seconds=1)
+
+
 @dataclass(frozen=True)
 class Schedule:
     """A trigger and its policies (see the module docstring)."""
@@ -230,7 +235,9 @@ class Schedule:
             latest = self.trigger.latest(due, now)
             return Plan(latest, self.trigger.count(due, latest))
         assert isinstance(self.catch_up, timedelta)
-        oldest = now - self.catch_up
+        # A time counts as missed only once it is older than the window plus what waking
+        # up for it takes (the loop sleeps until the time, then reads the clock again).
+        oldest = now - self.catch_up - WAKE_GRACE
         if due >= oldest:
             return Plan(due)
         first = self.trigger.earliest(due, oldest)

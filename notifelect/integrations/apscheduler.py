@@ -130,7 +130,22 @@ class LeaderScheduler:
         end, pause and wait for the runs in flight."""
         await self._started.wait()
         try:
-            await self._realign(ls)
+            while True:
+                try:
+                    await self._realign(ls)
+                    break
+                except Exception as exc:
+                    # The jobs stay paused until their schedule is read: a database that
+                    # refuses now (a lock, a timeout) is asked again, as the group's own
+                    # jobs do, never given up on for the whole term.
+                    log.warning(
+                        "could not read the recorded schedule of the APScheduler jobs of"
+                        " group %r: %r; retrying",
+                        ls.namespace,
+                        exc,
+                        extra=_extra("job_store_failed", ls),
+                    )
+                    await asyncio.sleep(self.group.settings.election_interval)
             self._leadership = ls
             self.scheduler.resume()
             await asyncio.Future()  # until the leadership ends (cancelled)
@@ -176,7 +191,11 @@ class LeaderScheduler:
                 continue  # never ran in this group, or paused by its owner
             after = last.scheduled_at.astimezone(job.next_run_time.tzinfo or UTC)
             following = job.trigger.get_next_fire_time(after, datetime.now(UTC))
-            if following is not None:
+            if following is None:
+                # Its trigger has no time after the last recorded run (a date job that
+                # already ran on another leader): it is done for the group.
+                job.remove()
+            else:
                 job.modify(next_run_time=following)
 
     # ------------------------------------------------------------ recording the runs

@@ -96,7 +96,11 @@ def require_leader(
         if redirect:
             url = await group.leader_url()
             if url is not None:
-                target = url.rstrip("/") + request.url.path
+                # The path as the client sent it (still percent-encoded): a decoded one
+                # would reach the leader as another path.
+                raw = request.scope.get("raw_path")
+                path = raw.decode("latin-1") if isinstance(raw, bytes) else request.url.path
+                target = url.rstrip("/") + path
                 if request.url.query:
                     target += "?" + request.url.query
                 raise HTTPException(

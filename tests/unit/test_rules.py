@@ -229,3 +229,21 @@ def test_who_stands_by_and_who_succeeds(
 ) -> None:
     assert standby(members, leader) == watcher
     assert successor(members, leader) == heir
+
+
+def test_a_leadership_is_not_valid_in_a_forked_child() -> None:
+    # A child forked while its parent leads shares the leadership's memory and the clock,
+    # not the claim: every gate, fence and transaction must refuse there.
+    import os
+
+    from notifelect._clock import now
+    from notifelect.leadership import Leadership
+    from notifelect.schema import Names
+
+    ls = Leadership("g", Names(), term=1, node=1, valid_until=now() + 60)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os._exit(0 if not ls.is_valid and not ls.admits else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert ls.is_valid  # in the process it was granted to
