@@ -191,7 +191,16 @@ class PostgresJobStore:
 
     @contextlib.asynccontextmanager
     async def _begin(self) -> AsyncIterator[AsyncConnection]:
-        async with asyncio.timeout(self.io_timeout), self.engine.begin() as conn:
+        """A connection on which every statement commits on its own (bounded by
+        ``io_timeout`` in all). Never an open transaction between two round trips: a node
+        cut off after one statement of a transaction would leave its backend holding that
+        statement's row locks (waiting on the client for as long as the path stays
+        half-open), and the next leader's writes of the same rows would wait for it. A
+        single statement arrives whole and commits on the server, answered or not. The
+        writes that must commit together run in a fenced transaction instead, whose
+        holder the next leader fences."""
+        async with asyncio.timeout(self.io_timeout), self.engine.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
             yield conn
 
     async def state(

@@ -110,7 +110,12 @@ async def test_the_schedule_survives_hand_overs_and_kills(cluster: Cluster, size
     )
     assert len(faults) >= 3
     assert abs(len(runs) - size.duration / INTERVAL) <= 1, starts
-    assert min(gaps) >= 0.95 * INTERVAL, gaps
+    # Runs start at their scheduled times (never before) and those are INTERVAL apart
+    # (below): a run started late (after a kill, up to a lease; on a busy machine, a
+    # little) is followed by one on time, closer than INTERVAL by that lateness, never
+    # closer. The cadence is kept, not shifted.
+    assert min(lateness) >= 0, lateness
+    assert all(gap >= INTERVAL - late - 0.001 for gap, late in zip(gaps, lateness, strict=False))
     assert overlapping == []
     steps = {
         (b["scheduled_at"] - a["scheduled_at"]).total_seconds() for a, b in itertools.pairwise(runs)
