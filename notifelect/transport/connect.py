@@ -379,6 +379,24 @@ def libpq_to_dsn(cparams: dict[str, Any]) -> str:
     ``connect_timeout`` gives way to the election's own per-host budget
     (``Settings.connect_timeout``).
     """
+    # What the engine's driver (libpq) would read and asyncpg would not: the election
+    # would connect elsewhere than the engine (another database, another search_path)
+    # without a word. Refused, with how to say the same thing in the URL.
+    unread = [k for k in ("service", "servicefile", "dsn") if cparams.get(k)]
+    if cparams.get("hostaddr") and cparams.get("host"):
+        unread.append("hostaddr (beside host)")
+    unread += [
+        f"${var}"
+        for var in ("PGSERVICE", "PGSERVICEFILE", "PGOPTIONS", "PGHOSTADDR")
+        if os.environ.get(var)
+    ]
+    if unread:
+        raise ConfigurationError(
+            f"the engine's connection settings use {', '.join(unread)}, which the election's "
+            "own connections (asyncpg) cannot read, so they would reach another server, "
+            "database or search_path than the engine: give the host, port, dbname, user and "
+            "options in the engine's URL or connect_args instead"
+        )
     pairs: list[tuple[str, str]] = []
     for key, value in cparams.items():
         if key == "database":

@@ -101,3 +101,25 @@ def test_the_per_host_budget_follows_the_settings() -> None:
     assert Settings(connect_timeout=3).host_timeout == 3
     with pytest.raises(ConfigurationError, match="connect_timeout must be > 0"):
         Settings(connect_timeout=0)
+
+
+@pytest.mark.parametrize(
+    ("cparams", "env"),
+    [
+        ({"service": "rv"}, {}),
+        ({"host": "db", "hostaddr": "10.0.0.5"}, {}),
+        ({"host": "db"}, {"PGSERVICE": "rv"}),
+        ({"host": "db"}, {"PGOPTIONS": "-c search_path=elsewhere"}),
+    ],
+)
+def test_settings_the_election_cannot_read_are_refused(
+    cparams: dict[str, str], env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from notifelect.transport.connect import libpq_to_dsn
+
+    for var in ("PGSERVICE", "PGSERVICEFILE", "PGOPTIONS", "PGHOSTADDR"):
+        monkeypatch.delenv(var, raising=False)
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    with pytest.raises(ConfigurationError, match="cannot read"):
+        libpq_to_dsn(cparams)
