@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 _url = urlsplit(os.environ.get("DATABASE_URL", "postgresql://localhost/app"))
+_query = parse_qs(_url.query)
 
 SECRET_KEY = "example-only"
 DEBUG = False
@@ -16,8 +17,9 @@ DATABASES = {
         "NAME": _url.path.lstrip("/"),
         "USER": unquote(_url.username or ""),
         "PASSWORD": unquote(_url.password or ""),
-        "HOST": _url.hostname or "",
-        "PORT": str(_url.port or ""),
+        # A Unix socket directory comes as ?host=/path (libpq's form).
+        "HOST": _url.hostname or _query.get("host", [""])[0],
+        "PORT": str(_url.port or _query.get("port", [""])[0]),
     }
 }
 USE_TZ = True

@@ -21,8 +21,12 @@ def database_url(alias: str = "default") -> str:
     password = quote(db.get("PASSWORD") or "", safe="")
     auth = f"{user}:{password}@" if password else f"{user}@" if user else ""
     host = db.get("HOST") or ""
+    name = quote(db["NAME"], safe="")
+    if host.startswith("/"):  # a Unix socket directory: libpq's ?host= form
+        query = f"?host={quote(host, safe='')}" + (f"&port={db['PORT']}" if db.get("PORT") else "")
+        return f"postgresql://{auth}/{name}{query}"
     port = f":{db['PORT']}" if db.get("PORT") else ""
-    return f"postgresql://{auth}{host}{port}/{quote(db['NAME'], safe='')}"
+    return f"postgresql://{auth}{host}{port}/{name}"
 
 
 group = SyncElectionGroup(database_url(), name="django-example")
