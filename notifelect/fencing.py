@@ -203,16 +203,7 @@ class _Bound:
         self.committing = False  # the COMMIT was sent
 
     def message(self) -> str:
-        ls = self.leadership
-        why = ls.ended_reason or "its lease ran out"
-        head = f"leadership term {ls.term} of group {ls.namespace!r} ended while its transaction"
-        if self.committing:
-            return (
-                f"{head} was committing ({why}): the connection was dropped and the outcome of"
-                f" the COMMIT is unknown; if it committed, it did so under term {ls.term},"
-                " before any newer term"
-            )
-        return f"{head} ran ({why}); the connection was dropped, nothing of it was committed"
+        return lapsed_message(self.leadership, committing=self.committing)
 
     async def follow(self) -> None:
         """At the end of the lease (it moves with every renewal, and comes at once when
@@ -283,29 +274,50 @@ class _Bound:
             await conn.close()
 
 
-async def _require_guard(conn: AsyncConnection, ls: Lease, when: str) -> None:
-    """Raise unless this transaction still holds the group's guard (the lock named after
-    the group, taken with the term row's): a transaction ended inside the block, or an
-    engine in autocommit, would have let it go."""
+def lapsed_message(ls: Lease, *, committing: bool) -> str:
+    """What NotLeaderError says when a lease-bounded transaction outlived its lease."""
+    why = ls.ended_reason or "its lease ran out"
+    head = f"leadership term {ls.term} of group {ls.namespace!r} ended while its transaction"
+    if committing:
+        return (
+            f"{head} was committing ({why}): the connection was dropped and the outcome of the"
+            f" COMMIT is unknown; if it committed, it did so under term {ls.term}, before any"
+            " newer term"
+        )
+    return f"{head} ran ({why}); the connection was dropped, nothing of it was committed"
+
+
+def guard_held(ls: Lease) -> tuple[Any, dict[str, int]]:
+    """The statement (and its parameters) that tells whether this backend's transaction
+    still holds ``ls``'s group guard (the lock named after the group, taken with the term
+    row's): a transaction ended inside the block, or an engine in autocommit, would have
+    let it go."""
     from sqlalchemy import text
 
     hi, lo = guard_key(ls.names, ls.namespace)
-    held = await conn.scalar(
-        text(
-            "SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND granted"
-            " AND pid = pg_backend_pid() AND objsubid = 2 AND mode = 'ShareLock'"
-            " AND classid = (:hi)::bigint & 4294967295 AND objid = (:lo)::bigint & 4294967295)"
-        ),
-        {"hi": hi, "lo": lo},
+    query = text(
+        "SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND granted"
+        " AND pid = pg_backend_pid() AND objsubid = 2 AND mode = 'ShareLock'"
+        " AND classid = (:hi)::bigint & 4294967295 AND objid = (:lo)::bigint & 4294967295)"
     )
-    if not held:
-        raise ConfigurationError(
-            f"the transaction of group {ls.namespace!r} term {ls.term} no longer holds its guard"
-            f" {when}: the block ended the transaction itself (a commit or rollback of its"
-            " own, or of a session bound to the connection), or the engine commits every"
-            " statement (AUTOCOMMIT). Nothing was committed after that point; write only"
-            " inside the one transaction leadership.transaction() begins"
-        )
+    return query, {"hi": hi, "lo": lo}
+
+
+def guard_lost(ls: Lease, when: str) -> ConfigurationError:
+    """The error of a transaction that no longer holds its guard (see :func:`guard_held`)."""
+    return ConfigurationError(
+        f"the transaction of group {ls.namespace!r} term {ls.term} no longer holds its guard"
+        f" {when}: the block ended the transaction itself (a commit or rollback of its"
+        " own, or of a session bound to the connection), or the engine commits every"
+        " statement (AUTOCOMMIT). Nothing was committed after that point; write only"
+        " inside the one transaction leadership.transaction() begins"
+    )
+
+
+async def _require_guard(conn: AsyncConnection, ls: Lease, when: str) -> None:
+    """Raise unless this transaction still holds the group's guard (:func:`guard_held`)."""
+    if not await conn.scalar(*guard_held(ls)):
+        raise guard_lost(ls, when)
 
 
 def _terminate(driver: Any) -> None:

@@ -17,8 +17,16 @@ import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .errors import ConfigurationError, NotLeaderError
-from .fencing import _FOLLOW, Lease, check_term_sync, guard_key, shut_socket
+from .errors import NotLeaderError
+from .fencing import (
+    _FOLLOW,
+    Lease,
+    check_term_sync,
+    guard_held,
+    guard_lost,
+    lapsed_message,
+    shut_socket,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -67,13 +75,15 @@ def lease_bounded_sync(leadership: LoopLease, engine: Engine) -> Iterator[Connec
         # guarded, and must not be committed.
         _require_guard(conn, leadership)
         if follower.lapsed or not leadership.is_valid:  # the lease ended while it ran
-            raise NotLeaderError(_message(leadership, committing=False))
+            raise NotLeaderError(lapsed_message(leadership, committing=False))
         follower.committing = True  # the lease bounds the COMMIT too
         conn.commit()
         clean = True
     except Exception as exc:
         if follower.lapsed and not isinstance(exc, NotLeaderError):
-            raise NotLeaderError(_message(leadership, committing=follower.committing)) from exc
+            raise NotLeaderError(
+                lapsed_message(leadership, committing=follower.committing)
+            ) from exc
         raise
     finally:
         follower.finish()
@@ -83,38 +93,9 @@ def lease_bounded_sync(leadership: LoopLease, engine: Engine) -> Iterator[Connec
 
 
 def _require_guard(conn: Connection, ls: Lease) -> None:
-    """Raise unless this transaction still holds the group's guard lock (taken with the
-    term row): a transaction the block ended itself would have let it go."""
-    from sqlalchemy import text
-
-    hi, lo = guard_key(ls.names, ls.namespace)
-    held = conn.scalar(
-        text(
-            "SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND granted"
-            " AND pid = pg_backend_pid() AND objsubid = 2 AND mode = 'ShareLock'"
-            " AND classid = (:hi)::bigint & 4294967295 AND objid = (:lo)::bigint & 4294967295)"
-        ),
-        {"hi": hi, "lo": lo},
-    )
-    if not held:
-        raise ConfigurationError(
-            f"the transaction of group {ls.namespace!r} term {ls.term} no longer holds its guard"
-            " at its commit: the block ended the transaction itself (a commit or rollback of"
-            " its own, or of a session bound to the connection). Nothing was committed after"
-            " that point; write only inside the one transaction leadership.transaction() begins"
-        )
-
-
-def _message(ls: Lease, *, committing: bool) -> str:
-    why = ls.ended_reason or "its lease ran out"
-    head = f"leadership term {ls.term} of group {ls.namespace!r} ended while its transaction"
-    if committing:
-        return (
-            f"{head} was committing ({why}): the connection was dropped and the outcome of the"
-            f" COMMIT is unknown; if it committed, it did so under term {ls.term}, before any"
-            " newer term"
-        )
-    return f"{head} ran ({why}); the connection was dropped, nothing of it was committed"
+    """Raise unless this transaction still holds the group's guard (:func:`guard_held`)."""
+    if not conn.scalar(*guard_held(ls)):
+        raise guard_lost(ls, "at its commit")
 
 
 class _Follower:
