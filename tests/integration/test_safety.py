@@ -281,7 +281,13 @@ async def test_standby_watchers_leave_no_backend_behind(dsn: str, namespace: str
                 if await waiting() <= 1:
                     break
                 await asyncio.sleep(0.05)
-            assert await waiting() <= 1  # the standby's one watcher, nothing left behind
+            left = await admin.fetch(
+                "SELECT pid, application_name, state, query, now() - state_change AS waited"
+                " FROM pg_stat_activity WHERE datname = current_database()"
+                " AND wait_event_type = 'Lock'"
+            )
+            # the standby's one watcher, nothing left behind
+            assert len(left) <= 1, [dict(row) for row in left]
     finally:
         await admin.close()
 
