@@ -25,6 +25,7 @@ from urllib.parse import urlencode
 import asyncpg
 from asyncpg.connect_utils import SessionAttribute
 
+from .._threads import in_thread
 from ..errors import ConfigurationError, ConnectionLimitError
 from .hosts import Address, HostOrder, addresses, parse_hostspec, split_dsn, target_of
 
@@ -331,8 +332,25 @@ class _Arguments(Exception):
         self.cparams = dict(cparams)
 
 
+async def _blocking(connect: Callable[[], Any], name: str) -> Any:
+    """``connect()`` on a thread of its own; a connection it makes after the caller gave
+    up waiting is dropped."""
+    future = in_thread(connect, name=name)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        future.add_done_callback(_drop_made)
+        raise
+
+
+def _drop_made(future: asyncio.Future[Any]) -> None:
+    if future.cancelled() or future.exception() is not None:
+        return
+    future.result().invalidate()
+
+
 #: True while a :class:`_ForeignEngineConnector` reads an engine's connect arguments in
-#: this context (``asyncio.to_thread`` and ``greenlet_spawn`` carry it along).
+#: this context (the thread that reads it and ``greenlet_spawn`` carry it along).
 _READING: contextvars.ContextVar[bool] = contextvars.ContextVar("notifelect_reading", default=False)
 
 
@@ -462,8 +480,10 @@ class _ForeignEngineConnector:
             if self._is_async:
                 made = await greenlet_spawn(pool.connect)
             else:
-                # Listeners of a sync engine may block (fetching a token): not on the loop.
-                made = await asyncio.to_thread(pool.connect)
+                # Listeners of a sync engine may block (fetching a token): not on the loop,
+                # and not in an executor either (see notifelect._threads: executors are shut
+                # down once the main thread returns, and a reconnect must still work then).
+                made = await _blocking(pool.connect, f"notifelect-connect-{self._name}")
         except _Arguments as read:
             return read.cparams
         finally:

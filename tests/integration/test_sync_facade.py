@@ -229,3 +229,131 @@ def test_three_processes_run_a_def_job_one_at_a_time_and_fail_over_after_sigkill
     assert regressions(executions) == []
     terms = {pid: {t for p, t, _ in runs if p == pid} for pid in (leader, successor)}
     assert max(terms[leader]) < min(terms[successor])
+
+
+def cut_election_connections(dsn: str) -> int:
+    """Terminate the election's connections to the test database; return how many."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+            "AND application_name LIKE 'notifelect%'"
+        ).fetchall()
+    return len(rows)
+
+
+@pytest.mark.timeout(90)
+def test_jobs_run_and_the_group_reconnects_after_the_main_thread_returned(
+    dsn: str, namespace: str, tmp_path: Path
+) -> None:
+    """The main thread returns while a worker thread keeps the process alive: Python then
+    shuts concurrent.futures' executors down. The def job goes on running, and a lost
+    connection is reopened through the sync engine's connect path."""
+    records = tmp_path / "records"
+    records.touch()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.integration.sync_detached_node",
+            dsn,
+            namespace,
+            str(records),
+        ],
+        env=env,
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+    def runs_after(marker: str) -> list[int]:
+        lines = records.read_text().splitlines()
+        if marker not in lines:
+            return []
+        return [int(line.split()[2]) for line in lines[lines.index(marker) :] if line[:4] == "run "]
+
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "joined"
+        wait_for(lambda: "main-returned" in records.read_text(), 30, "the main thread returned")
+        assert "executors-still-open" not in records.read_text()
+        wait_for(lambda: len(runs_after("main-returned")) >= 3, 20, "runs after main returned")
+        term = max(runs_after("main-returned"))
+        with records.open("a") as out:
+            out.write("cut\n")
+        assert cut_election_connections(dsn) >= 1
+        wait_for(lambda: any(t > term for t in runs_after("cut")), 30, "a run after the reconnect")
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        try:
+            proc.wait(30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 0
+
+
+@pytest.mark.timeout(30)
+def test_close_from_inside_a_def_callback_does_not_wait_for_itself(
+    sync_engine: sa.Engine, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # callback_timeout longer than the test's timeout: waiting for itself would time out.
+    settings = FAST.replace(callback_timeout=60.0)
+    group = ElectionGroup(sync_engine, namespace, settings)
+    follower = ElectionGroup(sync_engine, namespace, settings)
+    closed = threading.Event()
+    returned = threading.Event()
+
+    @group.on_elected
+    def leading(ls: Leadership) -> None:
+        group.close()  # starts the close and returns: the hand-over waits for this thread
+        closed.set()
+        assert ls.wait_until_over(20)  # the hand-over has begun
+        assert not group.is_leader
+        returned.set()
+
+    group.start()
+    try:
+        with follower:
+            assert closed.wait(10)
+            assert returned.wait(10)
+            assert follower.wait_for_leadership(10).term > 0
+            assert group._thread is not None
+            group._thread.join(10)
+            assert not group._thread.is_alive()
+            assert not group.is_open
+    finally:
+        group.close()
+    assert [r for r in caplog.records if r.levelname == "ERROR"] == []
+
+
+@pytest.mark.timeout(30)
+def test_a_failing_def_on_elected_is_logged_once_and_its_exception_retrieved(
+    sync_engine: sa.Engine, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    import gc
+
+    group = ElectionGroup(sync_engine, namespace, FAST.replace(callback_timeout=5.0))
+    started = threading.Event()
+
+    @group.on_elected
+    def leading(ls: Leadership) -> None:
+        started.set()
+        ls.wait_until_over()  # raises once the hand-over told it to stop
+        raise ValueError("failed while stopping")
+
+    with group:
+        assert started.wait(10)
+    gc.collect()  # a future whose exception nobody retrieved is reported when collected
+    messages = [r.getMessage() for r in caplog.records]
+    assert not [m for m in messages if "never retrieved" in m]
+    failures = [
+        r for r in caplog.records if r.exc_info and "failed while stopping" in str(r.exc_info[1])
+    ]
+    assert len(failures) == 1
+    assert "on_elected callback" in failures[0].getMessage()
