@@ -108,6 +108,12 @@ class SyncElectionGroup:
         return self._group.node
 
     @property
+    def instance(self) -> str:
+        """This member's name for the life of the group object (see
+        ``ElectionGroup.instance``): the ``node`` label of its metrics."""
+        return self._group.instance
+
+    @property
     def is_leader(self) -> bool:
         """True only while this node holds a valid leadership that admits new work."""
         self._check_process("is_leader")

@@ -357,3 +357,24 @@ def test_a_failing_def_on_elected_is_logged_once_and_its_exception_retrieved(
     ]
     assert len(failures) == 1
     assert "on_elected callback" in failures[0].getMessage()
+
+
+@pytest.mark.timeout(30)
+def test_metrics_register_takes_a_sync_group(sync_engine: sa.Engine, namespace: str) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from notifelect.metrics import register
+    from tests.support.exposition import samples
+
+    registry = CollectorRegistry()
+    with ElectionGroup(sync_engine, namespace, FAST) as group:
+        ls = group.wait_for_leadership(10)
+        register(group, registry=registry)
+        lines = samples(generate_latest(registry))
+    labels = frozenset({("group", namespace), ("node", group.instance)})
+    assert lines["notifelect_is_leader", labels] == 1.0
+    assert lines["notifelect_ready", labels] == 1.0
+    assert lines["notifelect_term", labels] == float(ls.term)
+    assert lines["notifelect_elected_total", labels] == 1.0
+    with pytest.raises(ConfigurationError, match="ElectionGroup or SyncElectionGroup"):
+        register(object(), registry=CollectorRegistry())  # type: ignore[arg-type]
