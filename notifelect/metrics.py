@@ -130,6 +130,17 @@ class GroupCollector(Collector):
             name: CounterMetricFamily(name, text, labels=labels)
             for name, (_, text) in COUNTERS.items()
         }
+        lapses = CounterMetricFamily(
+            "notifelect_lease_lapses",
+            "Leaderships of this node whose lease ran out before a renewal reached it"
+            " (renewals missed; each ended that leadership).",
+            labels=labels,
+        )
+        late = CounterMetricFamily(
+            "notifelect_late_renewals",
+            "Renewals of this node's leases made with less than half the lease left.",
+            labels=labels,
+        )
         for group in list(self._groups):
             values = [group.name, group.instance]
             node_id = "" if group.node is None else str(group.node)
@@ -160,6 +171,8 @@ class GroupCollector(Collector):
             )
             for name, (key, _) in COUNTERS.items():
                 counters[name].add_metric(values, float(group.stats[key]))
+            lapses.add_metric(values, float(health.lease_lapses))
+            late.add_metric(values, float(health.late_renewals))
         yield from (
             is_leader,
             ready,
@@ -171,6 +184,8 @@ class GroupCollector(Collector):
             renewal_age,
             vacancy,
             *counters.values(),
+            lapses,
+            late,
         )
         yield from _job_metrics(self._groups)
 

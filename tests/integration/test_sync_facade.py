@@ -127,7 +127,7 @@ def test_a_group_started_before_a_fork_refuses_use_in_the_child(
     started = ElectionGroup(sync_engine, namespace, FAST)
     later = ElectionGroup(sync_engine, namespace, FAST)  # created, not started
     with started:
-        started.wait_for_leadership(10)
+        granted = started.wait_for_leadership(10)
         read, write = os.pipe()
         pid = os.fork()
         if pid == 0:  # the child: report, never return into pytest
@@ -142,18 +142,20 @@ def test_a_group_started_before_a_fork_refuses_use_in_the_child(
                 sync_engine.dispose(close=False)
                 with later:  # a group entered after the fork is the child's own
                     info = later.wait_for_leader(10)
-                os.write(write, f"{said}\n{info.node}".encode())
+                os.write(write, f"{said}\n{info.node}\n{granted.is_valid}".encode())
                 code = 0
             finally:
                 os._exit(code)
         os.close(write)
         with os.fdopen(read) as pipe:
-            said, leader = pipe.read().split("\n")
+            said, leader, valid_in_child = pipe.read().split("\n")
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
         assert f"started in process {os.getpid()}" in said
         assert "post_fork" in said
         assert int(leader) == started.node
+        assert valid_in_child == "False"  # the parent's leadership is never the child's
+        assert granted.is_valid
         # The parent's election never noticed: still the leader, on the same session.
         assert started.is_leader
 
@@ -378,3 +380,45 @@ def test_metrics_register_takes_a_sync_group(sync_engine: sa.Engine, namespace: 
     assert lines["notifelect_elected_total", labels] == 1.0
     with pytest.raises(ConfigurationError, match="ElectionGroup or SyncElectionGroup"):
         register(object(), registry=CollectorRegistry())  # type: ignore[arg-type]
+
+
+@pytest.mark.timeout(60)
+def test_a_stalled_election_loop_shows_as_a_lease_lapse_in_health_and_metrics(
+    sync_engine: sa.Engine, namespace: str
+) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from notifelect import HealthState
+    from notifelect.metrics import register
+    from tests.support.exposition import samples
+
+    settings = Settings(election_interval=0.2, lease=1.0, leader_timeout=0.5)
+    registry = CollectorRegistry()
+    with ElectionGroup(sync_engine, namespace, settings) as group:
+        register(group, registry=registry)
+        ls = group.wait_for_leadership(10)
+        assert group.health.lease_lapses == 0
+        release = threading.Event()
+        loop = group._loop
+        assert loop is not None
+        try:
+            # The election's loop stalls (as when other threads starve it of the GIL):
+            # nothing renews the lease. is_leader and health need no loop to answer, and
+            # the lease runs out on the clock alone.
+            loop.call_soon_threadsafe(release.wait, 30)
+            wait_for(lambda: not group.is_leader, 20, "the lease ran out")
+            assert ls.lease_remaining == 0.0
+            assert not ls.is_valid
+            assert group.health.state is not HealthState.LEADING
+        finally:
+            release.set()
+        wait_for(lambda: group.health.lease_lapses == 1, 20, "the lapse counted")
+        assert ls.ended_reason is not None
+        # Counted once, and kept across the next leadership of this node.
+        assert group.wait_for_leadership(20).term > ls.term
+        assert group.health.lease_lapses == 1
+        assert group.health.as_dict()["lease_lapses"] == 1
+        lines = samples(generate_latest(registry))
+    labels = frozenset({("group", namespace), ("node", group.instance)})
+    assert lines["notifelect_lease_lapses_total", labels] == 1.0
+    assert "notifelect_late_renewals_total" in {name for name, _ in lines}
