@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import os
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlencode
@@ -497,9 +498,66 @@ class _ForeignEngineConnector:
         )
 
     async def __call__(self) -> asyncpg.Connection[Any]:
-        dsn = libpq_to_dsn(await self.arguments())
-        connect = _DsnConnector(dsn, self._name, self._timeout, self._order)
-        return await connect()
+        cparams = await self.arguments()
+        dsn = libpq_to_dsn(cparams)
+        # An engine on asyncpg (a sync Engine) may give asyncpg's own ``ssl`` argument in
+        # connect_args: an SSLContext, a mode or a bool, which no DSN can carry.
+        chosen = cparams.get("ssl")
+        connect = (
+            _DsnConnector(dsn, self._name, self._timeout, self._order)
+            if chosen is None
+            else _SslDsnConnector(dsn, self._name, self._timeout, self._order, ssl=chosen)
+        )
+        try:
+            return await connect()
+        except Exception as exc:
+            _raise_if_unverified(exc, cparams)
+            raise
+
+
+class _SslDsnConnector(_DsnConnector):
+    """A :class:`_DsnConnector` that hands asyncpg an ``ssl`` argument of its own."""
+
+    def __init__(
+        self, dsn: str, application_name: str, host_timeout: float, order: HostOrder, *, ssl: Any
+    ) -> None:
+        super().__init__(dsn, application_name, host_timeout, order)
+        self._ssl = ssl
+
+    async def _attempt(self, address: Address | None) -> asyncpg.Connection[Any]:
+        return await asyncpg.connect(
+            self._rest,
+            host=None if address is None else address.host,
+            port=None if address is None else address.port,
+            server_settings=self._settings,
+            timeout=self._order.budget,
+            target_session_attrs=SessionAttribute(self._order.target),
+            ssl=self._ssl,
+        )
+
+
+def _raise_if_unverified(exc: BaseException, cparams: dict[str, Any]) -> None:
+    """Re-raise a refused server certificate saying which of the engine's settings refused
+    it (the same exception class: what handles it stays the same)."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            given = ", ".join(
+                f"{key}={cparams[key]!r}"
+                for key in ("sslmode", "sslrootcert", "ssl")
+                if cparams.get(key) is not None
+            )
+            raise ssl.SSLCertVerificationError(
+                f"the election's connection refused the server's certificate: "
+                f"{cause.verify_message or cause} (the engine's SSL settings: "
+                f"{given or 'none'}): the CA given there (sslrootcert, or the ssl context's "
+                "CA file; libpq's default is ~/.postgresql/root.crt) must be the one that "
+                "signed the server's certificate, and with verify-full the certificate must "
+                "name the host connected to"
+            ) from exc
+        cause = cause.__cause__ or cause.__context__
 
 
 def _raise_if_full(exc: BaseException) -> None:
