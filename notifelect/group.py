@@ -122,6 +122,10 @@ class ElectionGroup:
         self._elected: list[tuple[ElectedCallback, bool]] = []
         self._deposed: list[DeposedCallback] = []
         self._changed = asyncio.Event()
+        #: How this node's leases were kept: (lapses, late renewals) of the leaderships
+        #: that are over, and the leadership still counting (one tuple, replaced whole, so
+        #: a reader in another thread never counts a leadership twice).
+        self._leases: tuple[int, int, Leadership | None] = (0, 0, None)
         self._driver = Driver(
             name=self.name,
             settings=settings,
@@ -231,12 +235,20 @@ class ElectionGroup:
     def health(self) -> Health:
         """Where the group stands now (see :class:`Health`); cheap, no I/O."""
         life, d = self._life, self._driver
+        lapses, late = self._lease_counts()
         if life is _Life.NEW:
             state = HealthState.NEW
         elif life in (_Life.CLOSING, _Life.CLOSED):
             state = HealthState.CLOSED
         elif d.failure is not None:
-            return Health(HealthState.FAILED, error=d.failure, group=self.name, node=self.node)
+            return Health(
+                HealthState.FAILED,
+                error=d.failure,
+                group=self.name,
+                node=self.node,
+                lease_lapses=lapses,
+                late_renewals=late,
+            )
         elif life is _Life.OPENING or not d.connected:
             state = HealthState.CONNECTING
         else:
@@ -253,8 +265,20 @@ class ElectionGroup:
                 group=self.name,
                 node=self.node,
                 leader_renewal_age=d.leader_renewal_age(),
+                lease_lapses=lapses,
+                late_renewals=late,
             )
-        return Health(state, group=self.name, node=self.node)
+        return Health(
+            state, group=self.name, node=self.node, lease_lapses=lapses, late_renewals=late
+        )
+
+    def _lease_counts(self) -> tuple[int, int]:
+        """(lease lapses, late renewals) of this node's leaderships so far."""
+        lapses, late, ls = self._leases
+        if ls is not None:
+            lapses += ls._lapsed
+            late += ls._late_renewals
+        return lapses, late
 
     @property
     def vacancies(self) -> Vacancies:
@@ -300,6 +324,13 @@ class ElectionGroup:
             await self._changed.wait()
 
     def _notify_change(self) -> None:
+        lapses, late, counting = self._leases
+        ls = self._driver.leadership
+        if ls is not counting:  # the leadership counted so far is over: add it up
+            if counting is not None:
+                lapses += counting._lapsed
+                late += counting._late_renewals
+            self._leases = (lapses, late, ls)
         self._changed.set()
         self._changed = asyncio.Event()
 

@@ -45,6 +45,12 @@ class Health:
     - ``leader_renewal_age``: seconds since the known leader last renewed its lease, as
       this node last read it from the database and counted on this node's clock since
       then (for a leader, its own last renewal); None while no leader is known.
+    - ``lease_lapses``: leaderships of this node whose lease ran out before a renewal
+      reached it (renewals missed: a stalled event loop, a starved thread, a slow or cut
+      network), over the life of the group; each ended that leadership.
+    - ``late_renewals``: renewals of this node's leases made with less than half the
+      lease left, over the life of the group: the margin was eaten into, a lapse came
+      close.
     """
 
     state: HealthState
@@ -53,6 +59,8 @@ class Health:
     group: str | None = None
     node: int | None = None
     leader_renewal_age: float | None = None
+    lease_lapses: int = 0
+    late_renewals: int = 0
 
     @property
     def ready(self) -> bool:
@@ -88,6 +96,8 @@ class Health:
                 "since": None if leader.since is None else leader.since.isoformat(),
             },
             "leader_renewal_age": self.leader_renewal_age,
+            "lease_lapses": self.lease_lapses,
+            "late_renewals": self.late_renewals,
             "error": None if self.error is None else repr(self.error),
         }
 

@@ -33,6 +33,20 @@ _current: contextvars.ContextVar[Leadership | None] = contextvars.ContextVar(
 )
 
 
+#: The process a leadership was granted in, as a count of the forks this process descends
+#: from (a fork's child counts one more). Compared instead of ``os.getpid()`` on every
+#: check: ``is_valid`` and ``is_leader`` are polled from many threads, and a system call
+#: per poll is the dearest part of the check.
+_forks = [0]
+
+
+def _forked() -> None:
+    _forks[0] += 1
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
 def current_leadership() -> Leadership | None:
     """The Leadership under which the running leader-only code was started, if any."""
     return _current.get()
@@ -79,10 +93,16 @@ class Leadership:
         #: The process it was granted to: a child forked while it was valid shares its
         #: memory (and the clock) but not the claim; it must never act on it.
         self._pid = os.getpid()
+        self._fork = _forks[0]
         self._ended = False
         self._draining = False
         self._over = threading.Event()  # set once no new work is admitted (drain or end)
         self.ended_reason: str | None = None
+        #: How its lease was kept (see :class:`notifelect.health.Health`): renewals, late
+        #: ones (made with less than half the lease left), and whether it ran out.
+        self._renewals = 0
+        self._late_renewals = 0
+        self._lapsed = False
         try:
             self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
@@ -99,7 +119,7 @@ class Leadership:
 
     @property
     def is_valid(self) -> bool:
-        return not self._ended and now() < self._valid_until and os.getpid() == self._pid
+        return not self._ended and self._fork == _forks[0] and now() < self._valid_until
 
     @property
     def admits(self) -> bool:
@@ -203,6 +223,10 @@ class Leadership:
     # The election driver's side (not for users).
 
     def _renewed(self, confirmed_at: float, lease: float) -> None:
+        if confirmed_at + lease > self._valid_until:
+            self._renewals += 1
+            if self._valid_until - confirmed_at < lease / 2:
+                self._late_renewals += 1
         self._valid_until = max(self._valid_until, confirmed_at + lease)
 
     def _drain(self, reason: str) -> None:
@@ -213,6 +237,7 @@ class Leadership:
 
     def _end(self, reason: str) -> None:
         if not self._ended:
+            self._lapsed = now() >= self._valid_until  # it ran out before it was ended
             self._ended = True
             self.ended_reason = self.ended_reason or reason
             self._over.set()

@@ -8,6 +8,9 @@
     register(group)             # on the default registry; several groups may share it
     start_http_server(9108)
 
+``group`` is an :class:`~notifelect.ElectionGroup` or a thread-backed
+:class:`~notifelect.sync.SyncElectionGroup`; both report the same metrics.
+
 The collector reads each group's state and counters when it is scraped; the election pays
 nothing between scrapes (the vacancy histogram is counted by the group as it happens).
 Every metric has the labels ``group`` (the namespace) and ``node`` (the group's
@@ -20,12 +23,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .errors import ConfigurationError
-
-if TYPE_CHECKING:
-    from .group import ElectionGroup
+from .group import ElectionGroup
+from .sync import SyncElectionGroup
 
 try:
     from prometheus_client import REGISTRY
@@ -70,13 +72,14 @@ COUNTERS = {
 
 
 class GroupCollector(Collector):
-    """Exposes the state and counters of election groups to a Prometheus registry."""
+    """Exposes the state and counters of election groups to a Prometheus registry
+    (:class:`~notifelect.ElectionGroup` or :class:`~notifelect.sync.SyncElectionGroup`)."""
 
-    def __init__(self, *groups: ElectionGroup) -> None:
-        self._groups: list[ElectionGroup] = list(groups)
+    def __init__(self, *groups: ElectionGroup | SyncElectionGroup) -> None:
+        self._groups: list[ElectionGroup] = [_underlying(g) for g in groups]
 
-    def add(self, group: ElectionGroup) -> None:
-        self._groups.append(group)
+    def add(self, group: ElectionGroup | SyncElectionGroup) -> None:
+        self._groups.append(_underlying(group))
 
     def collect(self) -> Iterator[Any]:
         labels = ["group", "node"]
@@ -127,6 +130,17 @@ class GroupCollector(Collector):
             name: CounterMetricFamily(name, text, labels=labels)
             for name, (_, text) in COUNTERS.items()
         }
+        lapses = CounterMetricFamily(
+            "notifelect_lease_lapses",
+            "Leaderships of this node whose lease ran out before a renewal reached it"
+            " (renewals missed; each ended that leadership).",
+            labels=labels,
+        )
+        late = CounterMetricFamily(
+            "notifelect_late_renewals",
+            "Renewals of this node's leases made with less than half the lease left.",
+            labels=labels,
+        )
         for group in list(self._groups):
             values = [group.name, group.instance]
             node_id = "" if group.node is None else str(group.node)
@@ -157,6 +171,8 @@ class GroupCollector(Collector):
             )
             for name, (key, _) in COUNTERS.items():
                 counters[name].add_metric(values, float(group.stats[key]))
+            lapses.add_metric(values, float(health.lease_lapses))
+            late.add_metric(values, float(health.late_renewals))
         yield from (
             is_leader,
             ready,
@@ -168,6 +184,8 @@ class GroupCollector(Collector):
             renewal_age,
             vacancy,
             *counters.values(),
+            lapses,
+            late,
         )
         yield from _job_metrics(self._groups)
 
@@ -199,11 +217,27 @@ def _job_metrics(groups: list[ElectionGroup]) -> Iterator[Any]:
     yield from (runs, failures, duration, lateness)
 
 
-def register(*groups: ElectionGroup, registry: CollectorRegistry = REGISTRY) -> GroupCollector:
-    """Register a collector of ``groups`` on ``registry`` (the default one); return it."""
+def register(
+    *groups: ElectionGroup | SyncElectionGroup, registry: CollectorRegistry = REGISTRY
+) -> GroupCollector:
+    """Register a collector of ``groups`` (``ElectionGroup`` or ``SyncElectionGroup``)
+    on ``registry`` (the default one); return it."""
     collector = GroupCollector(*groups)
     registry.register(collector)
     return collector
+
+
+def _underlying(group: object) -> ElectionGroup:
+    """The group whose state is read: a SyncElectionGroup's runs on its own thread, and
+    every value the collector reads is a plain attribute read (no I/O, no lock)."""
+    if isinstance(group, SyncElectionGroup):
+        return group._group
+    if isinstance(group, ElectionGroup):
+        return group
+    raise ConfigurationError(
+        "notifelect.metrics.register takes ElectionGroup or SyncElectionGroup objects, "
+        f"got {type(group).__name__}: {group!r}"
+    )
 
 
 def _bound(seconds: float) -> str:

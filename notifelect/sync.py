@@ -18,10 +18,9 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
-import concurrent.futures.thread  # its exit hook is registered on import, before ours
-import contextvars
 import functools
 import inspect
+import logging
 import os
 import threading
 import weakref
@@ -30,6 +29,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from . import decorators
+from ._threads import in_thread, is_worker_of
 from .errors import ConfigurationError, GroupStateError
 from .group import ElectionGroup as _AsyncGroup
 from .health import Health
@@ -42,6 +42,8 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
 __all__ = ["ElectionGroup", "SyncElectionGroup"]
+
+log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -93,9 +95,6 @@ class SyncElectionGroup:
         self._closed = False
         self._pid = os.getpid()  # where it was started (or created)
         self._forked_from: int | None = None
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=32, thread_name_prefix=f"notifelect-{self.name}-work"
-        )
         _LIVE.add(self)
 
     def __repr__(self) -> str:
@@ -107,6 +106,12 @@ class SyncElectionGroup:
     def node(self) -> int | None:
         """This node's id (None before the group is started)."""
         return self._group.node
+
+    @property
+    def instance(self) -> str:
+        """This member's name for the life of the group object (see
+        ``ElectionGroup.instance``): the ``node`` label of its metrics."""
+        return self._group.instance
 
     @property
     def is_leader(self) -> bool:
@@ -234,7 +239,7 @@ class SyncElectionGroup:
             _require_plain(f, "on_elected")
 
             async def elected(ls: Leadership) -> None:
-                await self._in_thread(f, ls)
+                await self._in_thread(f, ls, what="on_elected callback")
 
             functools.update_wrapper(elected, f)
             self._group.on_elected(elected, resign_on_error=resign_on_error)
@@ -257,7 +262,7 @@ class SyncElectionGroup:
             async def deposed(ls: Leadership) -> None:
                 # The leadership is over: nothing to protect by waiting for the thread
                 # past Settings.callback_timeout (which cancels this).
-                await self._in_thread(f, ls, wait_when_cancelled=False)
+                await self._in_thread(f, ls, what="on_deposed callback", wait_when_cancelled=False)
 
             functools.update_wrapper(deposed, f)
             self._group.on_deposed(deposed)
@@ -278,7 +283,7 @@ class SyncElectionGroup:
             _require_plain(job, "every")
 
             async def run() -> R:
-                return await self._in_thread(job)
+                return await self._in_thread(job, what="scheduled job")
 
             functools.update_wrapper(run, job)
             self._group.every(interval, initial_delay=initial_delay)(run)
@@ -288,21 +293,35 @@ class SyncElectionGroup:
         return decorate
 
     async def _in_thread(
-        self, fn: Callable[..., R], *args: Any, wait_when_cancelled: bool = True
+        self, fn: Callable[..., R], *args: Any, what: str, wait_when_cancelled: bool = True
     ) -> R:
-        """Run ``fn(*args)`` in a worker thread, with this task's context (so
-        ``current_leadership()`` works there). Cancelled, it waits for the thread to
-        return, which it cannot interrupt, and then goes on being cancelled: leader work
-        counts as stopped only once it really stopped (the leader work's own bounds,
-        ``callback_timeout``, limit how long the election waits for that)."""
-        loop = asyncio.get_running_loop()
-        context = contextvars.copy_context()
-        future = loop.run_in_executor(self._executor, functools.partial(context.run, fn, *args))
+        """Run ``fn(*args)`` on a thread of its own (see :mod:`notifelect._threads`), with
+        this task's context (so ``current_leadership()`` works there).
+
+        Cancelled, it waits for the thread to return, which it cannot interrupt: leader
+        work counts as stopped only once it really stopped (the leader work's own bounds,
+        ``callback_timeout``, limit how long the election waits for that). If the thread
+        then raised, that exception is the outcome, as it is for an ``async`` callback
+        that raises while being cancelled: it is logged once, where async failures are.
+        A thread no longer waited for that fails later is logged here."""
+        name = getattr(fn, "__qualname__", repr(fn))
+        future = in_thread(
+            functools.partial(fn, *args), name=f"notifelect-{self.name}-work", owner=self
+        )
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
             if wait_when_cancelled:
-                await asyncio.wait([future])
+                try:
+                    await asyncio.wait([future])
+                except BaseException:
+                    future.add_done_callback(functools.partial(_late_failure, what, name))
+                    raise
+                failure = None if future.cancelled() else future.exception()
+                if isinstance(failure, Exception):
+                    raise failure from None
+            else:
+                future.add_done_callback(functools.partial(_late_failure, what, name))
             raise
 
     # ------------------------------------------------------------ lifecycle
@@ -342,7 +361,13 @@ class SyncElectionGroup:
     def close(self) -> None:
         """Resign (if leading), disconnect and stop the thread; idempotent. Blocks for at
         most :attr:`close_bound` seconds. In a process forked after the start it only
-        marks the group closed: the connections belong to the parent."""
+        marks the group closed: the connections belong to the parent.
+
+        Called from one of the group's own ``def`` callbacks or jobs (``on_elected``,
+        ``on_deposed``, ``every``), it starts the close and returns at once: the
+        hand-over waits for that very callback, so waiting here would only wait for
+        itself (until ``callback_timeout``). The group is closed once the callback has
+        returned; no new leader work starts meanwhile."""
         with self._lock:
             already, self._closed = self._closed, True
         thread, loop, stop = self._thread, self._loop, self._stop
@@ -350,9 +375,8 @@ class SyncElectionGroup:
             return
         if loop is not None and stop is not None:
             loop.call_soon_threadsafe(stop.set)
-        if thread is not threading.current_thread():
+        if thread is not threading.current_thread() and not is_worker_of(self):
             thread.join(self.close_bound)
-        self._executor.shutdown(wait=False)
 
     def _run(self, started: concurrent.futures.Future[None]) -> None:
         asyncio.run(self._main(started))
@@ -416,12 +440,22 @@ def _close_at_exit() -> None:
             group.close()
 
 
+def _late_failure(what: str, name: str, future: asyncio.Future[Any]) -> None:
+    """Log the failure of a ``def`` callback's thread that was no longer waited for."""
+    failure = None if future.cancelled() else future.exception()
+    if isinstance(failure, Exception):
+        log.error(
+            "%s %s failed after it was no longer waited for",
+            what,
+            name,
+            exc_info=failure,
+            extra={"notifelect_event": "callback_failed"},
+        )
+
+
 os.register_at_fork(after_in_child=_after_fork_in_child)
-# Before concurrent.futures joins its worker threads at exit (its hook runs before the
-# atexit handlers, and these hooks run in reverse order of registration): a def callback
-# still running, waiting for its leadership to end, would otherwise keep the process
-# from ever exiting. The atexit handler stays for interpreters without that hook.
-_register_early = getattr(threading, "_register_atexit", None)
-if callable(_register_early):
-    _register_early(_close_at_exit)
+# An atexit handler, which runs once every non-daemon thread has returned: a group lives
+# as long as the process does, even after the main thread returned while other threads
+# go on. (Not threading's own exit hooks, which run as soon as the main thread returns.)
+# The callbacks' threads are daemon threads, so none of them holds the exit up.
 atexit.register(_close_at_exit)

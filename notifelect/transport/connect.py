@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import os
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlencode
@@ -25,6 +26,7 @@ from urllib.parse import urlencode
 import asyncpg
 from asyncpg.connect_utils import SessionAttribute
 
+from .._threads import in_thread
 from ..errors import ConfigurationError, ConnectionLimitError
 from .hosts import Address, HostOrder, addresses, parse_hostspec, split_dsn, target_of
 
@@ -331,8 +333,25 @@ class _Arguments(Exception):
         self.cparams = dict(cparams)
 
 
+async def _blocking(connect: Callable[[], Any], name: str) -> Any:
+    """``connect()`` on a thread of its own; a connection it makes after the caller gave
+    up waiting is dropped."""
+    future = in_thread(connect, name=name)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        future.add_done_callback(_drop_made)
+        raise
+
+
+def _drop_made(future: asyncio.Future[Any]) -> None:
+    if future.cancelled() or future.exception() is not None:
+        return
+    future.result().invalidate()
+
+
 #: True while a :class:`_ForeignEngineConnector` reads an engine's connect arguments in
-#: this context (``asyncio.to_thread`` and ``greenlet_spawn`` carry it along).
+#: this context (the thread that reads it and ``greenlet_spawn`` carry it along).
 _READING: contextvars.ContextVar[bool] = contextvars.ContextVar("notifelect_reading", default=False)
 
 
@@ -462,8 +481,10 @@ class _ForeignEngineConnector:
             if self._is_async:
                 made = await greenlet_spawn(pool.connect)
             else:
-                # Listeners of a sync engine may block (fetching a token): not on the loop.
-                made = await asyncio.to_thread(pool.connect)
+                # Listeners of a sync engine may block (fetching a token): not on the loop,
+                # and not in an executor either (see notifelect._threads: executors are shut
+                # down once the main thread returns, and a reconnect must still work then).
+                made = await _blocking(pool.connect, f"notifelect-connect-{self._name}")
         except _Arguments as read:
             return read.cparams
         finally:
@@ -477,9 +498,66 @@ class _ForeignEngineConnector:
         )
 
     async def __call__(self) -> asyncpg.Connection[Any]:
-        dsn = libpq_to_dsn(await self.arguments())
-        connect = _DsnConnector(dsn, self._name, self._timeout, self._order)
-        return await connect()
+        cparams = await self.arguments()
+        dsn = libpq_to_dsn(cparams)
+        # An engine on asyncpg (a sync Engine) may give asyncpg's own ``ssl`` argument in
+        # connect_args: an SSLContext, a mode or a bool, which no DSN can carry.
+        chosen = cparams.get("ssl")
+        connect = (
+            _DsnConnector(dsn, self._name, self._timeout, self._order)
+            if chosen is None
+            else _SslDsnConnector(dsn, self._name, self._timeout, self._order, ssl=chosen)
+        )
+        try:
+            return await connect()
+        except Exception as exc:
+            _raise_if_unverified(exc, cparams)
+            raise
+
+
+class _SslDsnConnector(_DsnConnector):
+    """A :class:`_DsnConnector` that hands asyncpg an ``ssl`` argument of its own."""
+
+    def __init__(
+        self, dsn: str, application_name: str, host_timeout: float, order: HostOrder, *, ssl: Any
+    ) -> None:
+        super().__init__(dsn, application_name, host_timeout, order)
+        self._ssl = ssl
+
+    async def _attempt(self, address: Address | None) -> asyncpg.Connection[Any]:
+        return await asyncpg.connect(
+            self._rest,
+            host=None if address is None else address.host,
+            port=None if address is None else address.port,
+            server_settings=self._settings,
+            timeout=self._order.budget,
+            target_session_attrs=SessionAttribute(self._order.target),
+            ssl=self._ssl,
+        )
+
+
+def _raise_if_unverified(exc: BaseException, cparams: dict[str, Any]) -> None:
+    """Re-raise a refused server certificate saying which of the engine's settings refused
+    it (the same exception class: what handles it stays the same)."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            given = ", ".join(
+                f"{key}={cparams[key]!r}"
+                for key in ("sslmode", "sslrootcert", "ssl")
+                if cparams.get(key) is not None
+            )
+            raise ssl.SSLCertVerificationError(
+                f"the election's connection refused the server's certificate: "
+                f"{cause.verify_message or cause} (the engine's SSL settings: "
+                f"{given or 'none'}): the CA given there (sslrootcert, or the ssl context's "
+                "CA file; libpq's default is ~/.postgresql/root.crt) must be the one that "
+                "signed the server's certificate, and with verify-full the certificate must "
+                "name the host connected to"
+            ) from exc
+        cause = cause.__cause__ or cause.__context__
 
 
 def _raise_if_full(exc: BaseException) -> None:

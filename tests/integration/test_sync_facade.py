@@ -127,7 +127,7 @@ def test_a_group_started_before_a_fork_refuses_use_in_the_child(
     started = ElectionGroup(sync_engine, namespace, FAST)
     later = ElectionGroup(sync_engine, namespace, FAST)  # created, not started
     with started:
-        started.wait_for_leadership(10)
+        granted = started.wait_for_leadership(10)
         read, write = os.pipe()
         pid = os.fork()
         if pid == 0:  # the child: report, never return into pytest
@@ -142,18 +142,20 @@ def test_a_group_started_before_a_fork_refuses_use_in_the_child(
                 sync_engine.dispose(close=False)
                 with later:  # a group entered after the fork is the child's own
                     info = later.wait_for_leader(10)
-                os.write(write, f"{said}\n{info.node}".encode())
+                os.write(write, f"{said}\n{info.node}\n{granted.is_valid}".encode())
                 code = 0
             finally:
                 os._exit(code)
         os.close(write)
         with os.fdopen(read) as pipe:
-            said, leader = pipe.read().split("\n")
+            said, leader, valid_in_child = pipe.read().split("\n")
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
         assert f"started in process {os.getpid()}" in said
         assert "post_fork" in said
         assert int(leader) == started.node
+        assert valid_in_child == "False"  # the parent's leadership is never the child's
+        assert granted.is_valid
         # The parent's election never noticed: still the leader, on the same session.
         assert started.is_leader
 
@@ -229,3 +231,194 @@ def test_three_processes_run_a_def_job_one_at_a_time_and_fail_over_after_sigkill
     assert regressions(executions) == []
     terms = {pid: {t for p, t, _ in runs if p == pid} for pid in (leader, successor)}
     assert max(terms[leader]) < min(terms[successor])
+
+
+def cut_election_connections(dsn: str) -> int:
+    """Terminate the election's connections to the test database; return how many."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+            "AND application_name LIKE 'notifelect%'"
+        ).fetchall()
+    return len(rows)
+
+
+@pytest.mark.timeout(90)
+def test_jobs_run_and_the_group_reconnects_after_the_main_thread_returned(
+    dsn: str, namespace: str, tmp_path: Path
+) -> None:
+    """The main thread returns while a worker thread keeps the process alive: Python then
+    shuts concurrent.futures' executors down. The def job goes on running, and a lost
+    connection is reopened through the sync engine's connect path."""
+    records = tmp_path / "records"
+    records.touch()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.integration.sync_detached_node",
+            dsn,
+            namespace,
+            str(records),
+        ],
+        env=env,
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+    def runs_after(marker: str) -> list[int]:
+        lines = records.read_text().splitlines()
+        if marker not in lines:
+            return []
+        return [int(line.split()[2]) for line in lines[lines.index(marker) :] if line[:4] == "run "]
+
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "joined"
+        wait_for(lambda: "main-returned" in records.read_text(), 30, "the main thread returned")
+        assert "executors-still-open" not in records.read_text()
+        wait_for(lambda: len(runs_after("main-returned")) >= 3, 20, "runs after main returned")
+        term = max(runs_after("main-returned"))
+        with records.open("a") as out:
+            out.write("cut\n")
+        assert cut_election_connections(dsn) >= 1
+        wait_for(lambda: any(t > term for t in runs_after("cut")), 30, "a run after the reconnect")
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        try:
+            proc.wait(30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 0
+
+
+@pytest.mark.timeout(30)
+def test_close_from_inside_a_def_callback_does_not_wait_for_itself(
+    sync_engine: sa.Engine, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # callback_timeout longer than the test's timeout: waiting for itself would time out.
+    settings = FAST.replace(callback_timeout=60.0)
+    group = ElectionGroup(sync_engine, namespace, settings)
+    follower = ElectionGroup(sync_engine, namespace, settings)
+    closed = threading.Event()
+    returned = threading.Event()
+
+    @group.on_elected
+    def leading(ls: Leadership) -> None:
+        group.close()  # starts the close and returns: the hand-over waits for this thread
+        closed.set()
+        assert ls.wait_until_over(20)  # the hand-over has begun
+        assert not group.is_leader
+        returned.set()
+
+    group.start()
+    try:
+        with follower:
+            assert closed.wait(10)
+            assert returned.wait(10)
+            assert follower.wait_for_leadership(10).term > 0
+            assert group._thread is not None
+            group._thread.join(10)
+            assert not group._thread.is_alive()
+            assert not group.is_open
+    finally:
+        group.close()
+    assert [r for r in caplog.records if r.levelname == "ERROR"] == []
+
+
+@pytest.mark.timeout(30)
+def test_a_failing_def_on_elected_is_logged_once_and_its_exception_retrieved(
+    sync_engine: sa.Engine, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    import gc
+
+    group = ElectionGroup(sync_engine, namespace, FAST.replace(callback_timeout=5.0))
+    started = threading.Event()
+
+    @group.on_elected
+    def leading(ls: Leadership) -> None:
+        started.set()
+        ls.wait_until_over()  # raises once the hand-over told it to stop
+        raise ValueError("failed while stopping")
+
+    with group:
+        assert started.wait(10)
+    gc.collect()  # a future whose exception nobody retrieved is reported when collected
+    messages = [r.getMessage() for r in caplog.records]
+    assert not [m for m in messages if "never retrieved" in m]
+    failures = [
+        r for r in caplog.records if r.exc_info and "failed while stopping" in str(r.exc_info[1])
+    ]
+    assert len(failures) == 1
+    assert "on_elected callback" in failures[0].getMessage()
+
+
+@pytest.mark.timeout(30)
+def test_metrics_register_takes_a_sync_group(sync_engine: sa.Engine, namespace: str) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from notifelect.metrics import register
+    from tests.support.exposition import samples
+
+    registry = CollectorRegistry()
+    with ElectionGroup(sync_engine, namespace, FAST) as group:
+        ls = group.wait_for_leadership(10)
+        register(group, registry=registry)
+        lines = samples(generate_latest(registry))
+    labels = frozenset({("group", namespace), ("node", group.instance)})
+    assert lines["notifelect_is_leader", labels] == 1.0
+    assert lines["notifelect_ready", labels] == 1.0
+    assert lines["notifelect_term", labels] == float(ls.term)
+    assert lines["notifelect_elected_total", labels] == 1.0
+    with pytest.raises(ConfigurationError, match="ElectionGroup or SyncElectionGroup"):
+        register(object(), registry=CollectorRegistry())  # type: ignore[arg-type]
+
+
+@pytest.mark.timeout(60)
+def test_a_stalled_election_loop_shows_as_a_lease_lapse_in_health_and_metrics(
+    sync_engine: sa.Engine, namespace: str
+) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from notifelect import HealthState
+    from notifelect.metrics import register
+    from tests.support.exposition import samples
+
+    settings = Settings(election_interval=0.2, lease=1.0, leader_timeout=0.5)
+    registry = CollectorRegistry()
+    with ElectionGroup(sync_engine, namespace, settings) as group:
+        register(group, registry=registry)
+        ls = group.wait_for_leadership(10)
+        assert group.health.lease_lapses == 0
+        release = threading.Event()
+        loop = group._loop
+        assert loop is not None
+        try:
+            # The election's loop stalls (as when other threads starve it of the GIL):
+            # nothing renews the lease. is_leader and health need no loop to answer, and
+            # the lease runs out on the clock alone.
+            loop.call_soon_threadsafe(release.wait, 30)
+            wait_for(lambda: not group.is_leader, 20, "the lease ran out")
+            assert ls.lease_remaining == 0.0
+            assert not ls.is_valid
+            assert group.health.state is not HealthState.LEADING
+        finally:
+            release.set()
+        wait_for(lambda: group.health.lease_lapses == 1, 20, "the lapse counted")
+        assert ls.ended_reason is not None
+        # Counted once, and kept across the next leadership of this node.
+        assert group.wait_for_leadership(20).term > ls.term
+        assert group.health.lease_lapses == 1
+        assert group.health.as_dict()["lease_lapses"] == 1
+        lines = samples(generate_latest(registry))
+    labels = frozenset({("group", namespace), ("node", group.instance)})
+    assert lines["notifelect_lease_lapses_total", labels] == 1.0
+    assert "notifelect_late_renewals_total" in {name for name, _ in lines}

@@ -200,3 +200,22 @@ async def test_a_group_without_a_leader_exports_no_leader_info() -> None:
     assert "notifelect_node_info" in names
     assert "notifelect_leader_info" not in names
     assert "notifelect_leader_renewal_age_seconds" not in names
+
+
+def test_a_leadership_counts_late_renewals_and_a_lapse() -> None:
+    from notifelect._clock import now
+    from notifelect.leadership import Leadership
+
+    names = Settings().names
+    t = now() - 100.0  # a lease granted long ago, renewed now and then
+    ls = Leadership("g", names, term=1, node=1, valid_until=t + 1.0)  # lease 1.0 from t
+    ls._renewed(t + 0.4, 1.0)  # 0.6 of the lease left: on time
+    ls._renewed(t + 0.9, 1.0)  # 0.5 left: on time
+    ls._renewed(t + 1.6, 1.0)  # 0.3 left: late
+    ls._renewed(t + 1.2, 1.0)  # older than the last one: not a renewal
+    assert (ls._renewals, ls._late_renewals) == (3, 1)
+    ls._end("stopped")  # its lease ran out (at t + 2.6) before it was ended
+    assert ls._lapsed
+    fresh = Leadership("g", names, term=2, node=1, valid_until=now() + 60)
+    fresh._end("stopped")
+    assert not fresh._lapsed
