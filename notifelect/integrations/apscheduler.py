@@ -32,6 +32,7 @@ Jobs that must run on every replica belong to a second scheduler that is not bou
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Coroutine
 from datetime import UTC, datetime
@@ -144,6 +145,10 @@ class LeaderScheduler:
                         },
                     )
             self.scheduler.shutdown(wait=False)
+            if not self._idle.is_set():
+                # A cancelled coroutine job ends within a few loop turns: record its end.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._idle.wait(), self.group.settings.io_timeout)
         if self._recording:
             await asyncio.wait(list(self._recording), timeout=self.group.settings.io_timeout)
 

@@ -125,6 +125,8 @@ async def test_a_run_that_outlives_finish_timeout_is_cancelled_with_a_warning(
         async with binding:
             await asyncio.wait_for(started.wait(), timeout=5)
         await until([group], lambda: ends == ["cancelled"])
+    (run,) = await memory_store(bus).runs("g", JOB_PREFIX + "stuck")
+    assert (run.outcome, run.error) == ("failed", "CancelledError()")
     (warned,) = [r for r in caplog.records if "after the scheduler was closed" in r.getMessage()]
     assert warned.levelno == logging.WARNING
     assert "APScheduler jobs stuck of group 'g' still running 0.2s" in warned.getMessage()
