@@ -193,12 +193,13 @@ class ElectionGroup:
         """Who leads the group as far as this node knows, or None during an election.
 
         Its ``url`` is the leader's advertised URL: this node's own when it leads; for
-        another leader, once its member row was read, which the group does in the
-        background as soon as it learns of a new leader (one query per leader node, as
-        :meth:`leader_url` does): None until that read returned, or when the leader
-        advertises none. The URL is not carried by the leader record every node reads
-        each election interval: it is fixed for a member's session, so reading it once
-        per leader is enough."""
+        another leader, once its member row was read: a group that advertises a URL
+        itself reads it in the background as soon as it learns of a new leader (one
+        query per leader node), any group when :meth:`leader_url` is awaited. None until
+        then, or when the leader advertises none. The URL is not carried by the leader
+        record every node reads each election interval: it is fixed for a member's
+        session, so reading it once per leader is enough, and a group that advertises no
+        URL makes no query for it unasked."""
         info = self._driver.known_leader()
         if info is None:
             return None
@@ -316,6 +317,7 @@ class ElectionGroup:
         info = self._driver.known_leader()
         if (
             self._life is not _Life.OPEN
+            or self.advertise_url is None  # a member that takes no part in the URLs
             or info is None
             or info.node == self.node
             or info.node in self._urls_asked

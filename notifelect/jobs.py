@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import contextvars
 import functools
-import inspect
 import logging
 import math
 import weakref
@@ -560,13 +559,6 @@ def _register(
     def decorate(job: Callable[[], Awaitable[R]]) -> Periodic[R]:
         if not callable(job):
             raise ConfigurationError(f"{what}() job is not callable: {job!r}")
-        plain = inspect.unwrap(job)
-        if inspect.isfunction(plain) and not inspect.iscoroutinefunction(plain):
-            raise ConfigurationError(
-                f"{what}() needs an async def job, got the plain function "
-                f"{getattr(job, '__qualname__', job)!r}: make it async def (run blocking "
-                "work in it with await asyncio.to_thread(...))"
-            )
         job_name = name or f"{job.__module__}.{getattr(job, '__qualname__', repr(job))}"
         taken = _registered.setdefault(group, [])
         if any(p.name == job_name for p in taken):

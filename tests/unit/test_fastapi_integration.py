@@ -113,7 +113,7 @@ def test_an_advertised_url_must_be_absolute_http() -> None:
         ElectionGroup("postgresql://app@db/app", "api", advertise_url="10.0.0.5:8000")
 
 
-async def test_a_follower_redirects_before_anything_asked_for_the_leader_url() -> None:
+async def test_a_follower_that_advertises_nothing_still_redirects() -> None:
     bus = MemoryBus(lease=FAST.lease, leader_timeout=FAST.leader_timeout)
     a = ElectionGroup.in_memory(bus, "api", FAST, advertise_url="http://a.internal:8000")
     b = ElectionGroup.in_memory(bus, "api", FAST)  # a follower that advertises nothing
@@ -122,11 +122,15 @@ async def test_a_follower_redirects_before_anything_asked_for_the_leader_url() -
         await a.wait_for_leadership(timeout=5)
         async with app.router.lifespan_context(app):
             await until([a, b], lambda: b.leader is not None)
-            async with client(app) as http:  # possibly before the background read returned
+            assert b.leader is not None
+            assert b.leader.url is None  # b advertises nothing: it reads no URL unasked
+            async with client(app) as http:
                 answer = await http.post("/rebuild?x=%2F")
             assert answer.status_code == 307
             assert answer.headers["location"] == "http://a.internal:8000/rebuild?x=%2F"
-            await until([a, b], lambda: b.leader is not None and b.leader.url is not None)
+            # The request read the URL: it is remembered for the leader.
+            assert b.leader is not None
+            assert b.leader.url == "http://a.internal:8000"
         # A's own view: its own URL.
         assert a.leader is not None
         assert a.leader.url == "http://a.internal:8000"
