@@ -105,6 +105,8 @@ class ElectionGroup:
         self.advertise_url = _check_url(advertise_url)
         self._member = member or Member(priority=settings.priority, url=self.advertise_url)
         self._urls: dict[int, str | None] = {}  # advertised URLs of leaders, by node
+        self._urls_asked: set[int] = set()  # leaders whose member row was read in the back
+        self._url_lookup: asyncio.Task[None] | None = None
         nth = next(_created[self.name])
         self._instance = f"{self._member.host}:{self._member.pid}" + (f"#{nth}" if nth > 1 else "")
         if transport is None:
@@ -194,8 +196,14 @@ class ElectionGroup:
     def leader(self) -> LeaderInfo | None:
         """Who leads the group as far as this node knows, or None during an election.
 
-        Its ``url`` is the leader's advertised URL: this node's own when it leads, else
-        once :meth:`leader_url` has read it for that leader (None until then)."""
+        Its ``url`` is the leader's advertised URL: this node's own when it leads; for
+        another leader, once its member row was read: a group that advertises a URL
+        itself reads it in the background as soon as it learns of a new leader (one
+        query per leader node), any group when :meth:`leader_url` is awaited. None until
+        then, or when the leader advertises none. The URL is not carried by the leader
+        record every node reads each election interval: it is fixed for a member's
+        session, so reading it once per leader is enough, and a group that advertises no
+        URL makes no query for it unasked."""
         info = self._driver.known_leader()
         if info is None:
             return None
@@ -333,6 +341,27 @@ class ElectionGroup:
             self._leases = (lapses, late, ls)
         self._changed.set()
         self._changed = asyncio.Event()
+        self._ask_leader_url()
+
+    def _ask_leader_url(self) -> None:
+        """Read a new leader's advertised URL in the background (for :attr:`leader`)."""
+        info = self._driver.known_leader()
+        if (
+            self._life is not _Life.OPEN
+            or self.advertise_url is None  # a member that takes no part in the URLs
+            or info is None
+            or info.node == self.node
+            or info.node in self._urls_asked
+            or (self._url_lookup is not None and not self._url_lookup.done())
+        ):
+            return
+        self._urls_asked.add(info.node)
+        self._url_lookup = asyncio.get_running_loop().create_task(self._read_leader_url())
+
+    async def _read_leader_url(self) -> None:
+        with contextlib.suppress(Exception):  # only a convenience: leader_url() asks again
+            await self.leader_url()
+        self._ask_leader_url()  # the leader may have changed meanwhile
 
     def _require_open(self, what: str) -> None:
         if self._life is _Life.NEW or self._life is _Life.OPENING:
@@ -506,6 +535,7 @@ class ElectionGroup:
             raise
         self._life = _Life.OPEN
         self._driver.start()
+        self._ask_leader_url()  # a leader known from the start
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -526,6 +556,10 @@ class ElectionGroup:
         finally:
             self._life = _Life.CLOSED
             self._notify_change()
+            lookup = self._url_lookup
+            if lookup is not None and not lookup.done():
+                lookup.cancel()
+                await asyncio.wait([lookup])
 
 
 def _check_url(url: str | None) -> str | None:

@@ -37,6 +37,10 @@ __all__ = [
     "memory_store",
 ]
 
+#: Prefixes of the job names that other schedulers record in the same tables
+#: (:mod:`notifelect.integrations.apscheduler`).
+FOREIGN_PREFIXES = ("apscheduler:",)
+
 #: Outcomes of a run: ``running`` until it ends; ``abandoned`` when a later leader found it
 #: unfinished and its node gone (or silent for longer than any drain can take); ``missed``
 #: when APScheduler did not run it (its misfire grace time had passed).
@@ -115,6 +119,10 @@ class JobStore(Protocol):
         """Every recorded run of a job, oldest first."""
         ...
 
+    async def job_names(self, namespace: str) -> list[str]:
+        """The names of the jobs the group recorded, sorted."""
+        ...
+
     async def member_url(self, namespace: str, node: int) -> str | None:
         """The URL member ``node`` of the group advertises (None: none, or not a member)."""
         ...
@@ -170,6 +178,7 @@ def _queries(names: Names) -> dict[str, str]:
             "SELECT namespace, job, scheduled_at, started_at, node, term, outcome, ended_at,"
             f" error FROM {run} WHERE {key} ORDER BY scheduled_at"
         ),
+        "jobs": f"SELECT job FROM {job} WHERE namespace = :namespace ORDER BY job",
         "url": (f"SELECT url FROM {q(names.member)} WHERE namespace = :namespace AND node = :node"),
     }
 
@@ -280,6 +289,11 @@ class PostgresJobStore:
         async with self._begin() as conn:
             rows = await conn.execute(self._sql["runs"], {"namespace": namespace, "job": job})
             return [RunRecord(*row) for row in rows]
+
+    async def job_names(self, namespace: str) -> list[str]:
+        async with self._begin() as conn:
+            rows = await conn.execute(self._sql["jobs"], {"namespace": namespace})
+            return [str(name) for name in rows.scalars()]
 
     async def member_url(self, namespace: str, node: int) -> str | None:
         async with self._begin() as conn:
@@ -394,6 +408,9 @@ class MemoryJobStore:
     async def runs(self, namespace: str, job: str) -> list[RunRecord]:
         runs = self.records.get((namespace, job), {})
         return [runs[t] for t in sorted(runs)]
+
+    async def job_names(self, namespace: str) -> list[str]:
+        return sorted(job for ns, job in self.jobs if ns == namespace)
 
     async def member_url(self, namespace: str, node: int) -> str | None:
         return self.urls(node)

@@ -27,17 +27,27 @@ import contextlib
 import contextvars
 import functools
 import logging
+import math
 import weakref
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from ._clock import now
 from ._gate import GateHost, admit, require_host, run_tracked, seconds
 from .errors import ConfigurationError, NotLeaderError, StaleLeaderError
+from .job_store import FOREIGN_PREFIXES
 from .leadership import Leadership, _current
-from .schedule import CatchUp, Cron, Interval, Schedule, Trigger, catch_up_policy
+from .schedule import (
+    Anchor,
+    CatchUp,
+    Cron,
+    Interval,
+    Schedule,
+    Trigger,
+    catch_up_policy,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection
@@ -54,6 +64,11 @@ R_co = TypeVar("R_co", covariant=True)
 
 #: How many runs of each job the database keeps by default (older ones are deleted).
 KEEP_RUNS = 1000
+
+_SECOND = timedelta(seconds=1)
+#: The longest duration an argument may give, in seconds (about a thousand years: within
+#: what a timedelta added to a date can hold).
+_LONGEST = 1000 * 365 * 86_400.0
 
 _current_run: contextvars.ContextVar[JobRun | None] = contextvars.ContextVar(
     "notifelect_job_run", default=None
@@ -87,6 +102,13 @@ class JobRun:
     leadership: Leadership
     record: RunRecord
     _store: JobStore
+    _committed: list[bool] = field(default_factory=list, repr=False, compare=False)
+
+    @property
+    def committed(self) -> bool:
+        """Whether :meth:`transaction` committed: the run is then recorded as succeeded,
+        whatever the job does afterwards."""
+        return bool(self._committed)
 
     @property
     def scheduled_at(self) -> datetime:
@@ -111,10 +133,21 @@ class JobRun:
         ``async with run.transaction() as conn:`` is ``leadership.transaction(engine)``
         (fenced by the term, bounded by the lease) on the group's engine, and its commit
         records the run's end with the outcome ``succeeded``: the job's writes and the
-        record that the run happened commit together or not at all. Raises
-        ConfigurationError for a group without a database (a MemoryBus).
+        record that the run happened commit together or not at all. Once it committed, the
+        run *is* succeeded: should the job raise afterwards, the exception is logged
+        (``job_raised_after_commit``) but the run stays succeeded, in the records, the
+        counters and the metrics alike. Raises ConfigurationError for a group without a
+        database (a MemoryBus).
         """
-        return self._store.transaction(self.leadership, self.record)
+        return self._committing(self._store.transaction(self.leadership, self.record))
+
+    @contextlib.asynccontextmanager
+    async def _committing(
+        self, transaction: contextlib.AbstractAsyncContextManager[AsyncConnection]
+    ) -> AsyncIterator[AsyncConnection]:
+        async with transaction as conn:
+            yield conn
+        self._committed.append(True)
 
 
 _registered: weakref.WeakKeyDictionary[object, list[Periodic[Any]]] = weakref.WeakKeyDictionary()
@@ -161,6 +194,11 @@ class Periodic(Generic[R_co]):
         self.duration_total = 0.0
         self.lateness_total = 0.0
         self.last: RunRecord | None = None
+        #: The latest scheduled time this node claimed (or found claimed), and when it was,
+        #: on the node's monotonic clock.
+        self._own: tuple[datetime, float] | None = None
+        self._behind_warned = False
+        self._rename_checked = False
         self._qualname = getattr(job, "__qualname__", repr(job))
         functools.update_wrapper(self, job)
 
@@ -201,6 +239,7 @@ class Periodic(Generic[R_co]):
                 state = await store.state(
                     ls.namespace, self.name, self.schedule.describe(), self.schedule.first_due
                 )
+                read_at = now()
                 last = state.last
                 if last is not None and last.ended_at is None and last.term != ls.term:
                     if waiting != (last.term, last.scheduled_at):
@@ -234,9 +273,16 @@ class Periodic(Generic[R_co]):
                         extra=self._extra("job_abandoned", ls, other_term=last.term),
                     )
                     continue
-                plan = self.schedule.plan(
-                    None if last is None else last.scheduled_at, state.first_due, state.now
-                )
+                if last is None and not self._rename_checked:
+                    self._rename_checked = True
+                    await self._warn_if_renamed(ls, store)
+                knew = self._own is not None
+                anchor = self._anchor(last, state.now, read_at)
+                if anchor.ahead is not None:
+                    self._warn_clock_behind(ls, anchor, knew)
+                else:
+                    self._behind_warned = False
+                plan = self.schedule.plan(anchor.scheduled_at, state.first_due, state.now)
                 if plan.scheduled_at != state.next_due:
                     await store.set_next_due(ls.namespace, self.name, plan.scheduled_at)
                 start = self.schedule.start_at(f"{ls.namespace}\0{self.name}", plan.scheduled_at)
@@ -260,6 +306,9 @@ class Periodic(Generic[R_co]):
                     )
                 after = self.schedule.trigger.after(plan.scheduled_at)
                 run = await store.claim(ls, self.name, plan.scheduled_at, after)
+                # This node goes on from that time, claimed by it or, already recorded,
+                # by another: on a clock stepped back it is not the store's latest.
+                self._own = (plan.scheduled_at, read_at - (state.now - plan.scheduled_at) / _SECOND)
                 if run is not None:
                     await self._execute(ls, run, store)
             except (NotLeaderError, StaleLeaderError):
@@ -276,6 +325,82 @@ class Periodic(Generic[R_co]):
                 )
                 await asyncio.sleep(settings.election_interval)
 
+    def _anchor(self, last: RunRecord | None, clock: datetime, read_at: float) -> Anchor:
+        """Where to plan the next run from: the store's latest scheduled time, or this
+        node's own when later (see :meth:`Schedule.anchor`). ``clock`` is the store's
+        clock, read at ``read_at`` on the monotonic clock."""
+        own, since = None, None
+        if self._own is not None:
+            own, at = self._own
+            since = read_at - at
+        anchor = self.schedule.anchor(
+            None if last is None else last.scheduled_at, own, since, clock
+        )
+        if anchor.reanchored and anchor.scheduled_at is not None:
+            # Followed from now on, until the store's clock passes its latest record.
+            self._own = (anchor.scheduled_at, read_at - (clock - anchor.scheduled_at) / _SECOND)
+        return anchor
+
+    def _warn_clock_behind(self, ls: Leadership, anchor: Anchor, knew: bool) -> None:
+        """Say once per step back that the store's clock reads before the schedule
+        (``knew``: this node knew when its own last run was, by its monotonic clock)."""
+        assert anchor.ahead is not None
+        if self._behind_warned:
+            return
+        self._behind_warned = True
+        ahead = anchor.ahead.total_seconds()
+        if self.schedule.trigger.period() is None:
+            done = (
+                "a cron job's times are calendar times and each of them already ran: its "
+                "next run is the expression's next time after the last recorded one"
+            )
+        elif anchor.reanchored and anchor.scheduled_at is not None:
+            due = self.schedule.trigger.after(anchor.scheduled_at)
+            done = (
+                f"re-anchored its schedule on the clock's new reading: the next run is due "
+                f"at {due.isoformat()}, "
+                + (
+                    "one interval after this node's last run by its monotonic clock"
+                    if knew
+                    else "one interval from now (this node did not run the last run)"
+                )
+                + ", or at once if that passed, per catch_up"
+            )
+        else:
+            done = "going on from the schedule this node re-anchored on it"
+        log.warning(
+            "job %s of group %r: the database clock reads %.1fs before the last recorded "
+            "scheduled time (the clock was stepped back); %s",
+            self.name,
+            ls.namespace,
+            ahead,
+            done,
+            extra=self._extra("job_clock_behind", ls, ahead=ahead),
+        )
+
+    async def _warn_if_renamed(self, ls: Leadership, store: JobStore) -> None:
+        """A job with no recorded run, beside recorded jobs no code here registers: say
+        that a renamed job starts a new schedule (its ``name`` is its identity)."""
+        try:
+            recorded = await store.job_names(ls.namespace)
+        except Exception:  # only a hint: never in the way of the schedule
+            return
+        known = {p.name for p in scheduled_jobs(self.group)}
+        gone = [j for j in recorded if j not in known and not j.startswith(FOREIGN_PREFIXES)]
+        if not gone:
+            return
+        log.warning(
+            "job %s of group %r has no recorded run and starts a new schedule, while the "
+            "group's records hold job(s) that no code of this node registers: %s. If you "
+            "renamed a job (its default name is its module and qualified name), pass "
+            "name=%r to keep its schedule",
+            self.name,
+            ls.namespace,
+            ", ".join(repr(j) for j in gone),
+            gone[0],
+            extra=self._extra("job_renamed", ls, recorded=gone),
+        )
+
     async def _execute(self, ls: Leadership, run: RunRecord, store: JobStore) -> None:
         """Run the job as leader work that may finish during a hand-over; the loop waits
         for it, and if the loop is cancelled the run goes on as tracked work."""
@@ -285,26 +410,47 @@ class Periodic(Generic[R_co]):
 
     async def _run(self, ls: Leadership, run: RunRecord, store: JobStore) -> None:
         _current.set(ls)
-        _current_run.set(JobRun(self.name, ls, run, store))
+        job_run = JobRun(self.name, ls, run, store)
+        _current_run.set(job_run)
         outcome, error = "succeeded", None
         began = now()
         try:
             await self.job()
             self.runs += 1
         except asyncio.CancelledError:
-            outcome = "cancelled"
+            # A run whose transaction committed is recorded as succeeded with its writes:
+            # the record wins, and the counters say the same.
+            if job_run.committed:
+                self.runs += 1
+            else:
+                outcome = "cancelled"
             raise
         except Exception as exc:
-            self.failures += 1
-            outcome, error = "failed", repr(exc)[:1000]
-            log.exception(
-                "job %s of group %r failed (run scheduled at %s, term %s)",
-                self.name,
-                ls.namespace,
-                run.scheduled_at.isoformat(),
-                ls.term,
-                extra=self._extra("job_failed", ls, error=error),
-            )
+            if job_run.committed:
+                self.runs += 1
+                log.warning(
+                    "job %s of group %r raised after its run.transaction() committed (run "
+                    "scheduled at %s, term %s): the run stays recorded as succeeded, as its "
+                    "writes committed with that record: %r",
+                    self.name,
+                    ls.namespace,
+                    run.scheduled_at.isoformat(),
+                    ls.term,
+                    exc,
+                    exc_info=True,
+                    extra=self._extra("job_raised_after_commit", ls, error=repr(exc)[:1000]),
+                )
+            else:
+                self.failures += 1
+                outcome, error = "failed", repr(exc)[:1000]
+                log.exception(
+                    "job %s of group %r failed (run scheduled at %s, term %s)",
+                    self.name,
+                    ls.namespace,
+                    run.scheduled_at.isoformat(),
+                    ls.term,
+                    extra=self._extra("job_failed", ls, error=error),
+                )
         finally:
             duration = now() - began
             self.ended += 1
@@ -336,6 +482,20 @@ class Periodic(Generic[R_co]):
             )
 
 
+def _duration(what: str, argument: str, value: timedelta | float) -> timedelta:
+    """``value`` (a timedelta or seconds) as a timedelta; ConfigurationError if it is not
+    a finite duration a timedelta can hold."""
+    try:
+        found = seconds(value, argument)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{what}() {exc}") from None
+    if not math.isfinite(found) or abs(found) >= _LONGEST:
+        raise ConfigurationError(
+            f"{what}() {argument} must be a finite duration (under {_LONGEST:g}s), got {value!r}"
+        )
+    return value if isinstance(value, timedelta) else timedelta(seconds=found)
+
+
 def _admits(ls: Leadership) -> bool:
     return ls.admits
 
@@ -357,23 +517,42 @@ def _register(
     name: str | None,
     keep: int,
 ) -> Callable[[Callable[[], Awaitable[R]]], Periodic[R]]:
-    delay = seconds(initial_delay, "initial_delay")
-    if delay < 0:
+    delay = _duration(what, "initial_delay", initial_delay)
+    if delay < timedelta(0):
         raise ConfigurationError(f"{what}() initial_delay must be >= 0, got {initial_delay!r}")
-    spread = seconds(jitter, "jitter")
-    if spread < 0:
+    spread = _duration(what, "jitter", jitter)
+    if spread < timedelta(0):
         raise ConfigurationError(f"{what}() jitter must be >= 0, got {jitter!r}")
+    if spread:
+        # A start delayed by a whole gap or more would pass the next scheduled time: the
+        # plan would then skip to that one, delay it again, and never run.
+        gap = trigger.shortest_gap(datetime.now(UTC))
+        if spread >= gap:
+            shape = (
+                "the interval"
+                if trigger.period() is not None
+                else ("the shortest gap between two times of the cron expression")
+            )
+            raise ConfigurationError(
+                f"{what}() jitter must be less than {shape} ({gap.total_seconds():g}s), got "
+                f"{spread.total_seconds():g}s: each start is delayed by up to the jitter, "
+                "and a start must come before the next scheduled time"
+            )
+    if not isinstance(run_on_start, bool):
+        raise ConfigurationError(
+            f"{what}() run_on_start must be True or False, got {run_on_start!r}"
+        )
     if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
         raise ConfigurationError(f"{what}() keep must be an int >= 1, got {keep!r}")
-    if name is not None and (not isinstance(name, str) or not name):
+    if name is not None and (not isinstance(name, str) or not name.strip()):
         raise ConfigurationError(f"{what}() name must be a non-empty string, got {name!r}")
-    schedule = Schedule(
-        trigger,
-        catch_up_policy(catch_up),
-        timedelta(seconds=spread),
-        timedelta(seconds=delay),
-        bool(run_on_start),
-    )
+    try:
+        policy = catch_up_policy(catch_up)
+        if isinstance(policy, timedelta):
+            policy = _duration(what, "catch_up", policy)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{what}() {exc}") from None
+    schedule = Schedule(trigger, policy, spread, delay, run_on_start)
     host: JobHost = group  # type: ignore[assignment]
     host._job_store()  # a group that cannot keep a schedule says so now
 
@@ -429,13 +608,13 @@ def every(
     the database keeps. Exceptions are logged and recorded; the schedule goes on.
     """
     require_host(group, "every")
-    interval_s = seconds(interval, "interval")
-    if interval_s <= 0:
+    step = _duration("every", "interval", interval)
+    if step <= timedelta(0):
         raise ConfigurationError(f"every() interval must be > 0, got {interval!r}")
     return _register(
         group,
         "every",
-        Interval(interval_s),
+        Interval(step.total_seconds()),
         initial_delay=initial_delay,
         run_on_start=run_on_start,
         catch_up=catch_up,
@@ -468,6 +647,10 @@ def cron(
     require_host(group, "cron")
     if not isinstance(expression, str):
         raise ConfigurationError(f"cron() expression must be a string, got {expression!r}")
+    if not isinstance(tz, str) or not tz:
+        raise ConfigurationError(
+            f"cron() tz must be an IANA time zone name such as 'Europe/Oslo', got {tz!r}"
+        )
     return _register(
         group,
         "cron",

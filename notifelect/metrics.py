@@ -194,10 +194,14 @@ def _job_metrics(groups: list[ElectionGroup]) -> Iterator[Any]:
     """The scheduled jobs' runs on this node, labelled ``group``, ``node`` and ``job``."""
     labels = ["group", "node", "job"]
     runs = CounterMetricFamily(
-        "notifelect_job_runs", "Scheduled runs this node ran that succeeded.", labels=labels
+        "notifelect_job_runs",
+        "Scheduled runs this node ran that succeeded (as recorded).",
+        labels=labels,
     )
     failures = CounterMetricFamily(
-        "notifelect_job_failures", "Scheduled runs this node ran that raised.", labels=labels
+        "notifelect_job_failures",
+        "Scheduled runs this node ran that failed (raised before their transaction committed).",
+        labels=labels,
     )
     duration = SummaryMetricFamily(
         "notifelect_job_duration_seconds", "How long the scheduled runs took.", labels=labels

@@ -14,11 +14,16 @@ plus policies:
 * the first run of a job the group never ran is due ``initial_delay`` after it was first
   seen, at once (``run_on_start``) or at the trigger's first time after that;
 * ``jitter`` delays each start by a fraction of it drawn from the job's name and the
-  scheduled time, so every node draws the same for the same run.
+  scheduled time, so every node draws the same for the same run;
+* a clock that reads *before* the last scheduled time (beyond :data:`CLOCK_TOLERANCE`)
+  was stepped back: an interval schedule is re-anchored on the clock's new reading
+  (:meth:`Schedule.anchor`), so the step does not stall it; a cron schedule's times are
+  calendar times, each of which already ran, so it goes on after the last one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import hashlib
 import math
@@ -30,6 +35,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from .errors import ConfigurationError
 
 __all__ = [
+    "Anchor",
     "CatchUp",
     "Cron",
     "Interval",
@@ -43,6 +49,8 @@ _MICRO = timedelta(microseconds=1)
 #: How many passed times of a cron expression are counted one by one for a plan's
 #: ``skipped`` (beyond it the count is a lower bound; the plan itself is exact).
 _COUNT_LIMIT = 10_000
+#: How many times of a cron expression its shortest gap is looked for in.
+GAP_SAMPLE = 1000
 
 
 class Trigger(Protocol):
@@ -67,6 +75,15 @@ class Trigger(Protocol):
 
     def count(self, anchor: datetime, until: datetime) -> int:
         """How many times of the grid through ``anchor`` lie in ``[anchor, until)``."""
+        ...
+
+    def period(self) -> timedelta | None:
+        """The fixed step between two times, or None for a calendar grid (cron)."""
+        ...
+
+    def shortest_gap(self, since: datetime) -> timedelta:
+        """The shortest time between two consecutive times of the grid (for a calendar
+        grid: over its next :data:`GAP_SAMPLE` times after ``since``)."""
         ...
 
 
@@ -98,6 +115,12 @@ class Interval:
 
     def count(self, anchor: datetime, until: datetime) -> int:
         return max(0, -((anchor - until) // self.step))
+
+    def period(self) -> timedelta:
+        return self.step
+
+    def shortest_gap(self, since: datetime) -> timedelta:
+        return self.step
 
 
 @dataclass(frozen=True)
@@ -154,6 +177,23 @@ class Cron:
             n, t = n + 1, self._iterate(t)
         return n
 
+    def period(self) -> None:
+        return None
+
+    def shortest_gap(self, since: datetime) -> timedelta:
+        local = since.astimezone(ZoneInfo(self.tz))
+        times = _cronsim().CronSim(self.expression, local)
+        previous = next(times)
+        shortest: timedelta | None = None
+        for _ in range(GAP_SAMPLE - 1):
+            following = next(times, None)
+            if following is None:
+                break
+            gap = following.astimezone(UTC) - previous.astimezone(UTC)
+            shortest = gap if shortest is None else min(shortest, gap)
+            previous = following
+        return shortest if shortest is not None else timedelta(days=366)
+
 
 def _cronsim() -> Any:
     try:
@@ -186,7 +226,8 @@ def catch_up_policy(value: CatchUp | str | timedelta | float) -> CatchUp | timed
     elif isinstance(value, timedelta) and value >= timedelta(0):
         return value
     elif isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
-        return timedelta(seconds=value)
+        with contextlib.suppress(OverflowError, ValueError):  # inf, or beyond a timedelta
+            return timedelta(seconds=value)
     raise ConfigurationError(
         f"catch_up must be 'latest', 'each' or a window (a timedelta or seconds >= 0), "
         f"got {value!r}"
@@ -202,8 +243,29 @@ class Plan:
 
 
 #: How late a run may start, after its scheduled time, for waking up and claiming it; a
-#: ``catch_up`` window counts from there.
+#: ``catch_up`` window counts from there (plus the ``jitter``).
 WAKE_GRACE = timedelta(seconds=1)
+
+#: How far the last scheduled time may lie ahead of the clock before the clock is taken
+#: to have been stepped back (a run starts at or after its scheduled time, so on a clock
+#: that only moves forward it never lies ahead; a database failover to a server whose
+#: clock is a little behind may put it a little ahead).
+CLOCK_TOLERANCE = timedelta(seconds=1)
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """Where the next run is planned from (:meth:`Schedule.anchor`).
+
+    ``scheduled_at`` is the scheduled time to plan from (None: the job never ran);
+    ``ahead`` is how far the latest recorded scheduled time lies ahead of the clock when
+    the clock was stepped back (None otherwise); ``reanchored`` says that the schedule was
+    moved onto the clock's new reading rather than continued from a recorded time.
+    """
+
+    scheduled_at: datetime | None
+    ahead: timedelta | None = None
+    reanchored: bool = False
 
 
 @dataclass(frozen=True)
@@ -224,6 +286,44 @@ class Schedule:
         start = now + self.initial_delay
         return start if self.run_on_start else self.trigger.after(start)
 
+    def anchor(
+        self,
+        last: datetime | None,
+        own: datetime | None,
+        since_own: float | None,
+        now: datetime,
+    ) -> Anchor:
+        """The scheduled time to plan the next run from, as seen at ``now``.
+
+        ``last`` is the latest scheduled time the store recorded; ``own`` the latest one
+        this node claimed (or found claimed), ``since_own`` the seconds since that time on
+        the node's own monotonic clock. Normally the later of the two. When both lie
+        ahead of ``now`` beyond :data:`CLOCK_TOLERANCE`, the clock was stepped back:
+
+        * an interval schedule goes on from ``own`` if ``own`` is a time of the clock's
+          new reading (``now - own`` agrees with ``since_own``: the node already
+          re-anchored), else it is re-anchored: ``own`` (or, unknown, ``now`` itself) is
+          placed on the new reading ``since_own`` seconds back, so the next run keeps at
+          least one interval after the node's last run, by the monotonic clock;
+        * a cron schedule goes on after the latest recorded time: its times are calendar
+          times and each of them already ran.
+        """
+        known = [t for t in (last, own) if t is not None]
+        if not known:
+            return Anchor(None)
+        latest = max(known)
+        ahead = latest - now
+        if ahead <= CLOCK_TOLERANCE or self.trigger.period() is None:
+            return Anchor(latest, ahead if ahead > CLOCK_TOLERANCE else None)
+        if own is not None and since_own is not None:
+            if (
+                own - now <= CLOCK_TOLERANCE
+                and abs((now - own).total_seconds() - since_own) <= CLOCK_TOLERANCE.total_seconds()
+            ):
+                return Anchor(own, ahead)
+            return Anchor(now - timedelta(seconds=max(0.0, since_own)), ahead, True)
+        return Anchor(now, ahead, True)
+
     def plan(self, last_scheduled: datetime | None, first_due: datetime, now: datetime) -> Plan:
         """The next run after the one scheduled at ``last_scheduled`` (None: no run yet,
         the first is due at ``first_due``), as seen at ``now``. Never before the
@@ -236,8 +336,9 @@ class Schedule:
             return Plan(latest, self.trigger.count(due, latest))
         assert isinstance(self.catch_up, timedelta)
         # A time counts as missed only once it is older than the window plus what waking
-        # up for it takes (the loop sleeps until the time, then reads the clock again).
-        oldest = now - self.catch_up - WAKE_GRACE
+        # up for it takes (the loop sleeps until the time and its share of the jitter,
+        # then reads the clock again).
+        oldest = now - self.catch_up - WAKE_GRACE - self.jitter
         if due >= oldest:
             return Plan(due)
         first = self.trigger.earliest(due, oldest)

@@ -32,6 +32,7 @@ Jobs that must run on every replica belong to a second scheduler that is not bou
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Coroutine
 from datetime import UTC, datetime
@@ -39,6 +40,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._clock import now
 from ..errors import ConfigurationError, NotLeaderError, StaleLeaderError
+from ..job_store import FOREIGN_PREFIXES
 
 try:
     from apscheduler.events import (  # type: ignore[import-untyped]
@@ -69,7 +71,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 #: The prefix of an APScheduler job's name in the job tables.
-JOB_PREFIX = "apscheduler:"
+JOB_PREFIX = FOREIGN_PREFIXES[0]
 _EVENTS = EVENT_JOB_SUBMITTED | EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MISSED
 _KEEP = 1000
 
@@ -79,10 +81,13 @@ class LeaderScheduler:
 
     Create it before entering the group (it registers the group's ``on_elected``
     callback). ``async with leading:`` (after ``async with group``) starts the scheduler
-    paused and returns at once; leaving it shuts the scheduler down (without waiting for
-    running jobs: the group's hand-over already waited for them). Works with any
-    APScheduler 3 scheduler; for a thread-based one (``BackgroundScheduler``) enter it
-    from the event loop that runs the group.
+    paused and returns at once. Leaving it pauses the scheduler (no new run starts),
+    waits for the runs in flight to finish, for at most ``Settings.finish_timeout``, so
+    that the last runs finish under the leadership they started in, then shuts the
+    scheduler down: when the bound passed, coroutine jobs (``AsyncIOExecutor``) are
+    cancelled, while jobs in a thread or process pool cannot be interrupted and run on,
+    outside any leadership. Works with any APScheduler 3 scheduler; for a thread-based one
+    (``BackgroundScheduler``) enter it from the event loop that runs the group.
     """
 
     def __init__(self, group: ElectionGroup, scheduler: BaseScheduler) -> None:
@@ -116,7 +121,34 @@ class LeaderScheduler:
     async def __aexit__(self, *exc_info: object) -> None:
         self._started.clear()
         if self.scheduler.state != STATE_STOPPED:
+            # Let the last runs finish under this leadership: nothing new is submitted,
+            # the runs in flight may end within finish_timeout; only then is the scheduler
+            # shut down (an asyncio executor cancels what is still running then).
+            self.scheduler.pause()
+            bound = self.group.settings.finish_timeout
+            if not self._idle.is_set():
+                try:
+                    await asyncio.wait_for(self._idle.wait(), bound)
+                except TimeoutError:
+                    log.warning(
+                        "APScheduler jobs %s of group %r still running %.1fs after the "
+                        "scheduler was closed (finish_timeout): shutting it down; coroutine "
+                        "jobs are cancelled, jobs in threads or processes cannot be "
+                        "interrupted and run on",
+                        ", ".join(sorted({job for job, _ in self._in_flight})),
+                        self.group.name,
+                        bound,
+                        extra={
+                            "notifelect_event": "job_waiting",
+                            "notifelect_namespace": self.group.name,
+                            "notifelect_node": self.group.node,
+                        },
+                    )
             self.scheduler.shutdown(wait=False)
+            if not self._idle.is_set():
+                # A cancelled coroutine job ends within a few loop turns: record its end.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._idle.wait(), self.group.settings.io_timeout)
         if self._recording:
             await asyncio.wait(list(self._recording), timeout=self.group.settings.io_timeout)
 

@@ -86,7 +86,9 @@ def require_leader(
     the request's writes). Elsewhere it raises ``HTTPException``: 307 with ``Location``
     set to the leader's advertised URL plus the request's path and query (with
     ``redirect``, when the leader advertises a URL; a 307 keeps the method and body), else
-    503 with ``Retry-After``. Finding the leader's URL reads the database once per leader.
+    503 with ``Retry-After``. The leader's URL is ``group.leader.url``, which the group
+    reads once per leader in the background; a request that comes before that read
+    returned reads it itself.
     """
 
     async def leader_only(request: Request) -> Leadership:
@@ -94,7 +96,10 @@ def require_leader(
         if ls is not None and group.is_leader:
             return ls
         if redirect:
-            url = await group.leader_url()
+            known = group.leader
+            url = known.url if known is not None else None
+            if url is None:  # not read yet (a leader elected a moment ago): read it now
+                url = await group.leader_url()
             if url is not None:
                 # The path as the client sent it (still percent-encoded): a decoded one
                 # would reach the leader as another path.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 from contextlib import AsyncExitStack
 from datetime import timedelta
 
@@ -12,7 +13,14 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from notifelect import ConfigurationError, ElectionGroup, RunRecord, Settings, current_run
+from notifelect import (
+    ConfigurationError,
+    ElectionGroup,
+    JobRun,
+    RunRecord,
+    Settings,
+    current_run,
+)
 from tests.support.servers import sqlalchemy_url
 from tests.support.waiting import until
 
@@ -170,3 +178,120 @@ async def test_a_run_in_progress_at_a_hand_over_ends_before_the_next_one_starts(
     assert recorded[0].ended_at is not None
     assert recorded[1].started_at >= recorded[0].ended_at
     assert recorded[1].term > recorded[0].term
+
+
+def events(caplog: pytest.LogCaptureFixture, name: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if getattr(r, "notifelect_event", None) == name]
+
+
+@pytest.mark.timeout(60)
+async def test_a_job_that_raises_after_its_transaction_committed_is_a_success(
+    dsn: str, namespace: str, engine: AsyncEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="notifelect")
+    async with engine.begin() as conn:
+        await conn.execute(text("CREATE TABLE IF NOT EXISTS report (ran_for timestamptz)"))
+    group = ElectionGroup(engine, namespace, FAST)
+    seen: list[JobRun] = []
+
+    @group.every(0.2, name="report")
+    async def report() -> None:
+        run = current_run()
+        assert run is not None
+        seen.append(run)
+        async with run.transaction() as conn:
+            await conn.execute(text("INSERT INTO report VALUES (:t)"), {"t": run.scheduled_at})
+        raise RuntimeError("after the commit")
+
+    async with group:
+        await group.wait_for_leadership(timeout=20)
+        await until([group], lambda: report.ended >= 2, timeout=20)
+    recorded = await runs(dsn, namespace, "report")
+    async with engine.connect() as conn:
+        written = set((await conn.execute(text("SELECT ran_for FROM report"))).scalars())
+    ended = [r for r in recorded if r.ended_at is not None]
+    # The record committed with the writes wins: succeeded, and counted so.
+    assert {r.outcome for r in ended} == {"succeeded"}
+    assert {r.scheduled_at for r in ended} <= written
+    assert (report.runs, report.failures) == (report.ended, 0)
+    assert all(run.committed for run in seen)
+    assert not events(caplog, "job_failed")
+    raised = events(caplog, "job_raised_after_commit")
+    assert len(raised) == report.ended
+    assert "stays recorded as succeeded" in raised[0].getMessage()
+    assert "RuntimeError('after the commit')" in raised[0].getMessage()
+
+
+@pytest.mark.timeout(60)
+async def test_a_renamed_job_is_pointed_out(
+    dsn: str, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="notifelect")
+    before = ElectionGroup(dsn, namespace, FAST)
+    ran = asyncio.Event()
+
+    @before.every(60, name="reports.refresh")
+    async def refresh() -> None:
+        ran.set()
+
+    async with before:
+        await asyncio.wait_for(ran.wait(), timeout=20)
+    assert not events(caplog, "job_renamed")  # a new job beside no unknown one
+
+    after = ElectionGroup(dsn, namespace, FAST)
+    ran.clear()
+
+    @after.every(60)  # the same job, renamed: its default name changed
+    async def refresh_totals() -> None:
+        ran.set()
+
+    async with after:
+        await asyncio.wait_for(ran.wait(), timeout=20)
+    (warned,) = events(caplog, "job_renamed")
+    message = warned.getMessage()
+    assert refresh_totals.name in message
+    assert "'reports.refresh'" in message
+    assert "pass name='reports.refresh' to keep its schedule" in message
+
+
+@pytest.mark.timeout(60)
+async def test_a_schedule_recorded_ahead_of_the_database_clock_is_re_anchored(
+    dsn: str, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # What a database clock stepped back an hour looks like to the next leader: the last
+    # recorded scheduled time lies an hour ahead of clock_timestamp().
+    caplog.set_level(logging.INFO, logger="notifelect")
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(
+            "INSERT INTO notifelect_job (namespace, job, schedule, first_due, created_at,"
+            " updated_at) VALUES ($1, 'tick', 'every 0.5s', now(), now(), now())",
+            namespace,
+        )
+        await conn.execute(
+            "INSERT INTO notifelect_job_run (namespace, job, scheduled_at, started_at,"
+            " ended_at, node, term, outcome) VALUES ($1, 'tick', now() + interval '1 hour',"
+            " now() + interval '1 hour', now() + interval '1 hour', 999, 1, 'succeeded')",
+            namespace,
+        )
+    finally:
+        await conn.close()
+    group = ElectionGroup(dsn, namespace, FAST)
+    count = 0
+
+    @group.every(0.5, name="tick")
+    async def tick() -> None:
+        nonlocal count
+        count += 1
+
+    async with group:
+        await until([group], lambda: count >= 3, timeout=20)
+    recorded = await runs(dsn, namespace, "tick")
+    latest = recorded[-1].scheduled_at
+    reanchored = [r for r in recorded if r.scheduled_at < latest - timedelta(minutes=30)]
+    assert len(reanchored) == count
+    steps = {b.scheduled_at - a.scheduled_at for a, b in itertools.pairwise(reanchored)}
+    assert steps == {timedelta(seconds=0.5)}
+    (warned,) = events(caplog, "job_clock_behind")
+    assert 3590 < warned.notifelect_ahead < 3601  # type: ignore[attr-defined]
+    assert "job tick of group" in warned.getMessage()

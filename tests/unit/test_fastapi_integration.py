@@ -63,6 +63,12 @@ async def test_the_leader_answers_followers_redirect_or_refuse() -> None:
         await stack.enter_async_context(b_running)
         await until([a, b], lambda: b.leader is not None)
         assert log == ["enter, group open: True"]
+        # b learns the leader's URL by itself: nothing called leader_url().
+        await until([a, b], lambda: b.leader is not None and b.leader.url is not None)
+        assert b.leader is not None
+        assert b.leader.url == "http://a.internal:8000"
+        assert b.health.leader is not None
+        assert b.health.leader.url == "http://a.internal:8000"
 
         async with client(apps["a"]) as http:
             answer = await http.post("/rebuild")
@@ -105,3 +111,27 @@ async def test_without_a_leader_the_answer_is_503() -> None:
 def test_an_advertised_url_must_be_absolute_http() -> None:
     with pytest.raises(ConfigurationError, match="advertise_url must be an absolute http"):
         ElectionGroup("postgresql://app@db/app", "api", advertise_url="10.0.0.5:8000")
+
+
+async def test_a_follower_that_advertises_nothing_still_redirects() -> None:
+    bus = MemoryBus(lease=FAST.lease, leader_timeout=FAST.leader_timeout)
+    a = ElectionGroup.in_memory(bus, "api", FAST, advertise_url="http://a.internal:8000")
+    b = ElectionGroup.in_memory(bus, "api", FAST)  # a follower that advertises nothing
+    app = service(b, [])
+    async with a:
+        await a.wait_for_leadership(timeout=5)
+        async with app.router.lifespan_context(app):
+            await until([a, b], lambda: b.leader is not None)
+            assert url_of(b) is None  # b advertises nothing: it reads no URL unasked
+            async with client(app) as http:
+                answer = await http.post("/rebuild?x=%2F")
+            assert answer.status_code == 307
+            assert answer.headers["location"] == "http://a.internal:8000/rebuild?x=%2F"
+            # The request read the URL: it is remembered for the leader.
+            assert url_of(b) == "http://a.internal:8000"
+        assert url_of(a) == "http://a.internal:8000"  # its own
+
+
+def url_of(group: ElectionGroup) -> str | None:
+    leader = group.leader
+    return None if leader is None else leader.url

@@ -157,3 +157,72 @@ def test_bad_triggers_say_what_is_wrong() -> None:
         Cron("* * * * *", tz="Mars/Olympus")
     with pytest.raises(ConfigurationError, match="an interval must be > 0 seconds"):
         Interval(0)
+
+
+def test_a_catch_up_window_counts_from_the_jittered_start() -> None:
+    # A run delayed by its share of a 5 s jitter wakes up to 5 s after its scheduled time:
+    # with a window of 0 it must still run, not be skipped as missed.
+    schedule = every(60, catch_up=timedelta(0), jitter=timedelta(seconds=5))
+    start = schedule.start_at("k", at(60))
+    assert schedule.plan(at(0), at(0), start) == Plan(at(60))
+    assert schedule.plan(at(0), at(0), at(60 + 5 + 1.5)) == Plan(at(120), skipped=1)
+
+
+# (why, schedule, last recorded, own (time, seconds since on the monotonic clock), now,
+#  expected anchor (time, ahead, reanchored))
+ANCHORS = [
+    ("never ran", every(2), None, None, 10, (None, None, False)),
+    ("the store's latest", every(2), 10, None, 11, (10, None, False)),
+    ("this node's own time when later (a time found already claimed)",
+     every(2), 10, (12, 0.5), 12.5, (12, None, False)),
+    ("a little ahead: within the tolerance, a clock a little behind",
+     every(2), 10, None, 9.5, (10, None, False)),
+    ("stepped back, the last run this node's: re-anchored by the monotonic clock",
+     every(2), 10, (10, 0.5), 10.5 - 3600, (10.5 - 3600 - 0.5, 3599.5, True)),
+    ("stepped back, the last run another node's: re-anchored on now",
+     every(2), 10, None, 10.5 - 3600, (10.5 - 3600, 3599.5, True)),
+    ("stepped back, already re-anchored by this node: go on from its own time",
+     every(2), 10, (-3590, 1.0), -3589, (-3590, 3599, False)),
+    ("stepped back, an own time of the old reading is not followed",
+     every(2), 10, (8, 3.0), 11 - 3600, (11 - 3600 - 3, 3599, True)),
+    ("cron: its times are calendar times, each already ran: go on after the last",
+     Schedule(Cron("* * * * *")), 60, None, 60 - 3600, (60, 3600, False)),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("schedule", "last", "own", "now", "expected"),
+    [pytest.param(*row[1:], id=row[0]) for row in ANCHORS],
+)
+def test_anchor(
+    schedule: Schedule,
+    last: float | None,
+    own: tuple[float, float] | None,
+    now: float,
+    expected: tuple[float | None, float | None, bool],
+) -> None:
+    found = schedule.anchor(
+        None if last is None else at(last),
+        None if own is None else at(own[0]),
+        None if own is None else own[1],
+        at(now),
+    )
+    time, ahead, reanchored = expected
+    assert found.scheduled_at == (None if time is None else at(time))
+    assert found.ahead == (None if ahead is None else timedelta(seconds=ahead))
+    assert found.reanchored is reanchored
+
+
+def test_a_re_anchored_schedule_keeps_one_interval_after_the_last_run() -> None:
+    schedule = every(300)
+    now = at(10 - 3600)  # the clock stepped back an hour, 10 s after the last run
+    anchor = schedule.anchor(at(0), at(0), 10.0, now)
+    assert schedule.plan(anchor.scheduled_at, at(0), now) == Plan(now + timedelta(seconds=290))
+    late = schedule.anchor(at(0), at(0), 400.0, now)  # the last run is an interval ago
+    assert schedule.plan(late.scheduled_at, at(0), now) == Plan(now - timedelta(seconds=100))
+
+
+def test_the_shortest_gap_of_a_trigger() -> None:
+    assert Interval(2.5).shortest_gap(T0) == timedelta(seconds=2.5)
+    assert Cron("*/5 * * * *").shortest_gap(T0) == timedelta(minutes=5)
+    assert Cron("0 9,17 * * MON-FRI").shortest_gap(T0) == timedelta(hours=8)
