@@ -33,7 +33,9 @@ from ._threads import in_thread, is_worker_of
 from .errors import ConfigurationError, GroupStateError
 from .group import ElectionGroup as _AsyncGroup
 from .health import Health
+from .jobs import KEEP_RUNS
 from .leadership import LeaderInfo, Leadership
+from .schedule import CatchUp
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -271,26 +273,82 @@ class SyncElectionGroup:
         return register if fn is None else register(fn)
 
     def every(
-        self, interval: timedelta | float, *, initial_delay: timedelta | float = 0.0
+        self,
+        interval: timedelta | float,
+        *,
+        initial_delay: timedelta | float = 0.0,
+        run_on_start: bool = True,
+        catch_up: CatchUp | str | timedelta | float = CatchUp.LATEST,
+        jitter: timedelta | float = 0.0,
+        name: str | None = None,
+        keep: int = KEEP_RUNS,
     ) -> Callable[[Callable[[], R]], Callable[[], R | None]]:
-        """Run ``def job()`` in a thread on the leader every ``interval`` (see
-        :func:`notifelect.every`: the same cadence, never overlapping itself). When the
-        leadership ends the running job is waited for (a thread cannot be cancelled), up
-        to ``Settings.callback_timeout`` on a hand-over. Returns the job gated like
-        :meth:`leader_only`: calling it runs it once, on the leader only."""
+        """Run ``def job()`` in a thread on the leader every ``interval``, on the group's
+        schedule kept in the database, with the same arguments and policies as
+        :func:`notifelect.every` (``name`` keeps a moved or renamed job's schedule). When
+        the leadership ends the running job is waited for (a thread cannot be cancelled):
+        on a hand-over up to ``Settings.finish_timeout`` and then
+        ``Settings.callback_timeout``. Returns the job gated like :meth:`leader_only`:
+        calling it runs it once, on the leader only."""
 
         def decorate(job: Callable[[], R]) -> Callable[[], R | None]:
             _require_plain(job, "every")
-
-            async def run() -> R:
-                return await self._in_thread(job, what="scheduled job")
-
-            functools.update_wrapper(run, job)
-            self._group.every(interval, initial_delay=initial_delay)(run)
+            self._group.every(
+                interval,
+                initial_delay=initial_delay,
+                run_on_start=run_on_start,
+                catch_up=catch_up,
+                jitter=jitter,
+                name=name,
+                keep=keep,
+            )(self._threaded_job(job))
             gated: Callable[[], R | None] = self.leader_only(job)
             return gated
 
         return decorate
+
+    def cron(
+        self,
+        expression: str,
+        *,
+        tz: str = "UTC",
+        initial_delay: timedelta | float = 0.0,
+        run_on_start: bool = False,
+        catch_up: CatchUp | str | timedelta | float = CatchUp.LATEST,
+        jitter: timedelta | float = 0.0,
+        name: str | None = None,
+        keep: int = KEEP_RUNS,
+    ) -> Callable[[Callable[[], R]], Callable[[], R | None]]:
+        """Run ``def job()`` in a thread on the leader at the times of a cron
+        ``expression`` in the time zone ``tz``, on the group's schedule (see
+        :func:`notifelect.cron`; needs the ``cron`` extra). Otherwise as :meth:`every`."""
+
+        def decorate(job: Callable[[], R]) -> Callable[[], R | None]:
+            _require_plain(job, "cron")
+            self._group.cron(
+                expression,
+                tz=tz,
+                initial_delay=initial_delay,
+                run_on_start=run_on_start,
+                catch_up=catch_up,
+                jitter=jitter,
+                name=name,
+                keep=keep,
+            )(self._threaded_job(job))
+            gated: Callable[[], R | None] = self.leader_only(job)
+            return gated
+
+        return decorate
+
+    def _threaded_job(self, job: Callable[[], R]) -> Callable[[], Coroutine[Any, Any, R]]:
+        """``job`` as the coroutine function a schedule runs: the call on a thread of its
+        own, under the job's own module and qualified name (its default ``name``)."""
+
+        async def run() -> R:
+            return await self._in_thread(job, what="scheduled job")
+
+        functools.update_wrapper(run, job)
+        return run
 
     async def _in_thread(
         self, fn: Callable[..., R], *args: Any, what: str, wait_when_cancelled: bool = True

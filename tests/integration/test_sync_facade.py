@@ -16,8 +16,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import text
 
-from notifelect import GroupStateError, Leadership, Settings, current_leadership
+from notifelect import GroupStateError, Leadership, Settings, current_leadership, current_run
 from notifelect.errors import ConfigurationError
+from notifelect.jobs import JobRun
 from notifelect.sync import ElectionGroup, SyncElectionGroup
 from tests.faults.checker import Execution, overlaps, regressions
 
@@ -422,3 +423,55 @@ def test_a_stalled_election_loop_shows_as_a_lease_lapse_in_health_and_metrics(
     labels = frozenset({("group", namespace), ("node", group.instance)})
     assert lines["notifelect_lease_lapses_total", labels] == 1.0
     assert "notifelect_late_renewals_total" in {name for name, _ in lines}
+
+
+@pytest.mark.timeout(30)
+def test_facade_schedules_take_every_argument_of_the_async_ones(
+    sync_engine: sa.Engine, namespace: str
+) -> None:
+    """A def job's schedule takes what an async one does: ``name`` (what the
+    ``job_renamed`` warning tells a user to pass), the policies, and ``cron``."""
+    group = ElectionGroup(sync_engine, namespace, FAST)
+    ran = threading.Event()
+    seen: list[JobRun | None] = []
+
+    @group.every(3600, name="reports.refresh-totals", catch_up="each", jitter=0.0, keep=5)
+    def refresh_totals() -> None:
+        seen.append(current_run())
+        ran.set()
+
+    @group.cron("0 7 * * MON-FRI", tz="Europe/Oslo", name="reports.digest")
+    def digest() -> None:
+        raise AssertionError("not due during the test")
+
+    with pytest.raises(ConfigurationError, match="jitter"):
+        group.every(1, jitter=2)(lambda: None)
+    with pytest.raises(ConfigurationError, match="cron expression"):
+        group.cron("not cron")(lambda: None)
+
+    async def coro() -> None: ...
+
+    with pytest.raises(ConfigurationError, match="plain def"):
+        group.cron("* * * * *")(coro)
+
+    with group:
+        group.wait_for_leadership(10)
+        assert ran.wait(10), "the every job did not run"
+    with sync_engine.connect() as conn:
+        jobs: dict[str, str] = dict(
+            conn.execute(
+                text("SELECT job, schedule FROM notifelect_job WHERE namespace = :ns"),
+                {"ns": namespace},
+            ).all()
+        )
+        runs = conn.execute(
+            text("SELECT job FROM notifelect_job_run WHERE namespace = :ns"), {"ns": namespace}
+        ).scalars()
+        assert list(runs) == ["reports.refresh-totals"]
+    assert len(seen) == 1
+    assert seen[0] is not None
+    assert seen[0].job == "reports.refresh-totals"
+    assert jobs == {
+        "reports.refresh-totals": "every 3600s",
+        "reports.digest": "cron 0 7 * * MON-FRI (Europe/Oslo)",
+    }
