@@ -90,11 +90,18 @@ class JobStore(Protocol):
     async def set_next_due(self, namespace: str, job: str, due: datetime) -> None: ...
 
     async def holder_alive(self, run: RunRecord) -> bool:
-        """Whether the node that started ``run`` still has its election session."""
+        """Whether the process that started ``run`` still has an election session: the
+        one it started the run on, or a later one."""
         ...
 
     async def abandon(self, ls: Leadership, run: RunRecord) -> None:
         """Record ``run`` as abandoned (under ``ls``'s fence)."""
+        ...
+
+    async def relink(self, run: RunRecord, node: int) -> bool:
+        """Name ``node`` as the holder of ``run`` while it has not ended: the process
+        running it came back on a new session after its old one was lost. Returns
+        whether the record still had no end."""
         ...
 
     async def claim(
@@ -158,7 +165,15 @@ def _queries(names: Names) -> dict[str, str]:
             f"SELECT EXISTS (SELECT FROM {session} s JOIN pg_stat_activity a"
             " ON a.pid = s.backend_pid"
             " AND (a.backend_start = s.backend_start OR a.backend_start IS NULL)"
-            " WHERE s.node = :node)"
+            # The run's node, or the same process on a later session (a lost session
+            # is followed by a new one with a new node id, while a job's thread runs on).
+            " WHERE s.node = :node OR (s.host, s.pid) IN"
+            f" (SELECT o.host, o.pid FROM {session} o WHERE o.node = :node))"
+        ),
+        "relink": (
+            f"UPDATE {run} SET node = :node"
+            f" WHERE {key} AND scheduled_at = :scheduled_at AND term = :term"
+            " AND ended_at IS NULL RETURNING node"
         ),
         "claim": (
             f"INSERT INTO {run} (namespace, job, scheduled_at, started_at, node, term, outcome)"
@@ -252,6 +267,17 @@ class PostgresJobStore:
     async def abandon(self, ls: Leadership, run: RunRecord) -> None:
         async with ls.transaction(self.engine) as conn:
             await conn.execute(self._sql["finish"], _finish_params(run, "abandoned", None))
+
+    async def relink(self, run: RunRecord, node: int) -> bool:
+        params = {
+            "namespace": run.namespace,
+            "job": run.job,
+            "scheduled_at": run.scheduled_at,
+            "term": run.term,
+            "node": node,
+        }
+        async with self._begin() as conn:
+            return (await conn.execute(self._sql["relink"], params)).first() is not None
 
     async def claim(
         self, ls: Leadership, job: str, scheduled_at: datetime, next_due: datetime
@@ -369,6 +395,14 @@ class MemoryJobStore:
     async def abandon(self, ls: Leadership, run: RunRecord) -> None:
         ls.check()
         self._end(run, "abandoned", None)
+
+    async def relink(self, run: RunRecord, node: int) -> bool:
+        runs = self.records.get((run.namespace, run.job), {})
+        found = runs.get(run.scheduled_at)
+        if found is None or found.term != run.term or found.ended_at is not None:
+            return False
+        runs[run.scheduled_at] = replace(found, node=node)
+        return True
 
     async def claim(
         self, ls: Leadership, job: str, scheduled_at: datetime, next_due: datetime

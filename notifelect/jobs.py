@@ -233,6 +233,7 @@ class Periodic(Generic[R_co]):
         settings = self.group.settings
         waiting: tuple[int, datetime] | None = None
         waiting_since = 0.0
+        gone_since: float | None = None
         while ls.admits:
             try:
                 store = self.group._job_store()
@@ -244,6 +245,7 @@ class Periodic(Generic[R_co]):
                 if last is not None and last.ended_at is None and last.term != ls.term:
                     if waiting != (last.term, last.scheduled_at):
                         waiting, waiting_since = (last.term, last.scheduled_at), now()
+                        gone_since = None
                         log.info(
                             "job %s of group %r: the run scheduled at %s (node %s, term %s) "
                             "has not ended; waiting for it",
@@ -255,9 +257,17 @@ class Periodic(Generic[R_co]):
                             extra=self._extra("job_waiting", ls, other_term=last.term),
                         )
                     bound = settings.finish_timeout + settings.callback_timeout
-                    if now() - waiting_since < bound and await store.holder_alive(last):
-                        await asyncio.sleep(settings.election_interval)
-                        continue
+                    if now() - waiting_since < bound:
+                        if await store.holder_alive(last):
+                            gone_since = None
+                            await asyncio.sleep(settings.election_interval)
+                            continue
+                        # A process whose session was just lost names its next one on
+                        # the run within an interval of having it: give it a lease.
+                        gone_since = now() if gone_since is None else gone_since
+                        if now() - gone_since < settings.lease:
+                            await asyncio.sleep(settings.election_interval)
+                            continue
                     await store.abandon(ls, last)
                     log.warning(
                         "job %s of group %r: recorded the run scheduled at %s (node %s, term "
@@ -408,12 +418,33 @@ class Periodic(Generic[R_co]):
         self.group._track_call(task, False)
         await asyncio.shield(task)
 
+    async def _hold(self, run: RunRecord, store: JobStore) -> None:
+        """While the run goes on, keep its record naming this process's current session:
+        after a lost session the group comes back under a new node id while the run (a
+        ``def`` job's thread cannot be stopped) may still be running, and the next leader
+        must wait for it rather than find its node gone and start the next run beside
+        it."""
+        node = run.node
+        while True:
+            await asyncio.sleep(self.group.settings.election_interval)
+            current = self.group.node
+            if current is None or current == node:
+                continue
+            try:
+                if not await store.relink(run, current):
+                    return  # ended, or abandoned by a later leader
+            except Exception as exc:  # only a hint to the next leader: retried
+                log.debug("job %s: could not name its new session on its run: %r", self.name, exc)
+                continue
+            node = current
+
     async def _run(self, ls: Leadership, run: RunRecord, store: JobStore) -> None:
         _current.set(ls)
         job_run = JobRun(self.name, ls, run, store)
         _current_run.set(job_run)
         outcome, error = "succeeded", None
         began = now()
+        holder = asyncio.ensure_future(self._hold(run, store))
         try:
             await self.job()
             self.runs += 1
@@ -452,6 +483,7 @@ class Periodic(Generic[R_co]):
                     extra=self._extra("job_failed", ls, error=error),
                 )
         finally:
+            holder.cancel()
             duration = now() - began
             self.ended += 1
             self.duration_total += duration

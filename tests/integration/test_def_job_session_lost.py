@@ -1,18 +1,8 @@
-"""REVIEW DEFECT (issues 21/22), kept as a strict xfail until it is fixed.
-
-A plain ``def`` job of the thread facade overlaps the next run when its leader's election
-connection is cut (a blip, not a crash). The cut node reconnects at once under a new node
-id; the next leader (it or another) finds the last run unended, asks whether *node id* N
-still has a session, hears no, records the run as ``abandoned`` and starts the next run a
-few seconds after the cut, while the first run's thread, which nothing can interrupt,
-still runs in the very process that came back. ``docs/guides/jobs.md`` promises that runs
-never overlap except for a job that "outlives those bounds" (``finish_timeout +
-callback_timeout``); here it overlaps after about one lease.
-
-Reproduced twice with real processes (``/tmp`` drivers, sync_job.py with a 8 s and a 12 s
-job, ``pg_terminate_backend`` of the leader's session): the next run started 0.24 s and
-4.0 s before the old thread ended, the old run recorded ``abandoned``.
-"""
+"""A plain ``def`` job's run outlives its node's session (the connection is cut, not the
+process): the process comes back on a new session, under a new node id, while the run's
+thread goes on. The next leader must find the run still held and wait for it, not see its
+node gone and start the next run beside it (``docs/guides/jobs.md``: runs never overlap
+within ``finish_timeout + callback_timeout``)."""
 
 from __future__ import annotations
 
@@ -42,14 +32,8 @@ def sync_engine(dsn: str) -> Iterator[sa.Engine]:
     engine.dispose()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="REVIEW DEFECT: a def job's run overlaps the next one after its leader's "
-    "election connection is cut (the holder check goes by node id, which a reconnect "
-    "changes)",
-)
 @pytest.mark.timeout(60)
-def test_review_def_job_does_not_overlap_after_a_connection_cut(
+def test_a_def_job_cut_off_from_its_session_is_waited_for_by_the_next_leader(
     sync_engine: sa.Engine, namespace: str
 ) -> None:
     lock = threading.Lock()
