@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import pytest
 
 from notifelect.transport.connect import ANCHOR_NAME, APPLICATION_NAME
-from tests.faults import checker
+from notifelect._cluster import checker
 from tests.faults.harness import Cluster, NodeProcess, Timing
 from tests.support.proxy import Mode
 

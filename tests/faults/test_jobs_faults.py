@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from tests.faults.harness import Cluster
-from tests.faults.node import AUDIT_TABLE, TICKS
+from notifelect._cluster.node import AUDIT_TABLE, TICKS
 
 pytestmark = pytest.mark.faults
 
