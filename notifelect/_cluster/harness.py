@@ -88,6 +88,7 @@ class NodeProcess:
     dead_m: float | None = None
     sees: tuple[int | None, int | None] | None = None  # (leader node, term) it believes
     leading: dict[str, int] = field(default_factory=dict)  # group -> term it acts in
+    led: dict[str, int] = field(default_factory=dict)  # its last ``led`` line: group -> term
     reader: asyncio.Task[None] | None = None
 
     @property
@@ -140,6 +141,8 @@ class NodeProcess:
             self.sees = (event["leader"], event["term"])
         elif ev == "left":
             self.member = False
+        elif ev == "led" and "led" in event:
+            self.led = event["led"]
 
     def describe(self) -> str:
         state = (
@@ -295,15 +298,22 @@ class Cluster:
     # ------------------------------------------------------------ waiting
 
     async def until(
-        self, predicate: Callable[[], T], *, timeout: float, what: str, poll: float = 0.1
+        self,
+        predicate: Callable[[], T],
+        *,
+        timeout: float,
+        what: str,
+        poll: float = 0.1,
+        every: float = 0.0,
     ) -> T:
-        """Wait until ``predicate()`` is truthy; re-checked on every report and every
-        ``poll`` seconds."""
+        """Wait until ``predicate()`` is truthy; re-checked on every report (at most once
+        every ``every`` seconds: thousands of reports a second must not make the caller,
+        which shares the CPUs with the nodes, the busiest process) and every ``poll``."""
 
         async def probe() -> T:
             return predicate()
 
-        return await self.until_async(probe, timeout=timeout, what=what, poll=poll)
+        return await self.until_async(probe, timeout=timeout, what=what, poll=poll, every=every)
 
     async def until_async(
         self,
@@ -312,11 +322,13 @@ class Cluster:
         timeout: float,
         what: str,
         poll: float = 0.1,
+        every: float = 0.0,
     ) -> T:
         """Like :meth:`until` for a coroutine predicate (conditions on the database)."""
         deadline = time.monotonic() + timeout
         while True:
             changed = self._changed
+            checked = time.monotonic()
             value = await predicate()
             if value:
                 return value
@@ -325,6 +337,8 @@ class Cluster:
                 raise TimeoutError(f"{what}: not reached within {timeout}s\n" + self.describe())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), min(remaining, poll))
+            if every:
+                await asyncio.sleep(max(0.0, checked + every - time.monotonic()))  # throttle
 
     async def first(
         self, predicate: Callable[[Event], bool], timeout: float, start: int = 0
@@ -440,38 +454,54 @@ class Cluster:
         or a ``led`` line naming it), open if the process never reported the end of every
         activity of it (its ``on_elected`` work or a long call)."""
         group = namespace or self.namespace
-        spans: dict[int, checker.Span] = {}
+        found = self.every_span(nodes, clock)
+        return {term: span for (ns, term), span in found.items() if ns == group}
+
+    def every_span(
+        self, nodes: Iterable[NodeProcess] | None = None, clock: str = "t"
+    ) -> dict[tuple[str, int], checker.Span]:
+        """:meth:`spans` of every group at once, by (group, term)."""
+        spans: dict[tuple[str, int], checker.Span] = {}
         for n in self.nodes if nodes is None else nodes:
-            last: dict[int, float] = {}
+            last: dict[tuple[str, int], float] = {}
             led: dict[str, int] = {}
-            ended: set[int] = set()
+            ended: set[tuple[str, int]] = set()
             calls: dict[int, int] = {}
             events = n.events[n.since :]
+            default = n.namespace or self.namespace
             for e in events:
                 ev = e["ev"]
-                if ev == "act" and e.get("ns", group) == group:
-                    last[e["term"]] = e["at"] if clock == "t" else e["m"]
+                if ev == "act":
+                    last[e.get("ns", default), e["term"]] = e["at"] if clock == "t" else e["m"]
                 elif ev == "led":
                     led = e.get("led", led)
-                    if group in led:
-                        last[led[group]] = e["at"] if clock == "t" else e["m"]
-                elif ev == "span_end" and e.get("ns", group) == group:
-                    ended.add(e["term"])
+                    at = e["at"] if clock == "t" else e["m"]
+                    last.update({(ns, term): at for ns, term in led.items()})
+                elif ev == "span_end":
+                    ended.add((e.get("ns", default), e["term"]))
                 elif ev in ("call_start", "call_end"):
                     calls[e["term"]] = calls.get(e["term"], 0) + (1 if ev == "call_start" else -1)
             dead = n.dead_at if clock == "t" else n.dead_m
             for e in events:
-                if e["ev"] == "elected" and e.get("ns", group) == group:
-                    term = e["term"]
-                    spans[term] = checker.Span(
+                if e["ev"] == "elected":
+                    key = (e.get("ns", default), e["term"])
+                    spans[key] = checker.Span(
                         e["node"],
-                        term,
+                        e["term"],
                         e[clock],
-                        last_act=last.get(term),
-                        open_at_end=term not in ended or calls.get(term, 0) > 0,
+                        last_act=last.get(key),
+                        open_at_end=key not in ended or calls.get(e["term"], 0) > 0,
                         dead_at=dead,
                     )
         return spans
+
+    def overlaps(self, nodes: Iterable[NodeProcess] | None = None, clock: str = "t") -> list[str]:
+        """Leaderships of any group that began before an earlier one could have stopped
+        acting (:func:`checker.span_overlaps` of every group)."""
+        by_group: dict[str, list[checker.Span]] = {}
+        for (ns, _), span in self.every_span(nodes, clock).items():
+            by_group.setdefault(ns, []).append(span)
+        return [f"{ns}: {o}" for ns, spans in by_group.items() for o in checker.span_overlaps(spans)]
 
     async def connect(self) -> asyncpg.Connection[Any]:
         return await asyncpg.connect(self.dsn, timeout=10)
@@ -598,3 +628,65 @@ class Cluster:
         assert last_span.node == leader.node
         assert math.isfinite(last_span.started)
         return report
+
+
+# ---------------------------------------------------------------- many groups per process
+
+
+async def transactions(conn: asyncpg.Connection[Any]) -> int:
+    """Commits and rollbacks of the current database so far (the server's statistics)."""
+    await conn.execute("SELECT pg_stat_clear_snapshot()")
+    return int(
+        await conn.fetchval(
+            "SELECT xact_commit + xact_rollback FROM pg_stat_database"
+            " WHERE datname = current_database()"
+        )
+    )
+
+
+async def wait_quiet(conn: asyncpg.Connection[Any], per_second: float, timeout: float) -> bool:
+    """Wait until a two-second window of the database runs at most ``per_second``
+    transactions a second (the server's counters lag: a cold start shows up for a while).
+    False if that never happened within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last = await transactions(conn)
+    while time.monotonic() < deadline:
+        await asyncio.sleep(2)  # a sampling window, not a synchronisation
+        now_count = await transactions(conn)
+        if now_count - last <= 2 * per_second:
+            return True
+        last = now_count
+    return False
+
+
+def settled(nodes: Iterable[NodeProcess], groups: int) -> bool:
+    """Every one of ``groups`` groups is acted for by exactly one live process (from the
+    last ``led`` line of each)."""
+    seen: dict[str, int] = {}
+    for n in nodes:
+        if n.live:
+            for ns in n.led:
+                seen[ns] = seen.get(ns, 0) + 1
+    return len(seen) == groups and all(v == 1 for v in seen.values())
+
+
+async def kill_busiest(cluster: Cluster, timeout: float) -> list[float]:
+    """SIGKILL the process leading the most groups; wait until each of its groups has a
+    new leader among the others; how long each took, sorted (seconds)."""
+    victim = max((n for n in cluster.nodes if n.live), key=lambda n: len(n.led))
+    lost = set(victim.led)
+    killed_at = cluster.signal(victim, signal.SIGKILL)
+    survivors = [n for n in cluster.nodes if n is not victim]
+
+    def new_leaders() -> dict[str, float] | None:
+        first: dict[str, float] = {}
+        for n in survivors:
+            for e in n.of("elected"):
+                if e["ns"] in lost and e["t"] >= killed_at:
+                    first[e["ns"]] = min(first.get(e["ns"], e["t"]), e["t"])
+        return first if set(first) == lost else None
+
+    first = await cluster.until(
+        new_leaders, timeout=timeout, what="every lost group led again", every=0.05
+    )
+    return sorted(t - killed_at for t in first.values())
