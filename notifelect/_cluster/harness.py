@@ -476,7 +476,7 @@ class Cluster:
                 elif ev == "led":
                     led = e.get("led", led)
                     at = e["at"] if clock == "t" else e["m"]
-                    last.update({(ns, term): at for ns, term in led.items()})
+                    last.update(dict.fromkeys(led.items(), at))
                 elif ev == "span_end":
                     ended.add((e.get("ns", default), e["term"]))
                 elif ev in ("call_start", "call_end"):
@@ -501,7 +501,9 @@ class Cluster:
         by_group: dict[str, list[checker.Span]] = {}
         for (ns, _), span in self.every_span(nodes, clock).items():
             by_group.setdefault(ns, []).append(span)
-        return [f"{ns}: {o}" for ns, spans in by_group.items() for o in checker.span_overlaps(spans)]
+        return [
+            f"{ns}: {o}" for ns, spans in by_group.items() for o in checker.span_overlaps(spans)
+        ]
 
     async def connect(self) -> asyncpg.Connection[Any]:
         return await asyncpg.connect(self.dsn, timeout=10)

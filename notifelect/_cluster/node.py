@@ -272,7 +272,9 @@ class Member:
             args.namespace,
             *(extra_namespace(args.namespace, i) for i in range(args.extra_groups)),
         ]
-        self.groups = [ElectionGroup(target, settings=settings.replace(namespace=ns)) for ns in namespaces]
+        self.groups = [
+            ElectionGroup(target, settings=settings.replace(namespace=ns)) for ns in namespaces
+        ]
         self.group = self.groups[0]
         self.leave = asyncio.Event()
         self.tasks: set[asyncio.Task[None]] = set()  # probes, naive writers, long calls
@@ -399,7 +401,9 @@ class Member:
                 started = time.time()
                 await asyncio.sleep(self.args.work)
                 ended = time.time()
-                await conn.execute(_INSERT, self._row(ls.term, "exec", started, ended, ls.namespace))
+                await conn.execute(
+                    _INSERT, self._row(ls.term, "exec", started, ended, ls.namespace)
+                )
         except NotLeaderError:
             emit("refused", term=ls.term, why="lease")
         except StaleLeaderError:
@@ -454,7 +458,9 @@ class Member:
             now = None if info is None else (info.node, info.term)
             if now != seen:
                 seen = now
-                emit("sees", node=self.group.node, leader=info and info.node, term=info and info.term)
+                emit(
+                    "sees", node=self.group.node, leader=info and info.node, term=info and info.term
+                )
             await self.group.wait_for_change()
 
     async def led(self) -> None:

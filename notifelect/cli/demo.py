@@ -1,6 +1,6 @@
 """``notifelect demo``: watch an election survive a crash, a pause and a deploy.
 
-Starts N node processes (``python -m notifelect.cli._demo_node``) in one group, shows who
+Starts N node processes (the node program, ``notifelect._cluster.node``) in one group, shows who
 leads as it changes, then kills the leader (SIGKILL), pauses the next one (SIGSTOP, later
 SIGCONT) and lets the third exit cleanly, printing each failover time as the nodes measured
 it. Without a database given it runs on an embedded PostgreSQL in a temporary directory.
