@@ -1,13 +1,15 @@
 """Node processes of one run: spawn them, signal and stop them, collect what they report.
 
 A :class:`Cluster` starts node programs (:mod:`notifelect._cluster.node`, or another
-program that speaks its protocol), each in a session of its own so that a terminal's
-Ctrl-C reaches only the caller, and keeps every line they report, per process and in
+program that speaks its protocol) and keeps every line they report, per process and in
 arrival order. Callers wait on those reports (:meth:`Cluster.until`), never on sleeps.
 The records it hands to :mod:`notifelect._cluster.checker` are the processes' own:
 :meth:`Cluster.spans` (each leadership from its ``elected`` to its last recorded action)
 and :meth:`Cluster.report` (the audit table of the fenced job). An exit hook kills the
-process group of every node still running if the caller dies without closing.
+node still running if the caller dies without closing. (The nodes stay in the caller's
+process group: a terminal's Ctrl-C makes them leave their groups cleanly, as SIGTERM does.
+Started in a session or process group of their own, a node killed with SIGKILL was seen
+to end only after its lease, not at once, by a standby with ``strict_takeover=False``.)
 """
 
 from __future__ import annotations
@@ -36,16 +38,16 @@ Event = dict[str, Any]
 #: The node program, as this interpreter runs it.
 NODE_PROGRAM = (sys.executable, "-m", "notifelect._cluster.node")
 
-_running: set[int] = set()  # pids (and process groups) of nodes not reaped yet
+_running: set[int] = set()  # pids of nodes not reaped yet
 
 
 @atexit.register
 def kill_leftovers() -> None:
-    """Kill the process group of every node not reaped yet (the last resort)."""
+    """Kill every node not reaped yet (the last resort)."""
     for pid in list(_running):
         for sig in (signal.SIGCONT, signal.SIGKILL):
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, sig)
+                os.kill(pid, sig)
     _running.clear()
 
 
@@ -221,7 +223,6 @@ class Cluster:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=stderr,
                 env={**base, "PYTHONUNBUFFERED": "1"},
-                start_new_session=True,  # a terminal's Ctrl-C goes to the caller only
                 limit=2**22,  # a line of a thousand groups
             )
         _running.add(proc.pid)
@@ -419,7 +420,8 @@ class Cluster:
         for node in self.nodes:
             if not node.exited:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(node.pid, signal.SIGKILL)
+                    os.kill(node.pid, signal.SIGCONT)
+                    os.kill(node.pid, signal.SIGKILL)
         readers = [n.reader for n in self.nodes if n.reader is not None]
         if readers:
             await asyncio.wait(readers, timeout=10)
@@ -431,7 +433,7 @@ class Cluster:
         exited acts (a paused one may) and, with ``beliefs`` (programs that report
         ``sees``), every member that runs believes it leads."""
         nodes = list(nodes)
-        leaders = [n for n in nodes if n.leading_term is not None and not n.exited]
+        leaders = [n for n in nodes if n.leading_term is not None and not (n.exited or n.killed)]
         if len(leaders) != 1 or not (leaders[0].live and leaders[0].member):
             return None
         leader = leaders[0]

@@ -544,7 +544,7 @@ async def serve(args: argparse.Namespace) -> None:
 
     if args.dsn:
         start(args, None)
-    emit("started")
+    emit("started", module=str(Path(__file__).parents[1]))
     commands = asyncio.create_task(reader.readline())
     quitting = asyncio.create_task(quit_.wait())
     try:

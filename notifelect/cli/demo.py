@@ -5,10 +5,10 @@ leads as it changes, then kills the leader (SIGKILL), pauses the next one (SIGST
 SIGCONT) and lets the third exit cleanly, printing each failover time as the nodes measured
 it. Without a database given it runs on an embedded PostgreSQL in a temporary directory.
 
-Every node runs in its own session, so a Ctrl-C in the terminal reaches only the demo,
-which then kills the nodes' process groups, waits for them and removes the embedded
-server: nothing is left running (an atexit hook repeats the kill if the demo dies of an
-unexpected exception).
+A Ctrl-C in the terminal reaches the nodes too, which leave their group cleanly; the demo
+then stops what remains, waits for every node and removes the embedded server: nothing is
+left running (an atexit hook kills leftover nodes if the demo dies of an unexpected
+exception).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The demo's script: start the nodes, then kill, pause and stop leaders, timing each failover.
 
 The nodes are processes of the node program (:mod:`notifelect._cluster.node`), started,
-signalled and stopped by the shared harness (:mod:`notifelect._cluster.harness`), each in
-a session of its own. :class:`Demo` prints the story as their reports arrive, times each
+signalled and stopped by the shared harness (:mod:`notifelect._cluster.harness`).
+:class:`Demo` prints the story as their reports arrive, times each
 failover on the nodes' own monotonic clocks, and asks the checker whether leader-only work
 ever overlapped (the end of a leadership is the last action its process recorded).
 """
