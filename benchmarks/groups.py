@@ -31,7 +31,7 @@ from typing import Any
 import asyncpg
 
 from benchmarks.run import Server
-from benchmarks.scenarios import cpu_seconds
+from benchmarks.scenarios import _joined, cpu_seconds
 from notifelect._cluster.harness import Cluster, kill_busiest, settled, transactions, wait_quiet
 from notifelect._cluster.node import extra_namespace
 from notifelect.schema import Names
@@ -53,7 +53,7 @@ async def run_one(
     row: dict[str, Any] = {"groups": groups, "processes": processes, "mode": mode}
     admin = await asyncpg.connect(dsn)
     argv = ["--engine", "--extra-groups", str(groups - 1), "--report-every-group"]
-    workdir = OUT / "logs"
+    workdir = OUT / "raw" / "logs"  # the nodes' stderr
     workdir.mkdir(parents=True, exist_ok=True)
     cluster = Cluster(dsn, workdir, "g", argv=[*argv, "--led-period", "0.25", *extra])
     try:
@@ -64,7 +64,7 @@ async def run_one(
             # thousand groups each within a second or two overload a 2-CPU machine that
             # also runs the server: leases lapse and elections repeat for a while.)
             newest = await cluster.start([])
-            await cluster.until(lambda n=newest: n.member, timeout=600, what="a process joined")
+            await cluster.until(_joined(newest), timeout=600, what="a process joined")
             await wait_quiet(admin, 20 * processes, timeout=60)
         procs = cluster.nodes
         joins = [p.last("ready")["took"] for p in procs]  # type: ignore[index]

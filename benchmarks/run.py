@@ -309,8 +309,8 @@ async def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     # The nodes see neither PG* nor NOTIFELECT_* variables; ours import this checkout.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "NOTIFELECT_"))}
     env.pop("PYTHONPATH", None)
-    logs = out / "logs"
-    logs.mkdir(exist_ok=True)
+    logs = out / "raw" / "logs"  # the nodes' stderr
+    logs.mkdir(parents=True, exist_ok=True)
     harnesses = [
         Cluster(server.dsn, logs / "ours", env={**env, "PYTHONPATH": str(ROOT)}),
         Cluster(server.dsn, logs / "seed", env=env),
@@ -715,8 +715,8 @@ def targets(rec: Recorder, plan: Plan) -> list[list[str]]:
     rows.append(
         [
             f"N={big} hand-over p50 within 1.5x of N={plan.n}",
-            f"{p50(large)} vs {p50(small)}" + (f" ({large.p50 / small.p50:.2f}x)" if both else ""),  # type: ignore[union-attr,operator]
-            ("yes" if large.p50 <= 1.5 * small.p50 else "**no**") if both else "n/a",  # type: ignore[union-attr,operator]
+            f"{p50(large)} vs {p50(small)}" + (f" ({large.p50 / small.p50:.2f}x)" if both else ""),
+            ("yes" if large.p50 <= 1.5 * small.p50 else "**no**") if both else "n/a",
         ]
     )
     settled = select(samples, system="ours", scenario="settled")

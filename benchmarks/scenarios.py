@@ -20,7 +20,7 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -344,6 +344,18 @@ class Membership:
                 self.pool.give_back(n)
 
 
+def _left(node: NodeProcess) -> Callable[[], bool]:
+    return lambda: not node.member
+
+
+def _joined(node: NodeProcess) -> Callable[[], bool]:
+    return lambda: node.member
+
+
+def _stood_down(node: NodeProcess, term: int | None) -> Callable[[], bool]:
+    return lambda: node.leading_term != term
+
+
 async def chain(
     pool: Pool,
     cfg: Config,
@@ -433,7 +445,7 @@ async def _chain_steps(
                 cluster.signal(leader, signal.SIGKILL)
                 leader = None
                 continue
-            await cluster.until(lambda node=leader: not node.member, timeout=15, what="left")
+            await cluster.until(_left(leader), timeout=15, what="left")
             leader = None if new is None else await group.settle(cfg.limit)
             if leader is not None and group.bus is not None and group.stable_since is not None:
                 counts = await group.bus.count(group.namespace, leaving["m"], group.stable_since)
@@ -463,7 +475,7 @@ async def _chain_steps(
             term = leader.leading_term
             with contextlib.suppress(TimeoutError):
                 await cluster.until(
-                    lambda node=leader, term=term: node.leading_term != term,
+                    _stood_down(leader, term),
                     timeout=2 * (cfg.interval + cfg.timeout) + 5.0,
                     what="the resumed leader stood down",
                 )
@@ -600,7 +612,7 @@ async def rolling_restart(
             group.nodes.append(new)
             await group.join([new], dsn, time.monotonic())
             try:
-                await cluster.until(lambda n=new: n.member, timeout=cfg.limit, what="joined")
+                await cluster.until(_joined(new), timeout=cfg.limit, what="joined")
                 await cluster.stop_node(old, timeout=cfg.limit)
             except (TimeoutError, AssertionError):
                 rec.problem(f"{name}: a replacement did not join, or an old one did not exit")

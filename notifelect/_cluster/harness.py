@@ -10,6 +10,10 @@ node still running if the caller dies without closing. (The nodes stay in the ca
 process group: a terminal's Ctrl-C makes them leave their groups cleanly, as SIGTERM does.
 Started in a session or process group of their own, a node killed with SIGKILL was seen
 to end only after its lease, not at once, by a standby with ``strict_takeover=False``.)
+
+Longer than most modules: the fault suite's database checks (:meth:`Cluster.leader`,
+:meth:`Cluster.verify`) and the many-groups helpers read the same records and stay with
+them.
 """
 
 from __future__ import annotations
@@ -477,7 +481,7 @@ class Cluster:
                     last[e.get("ns", default), e["term"]] = e["at"] if clock == "t" else e["m"]
                 elif ev == "led":
                     led = e.get("led", led)
-                    at = e["at"] if clock == "t" else e["m"]
+                    at: float = e["at"] if clock == "t" else e["m"]
                     last.update(dict.fromkeys(led.items(), at))
                 elif ev == "span_end":
                     ended.add((e.get("ns", default), e["term"]))
@@ -693,4 +697,5 @@ async def kill_busiest(cluster: Cluster, timeout: float) -> list[float]:
     first = await cluster.until(
         new_leaders, timeout=timeout, what="every lost group led again", every=0.05
     )
+    assert first is not None
     return sorted(t - killed_at for t in first.values())

@@ -42,6 +42,9 @@ leadership once and never again (the checker must catch it).
 election session; they report nothing unless ``--report-every-group``, which also reports
 every ``--led-period`` seconds the groups this process may act for by term (``led``, only
 when it changed) and every second its sessions' backends (``sessions``).
+
+Longer than most modules: it is one program that every caller runs, and what it does
+while it leads is what the fault suite's checks need, kept beside the protocol.
 """
 
 from __future__ import annotations
@@ -298,7 +301,7 @@ class Member:
         return self.engines[1]
 
     def reports(self, ls: Leadership) -> bool:
-        return self.args.report_every_group or ls.namespace == self.args.namespace
+        return bool(self.args.report_every_group or ls.namespace == self.args.namespace)
 
     def spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -553,7 +556,7 @@ async def serve(args: argparse.Namespace) -> None:
             if quitting.done():
                 break
             line = commands.result()
-            cmd = json.loads(line) if line.strip() else {"op": "exit"}
+            cmd: dict[str, Any] = json.loads(line) if line.strip() else {"op": "exit"}
             if cmd["op"] == "join":
                 if running is not None and not running.done():
                     emit("error", error="join while still a member")

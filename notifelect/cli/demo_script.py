@@ -146,7 +146,8 @@ class Demo:
         (the standby opens its watch on the leader's anchor after a renewal names it)."""
         assert self.cluster is not None
         running = [n for n, state in self.state.items() if state == "running"]
-        await self.until(lambda: self.cluster.agreed(running), what)  # type: ignore[union-attr]
+        cluster = self.cluster
+        await self.until(lambda: cluster.agreed(running), what)
         await asyncio.sleep(3 * INTERVAL)  # let the story catch up: a pause in the script
 
     def signal(self, node: NodeProcess, sig: signal.Signals) -> float:
