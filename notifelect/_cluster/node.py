@@ -60,13 +60,11 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 from asyncpg.connect_utils import SessionAttribute
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from .. import (
     ElectionGroup,
@@ -83,6 +81,10 @@ from ..fencing import check_term
 from ..transport.hosts import Address, HostOrder, split_dsn, target_of
 from ..transport.session import open_sessions
 
+if TYPE_CHECKING:  # SQLAlchemy is imported only by nodes that use an engine: a node on a
+    # DSN weighs what an application's election does (the benchmarks measure its memory)
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
 AUDIT_TABLE = "fault_audit"
 AUDIT_DDL = (
     f"CREATE TABLE IF NOT EXISTS {AUDIT_TABLE} ("
@@ -93,10 +95,17 @@ AUDIT_DDL = (
 )
 #: The name of the job that ``--every`` adds.
 TICKS = "ticks"
-_INSERT = text(
+_INSERT = (
     f"INSERT INTO {AUDIT_TABLE} (namespace, node, pid, term, kind, started, ended)"
     " VALUES (:namespace, :node, :pid, :term, :kind, :started, :ended)"
 )
+
+
+def _insert() -> Any:
+    from sqlalchemy import text
+
+    return text(_INSERT)
+
 
 _emitting = threading.Lock()
 
@@ -212,6 +221,8 @@ def engines(args: argparse.Namespace) -> tuple[AsyncEngine, AsyncEngine]:
     ``--connect-timeout``, as the election's own do: asyncpg's timeout covers all of
     them together, so a silent first host would leave the job without a connection.
     """
+    from sqlalchemy.ext.asyncio import create_async_engine
+
     connect_args: dict[str, Any] = {
         "ssl": False,
         "timeout": args.connect_timeout,
@@ -392,7 +403,7 @@ class Member:
             started = time.time()
             await asyncio.sleep(self.args.work)
             ended = time.time()
-            await conn.execute(_INSERT, self._row(ls.term, "tick", started, ended))
+            await conn.execute(_insert(), self._row(ls.term, "tick", started, ended))
         emit("tick", term=ls.term, scheduled=run.scheduled_at.timestamp(), started=started)
 
     async def job(self) -> None:
@@ -405,7 +416,7 @@ class Member:
                 await asyncio.sleep(self.args.work)
                 ended = time.time()
                 await conn.execute(
-                    _INSERT, self._row(ls.term, "exec", started, ended, ls.namespace)
+                    _insert(), self._row(ls.term, "exec", started, ended, ls.namespace)
                 )
         except NotLeaderError:
             emit("refused", term=ls.term, why="lease")
@@ -424,7 +435,7 @@ class Member:
                     started = time.time()
                     await asyncio.sleep(self.args.work)
                     ended = time.time()
-                    await conn.execute(_INSERT, self._row(term, "naive", started, ended))
+                    await conn.execute(_insert(), self._row(term, "naive", started, ended))
             except Exception as exc:
                 emit("error", term=term, error=repr(exc)[:200])
             await asyncio.sleep(self.args.job_period)  # the naive job's own cadence
@@ -440,7 +451,7 @@ class Member:
                     started = time.time()
                     await asyncio.sleep(self.args.work)
                     ended = time.time()
-                    await conn.execute(_INSERT, self._row(term, "probe", started, ended))
+                    await conn.execute(_insert(), self._row(term, "probe", started, ended))
             except StaleLeaderError as exc:
                 emit("probe", term=term, result="rejected", current=exc.current)
                 return
