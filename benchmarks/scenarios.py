@@ -239,18 +239,19 @@ class Pool:
 _namespaces = itertools.count(1)
 
 
-def _overlaps(spans: Sequence[checker.Span]) -> list[float]:
-    """How long each overlap the checker finds lasted (seconds; inf: never ended)."""
+def _overlaps(spans: Sequence[checker.Span]) -> list[tuple[float, float]]:
+    """Each overlap the checker finds: when the later leadership began, and for how long
+    the earlier one could still act then (seconds; inf: it never stopped)."""
     found = checker.span_overlaps(spans)
     ordered = sorted(spans, key=lambda s: s.term)
-    seconds = [
-        before.end - after.started
+    pairs = [
+        (after.started, before.end - after.started)
         for i, after in enumerate(ordered)
         for before in ordered[:i]
         if before.end > after.started
     ]
-    assert len(seconds) == len(found)
-    return seconds
+    assert len(pairs) == len(found)
+    return pairs
 
 
 class Membership:
@@ -267,6 +268,7 @@ class Membership:
         self.nodes = list(nodes)
         self.start = self.cluster.events.__len__()
         self.stable_since: float | None = None  # when the last settle() saw agreement
+        self.steps: list[tuple[float, str]] = []  # (monotonic time, fault) of each step
 
     @property
     def pids(self) -> set[int]:
@@ -318,10 +320,14 @@ class Membership:
             lambda e: e["ev"] == ev and e["pid"] == node.pid, timeout, mark
         )
 
-    def overlaps(self) -> list[float]:
-        """Overlaps of two acting nodes in this group, from what the nodes recorded."""
+    def overlaps(self) -> list[tuple[float, str]]:
+        """Overlaps of two acting nodes in this group, from what the nodes recorded: how
+        long, and in which step the later leadership began."""
         spans = self.cluster.spans(self.nodes, self.namespace, clock="m")
-        return _overlaps(list(spans.values()))
+        return [
+            (seconds, next((s for t, s in reversed(self.steps) if t <= began), "cold start"))
+            for began, seconds in _overlaps(list(spans.values()))
+        ]
 
     async def teardown(self) -> None:
         """Ours: leave cleanly and return the processes to the pool. Seed: kill them (its
@@ -378,8 +384,8 @@ async def chain(
         await _chain_steps(group, cfg, dsn, n, trial, rec, steps)
     finally:
         await group.teardown()
-        for value in group.overlaps():
-            rec.add(cfg, n, "overlap", trial, value, note="failover chain")
+        for value, step in group.overlaps():
+            rec.add(cfg, n, "overlap", trial, value, note=step)
 
 
 async def _chain_steps(
@@ -432,6 +438,7 @@ async def _chain_steps(
             rec.problem(f"{name}: no stable leader")
             return
         mark = len(cluster.events)
+        group.steps.append((time.monotonic(), {"handover": "hand-over"}.get(step, step)))
         if step == "handover":
             await cluster.send(leader, op="leave")
             leaving = await group.event_of(leader, "leaving", mark, 10.0)
@@ -639,7 +646,7 @@ async def rolling_restart(
             )  # fmt: skip
     finally:
         await group.teardown()
-        for value in group.overlaps():
+        for value, _ in group.overlaps():
             rec.add(cfg, replicas, "overlap", trial, value, note="rolling restart")
 
 

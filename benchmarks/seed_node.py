@@ -62,7 +62,7 @@ async def member(argv: list[str], at: float | None, leave: asyncio.Event) -> Non
                     self.term = time.monotonic_ns()
                     emit("elected", node=coordinator.sequence, term=self.term, ns=args.namespace)
                     acting.append(asyncio.get_running_loop().create_task(act(self.term)))
-                elif before and not value:
+                elif before and not value and not leave.is_set():
                     for task in acting:
                         task.cancel()
                     emit("span_end", node=coordinator.sequence, term=self.term, ns=args.namespace)
@@ -81,6 +81,12 @@ async def member(argv: list[str], at: float | None, leave: asyncio.Event) -> Non
         async with coordinator:
             emit("ready", node=coordinator.sequence)
             await leave.wait()
+            # The application's work ends when it leaves the block, whatever the flag says.
+            for task in acting:
+                task.cancel()
+            if coordinator.outcome.winner:
+                term = coordinator.outcome.term
+                emit("span_end", node=coordinator.sequence, term=term, ns=args.namespace)
             emit("leaving", node=coordinator.sequence)
         emit("left", node=coordinator.sequence)
     finally:
