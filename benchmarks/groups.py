@@ -2,10 +2,10 @@
 
 ``python -m benchmarks.groups [--dsn DSN] [--groups 1,10,100,1000] [--processes 10]``
 
-For each G, in a database of its own: P processes (``benchmarks.many_node``, one engine
-each) start one after another (each once the database is quiet again), each joining the
-same G groups; once every group has one
-leader and the server's counters are quiet, a window of ``--window`` seconds measures the
+For each G, in a database of its own: P processes (the node program with
+``--extra-groups``, one engine each) start one after another (each once the database is
+quiet again), each joining the same G groups; once every group has one leader and the
+server's counters are quiet, a window of ``--window`` seconds measures the
 sessions (every notifelect backend), transactions per second in the database,
 notifications delivered per second (summed over the processes), and CPU per process.
 Then the process leading the most groups is killed (SIGKILL) and the time until each of
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import json
 import os
 import platform
@@ -31,9 +30,10 @@ from typing import Any
 
 import asyncpg
 
-from benchmarks.many import Procs, kill_busiest, overlaps, transactions, wait_quiet
-from benchmarks.procs import cpu_seconds
 from benchmarks.run import Server
+from benchmarks.scenarios import _joined, cpu_seconds
+from notifelect._cluster.harness import Cluster, kill_busiest, settled, transactions, wait_quiet
+from notifelect._cluster.node import extra_namespace
 from notifelect.schema import Names
 from notifelect.sql import ElectionQueries
 
@@ -52,7 +52,10 @@ async def run_one(
     extra = ("--fast-crash",) if mode == "fast-crash" else ()
     row: dict[str, Any] = {"groups": groups, "processes": processes, "mode": mode}
     admin = await asyncpg.connect(dsn)
-    procs = Procs(dsn, "g", "--act", "0.25", *extra)
+    argv = ["--engine", "--extra-groups", str(groups - 1), "--report-every-group"]
+    workdir = OUT / "raw" / "logs"  # the nodes' stderr
+    workdir.mkdir(parents=True, exist_ok=True)
+    cluster = Cluster(dsn, workdir, "g", argv=[*argv, "--led-period", "0.25", *extra])
     try:
         started = time.monotonic()
         for _ in range(processes):
@@ -60,57 +63,64 @@ async def run_one(
             # quiet again, as a deployment starts replicas. (Ten processes joining a
             # thousand groups each within a second or two overload a 2-CPU machine that
             # also runs the server: leases lapse and elections repeat for a while.)
-            await procs.spawn(1, groups)
-            newest = procs.procs[-1]
-            await procs.until(functools.partial(newest.last, "ready"), 600, "a process joined")
+            newest = await cluster.start([])
+            await cluster.until(_joined(newest), timeout=600, what="a process joined")
             await wait_quiet(admin, 20 * processes, timeout=60)
-        joins = [p.last("ready")["took"] for p in procs.procs]  # type: ignore[index]
-        await procs.until(lambda: procs.settled(groups), 600, "one leader per group")
+        procs = cluster.nodes
+        joins = [p.last("ready")["took"] for p in procs]  # type: ignore[index]
+        await cluster.until(
+            lambda: settled(procs, groups), timeout=600, what="one leader per group", every=0.05
+        )
         row["join_p50_s"] = statistics.median(joins)
         row["join_max_s"] = max(joins)
         row["all_started_and_settled_s"] = time.monotonic() - started
         row["quiet"] = await wait_quiet(admin, 20 * processes, timeout=120)
-        await procs.until(lambda: all(p.last("sessions") for p in procs.procs), 10, "reports")
+        await cluster.until(
+            lambda: all(p.last("sessions") for p in procs), timeout=10, what="reports"
+        )
 
-        cpu0 = {p.proc.pid: cpu_seconds(p.proc.pid) for p in procs.procs}
-        received0 = sum(p.last("sessions")["received"] for p in procs.procs)  # type: ignore[index]
+        cpu0 = {p.pid: cpu_seconds(p.pid) for p in procs}
+        received0 = sum(p.last("sessions")["received"] for p in procs)  # type: ignore[index]
         before, t0 = await transactions(admin), time.monotonic()
         await asyncio.sleep(window)  # the measurement window
         after, t1 = await transactions(admin), time.monotonic()
-        await procs.until(
-            lambda: all(p.last("sessions")["t"] > time.time() - 1.5 for p in procs.procs),  # type: ignore[index]
-            10,
-            "fresh reports",
+        await cluster.until(
+            lambda: all(p.last("sessions")["t"] > time.time() - 1.5 for p in procs),  # type: ignore[index]
+            timeout=10,
+            what="fresh reports",
         )
-        received1 = sum(p.last("sessions")["received"] for p in procs.procs)  # type: ignore[index]
+        received1 = sum(p.last("sessions")["received"] for p in procs)  # type: ignore[index]
         elapsed = t1 - t0
         cpu = []
-        for p in procs.procs:
-            end = cpu_seconds(p.proc.pid)
-            if end is not None and cpu0[p.proc.pid] is not None:
-                cpu.append(100 * (end - cpu0[p.proc.pid]) / elapsed)  # type: ignore[operator]
+        for p in procs:
+            end = cpu_seconds(p.pid)
+            if end is not None and cpu0[p.pid] is not None:
+                cpu.append(100 * (end - cpu0[p.pid]) / elapsed)  # type: ignore[operator]
         backends = await admin.fetchval(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
             " AND application_name LIKE 'notifelect%'"
         )
         row["sessions"] = int(backends)
-        row["sessions_per_process_max"] = max(len(p.pids()) for p in procs.procs)
+        row["sessions_per_process_max"] = max(len(p.last("sessions")["pids"]) for p in procs)  # type: ignore[index]
         row["transactions_per_s"] = max(0.0, (after - before - 1) / elapsed)
         row["notifications_per_s"] = (received1 - received0) / elapsed
         row["cpu_per_process_pct_p50"] = statistics.median(cpu)
         row["cpu_per_process_pct_max"] = max(cpu)
 
-        row["renewal_ms"] = await renewal_ms(admin, [f"g-{i}" for i in range(groups)])
+        names = ["g", *(extra_namespace("g", i) for i in range(groups - 1))]
+        row["renewal_ms"] = await renewal_ms(admin, names)
 
-        took = await kill_busiest(procs, 120)
+        took = await kill_busiest(cluster, 120)
         row["killed_led"] = len(took)
         row["failover_one_s"] = took[0]
         row["failover_p50_s"] = statistics.median(took)
         row["failover_all_s"] = took[-1]
-        await procs.until(lambda: procs.settled(groups), 120, "one leader per group again")
-        row["overlaps"] = len(overlaps(procs.procs))
+        await cluster.until(
+            lambda: settled(procs, groups), timeout=120, what="led again", every=0.05
+        )
+        row["overlaps"] = len(cluster.overlaps())
     finally:
-        await procs.close()
+        await cluster.close(timeout=30)
         await admin.close()
     return row
 

@@ -1,9 +1,12 @@
 """The measured scenarios: election chains (cold start, hand-over, crash, pause), steady
-state, and the physical floors of PostgreSQL itself.
+state, rolling restarts, and the physical floors of PostgreSQL itself.
 
-Times are differences of ``time.monotonic()`` stamps taken by the processes involved: the
-harness stamps what it does to a node (SIGKILL, SIGSTOP), a node stamps what it does
-itself (joined, leaving, elected). CLOCK_MONOTONIC is one clock for the whole host.
+The nodes are processes of the shared node program (or the seed's adapter, which speaks
+its protocol), started, signalled and stopped by the shared harness; overlaps are the
+checker's verdict on what the processes recorded. Times are differences of
+``time.monotonic()`` stamps taken by the processes involved: the benchmark stamps what it
+does to a node (SIGKILL, SIGSTOP), a node stamps what it does itself (joined, leaving,
+elected). CLOCK_MONOTONIC is one clock for the whole host.
 """
 
 from __future__ import annotations
@@ -12,19 +15,21 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
 import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 
+from notifelect._cluster import checker
+from notifelect._cluster.harness import Cluster, Event, NodeProcess
 from notifelect.schema import Names
-
-from .procs import Cluster, Event, Log, Node, cpu_seconds, rss_mib
 
 CHANNEL = "ch_notifelect"  # the seed's channel (ours has one per group: channel_for)
 
@@ -36,6 +41,8 @@ def channel_for(system: str, namespace: str) -> str:
 
 GO_DELAY = 0.3  # the join command reaches every node before the shared start instant
 SETTLE = 0.5  # steady time after a leader is known to all, before the next fault
+ACT_PERIOD = 0.02  # a leader's leader-only action (and report) every this many seconds
+_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -58,18 +65,13 @@ class Config:
             return self.lease + self.leader_timeout + 5.0
         return 2 * (self.interval + self.timeout) + 5.0
 
-    def join_command(self, dsn: str, namespace: str, at: float) -> dict[str, Any]:
-        cmd: dict[str, Any] = {
-            "op": "join",
-            "dsn": dsn,
-            "namespace": namespace,
-            "interval": self.interval,
-            "timeout": self.timeout,
-            "at": at,
-        }
+    def argv(self) -> list[str]:
+        """The node program's options for these settings (the library's lease and
+        leader_timeout: its defaults)."""
+        argv = ["--interval", str(self.interval), "--election-timeout", str(self.timeout)]
         if self.strict_takeover is not None:
-            cmd["strict_takeover"] = self.strict_takeover
-        return cmd
+            argv.append("--strict" if self.strict_takeover else "--fast-crash")
+        return [*argv, "--act-period", str(ACT_PERIOD)]
 
 
 @dataclass
@@ -182,133 +184,186 @@ def _kinds(counts: Counter[str]) -> str:
     return " ".join(f"{k}={v}" for k, v in sorted(counts.items()))
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process so far (from /proc/<pid>/stat)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def rss_mib(pid: int) -> float | None:
+    """Resident memory of a process in MiB (from /proc/<pid>/status)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return None
+
+
+class Pool:
+    """Node processes of one system on the shared harness, started and imported before
+    anything is timed, and reused across trials."""
+
+    def __init__(self, system: str, cluster: Cluster, command: Sequence[str]) -> None:
+        self.system = system
+        self.cluster = cluster
+        self.command = command
+        self.idle: list[NodeProcess] = []
+
+    async def reserve(self, count: int) -> None:
+        """Have at least ``count`` idle processes ready (started in one batch)."""
+        self.idle = [n for n in self.idle if n.live]
+        new = [
+            await self.cluster.start(None, command=self.command)
+            for _ in range(count - len(self.idle))
+        ]
+        await self.cluster.ready(new, joined=False)
+        self.idle += new
+
+    async def take(self, count: int) -> list[NodeProcess]:
+        await self.reserve(count)
+        taken, self.idle = self.idle[:count], self.idle[count:]
+        return taken
+
+    def give_back(self, node: NodeProcess) -> None:
+        if node.live and not node.member:
+            self.idle.append(node)
+
+
 _namespaces = itertools.count(1)
 
 
-def _fresh_namespace() -> str:
-    return f"bench{next(_namespaces)}"
+def _overlaps(spans: Sequence[checker.Span]) -> list[tuple[float, float]]:
+    """Each overlap the checker finds: when the later leadership began, and for how long
+    the earlier one could still act then (seconds; inf: it never stopped)."""
+    found = checker.span_overlaps(spans)
+    ordered = sorted(spans, key=lambda s: s.term)
+    pairs = [
+        (after.started, before.end - after.started)
+        for i, after in enumerate(ordered)
+        for before in ordered[:i]
+        if before.end > after.started
+    ]
+    assert len(pairs) == len(found)
+    return pairs
 
 
 class Membership:
-    """The nodes of one group during one trial, and what their events say."""
+    """The nodes of one group during one trial, and what their reports say."""
 
     def __init__(
-        self,
-        cluster: Cluster,
-        cfg: Config,
-        nodes: Sequence[Node],
-        start: int,
-        bus: Bus | None = None,
+        self, pool: Pool, cfg: Config, nodes: Sequence[NodeProcess], bus: Bus | None = None
     ) -> None:
-        self.cluster = cluster
+        self.pool = pool
+        self.cluster = pool.cluster
         self.cfg = cfg
         self.bus = bus
-        self.namespace = _fresh_namespace()
-        self.log: Log = cluster.log
+        self.namespace = f"bench{next(_namespaces)}"
         self.nodes = list(nodes)
-        self.start = start
-        self.gone: set[int] = set()  # pids that left or were killed
+        self.start = self.cluster.events.__len__()
         self.stable_since: float | None = None  # when the last settle() saw agreement
+        self.steps: list[tuple[float, str]] = []  # (monotonic time, fault) of each step
 
     @property
     def pids(self) -> set[int]:
         return {n.pid for n in self.nodes}
 
-    def live(self) -> list[Node]:
-        return [n for n in self.nodes if n.alive and not n.stopped and n.pid not in self.gone]
+    def live(self) -> list[NodeProcess]:
+        return [n for n in self.nodes if n.live and n.member]
 
-    def view(self) -> tuple[dict[int, bool], dict[int, Any], dict[int, int]]:
-        """(acting, believed leader node, node id) per pid, from this trial's events."""
-        acting: dict[int, bool] = {}
-        believes: dict[int, Any] = {}
-        node_of: dict[int, int] = {}
-        pids = self.pids
-        for e in self.log.events[self.start :]:
-            pid = e["pid"]
-            if pid not in pids:
-                continue
-            ev = e["ev"]
-            if ev == "joined":
-                node_of[pid] = e["node"]
-            elif ev == "elected":
-                acting[pid] = True
-            elif ev in ("deposed", "left"):
-                acting[pid] = False
-            elif ev == "leader":
-                believes[pid] = e["leader"]
-        return acting, believes, node_of
+    async def join(self, nodes: Sequence[NodeProcess], dsn: str, at: float) -> None:
+        await asyncio.gather(
+            *(
+                self.cluster.join(n, self.cfg.argv(), namespace=self.namespace, dsn=dsn, at=at)
+                for n in nodes
+            )
+        )
 
-    def stable_leader(self) -> Node | None:
-        """The one acting node, if every live node agrees on it (ours) or it is alone (seed)."""
-        acting, believes, node_of = self.view()
-        live = self.live()
-        leaders = [n for n in live if acting.get(n.pid)]
-        if len(leaders) != 1:
-            return None
-        leader = leaders[0]
-        if any(acting.get(n.pid) for n in self.nodes if n.pid in self.gone and n.alive):
-            return None
-        if self.cfg.system == "ours":
-            want = node_of.get(leader.pid)
-            if want is None or any(believes.get(n.pid) != want for n in live):
-                return None
-        return leader
+    def stable_leader(self) -> NodeProcess | None:
+        return self.cluster.agreed(self.nodes, beliefs=self.cfg.system == "ours")
 
-    async def settle(self, timeout: float) -> Node | None:
+    async def settle(self, timeout: float) -> NodeProcess | None:
         """Wait until one leader is stable for SETTLE seconds; None after ``timeout``."""
         deadline = time.monotonic() + timeout
         self.stable_since = None
         while time.monotonic() < deadline:
-            leader = self.stable_leader()
-            if leader is None:
-                await self.log.changed(deadline - time.monotonic())
-                continue
-            since = self.log.events[-1]["t"] if self.log.events else time.monotonic()
-            await asyncio.sleep(SETTLE)
+            try:
+                leader = await self.cluster.until(
+                    self.stable_leader, timeout=deadline - time.monotonic(), what="a leader"
+                )
+            except TimeoutError:
+                return None
+            since = self.cluster.events[-1]["m"]
+            await asyncio.sleep(SETTLE)  # held for SETTLE seconds: part of the measure
             if self.stable_leader() is leader:
                 self.stable_since = since
                 return leader
         return None
 
-    async def next_leader(self, old: Node, after: float, mark: int) -> Event | None:
+    async def next_leader(self, old: NodeProcess, after: float, mark: int) -> Event | None:
         """The first ``elected`` of another node stamped after ``after``."""
         others = self.pids - {old.pid}
-        return await self.log.first(
-            lambda e: e["ev"] == "elected" and e["pid"] in others and e["t"] > after,
+        return await self.cluster.first(
+            lambda e: e["ev"] == "elected" and e["pid"] in others and e["m"] > after,
             self.cfg.limit,
             mark,
         )
 
-    async def event_of(self, node: Node, ev: str, mark: int, timeout: float) -> Event | None:
-        return await self.log.first(lambda e: e["ev"] == ev and e["pid"] == node.pid, timeout, mark)
+    async def event_of(self, node: NodeProcess, ev: str, mark: int, timeout: float) -> Event | None:
+        return await self.cluster.first(
+            lambda e: e["ev"] == ev and e["pid"] == node.pid, timeout, mark
+        )
+
+    def overlaps(self) -> list[tuple[float, str]]:
+        """Overlaps of two acting nodes in this group, from what the nodes recorded: how
+        long, and in which step the later leadership began."""
+        spans = self.cluster.spans(self.nodes, self.namespace, clock="m")
+        return [
+            (seconds, next((s for t, s in reversed(self.steps) if t <= began), "cold start"))
+            for began, seconds in _overlaps(list(spans.values()))
+        ]
 
     async def teardown(self) -> None:
         """Ours: leave cleanly and return the processes to the pool. Seed: kill them (its
         clean exit waits for the end of the current round, up to interval + timeout)."""
-        live = [n for n in self.nodes if n.alive and n.pid not in self.gone]
+        live = [n for n in self.nodes if not (n.exited or n.killed)]
+        for n in live:
+            if n.paused:
+                self.cluster.signal(n, signal.SIGCONT)
         if self.cfg.system == "ours":
-            for n in live:
-                if n.stopped:
-                    n.signal(signal.SIGCONT)
-            mark = self.log.mark()
-            await asyncio.gather(*(n.send(op="leave") for n in live))
-            left = set()
-            deadline = time.monotonic() + 15.0
-            for n in live:
-                remaining = deadline - time.monotonic()
-                if await self.event_of(n, "left", mark, remaining) is not None:
-                    left.add(n.pid)
-            for n in live:
-                if n.pid in left:
-                    self.cluster.give_back(n)
-                else:
-                    await n.kill()
-        else:
-            await asyncio.gather(*(n.kill() for n in live))
+            members = [n for n in live if n.member]
+            await asyncio.gather(*(self.cluster.send(n, op="leave") for n in members))
+            with contextlib.suppress(TimeoutError):
+                await self.cluster.until(
+                    lambda: not any(n.member for n in members), timeout=15, what="left"
+                )
+        for n in live:
+            if n.member or self.cfg.system == "seed":
+                self.cluster.signal(n, signal.SIGKILL)
+            else:
+                self.pool.give_back(n)
+
+
+def _left(node: NodeProcess) -> Callable[[], bool]:
+    return lambda: not node.member
+
+
+def _joined(node: NodeProcess) -> Callable[[], bool]:
+    return lambda: node.member
+
+
+def _stood_down(node: NodeProcess, term: int | None) -> Callable[[], bool]:
+    return lambda: node.leading_term != term
 
 
 async def chain(
-    cluster: Cluster,
+    pool: Pool,
     cfg: Config,
     dsn: str,
     n: int,
@@ -322,15 +377,15 @@ async def chain(
     Each step waits for a stable leader first; a step runs only while two nodes are live.
     ``bus`` (ours): count the notifications of each election on the channel.
     """
-    nodes = await cluster.take(n)
-    start = cluster.log.mark()
-    group = Membership(cluster, cfg, nodes, start, bus)
+    group = Membership(pool, cfg, await pool.take(n), bus)
     if bus is not None:
         await bus.follow(channel_for(cfg.system, group.namespace))
     try:
         await _chain_steps(group, cfg, dsn, n, trial, rec, steps)
     finally:
         await group.teardown()
+        for value, step in group.overlaps():
+            rec.add(cfg, n, "overlap", trial, value, note=step)
 
 
 async def _chain_steps(
@@ -342,17 +397,15 @@ async def _chain_steps(
     rec: Recorder,
     steps: Sequence[str],
 ) -> None:
-    log = group.log
+    cluster = group.cluster
     at = time.monotonic() + GO_DELAY
-    await asyncio.gather(
-        *(node.send(**cfg.join_command(dsn, group.namespace, at)) for node in group.nodes)
-    )
-    first = await log.first(
+    await group.join(group.nodes, dsn, at)
+    first = await cluster.first(
         lambda e: e["ev"] == "elected" and e["pid"] in group.pids, cfg.limit, group.start
     )
     cold = "cold" in steps
     if cold:
-        rec.add(cfg, n, "cold start", trial, None if first is None else first["t"] - at, cfg.limit)
+        rec.add(cfg, n, "cold start", trial, None if first is None else first["m"] - at, cfg.limit)
     # Many nodes joining at once on few cores take a while to all get connected.
     limit = cfg.limit + 0.1 * n
     agreed = None if first is None else await group.settle(limit)
@@ -360,145 +413,82 @@ async def _chain_steps(
     # for SETTLE seconds. The seed's "all agree" would only repeat its cold start.
     rec.add(cfg, n, "settled", trial, float(agreed is not None), unit="count")
     if cold:  # every node has joined by now, or never will
-        for e in log.events[group.start :]:
-            if e["ev"] == "joined" and e["pid"] in group.pids:
-                rec.add(cfg, n, "join (enter returns)", trial, e["t"] - at)
+        for node in group.nodes:
+            for e in node.of("ready"):
+                rec.add(cfg, n, "join (enter returns)", trial, e["m"] - at)
     if cold and cfg.system == "ours":
         value = None if group.stable_since is None else group.stable_since - at
         rec.add(cfg, n, "all agree on the leader", trial, value, limit)
         if group.bus is not None and group.stable_since is not None:
             counts = await group.bus.count(group.namespace, at, group.stable_since)
             rec.add(
-                cfg,
-                n,
-                "messages: cold start",
-                trial,
-                counts.total(),
-                unit="count",
+                cfg, n, "messages: cold start", trial, counts.total(), unit="count",
                 note=_kinds(counts),
-            )
-    if first is None:
-        rec.problem(f"{cfg.system}/{cfg.settings} N={n} trial {trial}: no first leader")
+            )  # fmt: skip
+    name = f"{cfg.system}/{cfg.settings} N={n} trial {trial}"
+    if first is None or agreed is None:
+        rec.problem(f"{name}: no {'first' if first is None else 'stable'} leader")
         return
-    if agreed is None:
-        rec.problem(f"{cfg.system}/{cfg.settings} N={n} trial {trial}: no stable leader")
-        return
-    leader: Node | None = agreed
+    leader: NodeProcess | None = agreed
     for step in steps:
         if step == "cold" or len(group.live()) < 2:
             continue
         leader = leader or await group.settle(cfg.limit)
         if leader is None:
-            rec.problem(f"{cfg.system}/{cfg.settings} N={n} trial {trial}: no stable leader")
+            rec.problem(f"{name}: no stable leader")
             return
+        mark = len(cluster.events)
+        group.steps.append((time.monotonic(), {"handover": "hand-over"}.get(step, step)))
         if step == "handover":
-            leader = await _handover(group, cfg, n, trial, rec, leader)
-        elif step == "crash":
-            await _crash(group, cfg, n, trial, rec, leader)
-            leader = None
+            await cluster.send(leader, op="leave")
+            leaving = await group.event_of(leader, "leaving", mark, 10.0)
+            if leaving is None:
+                rec.problem(f"{name}: leader did not start leaving")
+                return
+            new = await group.next_leader(leader, leaving["m"], mark)
+            took = None if new is None else new["m"] - leaving["m"]
+            rec.add(cfg, n, "hand-over", trial, took, cfg.limit)
+            if cfg.system == "seed":
+                cluster.signal(leader, signal.SIGKILL)
+                leader = None
+                continue
+            await cluster.until(_left(leader), timeout=15, what="left")
+            leader = None if new is None else await group.settle(cfg.limit)
+            if leader is not None and group.bus is not None and group.stable_since is not None:
+                counts = await group.bus.count(group.namespace, leaving["m"], group.stable_since)
+                rec.add(
+                    cfg, n, "messages: hand-over", trial, counts.total(), unit="count",
+                    note=_kinds(counts),
+                )  # fmt: skip
+            continue
+        t0 = time.monotonic()
+        if step == "crash":
+            cluster.signal(leader, signal.SIGKILL)
+            new = await group.next_leader(leader, t0, mark)
+            rec.add(
+                cfg, n, "crash (SIGKILL)", trial, None if new is None else new["m"] - t0, cfg.limit
+            )
         elif step == "pause":
-            await _pause(group, cfg, n, trial, rec, leader)
-            leader = None
-
-
-async def _handover(
-    group: Membership, cfg: Config, n: int, trial: int, rec: Recorder, leader: Node
-) -> Node | None:
-    """The leader leaves; returns the next leader once every node knows it (ours)."""
-    mark = group.log.mark()
-    group.gone.add(leader.pid)
-    await leader.send(op="leave")
-    leaving = await group.event_of(leader, "leaving", mark, 10.0)
-    if leaving is None:
-        rec.problem(f"{cfg.system} N={n} trial {trial}: leader did not start leaving")
-        return None
-    new = await group.next_leader(leader, leaving["t"], mark)
-    rec.add(cfg, n, "hand-over", trial, None if new is None else new["t"] - leaving["t"], cfg.limit)
-    # When did the old leader's leader-only work stop? Ours: its on_elected task ended
-    # (cancelled during the exit). Seed: the user's block ended when the exit began.
-    stopped = leaving if cfg.system == "seed" else await group.event_of(leader, "deposed", mark, 1)
-    if new is not None and stopped is not None and stopped["t"] > new["t"]:
-        rec.add(cfg, n, "overlap", trial, stopped["t"] - new["t"], note="hand-over")
-    if cfg.system == "ours":
-        left = await group.event_of(leader, "left", mark, 15.0)
-        if left is not None:
-            group.cluster.give_back(leader)
-        else:
-            await leader.kill()
-    else:
-        await leader.kill()
-        return None
-    if new is None:
-        return None
-    settled = await group.settle(cfg.limit)
-    if settled is not None and group.bus is not None and group.stable_since is not None:
-        counts = await group.bus.count(group.namespace, leaving["t"], group.stable_since)
-        rec.add(
-            cfg, n, "messages: hand-over", trial, counts.total(), unit="count",
-            note=_kinds(counts),
-        )  # fmt: skip
-    return settled
-
-
-async def _crash(
-    group: Membership, cfg: Config, n: int, trial: int, rec: Recorder, leader: Node
-) -> None:
-    mark = group.log.mark()
-    group.gone.add(leader.pid)
-    t0 = time.monotonic()
-    leader.signal(signal.SIGKILL)
-    new = await group.next_leader(leader, t0, mark)
-    rec.add(cfg, n, "crash (SIGKILL)", trial, None if new is None else new["t"] - t0, cfg.limit)
-    await leader.kill()
-
-
-async def _pause(
-    group: Membership, cfg: Config, n: int, trial: int, rec: Recorder, leader: Node
-) -> None:
-    mark = group.log.mark()
-    group.gone.add(leader.pid)
-    t0 = time.monotonic()
-    leader.signal(signal.SIGSTOP)
-    new = await group.next_leader(leader, t0, mark)
-    rec.add(cfg, n, "pause (SIGSTOP)", trial, None if new is None else new["t"] - t0, cfg.limit)
-    if new is not None:
-        await asyncio.sleep(0.2)  # the new leader has been acting for a while on resume
-    leader.signal(signal.SIGCONT)
-    resumed = await group.event_of(leader, "resumed", mark, 10.0)
-    if resumed is None:
-        rec.problem(f"{cfg.system} N={n} trial {trial}: paused node did not resume")
-        await leader.kill()
-        return
-    # When did the paused leader stop acting? Ours: when its lease ran out (it cannot act
-    # after that, paused or not). Seed: the winner flag stays set while paused, and its
-    # work resumes with the process until a later round clears the flag.
-    if cfg.system == "ours":
-        lease_end = resumed.get("lease_end")
-        if lease_end is not None:
-            rec.add(cfg, n, "paused leader stops acting", trial, lease_end - t0)
-            if new is not None and lease_end > new["t"]:
-                rec.add(cfg, n, "overlap", trial, lease_end - new["t"], note="pause")
-        if resumed.get("is_leader"):
-            rec.add(cfg, n, "overlap", trial, 0.0, note="pause: leader flag still set on resume")
-    elif new is not None and resumed.get("is_leader"):
-        # The seed's flag stays set through the pause, so the resumed node acts at once,
-        # beside the new leader, until a later round deposes one of them.
-        limit = 2 * (cfg.interval + cfg.timeout) + 5.0
-        pair = {leader.pid, new["pid"]}
-        end = await group.log.first(
-            lambda e: e["ev"] == "deposed" and e["pid"] in pair and e["t"] >= resumed["t"],
-            limit,
-            mark,
-        )
-        still, _, _ = group.view()
-        if end is not None or still.get(new["pid"]):
-            stop = end["t"] if end is not None else time.monotonic()
-            rec.add(cfg, n, "overlap", trial, stop - resumed["t"], note="pause: acts on resume")
-    # The resumed node rejoins as a follower (ours) or is discarded (seed).
-    group.gone.discard(leader.pid)
-    if cfg.system == "seed":
-        group.gone.add(leader.pid)
-        await leader.kill()
+            cluster.signal(leader, signal.SIGSTOP)
+            new = await group.next_leader(leader, t0, mark)
+            rec.add(
+                cfg, n, "pause (SIGSTOP)", trial, None if new is None else new["m"] - t0, cfg.limit
+            )
+            if new is not None:
+                await asyncio.sleep(0.2)  # the new leader has been acting for a while on resume
+            cluster.signal(leader, signal.SIGCONT)
+            # It stands down (ours), or acts on beside the new leader until a later round
+            # of the seed deposes one of them: the checker sees it in the spans.
+            term = leader.leading_term
+            with contextlib.suppress(TimeoutError):
+                await cluster.until(
+                    _stood_down(leader, term),
+                    timeout=2 * (cfg.interval + cfg.timeout) + 5.0,
+                    what="the resumed leader stood down",
+                )
+            if cfg.system == "seed":
+                cluster.signal(leader, signal.SIGKILL)
+        leader = None
 
 
 async def _transactions(conn: asyncpg.Connection[Any]) -> int:
@@ -512,7 +502,7 @@ async def _transactions(conn: asyncpg.Connection[Any]) -> int:
 
 
 async def steady_state(
-    cluster: Cluster, cfg: Config, dsn: str, n: int, duration: float, rec: Recorder
+    pool: Pool, cfg: Config, dsn: str, n: int, duration: float, rec: Recorder
 ) -> None:
     """N idle nodes for ``duration`` seconds: notifications/s, CPU and RSS per node,
     connections used (every session on the group's database but the listener's)."""
@@ -522,13 +512,11 @@ async def steady_state(
     def count(*_: object) -> None:
         received.append(time.monotonic())
 
-    nodes = await cluster.take(n)
-    group = Membership(cluster, cfg, nodes, cluster.log.mark())
+    nodes = await pool.take(n)
+    group = Membership(pool, cfg, nodes)
     await listener.add_listener(channel_for(cfg.system, group.namespace), count)
     try:
-        at = time.monotonic() + GO_DELAY
-        join = cfg.join_command(dsn, group.namespace, at)
-        await asyncio.gather(*(node.send(**join) for node in nodes))
+        await group.join(nodes, dsn, time.monotonic() + GO_DELAY)
         # The seed's first round ends after interval + timeout; many nodes take a while
         # to all connect.
         leader = await group.settle(cfg.limit + 0.1 * n + (30 if cfg.system == "seed" else 0))
@@ -538,7 +526,7 @@ async def steady_state(
         cpu0 = {node.pid: cpu_seconds(node.pid) for node in nodes}
         xacts0 = await _transactions(listener)
         t0 = time.monotonic()
-        await asyncio.sleep(duration)
+        await asyncio.sleep(duration)  # the measurement window
         cpu1 = {node.pid: cpu_seconds(node.pid) for node in nodes}
         t1 = time.monotonic()
         xacts1 = await _transactions(listener)
@@ -577,123 +565,89 @@ async def steady_state(
         await listener.close()
 
 
-def _acting_time(
-    events: Sequence[Event], pids: set[int], exits: dict[int, float], t0: float, t1: float
-) -> tuple[float, float]:
-    """(time with no acting node, time with two or more) within [t0, t1].
-
-    A node acts from its ``elected`` to its ``deposed`` or ``left``; a process that ended
-    while acting stops at its exit (as the harness saw it).
-    """
+def _leaderless(nodes: Sequence[NodeProcess], t0: float, t1: float) -> float:
+    """Time within [t0, t1] when no node acted: from its ``elected`` to the end of its
+    ``on_elected`` work (``span_end``), or its exit for a process that ended acting."""
     edges: list[tuple[float, int]] = []
-    opened: dict[int, float] = {}
-    for e in events:
-        if e["pid"] not in pids:
-            continue
-        if e["ev"] == "elected" and e["pid"] not in opened:
-            opened[e["pid"]] = e["t"]
-        elif e["ev"] in ("deposed", "left") and e["pid"] in opened:
-            edges += [(opened.pop(e["pid"]), 1), (e["t"], -1)]
-    for pid, since in opened.items():
-        edges += [(since, 1), (min(exits.get(pid, t1), t1), -1)]
-    edges.sort()
-    acting = 0
-    none = many = 0.0
-    last = t0
-    for t, step in edges:
+    for node in nodes:
+        opened: float | None = None
+        for e in node.events[node.since :]:
+            if e["ev"] == "elected" and opened is None:
+                opened = e["m"]
+            elif e["ev"] == "span_end" and opened is not None:
+                edges += [(opened, 1), (e["m"], -1)]
+                opened = None
+        if opened is not None:
+            edges += [(opened, 1), (min(node.dead_m or t1, t1), -1)]
+    acting, none, last = 0, 0.0, t0
+    for t, step in sorted(edges):
         t = min(max(t, t0), t1)
         if acting == 0:
             none += t - last
-        elif acting >= 2:
-            many += t - last
         acting += step
         last = t
-    if acting == 0:
-        none += t1 - last
-    elif acting >= 2:
-        many += t1 - last
-    return none, many
+    return none + (t1 - last if acting == 0 else 0.0)
 
 
 async def rolling_restart(
-    cluster: Cluster,
-    cfg: Config,
-    dsn: str,
-    replicas: int,
-    trial: int,
-    rec: Recorder,
+    pool: Pool, cfg: Config, dsn: str, replicas: int, trial: int, rec: Recorder,
     bus: Bus | None = None,
-) -> None:
+) -> None:  # fmt: skip
     """A rolling deploy of ``replicas`` processes: for each old replica in turn, start a
     replacement, wait until it has joined, then SIGTERM the old one and wait for its exit.
 
     Records the leadership changes (new terms) and the leader-less time during the roll,
-    and every overlap of two acting nodes.
+    and every overlap of two acting nodes (the checker's, from the nodes' records).
     """
-    await cluster.reserve(2 * replicas)
-    olds = await cluster.take(replicas)
-    log = cluster.log
-    group = Membership(cluster, cfg, olds, log.mark(), bus)
+    await pool.reserve(2 * replicas)
+    olds = await pool.take(replicas)
+    cluster = pool.cluster
+    group = Membership(pool, cfg, olds, bus)
     if bus is not None:
         await bus.follow(channel_for(cfg.system, group.namespace))
     name = f"{cfg.system}/{cfg.settings} rolling R={replicas} trial {trial}"
-    exits: dict[int, float] = {}
     try:
-        at = time.monotonic() + GO_DELAY
-        join = cfg.join_command(dsn, group.namespace, at)
-        await asyncio.gather(*(node.send(**join) for node in olds))
+        await group.join(olds, dsn, time.monotonic() + GO_DELAY)
         if await group.settle(cfg.limit + 0.1 * replicas) is None:
             rec.add(cfg, replicas, "rolling: settled", trial, 0.0, unit="count")
             rec.problem(f"{name}: no stable leader before the roll")
             return
-        roll = log.mark()
+        roll = len(cluster.events)
         t0 = time.monotonic()
         for old in olds:
-            [new] = await cluster.take(1)
+            [new] = await pool.take(1)
             group.nodes.append(new)
-            mark = log.mark()
-            await new.send(**cfg.join_command(dsn, group.namespace, time.monotonic()))
-            if await group.event_of(new, "joined", mark, cfg.limit) is None:
-                rec.problem(f"{name}: a replacement did not join")
-                return
-            group.gone.add(old.pid)
-            old.signal(signal.SIGTERM)
+            await group.join([new], dsn, time.monotonic())
             try:
-                await asyncio.wait_for(old.proc.wait(), cfg.limit)
-            except TimeoutError:
-                rec.problem(f"{name}: an old replica did not exit after SIGTERM")
-                await old.kill()
-            exits[old.pid] = time.monotonic()
-            if old.reader is not None:
-                await old.reader
+                await cluster.until(_joined(new), timeout=cfg.limit, what="joined")
+                await cluster.stop_node(old, timeout=cfg.limit)
+            except (TimeoutError, AssertionError):
+                rec.problem(f"{name}: a replacement did not join, or an old one did not exit")
+                return
         settled = await group.settle(cfg.limit)
         rec.add(cfg, replicas, "rolling: settled", trial, float(settled is not None), unit="count")
         if settled is None or group.stable_since is None:
             rec.problem(f"{name}: no stable leader after the roll")
             return
         t1 = group.stable_since
-        events = log.events[roll:]
-        terms = {e.get("term") for e in events if e["ev"] == "elected" and e["pid"] in group.pids}
-        none, many = _acting_time(log.events[group.start :], group.pids, exits, t0, t1)
+        pids = group.pids
+        terms = {
+            e["term"] for e in cluster.events[roll:] if e["ev"] == "elected" and e["pid"] in pids
+        }
         rec.add(cfg, replicas, "rolling: leadership changes", trial, len(terms), unit="count")
-        rec.add(cfg, replicas, "rolling: leader-less time", trial, none)
+        rec.add(cfg, replicas, "rolling: leader-less time", trial, _leaderless(group.nodes, t0, t1))
         rec.add(cfg, replicas, "rolling: duration", trial, t1 - t0)
-        if many > 0:
-            rec.add(cfg, replicas, "overlap", trial, many, note="rolling restart")
         if bus is not None:
             counts = await bus.count(group.namespace, t0, t1)
             heartbeats = counts.pop("heartbeat", 0)
             rec.add(
-                cfg,
-                replicas,
-                "rolling: messages",
-                trial,
-                counts.total(),
-                unit="count",
+                cfg, replicas, "rolling: messages", trial, counts.total(), unit="count",
                 note=f"{_kinds(counts)}; and {heartbeats} heartbeats",
-            )
+            )  # fmt: skip
     finally:
         await group.teardown()
+        for value, _ in group.overlaps():
+            rec.add(cfg, replicas, "overlap", trial, value, note="rolling restart")
 
 
 # --------------------------------------------------------------------- physical floors

@@ -7,6 +7,7 @@ checkout: its nodes run on the environment's own Python (see ``node.py``).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -50,10 +51,12 @@ def ensure_seed(venv: Path = SEED_VENV, *, install: bool = True) -> Path | None:
 
 def seed_facts(python: Path) -> dict[str, object]:
     """Version, module path and Coordinator defaults, read from the installed package."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the seed's own
     with tempfile.TemporaryDirectory() as cwd:  # never the checkout: it has a notifelect/
         out = subprocess.run(
-            [str(python), "-c", _PROBE], check=True, capture_output=True, text=True, cwd=cwd
-        )
+            [str(python), "-c", _PROBE], check=True, capture_output=True, text=True, cwd=cwd,
+            env=env,
+        )  # fmt: skip
     facts: dict[str, object] = json.loads(out.stdout)
     if "site-packages" not in str(facts["module"]):
         raise RuntimeError(f"the seed environment imports notifelect from {facts['module']}")

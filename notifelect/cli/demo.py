@@ -1,14 +1,14 @@
 """``notifelect demo``: watch an election survive a crash, a pause and a deploy.
 
-Starts N node processes (``python -m notifelect.cli._demo_node``) in one group, shows who
+Starts N node processes (the node program, ``notifelect._cluster.node``) in one group, shows who
 leads as it changes, then kills the leader (SIGKILL), pauses the next one (SIGSTOP, later
 SIGCONT) and lets the third exit cleanly, printing each failover time as the nodes measured
 it. Without a database given it runs on an embedded PostgreSQL in a temporary directory.
 
-Every node runs in its own session, so a Ctrl-C in the terminal reaches only the demo,
-which then kills the nodes' process groups, waits for them and removes the embedded
-server: nothing is left running (an atexit hook repeats the kill if the demo dies of an
-unexpected exception).
+A Ctrl-C in the terminal reaches the nodes too, which leave their group cleanly; the demo
+then stops what remains, waits for every node and removes the embedded server: nothing is
+left running (an atexit hook kills leftover nodes if the demo dies of an unexpected
+exception).
 """
 
 from __future__ import annotations

@@ -1,30 +1,30 @@
 """The demo's script: start the nodes, then kill, pause and stop leaders, timing each failover.
 
-Each node is a ``python -m notifelect.cli._demo_node`` process in its own session, which
-reports what happens to it as JSON lines; :class:`Demo` reads them as events, prints the
-story and checks that leader-only work never overlapped.
+The nodes are processes of the node program (:mod:`notifelect._cluster.node`), started,
+signalled and stopped by the shared harness (:mod:`notifelect._cluster.harness`).
+:class:`Demo` prints the story as their reports arrive, times each
+failover on the nodes' own monotonic clocks, and asks the checker whether leader-only work
+ever overlapped (the end of a leadership is the last action its process recorded).
 """
 
 from __future__ import annotations
 
 import asyncio
-import atexit
-import collections
-import contextlib
-import json
-import os
 import signal
-import sys
+import tempfile
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
 
 import asyncpg
 
+from .._cluster import checker
+from .._cluster.harness import Cluster, Event, NodeProcess, kill_leftovers
 from ..schema import Names
 from ..settings import Settings
 from .render import render_text
 from .status import snapshot
+
+__all__ = ["MIN_NODES", "Demo", "kill_leftovers"]
 
 #: Quick settings so that the demo is over in seconds (the library's defaults are safer
 #: against slow networks and pauses).
@@ -32,57 +32,8 @@ _DEFAULTS = Settings()
 INTERVAL = 0.2
 LEASE = 1.0
 LEADER_TIMEOUT = 0.6
+WORK_EVERY = 0.05  # how often a leader does (and reports) its leader-only work
 MIN_NODES = 3
-
-
-@dataclass(eq=False)
-class Node:
-    index: int
-    proc: asyncio.subprocess.Process
-    node: int | None = None
-    state: str = "starting"  # starting, running, paused, killed, left, crashed
-    sees: tuple[int, int] | None = None  # (leader node, term) as this node believes
-    last_work: float = 0.0  # monotonic time of its last leader-only work
-    stderr: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=20))
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    @property
-    def label(self) -> str:
-        return f"node {self.node}" if self.node is not None else f"process {self.pid}"
-
-
-@dataclass(frozen=True)
-class Event:
-    node: Node
-    kind: str
-    t: float
-    data: dict[str, Any]
-
-
-class _Reaper:
-    """Kills the nodes' process groups if the demo exits without its own cleanup."""
-
-    def __init__(self) -> None:
-        self.pids: set[int] = set()
-        atexit.register(self.kill_all)
-
-    def kill_all(self) -> None:
-        for pid in list(self.pids):
-            for sig in (signal.SIGCONT, signal.SIGKILL):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(pid, sig)
-        self.pids.clear()
-
-
-_reaper = _Reaper()
-
-
-def kill_leftovers() -> None:
-    """Kill the process group of every node not reaped yet (the demo's last resort)."""
-    _reaper.kill_all()
 
 
 class StepFailed(Exception):
@@ -98,14 +49,14 @@ class Demo:
         self.prefix = prefix
         self.count = nodes
         self.step_timeout = step_timeout
-        self.nodes: list[Node] = []
-        self.events: asyncio.Queue[Event] = asyncio.Queue()
-        self.readers: list[asyncio.Task[None]] = []
-        self.leader: Node | None = None
+        self.cluster: Cluster | None = None
+        self.state: dict[NodeProcess, str] = {}  # starting, running, paused, killed, left, crashed
+        self.leader: NodeProcess | None = None
         self.term = 0
         self.started = time.monotonic()
         self.results: list[tuple[str, float, str]] = []
         self.overlaps = 0
+        self.finished = False  # the story is told: the nodes leaving at the end are not
 
     # ------------------------------------------------------------ output
 
@@ -115,161 +66,137 @@ class Demo:
     def stamp(self, t: float | None = None) -> str:
         return f"[{(t if t is not None else time.monotonic()) - self.started:6.2f}s]"
 
+    @staticmethod
+    def label(node: NodeProcess) -> str:
+        return f"node {node.node}" if node.node is not None else f"process {node.pid}"
+
     def roster(self) -> str:
         marks = []
-        for n in self.nodes:
+        for n, state in self.state.items():
             name = str(n.node) if n.node is not None else "?"
             if n is self.leader:
                 marks.append(f"*{name}")
-            elif n.state in ("paused", "killed", "left", "crashed"):
-                marks.append(f"{name}({n.state})")
+            elif state in ("paused", "killed", "left", "crashed"):
+                marks.append(f"{name}({state})")
             else:
                 marks.append(name)
         return "nodes: " + " ".join(marks)
 
     # ------------------------------------------------------------ nodes
 
-    async def spawn(self, index: int) -> Node:
-        argv = [
-            sys.executable,
-            "-m",
-            "notifelect.cli._demo_node",
-            "--dsn",
-            self.dsn,
-            "--namespace",
-            self.namespace,
-            "--interval",
-            str(INTERVAL),
-            "--lease",
-            str(LEASE),
-            "--leader-timeout",
-            str(LEADER_TIMEOUT),
-        ]
-        if self.prefix is not None:
-            argv += ["--prefix", self.prefix]
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,  # a terminal's Ctrl-C goes to the demo only
-        )
-        _reaper.pids.add(proc.pid)
-        node = Node(index, proc)
-        self.nodes.append(node)
-        self.readers.append(asyncio.create_task(self._read_stdout(node)))
-        self.readers.append(asyncio.create_task(self._read_stderr(node)))
-        return node
-
-    async def _read_stdout(self, node: Node) -> None:
-        assert node.proc.stdout is not None
-        async for raw in node.proc.stdout:
-            try:
-                data = json.loads(raw)
-            except ValueError:
-                continue
-            if isinstance(data, dict) and isinstance(data.get("event"), str):
-                self.events.put_nowait(Event(node, data["event"], float(data["t"]), data))
-        self.events.put_nowait(Event(node, "eof", time.monotonic(), {}))
-
-    async def _read_stderr(self, node: Node) -> None:
-        assert node.proc.stderr is not None
-        async for raw in node.proc.stderr:
-            node.stderr.append(raw.decode(errors="replace").rstrip())
-
-    async def next_event(self, deadline: float, waiting_for: str) -> Event:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise StepFailed(f"{waiting_for}: nothing within {self.step_timeout:g}s")
-        try:
-            async with asyncio.timeout(remaining):
-                event = await self.events.get()
-        except TimeoutError:
-            raise StepFailed(f"{waiting_for}: nothing within {self.step_timeout:g}s") from None
-        self._apply(event)
-        return event
-
-    def _apply(self, event: Event) -> None:
-        node = event.node
-        if event.kind == "joined":
-            node.node = event.data.get("node")
-            node.state = "running"
-        elif event.kind == "elected":
+    def _apply(self, node: NodeProcess, event: Event) -> None:
+        """Tell the story of each report as it arrives."""
+        kind = event["ev"]
+        if self.finished:
+            return
+        if kind == "ready":
+            self.state[node] = "running"
+        elif kind == "elected":
             self.leader = node
-            self.term = int(event.data["term"])
+            self.term = int(event["term"])
             self.say(
-                f"{self.stamp(event.t)} {node.label} leads (term {self.term}, pid {node.pid})"
-                f"   {self.roster()}"
+                f"{self.stamp(event['m'])} {self.label(node)} leads (term {self.term}, pid "
+                f"{node.pid})   {self.roster()}"
             )
-        elif event.kind == "deposed":
+        elif kind == "deposed":
             if self.leader is node:
                 self.leader = None
             self.say(
-                f"{self.stamp(event.t)} {node.label} stopped leading term "
-                f"{event.data.get('term')}: {event.data.get('reason')}"
+                f"{self.stamp(event['m'])} {self.label(node)} stopped leading term "
+                f"{event.get('term')}: {event.get('reason') or 'ended'}"
             )
-        elif event.kind == "work":
-            node.last_work = event.t
-        elif event.kind == "sees":
-            leader, term = event.data.get("leader"), event.data.get("term")
-            node.sees = None if leader is None or term is None else (int(leader), int(term))
-        elif event.kind == "leaving":
-            node.state = "left"
-        elif event.kind == "eof" and node.state not in ("killed", "left"):
-            node.state = "crashed"
-            detail = "\n    ".join(node.stderr) or "(no output)"
-            self.say(f"{self.stamp()} {node.label} exited unexpectedly:\n    {detail}")
+        elif kind == "leaving":
+            self.state[node] = "left"
+        elif kind == "gone" and self.state.get(node) not in ("killed", "left"):
+            self.state[node] = "crashed"
+            try:
+                tail = node.log.read_text(errors="replace").splitlines()[-20:]
+            except OSError:
+                tail = []
+            detail = "\n    ".join(tail) or "(no output)"
+            self.say(f"{self.stamp()} {self.label(node)} exited unexpectedly:\n    {detail}")
+
+    async def until(self, predicate: object, what: str, timeout: float | None = None) -> None:
+        assert self.cluster is not None
+        try:
+            await self.cluster.until(
+                predicate,  # type: ignore[arg-type]
+                timeout=self.step_timeout if timeout is None else timeout,
+                what=what,
+            )
+        except TimeoutError:
+            raise StepFailed(f"{what}: nothing within {self.step_timeout:g}s") from None
 
     async def wait_new_leader(self, after_term: int, what: str) -> Event:
-        deadline = time.monotonic() + self.step_timeout
-        while True:
-            event = await self.next_event(deadline, what)
-            if event.kind == "elected" and int(event.data["term"]) > after_term:
-                return event
+        assert self.cluster is not None
+        found = await self.cluster.first(
+            lambda e: e["ev"] == "elected" and int(e["term"]) > after_term, self.step_timeout
+        )
+        if found is None:
+            raise StepFailed(f"{what}: nothing within {self.step_timeout:g}s")
+        return found
 
-    async def wait_event(self, node: Node, kind: str, what: str) -> Event:
-        deadline = time.monotonic() + self.step_timeout
-        while True:
-            event = await self.next_event(deadline, what)
-            if event.node is node and event.kind == kind:
-                return event
-
-    def current_leader(self) -> Node:
+    def current_leader(self) -> NodeProcess:
         if self.leader is None:
             raise StepFailed("no node leads")
         return self.leader
 
     async def settle(self, what: str) -> None:
-        """Wait until every running node follows the leader, then a few heartbeats more
-        (the standby opens its watch on the leader's lock after a heartbeat names it)."""
-        deadline = time.monotonic() + self.step_timeout
-        while self.leader is None or any(
-            n.state == "running" and n.sees != (self.leader.node, self.term) for n in self.nodes
-        ):
-            await self.next_event(deadline, what)
-        pause_until = time.monotonic() + 3 * INTERVAL
-        with contextlib.suppress(StepFailed):
-            while True:
-                await self.next_event(pause_until, what)
+        """Wait until every running node follows the leader, then a few intervals more
+        (the standby opens its watch on the leader's anchor after a renewal names it)."""
+        assert self.cluster is not None
+        running = [n for n, state in self.state.items() if state == "running"]
+        cluster = self.cluster
+        await self.until(lambda: cluster.agreed(running), what)
+        await asyncio.sleep(3 * INTERVAL)  # let the story catch up: a pause in the script
 
-    def signal(self, node: Node, sig: signal.Signals) -> float:
+    def signal(self, node: NodeProcess, sig: signal.Signals) -> float:
+        assert self.cluster is not None
         at = time.monotonic()
-        os.killpg(node.pid, sig)
+        self.cluster.signal(node, sig)
         return at
+
+    def _overlap(self, old: NodeProcess, term: int, new: Event) -> None:
+        """Say whether the old leader's last leader-only work came before the new leader,
+        as the checker finds it from what the two processes recorded."""
+        assert self.cluster is not None
+        spans = self.cluster.spans(clock="m")
+        found = checker.span_overlaps([spans[term], spans[int(new["term"])]])
+        gap = new["m"] - spans[term].end
+        newcomer = self.label(next(n for n in self.state if n.pid == new["pid"]))
+        if not found:
+            self.say(
+                f"  no overlap: {self.label(old)} did its last leader-only work "
+                f"{gap * 1000:.1f} ms before {newcomer} started"
+            )
+        else:  # would be a bug in the library
+            self.say(f"  OVERLAP: {found[0]}")
+            self.overlaps += 1
 
     # ------------------------------------------------------------ the script
 
     async def run(self) -> int:
-        try:
-            return await self._script()
-        except StepFailed as exc:
-            self.say(f"notifelect demo: step failed: {exc}")
-            return 1
-        finally:
-            await self.stop_all()
+        with tempfile.TemporaryDirectory(prefix="notifelect-demo-") as workdir:
+            argv = ["--interval", str(INTERVAL), "--lease", str(LEASE)]
+            argv += ["--leader-timeout", str(LEADER_TIMEOUT), "--act-period", str(WORK_EVERY)]
+            if self.prefix is not None:
+                argv += ["--prefix", self.prefix]
+            self.cluster = Cluster(
+                self.dsn, Path(workdir), self.namespace, argv=argv, on_event=self._apply
+            )
+            try:
+                return await self._script()
+            except StepFailed as exc:
+                self.say(f"notifelect demo: step failed: {exc}")
+                return 1
+            finally:
+                self.finished = True
+                await self.cluster.close(timeout=5)
 
     async def _script(self) -> int:
         say = self.say
+        cluster = self.cluster
+        assert cluster is not None
         say(
             f"settings: heartbeat {INTERVAL:g}s, lease {LEASE:g}s, leader timeout "
             f"{LEADER_TIMEOUT:g}s (quick, for the demo; the defaults are "
@@ -277,75 +204,69 @@ class Demo:
             f" {_DEFAULTS.leader_timeout:g}s); "
             "a running leader keeps leading until it fails or leaves"
         )
-        for i in range(self.count):
-            await self.spawn(i)
+        for _ in range(self.count):
+            self.state[await cluster.start([])] = "starting"
         say(
             f"started {self.count} node processes (pids "
-            + ", ".join(str(n.pid) for n in self.nodes)
+            + ", ".join(str(n.pid) for n in cluster.nodes)
             + ") in group "
             + repr(self.namespace)
             + "; Ctrl-C stops everything"
         )
-        deadline = time.monotonic() + self.step_timeout + 10 * self.count  # cold starts
-        while self.leader is None or any(n.state == "starting" for n in self.nodes):
-            await self.next_event(deadline, "waiting for every node to join and a leader")
+        await self.until(
+            lambda: self.leader is not None and "starting" not in self.state.values(),
+            "waiting for every node to join and a leader",
+            timeout=self.step_timeout + 10 * self.count,  # cold starts
+        )
         await self.settle("every node following the leader")
         say(f"{self.stamp()} all {self.count} nodes joined and follow it   {self.roster()}")
 
         # 1. crash
         victim = self.current_leader()
-        say(f"\nstep 1/3: kill -9 the leader ({victim.label}, pid {victim.pid})")
-        victim.state = "killed"
+        say(f"\nstep 1/3: kill -9 the leader ({self.label(victim)}, pid {victim.pid})")
+        self.state[victim] = "killed"
         self.leader = None
         t0 = self.signal(victim, signal.SIGKILL)
         elected = await self.wait_new_leader(self.term, "after the kill, a new leader")
         self._result(
-            "leader killed (SIGKILL)", elected.t - t0, "seen at once, then its lease is waited out"
+            "leader killed (SIGKILL)",
+            elected["m"] - t0,
+            "seen at once, then its lease is waited out",
         )
         await self.settle("the nodes following the new leader")
 
         # 2. pause
         paused = self.current_leader()
+        term = self.term
         say(
-            f"\nstep 2/3: pause the leader ({paused.label}, pid {paused.pid}) with SIGSTOP, "
-            "as a long GC pause or a frozen VM would"
+            f"\nstep 2/3: pause the leader ({self.label(paused)}, pid {paused.pid}) with "
+            "SIGSTOP, as a long GC pause or a frozen VM would"
         )
-        paused.state = "paused"
+        self.state[paused] = "paused"
         self.leader = None
         t0 = self.signal(paused, signal.SIGSTOP)
-        elected = await self.wait_new_leader(self.term, "after the pause, a new leader")
-        took = elected.t - t0
+        elected = await self.wait_new_leader(term, "after the pause, a new leader")
         note = f"followers wait {LEADER_TIMEOUT:g}s of silence, fence it, then its lease"
-        self._result("leader paused (SIGSTOP)", took, note)
-        say(f"  resuming {paused.label} (SIGCONT): it must notice it lost its leadership")
-        paused.state = "running"
+        self._result("leader paused (SIGSTOP)", elected["m"] - t0, note)
+        say(f"  resuming {self.label(paused)} (SIGCONT): it must notice it lost its leadership")
+        self.state[paused] = "running"
         self.signal(paused, signal.SIGCONT)
-        await self.wait_event(paused, "deposed", "the resumed node standing down")
-        self._overlap(paused, elected)
+        await self.until(lambda: self._ended(paused, term), "the resumed node standing down")
+        self._overlap(paused, term, elected)
         await self.settle("the resumed node rejoining")  # it reconnects, then follows
-        say(f"{self.stamp()} {paused.label} rejoined as a follower   {self.roster()}")
+        say(f"{self.stamp()} {self.label(paused)} rejoined as a follower   {self.roster()}")
 
         # 3. clean exit
         leaving = self.current_leader()
-        say(f"\nstep 3/3: the leader ({leaving.label}) exits cleanly, as in a deploy")
-        assert leaving.proc.stdin is not None
-        leaving.proc.stdin.write(b"exit\n")
-        await leaving.proc.stdin.drain()
-        term_before = self.term
-        left = await self.wait_event(leaving, "leaving", "the leader starting to leave")
-        stopped: Event | None = None
-        elected_ev: Event | None = None
-        deadline = time.monotonic() + self.step_timeout
-        while stopped is None or elected_ev is None:
-            event = await self.next_event(deadline, "the hand-over")
-            if event.node is leaving and event.kind == "deposed":
-                stopped = event
-            elif event.kind == "elected" and int(event.data["term"]) > term_before:
-                elected_ev = event
-        assert stopped is not None
-        assert elected_ev is not None
-        self._result("leader exited cleanly", elected_ev.t - left.t, "it resigns and names one")
-        self._overlap(leaving, elected_ev)
+        term = self.term
+        say(f"\nstep 3/3: the leader ({self.label(leaving)}) exits cleanly, as in a deploy")
+        await cluster.send(leaving, op="exit")
+        await self.until(lambda: leaving.of("leaving"), "the leader starting to leave")
+        left = leaving.of("leaving")[0]
+        elected = await self.wait_new_leader(term, "the hand-over")
+        await self.until(lambda: self._ended(leaving, term), "the old leader's work ended")
+        self._result("leader exited cleanly", elected["m"] - left["m"], "it resigns and names one")
+        self._overlap(leaving, term, elected)
 
         say("\nfailover times (from the nodes' own monotonic clocks):")
         for label, seconds, why in self.results:
@@ -358,20 +279,10 @@ class Demo:
             )
         return 0
 
-    def _overlap(self, old: Node, elected: Event) -> None:
-        """Say whether the old leader's last leader-only work came before the new leader."""
-        gap = elected.t - old.last_work
-        if gap > 0:
-            self.say(
-                f"  no overlap: {old.label} did its last leader-only work {gap * 1000:.1f} ms "
-                f"before {elected.node.label} started"
-            )
-        else:  # would be a bug in the library
-            self.say(
-                f"  OVERLAP: {old.label} worked {-gap * 1000:.1f} ms after "
-                f"{elected.node.label} started"
-            )
-            self.overlaps += 1
+    @staticmethod
+    def _ended(node: NodeProcess, term: int) -> bool:
+        """``node`` reported that its leadership ``term`` and every work of it ended."""
+        return bool(node.of("deposed", term=term) and node.of("span_end", term=term))
 
     def _result(self, label: str, seconds: float, why: str) -> None:
         self.results.append((label, seconds, why))
@@ -384,26 +295,3 @@ class Demo:
         finally:
             await conn.close()
         self.say("\nwhat 'python -m notifelect status' shows now:\n" + render_text(snap).rstrip())
-
-    async def stop_all(self) -> None:
-        """Ask live nodes to leave, kill what remains, reap everything; safe to repeat."""
-        alive = [n for n in self.nodes if n.proc.returncode is None]
-        for n in alive:
-            if n.state not in ("paused", "killed") and n.proc.stdin is not None:
-                with contextlib.suppress(Exception):
-                    n.proc.stdin.write(b"exit\n")
-        if alive:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(5):
-                    await asyncio.gather(*(n.proc.wait() for n in alive))
-        for n in self.nodes:
-            if n.proc.returncode is None:
-                for sig in (signal.SIGCONT, signal.SIGKILL):
-                    with contextlib.suppress(ProcessLookupError, PermissionError):
-                        os.killpg(n.pid, sig)
-        for n in self.nodes:
-            await n.proc.wait()
-            _reaper.pids.discard(n.pid)
-        for task in self.readers:
-            task.cancel()
-        await asyncio.gather(*self.readers, return_exceptions=True)

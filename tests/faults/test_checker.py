@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from tests.faults import checker
-from tests.faults.checker import Execution, Span
+from notifelect._cluster import checker
+from notifelect._cluster.checker import Execution, Span
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 

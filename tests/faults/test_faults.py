@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import pytest
 
+from notifelect._cluster import checker
 from notifelect.transport.connect import ANCHOR_NAME, APPLICATION_NAME
-from tests.faults import checker
 from tests.faults.harness import Cluster, NodeProcess, Timing
 from tests.support.proxy import Mode
 

@@ -24,8 +24,8 @@ from typing import Any
 
 import pytest
 
+from notifelect._cluster.node import AUDIT_TABLE, TICKS
 from tests.faults.harness import Cluster
-from tests.faults.node import AUDIT_TABLE, TICKS
 
 pytestmark = pytest.mark.faults
 

@@ -17,10 +17,10 @@ import sqlalchemy as sa
 from sqlalchemy import text
 
 from notifelect import GroupStateError, Leadership, Settings, current_leadership, current_run
+from notifelect._cluster.checker import Execution, overlaps, regressions
 from notifelect.errors import ConfigurationError
 from notifelect.jobs import JobRun
 from notifelect.sync import ElectionGroup, SyncElectionGroup
-from tests.faults.checker import Execution, overlaps, regressions
 
 FAST = Settings(election_interval=0.2, lease=2.0, leader_timeout=1.0)
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,7 +1,9 @@
-"""Checks of a fault-injection run: what must hold whatever the faults were.
+"""Checks of a run of node processes: what must hold whatever the faults were.
 
 Pure functions over plain records, so they are unit-tested on hand-made histories
-(``test_checker.py``) as well as run on the audit table and the nodes' reports.
+(``tests/faults/test_checker.py``) as well as run on the audit table and the nodes'
+reports by the fault suite, the benchmarks and the demo. Every end is taken from what the
+processes recorded; nothing assumes the outcome it checks.
 """
 
 from __future__ import annotations

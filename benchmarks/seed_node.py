@@ -1,0 +1,123 @@
+"""The seed's package, ``notifelect==0.0.3``, behind the node program's protocol.
+
+Run as a script on the seed environment's Python (``python benchmarks/seed_node.py``),
+never with ``-m``: the seed's import name is ``notifelect`` too, so this file imports only
+the standard library, asyncpg and the seed. It speaks the protocol of
+:mod:`notifelect._cluster.node` (the commands on stdin; ``started``, ``ready``,
+``elected``, ``act``, ``span_end``, ``leaving``, ``left`` on stdout, stamped ``t`` and
+``m``), so the shared harness runs it like one of ours.
+
+Acting: the seed sets ``outcome.winner`` at the end of each round; the flag's assignments
+are recorded as they happen (no polling, no change to its logic), and while it is set the
+node acts every ``--act-period``. The seed has no terms: a leadership is numbered by the
+monotonic nanosecond it began.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import os
+import signal
+import sys
+import time
+from datetime import timedelta
+from typing import Any
+
+
+def emit(event: str, **fields: Any) -> None:
+    fields.update(ev=event, t=time.time(), m=time.monotonic(), pid=os.getpid())
+    sys.stdout.write(json.dumps(fields) + "\n")
+    sys.stdout.flush()
+
+
+async def member(argv: list[str], at: float | None, leave: asyncio.Event) -> None:
+    import asyncpg
+
+    p = argparse.ArgumentParser()
+    for name in ("--dsn", "--namespace"):
+        p.add_argument(name, required=True)
+    for name in ("--interval", "--election-timeout", "--act-period"):
+        p.add_argument(name, type=float, default=0.02)
+    args, _ = p.parse_known_args(argv)
+    # The seed's module, typed as Any: type checkers see this checkout's notifelect.
+    manager: Any = importlib.import_module("notifelect.election_manager")
+    coordinator: Any = None
+    acting: list[asyncio.Task[None]] = []
+
+    async def act(term: int) -> None:
+        while True:
+            emit("act", term=term, ns=args.namespace, at=time.time())
+            await asyncio.sleep(args.act_period)
+
+    class RecordingOutcome(manager.Outcome):  # type: ignore[misc]
+        term = 0
+
+        def __setattr__(self, name: str, value: Any) -> None:
+            if name == "winner":
+                before = getattr(self, "winner", False)
+                if value and not before:
+                    self.term = time.monotonic_ns()
+                    emit("elected", node=coordinator.sequence, term=self.term, ns=args.namespace)
+                    acting.append(asyncio.get_running_loop().create_task(act(self.term)))
+                elif before and not value and not leave.is_set():
+                    for task in acting:
+                        task.cancel()
+                    emit("span_end", node=coordinator.sequence, term=self.term, ns=args.namespace)
+            super().__setattr__(name, value)
+
+    await asyncio.sleep(max(0.0, (at or 0.0) - time.monotonic()))  # the shared start instant
+    conn = await asyncpg.connect(args.dsn)
+    coordinator = manager.Coordinator(
+        conn,
+        namespace=args.namespace,
+        election_interval=timedelta(seconds=args.interval),
+        election_timeout=timedelta(seconds=args.election_timeout),
+    )
+    coordinator.outcome = RecordingOutcome()
+    try:
+        async with coordinator:
+            emit("ready", node=coordinator.sequence)
+            await leave.wait()
+            # The application's work ends when it leaves the block, whatever the flag says.
+            for task in acting:
+                task.cancel()
+            if coordinator.outcome.winner:
+                term = coordinator.outcome.term
+                emit("span_end", node=coordinator.sequence, term=term, ns=args.namespace)
+            emit("leaving", node=coordinator.sequence)
+        emit("left", node=coordinator.sequence)
+    finally:
+        for task in acting:
+            task.cancel()
+        await conn.close()
+
+
+async def main() -> None:
+    import notifelect
+
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    loop.add_signal_handler(signal.SIGTERM, lambda: os._exit(0))  # the harness kills it
+    importlib.import_module("notifelect.election_manager")  # no import in a timing
+    emit("started", module=notifelect.__file__)
+    leave = asyncio.Event()
+    task: asyncio.Task[None] | None = None
+    while line := await reader.readline():
+        cmd = json.loads(line)
+        if cmd["op"] == "join":
+            leave = asyncio.Event()
+            task = asyncio.create_task(member(cmd["argv"], cmd.get("at"), leave))
+        elif cmd["op"] == "leave" and task is not None:
+            leave.set()
+            await asyncio.wait([task])
+        else:
+            break
+    os._exit(0)  # skip interpreter teardown: nothing waits for it
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
