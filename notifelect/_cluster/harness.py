@@ -123,7 +123,10 @@ class NodeProcess:
         return found[-1] if found else None
 
     def executions(self, term: int) -> int:
-        return len(self.of("exec", term=term))
+        """Executions this node committed in its group (not a group sharing its session,
+        whose terms are numbered on their own) under ``term``."""
+        mine = {} if self.namespace is None else {"ns": self.namespace}
+        return len(self.of("exec", term=term, **mine))
 
     def apply(self, event: Event) -> None:
         self.events.append(event)
@@ -569,8 +572,10 @@ class Cluster:
 
     async def more_executions(self, count: int, *, timeout: float, what: str) -> None:
         """Wait until the cluster has committed ``count`` more executions than now."""
-        target = self.count("exec") + count
-        await self.until(lambda: self.count("exec") >= target, timeout=timeout, what=what)
+        target = self.count("exec", ns=self.namespace) + count
+        await self.until(
+            lambda: self.count("exec", ns=self.namespace) >= target, timeout=timeout, what=what
+        )
 
     def acts_after(self, node: NodeProcess, term: int, at: float) -> list[float]:
         """Times ``node`` recorded acting under ``term`` at or after ``at``."""

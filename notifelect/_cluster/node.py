@@ -425,7 +425,7 @@ class Member:
         except Exception as exc:
             emit("error", term=ls.term, error=repr(exc)[:200])
         else:
-            emit("exec", term=ls.term, started=started, ended=ended)
+            emit("exec", term=ls.term, started=started, ended=ended, ns=ls.namespace)
 
     async def naive(self, term: int) -> None:
         """The mistake the guard exists for: work that outlives its leadership."""
