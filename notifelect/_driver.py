@@ -37,7 +37,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from . import messages, protocol
+from . import messages, protocol, rules
 from ._clock import now
 from ._retry import retrying
 from ._work import LeaderWork
@@ -187,6 +187,12 @@ class Driver:
         #: How old a leader's last renewal may be for it to count as a heartbeat heard now.
         self._fresh_renewal = min(2 * cfg.election_interval, cfg.leader_timeout / 2)
 
+    def _stay_out(self, why: rules.StayOut) -> float:
+        s = self.settings
+        return rules.stay_out(
+            why, now(), leader_timeout=s.leader_timeout, coordinator_wait=s.coordinator_wait
+        )
+
     def _extra(self, event: str, **fields: object) -> dict[str, object]:
         extra: dict[str, object] = {
             "notifelect_event": event,
@@ -218,7 +224,7 @@ class Driver:
         far as this node has seen (its own last renewal if it leads); None if unknown."""
         ls = self.leadership
         if ls is not None and not ls._ended:
-            return max(0.0, now() - (ls._valid_until - self.settings.lease))
+            return rules.lease_age(ls._valid_until, self.settings.lease, now())
         leader, seen = self.known_leader(), self._renewal
         if leader is None or seen is None or seen[:2] != (leader.node, leader.term):
             return None
@@ -280,7 +286,7 @@ class Driver:
             # Back after losing a leadership: leave the claim to the standby, which may be
             # taking over right now, instead of racing it for leadership it just left.
             self._lost_leadership = False
-            until = now() + self.settings.coordinator_wait
+            until = self._stay_out(rules.StayOut.RETURNED)
             self.proto = dataclasses.replace(self.proto, abstain_until=until)
         self._verified = None
         self._seen = None
@@ -442,7 +448,7 @@ class Driver:
                 await self._stop()
                 return
             if event is _Control.ABDICATE:
-                until = now() + self.settings.leader_timeout
+                until = self._stay_out(rules.StayOut.ABDICATED)
                 await self._apply(protocol.Abdicate("on_elected failed", None, until))
                 continue
             if isinstance(event, _Lost):
@@ -549,67 +555,45 @@ class Driver:
     # ------------------------------------------------------------ database checks
 
     async def _credible(self, m: Message) -> bool:
-        """Check claims about leadership against the database before believing them."""
+        """Check claims about leadership against the database before believing them
+        (:func:`notifelect.rules.believe` decides; this reads the facts it asks for)."""
         proto = self.proto
         if proto is None or m.rank.node == self.node:
             return True
-        if m.kind in (Kind.COORDINATOR, Kind.HEARTBEAT, Kind.RESIGN):
-            assert m.term is not None
-            if proto.leader_term is not None and m.term < proto.leader_term:
-                return self._unbelieved("stale term")  # an older leadership: no query
-        if m.kind in (Kind.COORDINATOR, Kind.HEARTBEAT):
-            assert m.term is not None
-            if proto.role is protocol.Role.LEADER:
-                return True
-            verified = self._verified
-            # A leadership once confirmed is believed for a while; then the database is
-            # asked again, so a replayed heartbeat of a silent leader cannot keep the
-            # group from replacing it for longer than leader_timeout.
-            fresh = now() - self._verified_at < self.settings.leader_timeout
-            if verified == (m.rank.node, m.term) and fresh:
-                return True
-            record = await self._guarded(self.transport.leader())
-            if record is None:
-                return False
-            ok = (
-                record.node == m.rank.node
-                and record.term == m.term
-                and record.priority == m.rank.priority
-                and not record.released
-            )
-            if not ok:
-                return self._unbelieved("unverified leader")
-            if record.quiet_for is not None and record.quiet_for >= self.settings.leader_timeout:
-                return self._unbelieved("silent leader")  # its renewals stopped: a replay
-            self._verified = (m.rank.node, m.term)
-            self._verified_at = now()
-            self.leader_info = LeaderInfo.from_record(record)
+        view = rules.View(
+            me=self.node,
+            leading=proto.role is protocol.Role.LEADER,
+            leader_term=proto.leader_term,
+            verified=self._verified,
+            verified_age=now() - self._verified_at,
+            leader_timeout=self.settings.leader_timeout,
+            preempts=protocol.preempts(self.config, m.rank, proto.rank),
+        )
+        while True:
+            verdict = rules.believe(m, view)
+            if verdict is rules.Ask.RECORD:
+                record = await self._guarded(self.transport.leader())
+                if not self.connected:
+                    return False  # the read failed: the connection is being replaced
+                view = dataclasses.replace(view, record=record, record_read=True)
+            elif verdict is rules.Ask.MEMBER:
+                member = await self._guarded(self.transport.is_member(m.rank.node, m.rank.priority))
+                if member is None:
+                    return False
+                view = dataclasses.replace(view, member=member)
+            else:
+                break
+        if verdict.believed:
+            if m.kind in (Kind.COORDINATOR, Kind.HEARTBEAT) and view.record is not None:
+                self._verified = (m.rank.node, m.term or 0)
+                self._verified_at = now()
+                self.leader_info = LeaderInfo.from_record(view.record)  # type: ignore[arg-type]
             return True
-        if m.kind is Kind.RESIGN:
-            if m.successor is not None and m.successor != self.node:
-                # Another node is named: it claims, and its announcement follows within
-                # milliseconds. Nothing to do here, and no query for every follower.
-                self.stats["ignored:resign naming another"] += 1
-                return False
-            # Only the leader itself can resign, and only after releasing its term.
-            record = await self._guarded(self.transport.leader())
-            ok = (
-                record is not None
-                and record.node == m.rank.node
-                and record.term == m.term
-                and record.released
-            )
-            return True if ok else self._unbelieved("unverified resign")
-        if (
-            m.kind is Kind.ELECTION
-            and proto.role is protocol.Role.LEADER
-            and protocol.preempts(self.config, m.rank, proto.rank)
-        ):
-            # Only a live member may make the leader step down.
-            member = await self._guarded(self.transport.is_member(m.rank.node, m.rank.priority))
-            if not member:
-                return self._unbelieved("unknown member")
-        return True
+        assert verdict.reason is not None
+        if verdict.ignored:
+            self.stats[f"ignored:{verdict.reason}"] += 1
+            return False
+        return self._unbelieved(verdict.reason)
 
     def _unbelieved(self, reason: str) -> bool:
         self.stats[f"dropped:{reason}"] += 1
@@ -793,7 +777,11 @@ class Driver:
         assert self.node is not None
         confirmed_at = self._granted.pop(term, now())
         ls = Leadership(
-            self.name, self.settings.names, term, self.node, confirmed_at + self.settings.lease
+            self.name,
+            self.settings.names,
+            term,
+            self.node,
+            rules.lease_end(confirmed_at, self.settings.lease),
         )
         self.leadership = ls
         self._verified = (self.node, term)
@@ -823,7 +811,7 @@ class Driver:
             return
         # The event loop's timers run on a clock that stops during a suspend; checking at
         # least every half interval bounds how long a resumed node takes to notice.
-        delay = min(ls.lease_remaining, self.settings.election_interval / 2)
+        delay = rules.lease_recheck(ls._valid_until, now(), self.settings.election_interval)
         self._lease_timer = asyncio.get_running_loop().call_later(delay, self._lease_check, ls)
 
     def _lease_check(self, ls: Leadership) -> None:

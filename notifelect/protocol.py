@@ -40,6 +40,7 @@ import dataclasses
 import enum
 from dataclasses import dataclass, field
 
+from . import rules
 from .messages import Kind, Message, Rank
 from .rules import Freed as Freed  # how the standby saw the claim end (one enum)
 
@@ -139,7 +140,7 @@ class State:
     successor_named: bool = False  # a RESIGN named us while our claim was in flight
 
     def abstaining(self, now: float) -> bool:
-        return now < self.abstain_until
+        return rules.abstaining(now, self.abstain_until)
 
     @property
     def is_leader(self) -> bool:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from .._clock import now
-from ..rules import standby, successor, takeover_wait
+from ..rules import best_candidate, how_it_ended, may_fence, standby, successor, takeover_wait
 from .base import (
     Freed,
     Granted,
@@ -198,11 +198,17 @@ class MemoryTransport(Transport):
                         await group.freed.wait()
             group = self._require()
         if group.holder is not None and group.holder is not self:
-            stale = now() - group.renewed_at >= self.bus.leader_timeout
             # Only the recorded leader can be fenced: a holder that is still taking over
             # (waiting out the old lease) has not renewed anything yet.
             recorded = group.record is not None and group.record.node == group.holder.node
-            if evidence is not None or not (fence and stale and recorded):
+            stale = recorded and may_fence(
+                recorded=True,
+                quiet_for=now() - group.renewed_at,
+                leader_timeout=self.bus.leader_timeout,
+                lease=self.bus.lease,
+                io_timeout=max(self.bus.lease, self.bus.leader_timeout),
+            )
+            if evidence is not None or not (fence and stale):
                 return None
             group.holder.drop(notify=True)
             fenced = True
@@ -273,15 +279,11 @@ class MemoryTransport(Transport):
         held = group.holder is not None
         record = group.record if held and group.record is not None else None
         leader = None if record is None else record.node
-        ranks = [
-            (t.member.priority, t.node)
-            for t in self.bus.members(self.namespace)
-            if t.node is not None and t.node != leader
-        ]
+        members = [(t.member.priority, t.node) for t in self.bus.members(self.namespace) if t.node]
         recorded = None
         if record is not None and not record.released:
             recorded = (record.priority, record.node, record.term)
-        return held, max(ranks) if ranks else None, recorded
+        return held, best_candidate(members, leader), recorded
 
     async def is_member(self, node: int, priority: int) -> bool:
         self._require()
@@ -310,11 +312,9 @@ class MemoryTransport(Transport):
         if not self._open:
             raise TransportError("the memory transport is closed")
         record = self.bus.group(self.namespace).record
-        if record is None or record.node != leader:
-            return Freed.UNOBSERVED
-        if record.released:
-            return Freed.RELEASED
-        return Freed.DIED if observed else Freed.UNOBSERVED
+        if record is None:
+            return how_it_ended(leader, None, False, observed)
+        return how_it_ended(leader, record.node, record.released, observed)
 
     async def close(self) -> None:
         self.drop(notify=False)

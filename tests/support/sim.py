@@ -201,16 +201,17 @@ class Sim:
             self._push(self.now + self.delay, other, p.Receive(message))
 
     def _how(self, leader: int) -> p.Freed:
-        if self.record is None or self.record[0] != leader:
-            return p.Freed.UNOBSERVED
-        return p.Freed.RELEASED if self.record[1] else p.Freed.DIED
+        """A watcher registers while its leader lives: it always saw the process alive."""
+        recorded, released = self.record or (None, False)
+        return rules.how_it_ended(leader, recorded, released, observed=True)
 
     def _best(self) -> Rank | None:
         skip = self.record[0] if self.holder is not None and self.record else None
-        ranks = [
-            self.states[n].rank for n in self.alive if n != skip and self.registered[n] <= self.now
+        registered = [
+            (priority, n) for priority, n in self._members() if self.registered[n] <= self.now
         ]
-        return max(ranks) if ranks else None
+        best = rules.best_candidate(registered, skip)
+        return None if best is None else Rank(*best)
 
     def _perform(self, node: int, effect: p.Effect) -> None:
         match effect:
