@@ -15,9 +15,10 @@ Why some things are ordered as they are:
 * Gates close in the transport's loss callback itself, before anything else, and a
   node's anchor (the evidence a standby uses to take over at once) is dropped only after
   its leader work has been stopped and awaited.
-* The driver's own decisions (timers, claims, losses) go before queued messages, and
-  the message queue is bounded: under a burst of notifications the leader's heartbeat,
-  which renews its lease, never waits behind hundreds of messages.
+* The driver's own decisions (timers, claims, losses, the leader rows its session read)
+  go before queued messages, and the message queue is bounded: under a burst of
+  notifications a follower never hears of the leader's renewals hundreds of messages
+  late. (The lease itself is renewed by the session's tick, not through this queue.)
 * Every database call is bounded (``Settings.io_timeout``); a call that takes longer is
   a lost connection.
 """
@@ -173,19 +174,11 @@ class Driver:
             election_timeout=cfg.election_timeout,
             leader_timeout=cfg.leader_timeout,
             coordinator_wait=cfg.coordinator_wait,
-            heartbeat_interval=cfg.election_interval,
             preempt=protocol.Preempt(cfg.preempt),
             join_holdoff=cfg.holdoff,
-            heartbeats=transport.publishes_heartbeats,
         )
         transport.observe(self._on_record, self._on_renewal)
         transport.stats = self.stats
-        #: The leadership the database last showed alive, as (node, term, standby), and
-        #: when (the followers' heartbeat when the transport publishes none).
-        self._seen: tuple[int, int, int | None] | None = None
-        self._seen_at = 0.0
-        #: How old a leader's last renewal may be for it to count as a heartbeat heard now.
-        self._fresh_renewal = min(2 * cfg.election_interval, cfg.leader_timeout / 2)
 
     def _stay_out(self, why: rules.StayOut) -> float:
         s = self.settings
@@ -230,16 +223,13 @@ class Driver:
             return None
         return max(0.0, now() - seen[2])
 
-    def _saw_renewal(self, node: int, term: int, at: float, *, exact: bool = True) -> None:
-        """Leader ``node`` renewed its lease of ``term`` at ``at`` (this node's clock).
-
-        ``exact``: ``at`` is when the renewal happened (read from the database), not only
-        when this node heard of it (a message may have waited in the inbox)."""
+    def _saw_renewal(self, node: int, term: int, at: float) -> None:
+        """Leader ``node`` renewed its lease of ``term`` at ``at`` (this node's clock)."""
         seen = self._renewal
         if seen is None or seen[:2] != (node, term) or seen[2] < at:
             self._renewal = (node, term, at)
         vacant = self._vacant
-        if exact and vacant is not None and vacant[1] == (node, term) and at > vacant[0]:
+        if vacant is not None and vacant[1] == (node, term) and at > vacant[0]:
             self._vacant = None  # it renewed after it seemed lost: this node lost sight of it
 
     def _on_change(self) -> None:
@@ -289,7 +279,6 @@ class Driver:
             until = self._stay_out(rules.StayOut.RETURNED)
             self.proto = dataclasses.replace(self.proto, abstain_until=until)
         self._verified = None
-        self._seen = None
         self._inbox.put(protocol.Start())
         log.info(
             "node %s joined group %r (priority %s)",
@@ -449,7 +438,7 @@ class Driver:
                 return
             if event is _Control.ABDICATE:
                 until = self._stay_out(rules.StayOut.ABDICATED)
-                await self._apply(protocol.Abdicate("on_elected failed", None, until))
+                await self._apply(protocol.Abdicate("on_elected failed", until))
                 continue
             if isinstance(event, _Lost):
                 if event.generation != self._generation:
@@ -460,23 +449,11 @@ class Driver:
                 continue
             if not self.connected and not isinstance(event, protocol.Start):
                 continue  # the connection is gone; a _Lost event is queued ahead of these
-            if isinstance(event, protocol.TimerFired) and event.timer is protocol.Timer.LEADER:
-                due = self._leader_alive()
-                if due is not None:  # the database has shown the leader alive meanwhile
-                    self._set_timer(protocol.Timer.LEADER, due)
-                    continue
             if isinstance(event, protocol.Receive):
-                if not await self._credible(event.message):
+                believed = await self._credible(event.message)
+                if believed is None:
                     continue
-                m = event.message
-                if (
-                    self.transport.publishes_heartbeats
-                    and m.kind in (Kind.COORDINATOR, Kind.HEARTBEAT)
-                    and m.rank.node != self.node
-                    and m.term is not None
-                ):
-                    # Such a leader renews its lease and then announces it (_announce).
-                    self._saw_renewal(m.rank.node, m.term, now(), exact=False)
+                event = believed
             await self._apply(event)
 
     async def _apply(self, event: protocol.Event) -> None:
@@ -510,11 +487,9 @@ class Driver:
     async def _perform(self, effect: protocol.Effect) -> None:
         match effect:
             case protocol.Send(message):
-                if message.kind is Kind.RESIGN:
+                if message.kind is Kind.RESIGN and message.successor is None:
                     message = await self._with_successor(message)
                 await self.transport.publish(messages.encode(message, self.settings.secret_key))
-            case protocol.Announce(kind, term):
-                await self._announce(kind, term)
             case protocol.SetTimer(timer, at, spread):
                 self._set_timer(timer, at + (random.uniform(0, spread) if spread else 0.0))
             case protocol.CancelTimer(timer):
@@ -554,12 +529,13 @@ class Driver:
 
     # ------------------------------------------------------------ database checks
 
-    async def _credible(self, m: Message) -> bool:
-        """Check claims about leadership against the database before believing them
-        (:func:`notifelect.rules.believe` decides; this reads the facts it asks for)."""
+    async def _credible(self, m: Message) -> protocol.Event | None:
+        """What to make of message ``m``: the event it means (the message itself, or for a
+        leader's announcement the leader row that confirms it), or None (not believed).
+        :func:`notifelect.rules.believe` decides; this reads the facts it asks for."""
         proto = self.proto
         if proto is None or m.rank.node == self.node:
-            return True
+            return protocol.Receive(m)  # (the protocol ignores its own messages)
         view = rules.View(
             me=self.node,
             leading=proto.role is protocol.Role.LEADER,
@@ -569,31 +545,35 @@ class Driver:
             leader_timeout=self.settings.leader_timeout,
             preempts=protocol.preempts(self.config, m.rank, proto.rank),
         )
+        record: LeaderRecord | None = None
         while True:
             verdict = rules.believe(m, view)
             if verdict is rules.Ask.RECORD:
                 record = await self._guarded(self.transport.leader())
                 if not self.connected:
-                    return False  # the read failed: the connection is being replaced
+                    return None  # the read failed: the connection is being replaced
                 view = dataclasses.replace(view, record=record, record_read=True)
             elif verdict is rules.Ask.MEMBER:
                 member = await self._guarded(self.transport.is_member(m.rank.node, m.rank.priority))
                 if member is None:
-                    return False
+                    return None
                 view = dataclasses.replace(view, member=member)
             else:
                 break
-        if verdict.believed:
-            if m.kind in (Kind.COORDINATOR, Kind.HEARTBEAT) and view.record is not None:
-                self._verified = (m.rank.node, m.term or 0)
-                self._verified_at = now()
-                self.leader_info = LeaderInfo.from_record(view.record)  # type: ignore[arg-type]
-            return True
-        assert verdict.reason is not None
-        if verdict.ignored:
-            self.stats[f"ignored:{verdict.reason}"] += 1
-            return False
-        return self._unbelieved(verdict.reason)
+        if not verdict.believed:
+            assert verdict.reason is not None
+            if verdict.ignored:
+                self.stats[f"ignored:{verdict.reason}"] += 1
+            else:
+                self._unbelieved(verdict.reason)
+            return None
+        if m.kind in (Kind.COORDINATOR, Kind.HEARTBEAT) and record is not None:
+            # (an older node's announcement): what is believed is the row that confirms it.
+            self._verified = (record.node, record.term)
+            self._verified_at = now()
+            self.leader_info = LeaderInfo.from_record(record)
+            return self._seen(record, now() - (record.quiet_for or 0.0))
+        return protocol.Receive(m)
 
     def _unbelieved(self, reason: str) -> bool:
         self.stats[f"dropped:{reason}"] += 1
@@ -610,85 +590,34 @@ class Driver:
             self._lost_during_io(exc)
             return None
 
-    async def _announce(self, kind: Kind, term: int) -> None:
-        if not self.transport.publishes_heartbeats:
-            # The session renews every lease it holds and the followers read every
-            # leadership (standby included) from the database about once per interval
-            # (see _on_record): no message and no query per group.
-            return
-        renewal = await self.transport.renew(term)
-        ls = self.leadership
-        if ls is not None and ls.term == term:
-            ls._renewed(renewal.confirmed_at, self.settings.lease)
-            self._arm_lease_timer()
-        assert self.proto is not None
-        message = Message(kind, self.name, self.proto.rank, term=term, standby=renewal.standby)
-        await self.transport.publish(messages.encode(message, self.settings.secret_key))
-
     def _on_record(self, record: LeaderRecord) -> None:
-        """The database's record of the group's leadership, read by the session about once
-        per interval: to a follower it is the leader's heartbeat, already verified.
-
-        Only news (a leader, term or standby the protocol has not been told of) goes to
-        the protocol; otherwise the record only moves the leader timeout on (see
-        :meth:`_leader_alive`), so a follower costs next to nothing per interval.
-        """
+        """The group's leader row, read by the session about once per interval: to a
+        follower it is the leader's heartbeat (the protocol's ``LeaderSeen``)."""
         proto = self.proto
-        if (
-            proto is not None
-            and self.connected
-            and record.node != self.node
-            and not record.released
-            and record.renewed_age is not None
-        ):
-            # The age is the database's; this node counts on from its own reading.
-            self._saw_renewal(record.node, record.term, now() - max(0.0, record.renewed_age))
-        if (
-            proto is None
-            or not self.connected
-            or proto.role is protocol.Role.LEADER
-            or record.node == self.node
-            or record.released
-            or record.quiet_for is None
-            or record.quiet_for >= self._fresh_renewal
-        ):
-            # Only a renewal as recent as a heartbeat would be counts as one: a leader
-            # that fell silent is then noticed within about leader_timeout (and fenced).
+        if proto is None or not self.connected or record.node == self.node:
             return
-        seen = (record.node, record.term, record.standby)
-        self._seen_at = now()
-        self._verified = (record.node, record.term)
-        self._verified_at = self._seen_at
-        known = proto.leader is not None and (proto.leader.node, proto.leader_term) == seen[:2]
-        if known and seen == self._seen:
+        if record.released or record.quiet_for is None:
             return
-        self._seen = seen
-        self.stats["records"] += 1
-        self.leader_info = LeaderInfo.from_record(record)
-        heartbeat = Message(
-            Kind.HEARTBEAT,
-            self.name,
+        renewed_at = now() - record.quiet_for  # the database's age is not this clock's
+        self._saw_renewal(record.node, record.term, renewed_at)
+        if not rules.leader_silent(record.quiet_for, self.settings.leader_timeout):
+            self._verified = (record.node, record.term)
+            self._verified_at = now()
+        info = self.leader_info
+        if info is None or (info.node, info.term) != (record.node, record.term):
+            self.stats["records"] += 1
+            self.leader_info = LeaderInfo.from_record(record)
+        self._inbox.put(self._seen(record, renewed_at))
+
+    @staticmethod
+    def _seen(record: LeaderRecord, renewed_at: float) -> protocol.LeaderSeen:
+        return protocol.LeaderSeen(
             Rank(record.priority, record.node),
-            term=record.term,
-            standby=record.standby,
+            record.term,
+            record.standby,
+            renewed_at,
+            record.released,
         )
-        self._inbox.put(protocol.Receive(heartbeat))
-
-    def _leader_alive(self) -> float | None:
-        """When the leader the protocol follows is next due to be heard of, if the
-        database showed it alive since the protocol last heard from it."""
-        proto = self.proto
-        seen = self._seen
-        if (
-            proto is None
-            or proto.role is not protocol.Role.FOLLOWER
-            or proto.leader is None
-            or seen is None
-            or (proto.leader.node, proto.leader_term) != seen[:2]
-        ):
-            return None
-        due = self._seen_at + self.settings.leader_timeout
-        return due if due > now() else None
 
     def _on_renewal(self, term: int, renewal: Renewal | None) -> None:
         """The session renewed (or found lost) the lease of the term this node holds."""
@@ -760,7 +689,8 @@ class Driver:
             self._inbox.put(protocol.ClaimFreed(how, leader))
 
     async def _with_successor(self, message: Message) -> Message:
-        """Name the highest-ranked live member as successor in a RESIGN.
+        """Name the highest-ranked live member as successor in a RESIGN that names none
+        (the protocol names one only when it is preempted: the node that preempts it).
 
         The database knows every member that has registered, also those whose election
         messages this node has not seen yet (many nodes joining at once), so a hand-over
@@ -861,7 +791,7 @@ class Driver:
         self._arm_lease_timer()
 
     async def _stop(self) -> None:
-        await self._apply(protocol.Stop(None))  # the RESIGN is given its successor on sending
+        await self._apply(protocol.Stop())  # the RESIGN is given its successor on sending
         await self._step_down("stopped", voluntary=False)  # no-op unless already lost
 
     async def _reconnect(self) -> bool:

@@ -37,6 +37,7 @@ __all__ = [
     "may_fence",
     "may_fence_guard",
     "sight",
+    "silent_from",
     "standby",
     "stay_out",
     "successor",
@@ -211,6 +212,13 @@ def leader_silent(quiet_for: float | None, leader_timeout: float) -> bool:
     return quiet_for is not None and quiet_for >= leader_timeout
 
 
+def silent_from(renewed_at: float, leader_timeout: float) -> float:
+    """When a leader whose lease was last seen renewed at ``renewed_at`` (this node's
+    clock) falls silent (:func:`leader_silent`), unless it is seen renewed again: a
+    follower looks for a new leader from then on."""
+    return renewed_at + leader_timeout
+
+
 def may_fence(
     *, recorded: bool, quiet_for: float, leader_timeout: float, lease: float, io_timeout: float
 ) -> bool:
@@ -362,11 +370,13 @@ def believe(message: Message, view: View) -> Belief | Ask:
     that would change who leads is believed only once the database agrees:
 
     * a message of a term older than one already heard of is stale;
-    * a leader's announcement (COORDINATOR, or HEARTBEAT of a 0.2 node: the leader row
-      is what followers follow now) is believed only if the leader row names that very
-      leadership, unreleased and renewed within ``leader_timeout`` (a replay of a silent
-      leader's announcement must not keep it in place). A leadership the database
-      confirmed less than ``leader_timeout`` ago is already known: nothing to act on;
+    * a leader's announcement (COORDINATOR or HEARTBEAT: no node of this release sends
+      them, the leader row read every interval is what followers follow, but an older
+      node may) is believed only if the leader row names that very leadership,
+      unreleased and renewed within ``leader_timeout`` (a replay of a silent leader's
+      announcement must not keep it in place); what is believed is then that row. A
+      leadership the database confirmed less than ``leader_timeout`` ago is known
+      already, and a leader needs nobody's announcement: nothing to act on;
     * a RESIGN is believed only by the successor it names, and only if the leader row
       shows that very term released (only the leader can release it); other nodes let
       the successor's claim speak for it;
@@ -381,9 +391,11 @@ def believe(message: Message, view: View) -> Belief | Ask:
     leadership = (message.rank.node, message.term)
     if message.kind in (Kind.COORDINATOR, Kind.HEARTBEAT):
         if view.leading:
-            return BELIEVED  # our own renewals in the database are the truth while we lead
+            # Our own renewals in the database are the truth while we lead.
+            return Belief(False, "announcement while leading", ignored=True)
         if view.verified == leadership and view.verified_age < view.leader_timeout:
-            return BELIEVED  # confirmed a moment ago
+            # Confirmed a moment ago, and the leader row is read every interval anyway.
+            return Belief(False, "known leader", ignored=True)
         if not view.record_read:
             return Ask.RECORD
         r = view.record

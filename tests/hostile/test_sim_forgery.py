@@ -6,10 +6,10 @@ lock and term row are. Two groups of properties:
 * raw: any sequence of messages reaches the protocol unfiltered, interleaved with joins,
   crashes, clean exits and time passing. The protocol never raises, never has two nodes
   acting as leader, and once the forgeries stop a leader exists again.
-* checked: messages pass the group's database check first (a leader claim must match the
-  current claim holder and term; an election that would depose the leader must come from
-  a live member), as ``ElectionGroup`` does. Then forgeries do not even move a settled
-  leadership.
+* checked: messages pass the group's database check first (``rules.believe``: a leader
+  claim must match the leader row, which then stands for it; an election that would depose
+  the leader must come from a live member), as ``ElectionGroup`` does. Then forgeries do
+  not even move a settled leadership.
 """
 
 from __future__ import annotations
@@ -159,10 +159,13 @@ class Harness:
             return
         targets = nodes if target is None else [nodes[target % len(nodes)]]
         for node in targets:
-            if self.credible(node, m):
-                self.sim.inject(node, m)
-            else:
+            if not self.credible(node, m):
                 self.dropped += 1
+            elif self.checked and m.kind in (Kind.COORDINATOR, Kind.HEARTBEAT):
+                # As the driver does: what is believed is the leader row that confirms it.
+                self.sim._push(self.sim.now, node, self.sim.leader_row())
+            else:
+                self.sim.inject(node, m)
 
     def apply(self, op: Op) -> None:
         sim = self.sim

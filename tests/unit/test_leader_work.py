@@ -209,12 +209,12 @@ def test_the_message_queue_is_bounded_and_timers_go_first() -> None:
     message = Receive(Message(Kind.ELECTION, "g", Rank(0, 1)))
     assert all(inbox.put(message) for _ in range(3))
     assert not inbox.put(message)  # full: dropped and counted by the driver
-    assert inbox.put(TimerFired(Timer.HEARTBEAT))  # the driver's own events always fit
+    assert inbox.put(TimerFired(Timer.LEADER))  # the driver's own events always fit
 
     async def first() -> object:
         return await inbox.get()
 
-    assert asyncio.run(first()) == TimerFired(Timer.HEARTBEAT)
+    assert asyncio.run(first()) == TimerFired(Timer.LEADER)
 
 
 async def test_a_stale_term_is_dropped_without_asking_the_database() -> None:

@@ -29,6 +29,7 @@ from notifelect.rules import (
     may_fence,
     may_fence_guard,
     sight,
+    silent_from,
     standby,
     stay_out,
     successor,
@@ -312,6 +313,9 @@ SILENCES = [
 @pytest.mark.parametrize(("what", "quiet", "silent"), SILENCES, ids=[s[0] for s in SILENCES])
 def test_when_a_leader_has_fallen_silent(what: str, quiet: float | None, silent: bool) -> None:
     assert leader_silent(quiet, leader_timeout=2.0) is silent
+    if quiet is not None:  # the same moment, as a follower's timer sees it
+        renewed_at = 10.0
+        assert (renewed_at + quiet >= silent_from(renewed_at, 2.0)) is silent
 
 
 #: (what, the holder is the recorded leader, quiet for, may fence) with leader_timeout 2 s,
@@ -447,7 +451,9 @@ BELIEFS: list[tuple[str, Message, View, Belief | Ask]] = [
      dataclasses.replace(READ, record=_record(quiet=2.0)), Belief(False, "silent leader")),
     ("an announcement of the leadership confirmed a moment ago: no query",
      _msg(Kind.HEARTBEAT), dataclasses.replace(FOLLOWER, verified=(7, 100), verified_age=1.0),
-     BELIEVED),
+     Belief(False, "known leader", ignored=True)),
+    ("an announcement while this node leads: its own renewals are the truth",
+     _msg(Kind.COORDINATOR), LEADING, Belief(False, "announcement while leading", ignored=True)),
     ("an announcement confirmed longer ago than leader_timeout: read again",
      _msg(Kind.HEARTBEAT), dataclasses.replace(FOLLOWER, verified=(7, 100), verified_age=2.0),
      Ask.RECORD),
