@@ -1,8 +1,11 @@
 """The election driver: runs one group's protocol over a transport and supervises its work.
 
-(Longer than most modules on purpose: it is one loop that owns one group's election state
-and every part of it reads or changes that state; the leader work it supervises is in
-:mod:`notifelect._work`, the decisions in :mod:`notifelect.protocol`.)
+(Close to the length the other modules keep to: it is one loop that owns one group's
+election state, its timers and its connection's life, and each part reads or changes that
+state. Its named pieces are elsewhere: the leader work in :mod:`notifelect._work`, this
+node's own lease in :mod:`notifelect._lease_clock`, what it believes about the leader in
+:mod:`notifelect._leader_view`, the decisions in :mod:`notifelect.protocol` and
+:mod:`notifelect.rules`.)
 
 It owns the loop that feeds events (messages, timers, answers from the database) into the
 pure protocol and performs the effects it returns, in order. Time and I/O enter the
@@ -26,20 +29,20 @@ Why some things are ordered as they are:
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import dataclasses
-import enum
 import logging
 import math
 import random
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from . import messages, protocol, rules
 from ._clock import now
+from ._inbox import WARN_EVERY, Control, Inbox, Intake, Lost
+from ._leader_view import LeaderView
+from ._lease_clock import LeaseClock
 from ._retry import retrying
 from ._work import LeaderWork
 from .health import Vacancies
@@ -51,60 +54,8 @@ from .transport.base import Freed, LeaderRecord, LeaseLostError, Member, Renewal
 log = logging.getLogger(__name__)
 
 R = TypeVar("R")
-_WARN_EVERY = 10.0
 #: Anchors kept until cancelled work has stopped, after a stop that could not finish.
 _LINGERING: set[asyncio.Future[None]] = set()
-#: Messages waiting for the driver beyond this are dropped (and counted): the election
-#: recovers from lost messages (timers, database surveys), not from an unbounded backlog.
-MAX_QUEUED_MESSAGES = 10_000
-
-
-class _Control(enum.Enum):
-    STOP = "stop"
-    ABDICATE = "abdicate"
-
-
-@dataclass(frozen=True)
-class _Lost:
-    generation: int
-    reason: str
-
-
-_Queued = protocol.Event | _Control | _Lost
-
-
-class Inbox:
-    """The driver's inbox: its own decisions go before messages; messages are bounded."""
-
-    def __init__(self, limit: int = MAX_QUEUED_MESSAGES) -> None:
-        self._urgent: collections.deque[_Queued] = collections.deque()
-        self._messages: collections.deque[_Queued] = collections.deque()
-        self._limit = limit
-        self._ready = asyncio.Event()
-
-    def put(self, event: _Queued) -> bool:
-        """Queue ``event``; False if it was a message and the queue was full (dropped)."""
-        if isinstance(event, protocol.Receive):
-            if len(self._messages) >= self._limit:
-                return False
-            self._messages.append(event)
-        else:
-            self._urgent.append(event)
-        self._ready.set()
-        return True
-
-    async def get(self) -> _Queued:
-        while not (self._urgent or self._messages):
-            self._ready.clear()
-            await self._ready.wait()
-        return self._urgent.popleft() if self._urgent else self._messages.popleft()
-
-    def clear(self, *, keep: _Queued) -> None:
-        """Drop everything queued except ``keep`` events."""
-        kept = [e for e in self._urgent if e is keep]
-        self._urgent.clear()
-        self._messages.clear()
-        self._urgent.extend(kept)
 
 
 class Driver:
@@ -135,36 +86,28 @@ class Driver:
         self.node: int | None = None
         self.proto: protocol.State | None = None
         self.connected = False
-        self.leadership: Leadership | None = None
-        self.leader_info: LeaderInfo | None = None
         self.failure: BaseException | None = None
         self.stats: Counter[str] = Counter()
-        #: How long the group went without a leader, as this node saw it.
-        self.vacancies = Vacancies()
-        #: The leadership (node, term) last known, and the open vacancy: since when, and
-        #: which leadership was lost.
-        self._known: tuple[int, int] | None = None
-        self._vacant: tuple[float, tuple[int, int]] | None = None
-        #: The last renewal of the known leader's lease this node saw: (node, term, when,
-        #: on this node's clock).
-        self._renewal: tuple[int, int, float] | None = None
+        self.view = LeaderView(settings.leader_timeout, self.stats)
+        self.lease = LeaseClock(
+            name,
+            settings.names,
+            lease=settings.lease,
+            interval=settings.election_interval,
+            on_lapse=self._lapsed,
+        )
         self.closing = False
         self._inbox = Inbox()
+        self._intake = Intake(name, settings.secret_key, self._inbox, self.stats, self._extra)
         self._timers: dict[protocol.Timer, asyncio.TimerHandle] = {}
         self._task: asyncio.Task[None] | None = None
         self._helpers: set[asyncio.Task[Any]] = set()  # claim, survey: one connection's
         self._watcher: asyncio.Task[None] | None = None
-        self._lease_timer: asyncio.TimerHandle | None = None
-        self._granted: dict[int, float] = {}
         self._generation = 0
         self._lost_leadership = False
-        self._verified: tuple[int, int] | None = None
-        self._verified_at = 0.0
         self.work = LeaderWork(
             settings, elected, deposed, extra=self._extra, on_failed=self._callback_failed
         )
-        self._last_warning = 0.0
-        self._warned_count = 0
         #: While the loop waits to reconnect or tries to: nothing is held then, so a stop
         #: cuts the attempt (or the wait before the next one) short.
         self._reconnecting = False
@@ -197,67 +140,32 @@ class Driver:
 
     # ------------------------------------------------------------ what the group reports
 
+    @property
+    def leadership(self) -> Leadership | None:
+        """The leadership this node holds (draining or ended ones until their work is over)."""
+        return self.lease.leadership
+
+    @property
+    def vacancies(self) -> Vacancies:
+        """How long the group went without a leader, as this node saw it."""
+        return self.view.vacancies
+
     def known_leader(self) -> LeaderInfo | None:
         """Who leads the group as far as this node knows now; None during an election,
         and while this node is not connected."""
-        proto = self.proto
-        if proto is None or not self.connected or proto.role is protocol.Role.STOPPED:
-            return None
-        if proto.leader is None:
-            return None
-        info = self.leader_info
-        if info is not None and info.node == proto.leader.node:
-            return info
-        return LeaderInfo(
-            proto.leader.node, proto.leader.priority, proto.leader_term or 0, None, None, None
-        )
+        return self.view.leader(self.proto) if self.connected else None
 
     def leader_renewal_age(self) -> float | None:
         """Seconds since the known leader last renewed its lease, on this node's clock, as
         far as this node has seen (its own last renewal if it leads); None if unknown."""
-        ls = self.leadership
-        if ls is not None and not ls._ended:
-            return rules.lease_age(ls._valid_until, self.settings.lease, now())
-        leader, seen = self.known_leader(), self._renewal
-        if leader is None or seen is None or seen[:2] != (leader.node, leader.term):
-            return None
-        return max(0.0, now() - seen[2])
-
-    def _saw_renewal(self, node: int, term: int, at: float) -> None:
-        """Leader ``node`` renewed its lease of ``term`` at ``at`` (this node's clock)."""
-        seen = self._renewal
-        if seen is None or seen[:2] != (node, term) or seen[2] < at:
-            self._renewal = (node, term, at)
-        vacant = self._vacant
-        if vacant is not None and vacant[1] == (node, term) and at > vacant[0]:
-            self._vacant = None  # it renewed after it seemed lost: this node lost sight of it
+        own = self.lease.age()
+        return own if own is not None else self.view.renewal_age(self.known_leader())
 
     def _on_change(self) -> None:
         """What the group reports may have changed: time the vacancies, tell the group."""
         if not self.closing:
-            self._time_vacancy()
+            self.view.time_vacancy(self.known_leader())
         self._notify()
-
-    def _time_vacancy(self) -> None:
-        """A vacancy runs from the moment this node sees no leader after it knew one to the
-        moment it knows a different leadership. Seeing the lost one again does not end it
-        (a late message of a dead leader); a renewal of it made after the loss cancels it
-        (only this node had lost sight of it, as across its own reconnect)."""
-        info = self.known_leader()
-        at = now()
-        if info is None:
-            if self._vacant is None and self._known is not None:
-                self._vacant = (at, self._known)
-            return
-        current = (info.node, info.term)
-        if self._vacant is not None:
-            since, lost = self._vacant
-            if current != lost:
-                self.vacancies.observe(at - since)
-                self._vacant = None
-        elif self._known is not None and current != self._known:
-            self.vacancies.observe(0.0)  # the next leader was seen before any gap was
-        self._known = current
 
     # ------------------------------------------------------------ lifecycle
 
@@ -266,7 +174,7 @@ class Driver:
         self._generation += 1
         generation = self._generation
         self.node = await self.transport.open(
-            self._on_payload, lambda exc: self._on_lost(exc, generation)
+            self._intake.payload, lambda exc: self._on_lost(exc, generation)
         )
         self.connected = True
         self.proto = protocol.initial_state(
@@ -278,7 +186,7 @@ class Driver:
             self._lost_leadership = False
             until = self._stay_out(rules.StayOut.RETURNED)
             self.proto = dataclasses.replace(self.proto, abstain_until=until)
-        self._verified = None
+        self.view.reset()
         self._inbox.put(protocol.Start())
         log.info(
             "node %s joined group %r (priority %s)",
@@ -309,7 +217,7 @@ class Driver:
                 task.cancel()
                 await asyncio.wait([task])
             elif task is not None and not task.done():
-                self._inbox.put(_Control.STOP)
+                self._inbox.put(Control.STOP)
                 try:
                     async with asyncio.timeout(self.close_bound):
                         await asyncio.shield(task)
@@ -339,8 +247,7 @@ class Driver:
 
     def _abandon(self) -> None:
         """Drop everything at once, synchronously (the end of a stop that could not finish)."""
-        if self._lease_timer is not None:
-            self._lease_timer.cancel()
+        self.lease.stop()
         for handle in self._timers.values():
             handle.cancel()
         self._timers.clear()
@@ -364,8 +271,7 @@ class Driver:
             self.transport.release_anchor()
 
     async def _teardown(self) -> None:
-        if self._lease_timer is not None:
-            self._lease_timer.cancel()
+        self.lease.stop()
         await self._stop_background()
         self.connected = False
         await self.transport.close()
@@ -388,34 +294,6 @@ class Driver:
 
     # ------------------------------------------------------------ inputs
 
-    def _on_payload(self, payload: str) -> None:
-        self.stats["received"] += 1
-        parsed = messages.parse(payload, self.name, self.settings.secret_key)
-        if isinstance(parsed, messages.Rejected):
-            if parsed.reason == "other namespace":
-                self.stats["ignored:other namespace"] += 1
-            else:
-                self._drop(parsed.reason, payload)
-            return
-        if not self._inbox.put(protocol.Receive(parsed)):
-            self._drop("queue full", payload)
-
-    def _drop(self, reason: str, payload: str) -> None:
-        self.stats[f"dropped:{reason}"] += 1
-        self.stats["dropped"] += 1
-        t = now()
-        if t - self._last_warning >= _WARN_EVERY:
-            log.warning(
-                "dropped %d bad message(s) on group %r since the last warning; latest: %s: %.80r",
-                self.stats["dropped"] - self._warned_count,
-                self.name,
-                reason,
-                payload,
-                extra=self._extra("dropped", reason=reason),
-            )
-            self._last_warning = t
-            self._warned_count = self.stats["dropped"]
-
     def _on_lost(self, exc: BaseException | None, generation: int) -> None:
         if generation != self._generation or not self.connected:
             return
@@ -426,21 +304,21 @@ class Driver:
             self.work.cancel(everything=True)
             self._lost_leadership = True
         self._on_change()
-        self._inbox.put(_Lost(generation, "connection lost"))
+        self._inbox.put(Lost(generation, "connection lost"))
 
     # ------------------------------------------------------------ the loop
 
     async def _drive(self) -> None:
         while True:
             event = await self._inbox.get()
-            if event is _Control.STOP:
+            if event is Control.STOP:
                 await self._stop()
                 return
-            if event is _Control.ABDICATE:
+            if event is Control.ABDICATE:
                 until = self._stay_out(rules.StayOut.ABDICATED)
                 await self._apply(protocol.Abdicate("on_elected failed", until))
                 continue
-            if isinstance(event, _Lost):
+            if isinstance(event, Lost):
                 if event.generation != self._generation:
                     continue
                 await self._apply(protocol.Lost(event.reason))
@@ -450,7 +328,16 @@ class Driver:
             if not self.connected and not isinstance(event, protocol.Start):
                 continue  # the connection is gone; a _Lost event is queued ahead of these
             if isinstance(event, protocol.Receive):
-                believed = await self._credible(event.message)
+                assert self.proto is not None
+                m = event.message
+                believed = await self.view.believe(
+                    m,
+                    self.proto,
+                    preempts=protocol.preempts(self.config, m.rank, self.proto.rank),
+                    read_record=lambda: self._guarded(self.transport.leader()),
+                    read_member=lambda n, p: self._guarded(self.transport.is_member(n, p)),
+                    connected=lambda: self.connected,
+                )
                 if believed is None:
                     continue
                 event = believed
@@ -527,58 +414,7 @@ class Driver:
         self._helpers.add(task)
         task.add_done_callback(self._helpers.discard)
 
-    # ------------------------------------------------------------ database checks
-
-    async def _credible(self, m: Message) -> protocol.Event | None:
-        """What to make of message ``m``: the event it means (the message itself, or for a
-        leader's announcement the leader row that confirms it), or None (not believed).
-        :func:`notifelect.rules.believe` decides; this reads the facts it asks for."""
-        proto = self.proto
-        if proto is None or m.rank.node == self.node:
-            return protocol.Receive(m)  # (the protocol ignores its own messages)
-        view = rules.View(
-            me=self.node,
-            leading=proto.role is protocol.Role.LEADER,
-            leader_term=proto.leader_term,
-            verified=self._verified,
-            verified_age=now() - self._verified_at,
-            leader_timeout=self.settings.leader_timeout,
-            preempts=protocol.preempts(self.config, m.rank, proto.rank),
-        )
-        record: LeaderRecord | None = None
-        while True:
-            verdict = rules.believe(m, view)
-            if verdict is rules.Ask.RECORD:
-                record = await self._guarded(self.transport.leader())
-                if not self.connected:
-                    return None  # the read failed: the connection is being replaced
-                view = dataclasses.replace(view, record=record, record_read=True)
-            elif verdict is rules.Ask.MEMBER:
-                member = await self._guarded(self.transport.is_member(m.rank.node, m.rank.priority))
-                if member is None:
-                    return None
-                view = dataclasses.replace(view, member=member)
-            else:
-                break
-        if not verdict.believed:
-            assert verdict.reason is not None
-            if verdict.ignored:
-                self.stats[f"ignored:{verdict.reason}"] += 1
-            else:
-                self._unbelieved(verdict.reason)
-            return None
-        if m.kind in (Kind.COORDINATOR, Kind.HEARTBEAT) and record is not None:
-            # (an older node's announcement): what is believed is the row that confirms it.
-            self._verified = (record.node, record.term)
-            self._verified_at = now()
-            self.leader_info = LeaderInfo.from_record(record)
-            return self._seen(record, now() - (record.quiet_for or 0.0))
-        return protocol.Receive(m)
-
-    def _unbelieved(self, reason: str) -> bool:
-        self.stats[f"dropped:{reason}"] += 1
-        self.stats["dropped"] += 1
-        return False
+    # ------------------------------------------------------------ database reads
 
     async def _guarded(self, aw: Awaitable[R]) -> R | None:
         """Await a database read; on any failure drop the connection (to reconnect)."""
@@ -593,31 +429,11 @@ class Driver:
     def _on_record(self, record: LeaderRecord) -> None:
         """The group's leader row, read by the session about once per interval: to a
         follower it is the leader's heartbeat (the protocol's ``LeaderSeen``)."""
-        proto = self.proto
-        if proto is None or not self.connected or record.node == self.node:
+        if self.proto is None or not self.connected:
             return
-        if record.released or record.quiet_for is None:
-            return
-        renewed_at = now() - record.quiet_for  # the database's age is not this clock's
-        self._saw_renewal(record.node, record.term, renewed_at)
-        if not rules.leader_silent(record.quiet_for, self.settings.leader_timeout):
-            self._verified = (record.node, record.term)
-            self._verified_at = now()
-        info = self.leader_info
-        if info is None or (info.node, info.term) != (record.node, record.term):
-            self.stats["records"] += 1
-            self.leader_info = LeaderInfo.from_record(record)
-        self._inbox.put(self._seen(record, renewed_at))
-
-    @staticmethod
-    def _seen(record: LeaderRecord, renewed_at: float) -> protocol.LeaderSeen:
-        return protocol.LeaderSeen(
-            Rank(record.priority, record.node),
-            record.term,
-            record.standby,
-            renewed_at,
-            record.released,
-        )
+        seen = self.view.seen(record, self.node)
+        if seen is not None:
+            self._inbox.put(seen)
 
     def _on_renewal(self, term: int, renewal: Renewal | None) -> None:
         """The session renewed (or found lost) the lease of the term this node holds."""
@@ -625,7 +441,7 @@ class Driver:
         if ls is None or ls.term != term or ls._ended:
             return
         if renewal is not None:
-            ls._renewed(renewal.confirmed_at, self.settings.lease)
+            self.lease.renewed(term, renewal.confirmed_at)
         elif self.connected:
             self._lost_during_io(LeaseLostError(f"term {term} is no longer current"))
 
@@ -647,7 +463,7 @@ class Driver:
         if granted is None:
             self._inbox.put(protocol.ClaimRefused())
         else:
-            self._granted[granted.term] = granted.confirmed_at
+            self.lease.granted(granted.term, granted.confirmed_at)
             self._inbox.put(protocol.ClaimGranted(granted.term))
 
     async def _survey(self, generation: int) -> None:
@@ -705,20 +521,12 @@ class Driver:
 
     def _become_leader(self, term: int) -> None:
         assert self.node is not None
-        confirmed_at = self._granted.pop(term, now())
-        ls = Leadership(
-            self.name,
-            self.settings.names,
-            term,
-            self.node,
-            rules.lease_end(confirmed_at, self.settings.lease),
+        ls = self.lease.start(term, self.node)
+        self.view.leading(
+            LeaderInfo(
+                self.node, self.settings.priority, term, self.member.host, self.member.pid, ls.since
+            )
         )
-        self.leadership = ls
-        self._verified = (self.node, term)
-        self.leader_info = LeaderInfo(
-            self.node, self.settings.priority, term, self.member.host, self.member.pid, ls.since
-        )
-        self._arm_lease_timer()
         log.info(
             "node %s is leader of group %r (term %s)",
             self.node,
@@ -731,25 +539,10 @@ class Driver:
 
     def _callback_failed(self, ls: Leadership) -> None:
         if self.leadership is ls and not self.closing:
-            self._inbox.put(_Control.ABDICATE)
+            self._inbox.put(Control.ABDICATE)
 
-    def _arm_lease_timer(self) -> None:
-        if self._lease_timer is not None:
-            self._lease_timer.cancel()
-        ls = self.leadership
-        if ls is None:
-            return
-        # The event loop's timers run on a clock that stops during a suspend; checking at
-        # least every half interval bounds how long a resumed node takes to notice.
-        delay = rules.lease_recheck(ls._valid_until, now(), self.settings.election_interval)
-        self._lease_timer = asyncio.get_running_loop().call_later(delay, self._lease_check, ls)
-
-    def _lease_check(self, ls: Leadership) -> None:
-        if ls is not self.leadership or ls._ended:
-            return
-        if ls.is_valid:
-            self._arm_lease_timer()
-            return
+    def _lapsed(self, ls: Leadership) -> None:
+        """The lease ran out before a renewal came (the leadership has ended)."""
         log.warning(
             "node %s could not renew its lease of group %r (term %s) in time; "
             "stepping down and reconnecting",
@@ -758,7 +551,6 @@ class Driver:
             ls.term,
             extra=self._extra("lapsed", term=ls.term),
         )
-        ls._end("lease expired")
         self.work.cancel(everything=True)
         self._lost_leadership = True
         # As for a lost connection: the claim is dropped once the work has stopped.
@@ -772,9 +564,7 @@ class Driver:
         try:
             await self.work.stop(ls, reason, voluntary=voluntary, renew=self._renew)
         finally:
-            if self._lease_timer is not None:
-                self._lease_timer.cancel()
-            self.leadership = None
+            self.lease.clear()
             self._on_change()
         log.info(
             "node %s stepped down from group %r (term %s): %s",
@@ -787,8 +577,7 @@ class Driver:
 
     async def _renew(self, ls: Leadership) -> None:
         renewal = await self.transport.renew(ls.term)
-        ls._renewed(renewal.confirmed_at, self.settings.lease)
-        self._arm_lease_timer()
+        self.lease.renewed(ls.term, renewal.confirmed_at)
 
     async def _stop(self) -> None:
         await self._apply(protocol.Stop())  # the RESIGN is given its successor on sending
@@ -797,7 +586,7 @@ class Driver:
     async def _reconnect(self) -> bool:
         """Reconnect with backoff; False if the group gave up or is closing."""
         await self._stop_background()
-        self._inbox.clear(keep=_Control.STOP)  # events of the old connection no longer apply
+        self._inbox.clear(keep=Control.STOP)  # events of the old connection no longer apply
         self.transport.abort()
         # Leader work has stopped: only now let the anchor go (see the module docstring).
         self.transport.release_anchor()
@@ -834,10 +623,10 @@ class Driver:
 
     def _reconnect_failed(self, attempts: int, since: float, exc: BaseException) -> None:
         """Say that reconnecting fails: at the first failure after a loss, then at most
-        every ``_WARN_EVERY`` s while it goes on."""
+        every ``WARN_EVERY`` s while it goes on."""
         self.stats["reconnect_failures"] += 1
         t = now()
-        if t - self._reconnect_warned_at < _WARN_EVERY:
+        if t - self._reconnect_warned_at < WARN_EVERY:
             return
         self._reconnect_warned_at = t
         log.warning(

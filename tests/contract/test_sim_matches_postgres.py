@@ -82,8 +82,7 @@ async def _freeze(group: ElectionGroup) -> None:
     task.cancel()
     await asyncio.wait([task])
     await driver._stop_background()
-    if driver._lease_timer is not None:
-        driver._lease_timer.cancel()
+    driver.lease.stop()
     transport = group._transport
     assert isinstance(transport, PostgresTransport)
     session = transport.session
