@@ -196,7 +196,7 @@ class Surveyed:
     held: bool
     best: Rank | None
     #: The leadership the database records while the claim is held (rank and term), so
-    #: that a newcomer follows it at once instead of waiting for the next heartbeat.
+    #: that a newcomer follows it at once instead of waiting for its next reading.
     leader: Rank | None = None
     term: int | None = None
 
