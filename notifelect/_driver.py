@@ -1,8 +1,11 @@
 """The election driver: runs one group's protocol over a transport and supervises its work.
 
-(Longer than most modules on purpose: it is one loop that owns one group's election state
-and every part of it reads or changes that state; the leader work it supervises is in
-:mod:`notifelect._work`, the decisions in :mod:`notifelect.protocol`.)
+(Close to the length the other modules keep to: it is one loop that owns one group's
+election state, its timers and its connection's life, and each part reads or changes that
+state. Its named pieces are elsewhere: the leader work in :mod:`notifelect._work`, this
+node's own lease in :mod:`notifelect._lease_clock`, what it believes about the leader in
+:mod:`notifelect._leader_view`, the decisions in :mod:`notifelect.protocol` and
+:mod:`notifelect.rules`.)
 
 It owns the loop that feeds events (messages, timers, answers from the database) into the
 pure protocol and performs the effects it returns, in order. Time and I/O enter the
@@ -15,9 +18,10 @@ Why some things are ordered as they are:
 * Gates close in the transport's loss callback itself, before anything else, and a
   node's anchor (the evidence a standby uses to take over at once) is dropped only after
   its leader work has been stopped and awaited.
-* The driver's own decisions (timers, claims, losses) go before queued messages, and
-  the message queue is bounded: under a burst of notifications the leader's heartbeat,
-  which renews its lease, never waits behind hundreds of messages.
+* The driver's own decisions (timers, claims, losses, the leader rows its session read)
+  go before queued messages, and the message queue is bounded: under a burst of
+  notifications a follower never hears of the leader's renewals hundreds of messages
+  late. (The lease itself is renewed by the session's tick, not through this queue.)
 * Every database call is bounded (``Settings.io_timeout``); a call that takes longer is
   a lost connection.
 """
@@ -25,20 +29,20 @@ Why some things are ordered as they are:
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import dataclasses
-import enum
 import logging
 import math
 import random
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from . import messages, protocol
+from . import messages, protocol, rules
 from ._clock import now
+from ._inbox import WARN_EVERY, Control, Inbox, Intake, Lost
+from ._leader_view import LeaderView
+from ._lease_clock import LeaseClock
 from ._retry import retrying
 from ._work import LeaderWork
 from .health import Vacancies
@@ -50,60 +54,8 @@ from .transport.base import Freed, LeaderRecord, LeaseLostError, Member, Renewal
 log = logging.getLogger(__name__)
 
 R = TypeVar("R")
-_WARN_EVERY = 10.0
 #: Anchors kept until cancelled work has stopped, after a stop that could not finish.
 _LINGERING: set[asyncio.Future[None]] = set()
-#: Messages waiting for the driver beyond this are dropped (and counted): the election
-#: recovers from lost messages (timers, database surveys), not from an unbounded backlog.
-MAX_QUEUED_MESSAGES = 10_000
-
-
-class _Control(enum.Enum):
-    STOP = "stop"
-    ABDICATE = "abdicate"
-
-
-@dataclass(frozen=True)
-class _Lost:
-    generation: int
-    reason: str
-
-
-_Queued = protocol.Event | _Control | _Lost
-
-
-class Inbox:
-    """The driver's inbox: its own decisions go before messages; messages are bounded."""
-
-    def __init__(self, limit: int = MAX_QUEUED_MESSAGES) -> None:
-        self._urgent: collections.deque[_Queued] = collections.deque()
-        self._messages: collections.deque[_Queued] = collections.deque()
-        self._limit = limit
-        self._ready = asyncio.Event()
-
-    def put(self, event: _Queued) -> bool:
-        """Queue ``event``; False if it was a message and the queue was full (dropped)."""
-        if isinstance(event, protocol.Receive):
-            if len(self._messages) >= self._limit:
-                return False
-            self._messages.append(event)
-        else:
-            self._urgent.append(event)
-        self._ready.set()
-        return True
-
-    async def get(self) -> _Queued:
-        while not (self._urgent or self._messages):
-            self._ready.clear()
-            await self._ready.wait()
-        return self._urgent.popleft() if self._urgent else self._messages.popleft()
-
-    def clear(self, *, keep: _Queued) -> None:
-        """Drop everything queued except ``keep`` events."""
-        kept = [e for e in self._urgent if e is keep]
-        self._urgent.clear()
-        self._messages.clear()
-        self._urgent.extend(kept)
 
 
 class Driver:
@@ -134,36 +86,28 @@ class Driver:
         self.node: int | None = None
         self.proto: protocol.State | None = None
         self.connected = False
-        self.leadership: Leadership | None = None
-        self.leader_info: LeaderInfo | None = None
         self.failure: BaseException | None = None
         self.stats: Counter[str] = Counter()
-        #: How long the group went without a leader, as this node saw it.
-        self.vacancies = Vacancies()
-        #: The leadership (node, term) last known, and the open vacancy: since when, and
-        #: which leadership was lost.
-        self._known: tuple[int, int] | None = None
-        self._vacant: tuple[float, tuple[int, int]] | None = None
-        #: The last renewal of the known leader's lease this node saw: (node, term, when,
-        #: on this node's clock).
-        self._renewal: tuple[int, int, float] | None = None
+        self.view = LeaderView(settings.leader_timeout, self.stats)
+        self.lease = LeaseClock(
+            name,
+            settings.names,
+            lease=settings.lease,
+            interval=settings.election_interval,
+            on_lapse=self._lapsed,
+        )
         self.closing = False
         self._inbox = Inbox()
+        self._intake = Intake(name, settings.secret_key, self._inbox, self.stats, self._extra)
         self._timers: dict[protocol.Timer, asyncio.TimerHandle] = {}
         self._task: asyncio.Task[None] | None = None
         self._helpers: set[asyncio.Task[Any]] = set()  # claim, survey: one connection's
         self._watcher: asyncio.Task[None] | None = None
-        self._lease_timer: asyncio.TimerHandle | None = None
-        self._granted: dict[int, float] = {}
         self._generation = 0
         self._lost_leadership = False
-        self._verified: tuple[int, int] | None = None
-        self._verified_at = 0.0
         self.work = LeaderWork(
             settings, elected, deposed, extra=self._extra, on_failed=self._callback_failed
         )
-        self._last_warning = 0.0
-        self._warned_count = 0
         #: While the loop waits to reconnect or tries to: nothing is held then, so a stop
         #: cuts the attempt (or the wait before the next one) short.
         self._reconnecting = False
@@ -173,19 +117,17 @@ class Driver:
             election_timeout=cfg.election_timeout,
             leader_timeout=cfg.leader_timeout,
             coordinator_wait=cfg.coordinator_wait,
-            heartbeat_interval=cfg.election_interval,
             preempt=protocol.Preempt(cfg.preempt),
             join_holdoff=cfg.holdoff,
-            heartbeats=transport.publishes_heartbeats,
         )
         transport.observe(self._on_record, self._on_renewal)
         transport.stats = self.stats
-        #: The leadership the database last showed alive, as (node, term, standby), and
-        #: when (the followers' heartbeat when the transport publishes none).
-        self._seen: tuple[int, int, int | None] | None = None
-        self._seen_at = 0.0
-        #: How old a leader's last renewal may be for it to count as a heartbeat heard now.
-        self._fresh_renewal = min(2 * cfg.election_interval, cfg.leader_timeout / 2)
+
+    def _stay_out(self, why: rules.StayOut) -> float:
+        s = self.settings
+        return rules.stay_out(
+            why, now(), leader_timeout=s.leader_timeout, coordinator_wait=s.coordinator_wait
+        )
 
     def _extra(self, event: str, **fields: object) -> dict[str, object]:
         extra: dict[str, object] = {
@@ -198,70 +140,32 @@ class Driver:
 
     # ------------------------------------------------------------ what the group reports
 
+    @property
+    def leadership(self) -> Leadership | None:
+        """The leadership this node holds (draining or ended ones until their work is over)."""
+        return self.lease.leadership
+
+    @property
+    def vacancies(self) -> Vacancies:
+        """How long the group went without a leader, as this node saw it."""
+        return self.view.vacancies
+
     def known_leader(self) -> LeaderInfo | None:
         """Who leads the group as far as this node knows now; None during an election,
         and while this node is not connected."""
-        proto = self.proto
-        if proto is None or not self.connected or proto.role is protocol.Role.STOPPED:
-            return None
-        if proto.leader is None:
-            return None
-        info = self.leader_info
-        if info is not None and info.node == proto.leader.node:
-            return info
-        return LeaderInfo(
-            proto.leader.node, proto.leader.priority, proto.leader_term or 0, None, None, None
-        )
+        return self.view.leader(self.proto) if self.connected else None
 
     def leader_renewal_age(self) -> float | None:
         """Seconds since the known leader last renewed its lease, on this node's clock, as
         far as this node has seen (its own last renewal if it leads); None if unknown."""
-        ls = self.leadership
-        if ls is not None and not ls._ended:
-            return max(0.0, now() - (ls._valid_until - self.settings.lease))
-        leader, seen = self.known_leader(), self._renewal
-        if leader is None or seen is None or seen[:2] != (leader.node, leader.term):
-            return None
-        return max(0.0, now() - seen[2])
-
-    def _saw_renewal(self, node: int, term: int, at: float, *, exact: bool = True) -> None:
-        """Leader ``node`` renewed its lease of ``term`` at ``at`` (this node's clock).
-
-        ``exact``: ``at`` is when the renewal happened (read from the database), not only
-        when this node heard of it (a message may have waited in the inbox)."""
-        seen = self._renewal
-        if seen is None or seen[:2] != (node, term) or seen[2] < at:
-            self._renewal = (node, term, at)
-        vacant = self._vacant
-        if exact and vacant is not None and vacant[1] == (node, term) and at > vacant[0]:
-            self._vacant = None  # it renewed after it seemed lost: this node lost sight of it
+        own = self.lease.age()
+        return own if own is not None else self.view.renewal_age(self.known_leader())
 
     def _on_change(self) -> None:
         """What the group reports may have changed: time the vacancies, tell the group."""
         if not self.closing:
-            self._time_vacancy()
+            self.view.time_vacancy(self.known_leader())
         self._notify()
-
-    def _time_vacancy(self) -> None:
-        """A vacancy runs from the moment this node sees no leader after it knew one to the
-        moment it knows a different leadership. Seeing the lost one again does not end it
-        (a late message of a dead leader); a renewal of it made after the loss cancels it
-        (only this node had lost sight of it, as across its own reconnect)."""
-        info = self.known_leader()
-        at = now()
-        if info is None:
-            if self._vacant is None and self._known is not None:
-                self._vacant = (at, self._known)
-            return
-        current = (info.node, info.term)
-        if self._vacant is not None:
-            since, lost = self._vacant
-            if current != lost:
-                self.vacancies.observe(at - since)
-                self._vacant = None
-        elif self._known is not None and current != self._known:
-            self.vacancies.observe(0.0)  # the next leader was seen before any gap was
-        self._known = current
 
     # ------------------------------------------------------------ lifecycle
 
@@ -270,7 +174,7 @@ class Driver:
         self._generation += 1
         generation = self._generation
         self.node = await self.transport.open(
-            self._on_payload, lambda exc: self._on_lost(exc, generation)
+            self._intake.payload, lambda exc: self._on_lost(exc, generation)
         )
         self.connected = True
         self.proto = protocol.initial_state(
@@ -280,10 +184,9 @@ class Driver:
             # Back after losing a leadership: leave the claim to the standby, which may be
             # taking over right now, instead of racing it for leadership it just left.
             self._lost_leadership = False
-            until = now() + self.settings.coordinator_wait
+            until = self._stay_out(rules.StayOut.RETURNED)
             self.proto = dataclasses.replace(self.proto, abstain_until=until)
-        self._verified = None
-        self._seen = None
+        self.view.reset()
         self._inbox.put(protocol.Start())
         log.info(
             "node %s joined group %r (priority %s)",
@@ -314,7 +217,7 @@ class Driver:
                 task.cancel()
                 await asyncio.wait([task])
             elif task is not None and not task.done():
-                self._inbox.put(_Control.STOP)
+                self._inbox.put(Control.STOP)
                 try:
                     async with asyncio.timeout(self.close_bound):
                         await asyncio.shield(task)
@@ -344,8 +247,7 @@ class Driver:
 
     def _abandon(self) -> None:
         """Drop everything at once, synchronously (the end of a stop that could not finish)."""
-        if self._lease_timer is not None:
-            self._lease_timer.cancel()
+        self.lease.stop()
         for handle in self._timers.values():
             handle.cancel()
         self._timers.clear()
@@ -369,8 +271,7 @@ class Driver:
             self.transport.release_anchor()
 
     async def _teardown(self) -> None:
-        if self._lease_timer is not None:
-            self._lease_timer.cancel()
+        self.lease.stop()
         await self._stop_background()
         self.connected = False
         await self.transport.close()
@@ -393,34 +294,6 @@ class Driver:
 
     # ------------------------------------------------------------ inputs
 
-    def _on_payload(self, payload: str) -> None:
-        self.stats["received"] += 1
-        parsed = messages.parse(payload, self.name, self.settings.secret_key)
-        if isinstance(parsed, messages.Rejected):
-            if parsed.reason == "other namespace":
-                self.stats["ignored:other namespace"] += 1
-            else:
-                self._drop(parsed.reason, payload)
-            return
-        if not self._inbox.put(protocol.Receive(parsed)):
-            self._drop("queue full", payload)
-
-    def _drop(self, reason: str, payload: str) -> None:
-        self.stats[f"dropped:{reason}"] += 1
-        self.stats["dropped"] += 1
-        t = now()
-        if t - self._last_warning >= _WARN_EVERY:
-            log.warning(
-                "dropped %d bad message(s) on group %r since the last warning; latest: %s: %.80r",
-                self.stats["dropped"] - self._warned_count,
-                self.name,
-                reason,
-                payload,
-                extra=self._extra("dropped", reason=reason),
-            )
-            self._last_warning = t
-            self._warned_count = self.stats["dropped"]
-
     def _on_lost(self, exc: BaseException | None, generation: int) -> None:
         if generation != self._generation or not self.connected:
             return
@@ -431,21 +304,21 @@ class Driver:
             self.work.cancel(everything=True)
             self._lost_leadership = True
         self._on_change()
-        self._inbox.put(_Lost(generation, "connection lost"))
+        self._inbox.put(Lost(generation, "connection lost"))
 
     # ------------------------------------------------------------ the loop
 
     async def _drive(self) -> None:
         while True:
             event = await self._inbox.get()
-            if event is _Control.STOP:
+            if event is Control.STOP:
                 await self._stop()
                 return
-            if event is _Control.ABDICATE:
-                until = now() + self.settings.leader_timeout
-                await self._apply(protocol.Abdicate("on_elected failed", None, until))
+            if event is Control.ABDICATE:
+                until = self._stay_out(rules.StayOut.ABDICATED)
+                await self._apply(protocol.Abdicate("on_elected failed", until))
                 continue
-            if isinstance(event, _Lost):
+            if isinstance(event, Lost):
                 if event.generation != self._generation:
                     continue
                 await self._apply(protocol.Lost(event.reason))
@@ -454,23 +327,20 @@ class Driver:
                 continue
             if not self.connected and not isinstance(event, protocol.Start):
                 continue  # the connection is gone; a _Lost event is queued ahead of these
-            if isinstance(event, protocol.TimerFired) and event.timer is protocol.Timer.LEADER:
-                due = self._leader_alive()
-                if due is not None:  # the database has shown the leader alive meanwhile
-                    self._set_timer(protocol.Timer.LEADER, due)
-                    continue
             if isinstance(event, protocol.Receive):
-                if not await self._credible(event.message):
-                    continue
+                assert self.proto is not None
                 m = event.message
-                if (
-                    self.transport.publishes_heartbeats
-                    and m.kind in (Kind.COORDINATOR, Kind.HEARTBEAT)
-                    and m.rank.node != self.node
-                    and m.term is not None
-                ):
-                    # Such a leader renews its lease and then announces it (_announce).
-                    self._saw_renewal(m.rank.node, m.term, now(), exact=False)
+                believed = await self.view.believe(
+                    m,
+                    self.proto,
+                    preempts=protocol.preempts(self.config, m.rank, self.proto.rank),
+                    read_record=lambda: self._guarded(self.transport.leader()),
+                    read_member=lambda n, p: self._guarded(self.transport.is_member(n, p)),
+                    connected=lambda: self.connected,
+                )
+                if believed is None:
+                    continue
+                event = believed
             await self._apply(event)
 
     async def _apply(self, event: protocol.Event) -> None:
@@ -504,11 +374,9 @@ class Driver:
     async def _perform(self, effect: protocol.Effect) -> None:
         match effect:
             case protocol.Send(message):
-                if message.kind is Kind.RESIGN:
+                if message.kind is Kind.RESIGN and message.successor is None:
                     message = await self._with_successor(message)
                 await self.transport.publish(messages.encode(message, self.settings.secret_key))
-            case protocol.Announce(kind, term):
-                await self._announce(kind, term)
             case protocol.SetTimer(timer, at, spread):
                 self._set_timer(timer, at + (random.uniform(0, spread) if spread else 0.0))
             case protocol.CancelTimer(timer):
@@ -546,75 +414,7 @@ class Driver:
         self._helpers.add(task)
         task.add_done_callback(self._helpers.discard)
 
-    # ------------------------------------------------------------ database checks
-
-    async def _credible(self, m: Message) -> bool:
-        """Check claims about leadership against the database before believing them."""
-        proto = self.proto
-        if proto is None or m.rank.node == self.node:
-            return True
-        if m.kind in (Kind.COORDINATOR, Kind.HEARTBEAT, Kind.RESIGN):
-            assert m.term is not None
-            if proto.leader_term is not None and m.term < proto.leader_term:
-                return self._unbelieved("stale term")  # an older leadership: no query
-        if m.kind in (Kind.COORDINATOR, Kind.HEARTBEAT):
-            assert m.term is not None
-            if proto.role is protocol.Role.LEADER:
-                return True
-            verified = self._verified
-            # A leadership once confirmed is believed for a while; then the database is
-            # asked again, so a replayed heartbeat of a silent leader cannot keep the
-            # group from replacing it for longer than leader_timeout.
-            fresh = now() - self._verified_at < self.settings.leader_timeout
-            if verified == (m.rank.node, m.term) and fresh:
-                return True
-            record = await self._guarded(self.transport.leader())
-            if record is None:
-                return False
-            ok = (
-                record.node == m.rank.node
-                and record.term == m.term
-                and record.priority == m.rank.priority
-                and not record.released
-            )
-            if not ok:
-                return self._unbelieved("unverified leader")
-            if record.quiet_for is not None and record.quiet_for >= self.settings.leader_timeout:
-                return self._unbelieved("silent leader")  # its renewals stopped: a replay
-            self._verified = (m.rank.node, m.term)
-            self._verified_at = now()
-            self.leader_info = LeaderInfo.from_record(record)
-            return True
-        if m.kind is Kind.RESIGN:
-            if m.successor is not None and m.successor != self.node:
-                # Another node is named: it claims, and its announcement follows within
-                # milliseconds. Nothing to do here, and no query for every follower.
-                self.stats["ignored:resign naming another"] += 1
-                return False
-            # Only the leader itself can resign, and only after releasing its term.
-            record = await self._guarded(self.transport.leader())
-            ok = (
-                record is not None
-                and record.node == m.rank.node
-                and record.term == m.term
-                and record.released
-            )
-            return True if ok else self._unbelieved("unverified resign")
-        if (
-            m.kind is Kind.ELECTION
-            and proto.role is protocol.Role.LEADER
-            and protocol.preempts(self.config, m.rank, proto.rank)
-        ):
-            # Only a live member may make the leader step down.
-            member = await self._guarded(self.transport.is_member(m.rank.node, m.rank.priority))
-            if not member:
-                return self._unbelieved("unknown member")
-        return True
-
-    def _unbelieved(self, reason: str) -> bool:
-        self.stats[f"dropped:{reason}"] += 1
-        self.stats["dropped"] += 1
-        return False
+    # ------------------------------------------------------------ database reads
 
     async def _guarded(self, aw: Awaitable[R]) -> R | None:
         """Await a database read; on any failure drop the connection (to reconnect)."""
@@ -626,85 +426,14 @@ class Driver:
             self._lost_during_io(exc)
             return None
 
-    async def _announce(self, kind: Kind, term: int) -> None:
-        if not self.transport.publishes_heartbeats:
-            # The session renews every lease it holds and the followers read every
-            # leadership (standby included) from the database about once per interval
-            # (see _on_record): no message and no query per group.
-            return
-        renewal = await self.transport.renew(term)
-        ls = self.leadership
-        if ls is not None and ls.term == term:
-            ls._renewed(renewal.confirmed_at, self.settings.lease)
-            self._arm_lease_timer()
-        assert self.proto is not None
-        message = Message(kind, self.name, self.proto.rank, term=term, standby=renewal.standby)
-        await self.transport.publish(messages.encode(message, self.settings.secret_key))
-
     def _on_record(self, record: LeaderRecord) -> None:
-        """The database's record of the group's leadership, read by the session about once
-        per interval: to a follower it is the leader's heartbeat, already verified.
-
-        Only news (a leader, term or standby the protocol has not been told of) goes to
-        the protocol; otherwise the record only moves the leader timeout on (see
-        :meth:`_leader_alive`), so a follower costs next to nothing per interval.
-        """
-        proto = self.proto
-        if (
-            proto is not None
-            and self.connected
-            and record.node != self.node
-            and not record.released
-            and record.renewed_age is not None
-        ):
-            # The age is the database's; this node counts on from its own reading.
-            self._saw_renewal(record.node, record.term, now() - max(0.0, record.renewed_age))
-        if (
-            proto is None
-            or not self.connected
-            or proto.role is protocol.Role.LEADER
-            or record.node == self.node
-            or record.released
-            or record.quiet_for is None
-            or record.quiet_for >= self._fresh_renewal
-        ):
-            # Only a renewal as recent as a heartbeat would be counts as one: a leader
-            # that fell silent is then noticed within about leader_timeout (and fenced).
+        """The group's leader row, read by the session about once per interval: to a
+        follower it is the leader's heartbeat (the protocol's ``LeaderSeen``)."""
+        if self.proto is None or not self.connected:
             return
-        seen = (record.node, record.term, record.standby)
-        self._seen_at = now()
-        self._verified = (record.node, record.term)
-        self._verified_at = self._seen_at
-        known = proto.leader is not None and (proto.leader.node, proto.leader_term) == seen[:2]
-        if known and seen == self._seen:
-            return
-        self._seen = seen
-        self.stats["records"] += 1
-        self.leader_info = LeaderInfo.from_record(record)
-        heartbeat = Message(
-            Kind.HEARTBEAT,
-            self.name,
-            Rank(record.priority, record.node),
-            term=record.term,
-            standby=record.standby,
-        )
-        self._inbox.put(protocol.Receive(heartbeat))
-
-    def _leader_alive(self) -> float | None:
-        """When the leader the protocol follows is next due to be heard of, if the
-        database showed it alive since the protocol last heard from it."""
-        proto = self.proto
-        seen = self._seen
-        if (
-            proto is None
-            or proto.role is not protocol.Role.FOLLOWER
-            or proto.leader is None
-            or seen is None
-            or (proto.leader.node, proto.leader_term) != seen[:2]
-        ):
-            return None
-        due = self._seen_at + self.settings.leader_timeout
-        return due if due > now() else None
+        seen = self.view.seen(record, self.node)
+        if seen is not None:
+            self._inbox.put(seen)
 
     def _on_renewal(self, term: int, renewal: Renewal | None) -> None:
         """The session renewed (or found lost) the lease of the term this node holds."""
@@ -712,7 +441,7 @@ class Driver:
         if ls is None or ls.term != term or ls._ended:
             return
         if renewal is not None:
-            ls._renewed(renewal.confirmed_at, self.settings.lease)
+            self.lease.renewed(term, renewal.confirmed_at)
         elif self.connected:
             self._lost_during_io(LeaseLostError(f"term {term} is no longer current"))
 
@@ -734,7 +463,7 @@ class Driver:
         if granted is None:
             self._inbox.put(protocol.ClaimRefused())
         else:
-            self._granted[granted.term] = granted.confirmed_at
+            self.lease.granted(granted.term, granted.confirmed_at)
             self._inbox.put(protocol.ClaimGranted(granted.term))
 
     async def _survey(self, generation: int) -> None:
@@ -776,7 +505,8 @@ class Driver:
             self._inbox.put(protocol.ClaimFreed(how, leader))
 
     async def _with_successor(self, message: Message) -> Message:
-        """Name the highest-ranked live member as successor in a RESIGN.
+        """Name the highest-ranked live member as successor in a RESIGN that names none
+        (the protocol names one only when it is preempted: the node that preempts it).
 
         The database knows every member that has registered, also those whose election
         messages this node has not seen yet (many nodes joining at once), so a hand-over
@@ -791,16 +521,12 @@ class Driver:
 
     def _become_leader(self, term: int) -> None:
         assert self.node is not None
-        confirmed_at = self._granted.pop(term, now())
-        ls = Leadership(
-            self.name, self.settings.names, term, self.node, confirmed_at + self.settings.lease
+        ls = self.lease.start(term, self.node)
+        self.view.leading(
+            LeaderInfo(
+                self.node, self.settings.priority, term, self.member.host, self.member.pid, ls.since
+            )
         )
-        self.leadership = ls
-        self._verified = (self.node, term)
-        self.leader_info = LeaderInfo(
-            self.node, self.settings.priority, term, self.member.host, self.member.pid, ls.since
-        )
-        self._arm_lease_timer()
         log.info(
             "node %s is leader of group %r (term %s)",
             self.node,
@@ -813,25 +539,10 @@ class Driver:
 
     def _callback_failed(self, ls: Leadership) -> None:
         if self.leadership is ls and not self.closing:
-            self._inbox.put(_Control.ABDICATE)
+            self._inbox.put(Control.ABDICATE)
 
-    def _arm_lease_timer(self) -> None:
-        if self._lease_timer is not None:
-            self._lease_timer.cancel()
-        ls = self.leadership
-        if ls is None:
-            return
-        # The event loop's timers run on a clock that stops during a suspend; checking at
-        # least every half interval bounds how long a resumed node takes to notice.
-        delay = min(ls.lease_remaining, self.settings.election_interval / 2)
-        self._lease_timer = asyncio.get_running_loop().call_later(delay, self._lease_check, ls)
-
-    def _lease_check(self, ls: Leadership) -> None:
-        if ls is not self.leadership or ls._ended:
-            return
-        if ls.is_valid:
-            self._arm_lease_timer()
-            return
+    def _lapsed(self, ls: Leadership) -> None:
+        """The lease ran out before a renewal came (the leadership has ended)."""
         log.warning(
             "node %s could not renew its lease of group %r (term %s) in time; "
             "stepping down and reconnecting",
@@ -840,7 +551,6 @@ class Driver:
             ls.term,
             extra=self._extra("lapsed", term=ls.term),
         )
-        ls._end("lease expired")
         self.work.cancel(everything=True)
         self._lost_leadership = True
         # As for a lost connection: the claim is dropped once the work has stopped.
@@ -854,9 +564,7 @@ class Driver:
         try:
             await self.work.stop(ls, reason, voluntary=voluntary, renew=self._renew)
         finally:
-            if self._lease_timer is not None:
-                self._lease_timer.cancel()
-            self.leadership = None
+            self.lease.clear()
             self._on_change()
         log.info(
             "node %s stepped down from group %r (term %s): %s",
@@ -869,17 +577,16 @@ class Driver:
 
     async def _renew(self, ls: Leadership) -> None:
         renewal = await self.transport.renew(ls.term)
-        ls._renewed(renewal.confirmed_at, self.settings.lease)
-        self._arm_lease_timer()
+        self.lease.renewed(ls.term, renewal.confirmed_at)
 
     async def _stop(self) -> None:
-        await self._apply(protocol.Stop(None))  # the RESIGN is given its successor on sending
+        await self._apply(protocol.Stop())  # the RESIGN is given its successor on sending
         await self._step_down("stopped", voluntary=False)  # no-op unless already lost
 
     async def _reconnect(self) -> bool:
         """Reconnect with backoff; False if the group gave up or is closing."""
         await self._stop_background()
-        self._inbox.clear(keep=_Control.STOP)  # events of the old connection no longer apply
+        self._inbox.clear(keep=Control.STOP)  # events of the old connection no longer apply
         self.transport.abort()
         # Leader work has stopped: only now let the anchor go (see the module docstring).
         self.transport.release_anchor()
@@ -916,10 +623,10 @@ class Driver:
 
     def _reconnect_failed(self, attempts: int, since: float, exc: BaseException) -> None:
         """Say that reconnecting fails: at the first failure after a loss, then at most
-        every ``_WARN_EVERY`` s while it goes on."""
+        every ``WARN_EVERY`` s while it goes on."""
         self.stats["reconnect_failures"] += 1
         t = now()
-        if t - self._reconnect_warned_at < _WARN_EVERY:
+        if t - self._reconnect_warned_at < WARN_EVERY:
             return
         self._reconnect_warned_at = t
         log.warning(

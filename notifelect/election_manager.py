@@ -80,9 +80,10 @@ class Outcome:
 class Coordinator:
     """Join an election on a raw asyncpg connection for the duration of the block.
 
-    ``namespace`` names the election; ``election_interval`` is how often the leader
-    heartbeats; ``election_timeout`` how long a candidate waits for higher-ranked nodes.
-    Both accept seconds or a timedelta. Other Settings can be passed as ``settings``. The
+    ``namespace`` names the election; ``election_interval`` is how often the leader's
+    session renews its lease (and the followers' sessions read it); ``election_timeout``
+    how long a candidate waits for higher-ranked nodes. Both accept seconds or a
+    timedelta. Other Settings can be passed as ``settings``. The
     seed's own values work as they are: ``election_interval=timedelta(seconds=20),
     election_timeout=timedelta(seconds=5)`` gives a lease and a leader timeout of 40 s
     (see :func:`seed_settings`). As in the seed, the highest node id wins: without

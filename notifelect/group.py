@@ -151,7 +151,12 @@ class ElectionGroup:
         """A group on an in-process bus, for tests of code that uses leader-only gates."""
         settings = (settings or Settings()).replace(namespace=name, priority=priority)
         member = Member(priority=priority, url=_check_url(advertise_url))
-        transport = bus.transport(name, member, strict_takeover=settings.strict_takeover)
+        transport = bus.transport(
+            name,
+            member,
+            strict_takeover=settings.strict_takeover,
+            interval=settings.election_interval,
+        )
         return cls(
             settings=settings, transport=transport, member=member, advertise_url=advertise_url
         )

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
+from . import rules
 from ._clock import now
 from .errors import NotLeaderError
 from .fencing import check_term, check_term_sync, is_sync_executor
@@ -119,7 +120,11 @@ class Leadership:
 
     @property
     def is_valid(self) -> bool:
-        return not self._ended and self._fork == _forks[0] and now() < self._valid_until
+        return (
+            not self._ended
+            and self._fork == _forks[0]
+            and rules.lease_holds(self._valid_until, now())
+        )
 
     @property
     def admits(self) -> bool:
@@ -129,7 +134,7 @@ class Leadership:
     @property
     def lease_remaining(self) -> float:
         """Seconds until the lease runs out if it is not renewed (0 once ended)."""
-        return 0.0 if self._ended else max(0.0, self._valid_until - now())
+        return 0.0 if self._ended else rules.lease_left(self._valid_until, now())
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop | None:
@@ -223,11 +228,12 @@ class Leadership:
     # The election driver's side (not for users).
 
     def _renewed(self, confirmed_at: float, lease: float) -> None:
-        if confirmed_at + lease > self._valid_until:
+        end = rules.lease_end(confirmed_at, lease)
+        if end > self._valid_until:
             self._renewals += 1
-            if self._valid_until - confirmed_at < lease / 2:
+            if rules.lease_left(self._valid_until, confirmed_at) < lease / 2:
                 self._late_renewals += 1
-        self._valid_until = max(self._valid_until, confirmed_at + lease)
+        self._valid_until = max(self._valid_until, end)
 
     def _drain(self, reason: str) -> None:
         if not self._ended:

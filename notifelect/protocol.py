@@ -22,9 +22,12 @@ O(N) by asking the database first:
 * A candidate that hears no higher rank within ``election_timeout`` asks to *claim*
   leadership. The claim is decided outside the protocol (a database lock); only a granted
   claim makes a leader, so messages alone can never create a second leader.
-* The leader announces itself (``COORDINATOR``) and sends ``HEARTBEAT`` every interval,
-  naming a standby that watches the leader's process so that a crash is noticed in
-  milliseconds.
+* The leader sends nothing while it leads: its session renews its lease in the database
+  once per interval, and every follower's session reads the leader row as often. That
+  reading is the leader's heartbeat (``LeaderSeen``): it names the leadership, its
+  standby (the member that watches the leader's process, so that a crash is noticed in
+  milliseconds) and when the lease was last seen renewed. A follower that sees no renewal
+  for ``leader_timeout`` looks for a new leader (``rules.leader_silent``).
 * A running leader is displaced only as ``Config.preempt`` says: by default only by a live
   member of strictly higher *priority* that has been a member for ``join_holdoff``; the
   sequence number breaks ties in open elections and picks successors, but never moves a
@@ -40,16 +43,17 @@ import dataclasses
 import enum
 from dataclasses import dataclass, field
 
+from . import rules
 from .messages import Kind, Message, Rank
 from .rules import Freed as Freed  # how the standby saw the claim end (one enum)
 
 __all__ = [
     "Abdicate",
     "Freed",
+    "LeaderSeen",
     "Preempt",
     "Survey",
     "Surveyed",
-    "Announce",
     "Claim",
     "ClaimFreed",
     "ClaimGranted",
@@ -88,8 +92,7 @@ class Role(enum.Enum):
 class Timer(enum.Enum):
     ELECTION = "election"  # candidate: no higher rank answered in time
     COORDINATOR = "coordinator"  # stood down: the winner did not announce in time
-    LEADER = "leader"  # follower: the leader fell silent
-    HEARTBEAT = "heartbeat"  # leader: time to heartbeat
+    LEADER = "leader"  # follower: time to look whether the leader fell silent
     PREEMPT = "preempt"  # newcomer of higher priority: its join hold-off is over
 
 
@@ -106,12 +109,7 @@ class Config:
     election_timeout: float
     leader_timeout: float
     coordinator_wait: float
-    heartbeat_interval: float
     preempt: Preempt = Preempt.PRIORITY
-    #: Whether the leader announces a HEARTBEAT every interval. Off when the transport
-    #: renews every lease of a session at once and reports each leadership to the
-    #: followers itself (the driver then feeds them what the database says).
-    heartbeats: bool = True
     #: How long a newcomer must have been a member before it may preempt a leader.
     join_holdoff: float = 0.0
     #: Backed-off timers grow up to this many times their base delay.
@@ -127,10 +125,10 @@ class State:
     term: int | None = None  # own term while leading
     leader: Rank | None = None  # who we believe leads
     leader_term: int | None = None  # highest term heard of
+    leader_seen_at: float = 0.0  # when the leader's lease was last seen renewed
     fencing: bool = False  # current election follows a silent leader
     watching: int | None = None  # as the standby: the leader whose process we watch
     alive_sent_at: float | None = None
-    announced_at: float | None = None  # leader: last COORDINATOR sent to answer an ELECTION
     started: bool = False
     joined_at: float = 0.0
     abstain_until: float = 0.0  # after abdicating: stay out of elections until then
@@ -139,7 +137,7 @@ class State:
     successor_named: bool = False  # a RESIGN named us while our claim was in flight
 
     def abstaining(self, now: float) -> bool:
-        return now < self.abstain_until
+        return rules.abstaining(now, self.abstain_until)
 
     @property
     def is_leader(self) -> bool:
@@ -198,14 +196,30 @@ class Surveyed:
     held: bool
     best: Rank | None
     #: The leadership the database records while the claim is held (rank and term), so
-    #: that a newcomer follows it at once instead of waiting for the next heartbeat.
+    #: that a newcomer follows it at once instead of waiting for its next reading.
     leader: Rank | None = None
     term: int | None = None
 
 
 @dataclass(frozen=True)
+class LeaderSeen:
+    """The group's leader row, as this node's session read it (about once per interval):
+    ``leader`` holds ``term``, names ``standby`` as the member that watches its process,
+    and its lease was last seen renewed at ``renewed_at`` (this node's clock; see
+    :func:`notifelect.rules.sight`). ``released``: the term was given back (a hand-over
+    under way; its RESIGN follows)."""
+
+    leader: Rank
+    term: int
+    standby: int | None
+    renewed_at: float
+    released: bool = False
+
+
+@dataclass(frozen=True)
 class Stop:
-    successor: int | None = None
+    """Leave the group: a leader resigns (its RESIGN's successor is named from the
+    database's members when it is sent, see ``Send``)."""
 
 
 @dataclass(frozen=True)
@@ -213,7 +227,6 @@ class Abdicate:
     """The leader gives up (its leader work failed) and stays out until ``until``."""
 
     reason: str
-    successor: int | None
     until: float
 
 
@@ -232,6 +245,7 @@ Event = (
     | ClaimRefused
     | ClaimFreed
     | Surveyed
+    | LeaderSeen
     | Stop
     | Abdicate
     | Lost
@@ -243,15 +257,11 @@ Event = (
 
 @dataclass(frozen=True)
 class Send:
+    """Broadcast ``message``. A RESIGN without a successor gets one when it is sent: the
+    best other live member the database knows of (``rules.successor``), also those whose
+    messages this node has not seen yet."""
+
     message: Message
-
-
-@dataclass(frozen=True)
-class Announce:
-    """Renew the lease in the database and broadcast COORDINATOR/HEARTBEAT with the standby."""
-
-    kind: Kind
-    term: int
 
 
 @dataclass(frozen=True)
@@ -317,9 +327,7 @@ class Watch:
     leader: int | None
 
 
-Effect = (
-    Send | Announce | SetTimer | CancelTimer | Claim | Survey | Elected | Deposed | Release | Watch
-)
+Effect = Send | SetTimer | CancelTimer | Claim | Survey | Elected | Deposed | Release | Watch
 
 
 def preempts(config: Config, challenger: Rank, leader: Rank) -> bool:
@@ -387,15 +395,18 @@ def step(state: State, event: Event, now: float) -> tuple[State, list[Effect]]:
             _refused(st, now)
         case ClaimFreed(how, leader):
             _freed(st, how, leader, now)
-        case Abdicate(reason, successor, until):
+        case LeaderSeen(leader, term, standby, renewed_at, released):
+            if not released:
+                _leader_seen(st, leader, term, standby, renewed_at, now)
+        case Abdicate(reason, until):
             if state.role is Role.LEADER:
-                _resign(st, reason, successor)
+                _resign(st, reason, None)
                 st.set(abstain_until=until)
                 _stand_down(st, now)
-        case Stop(successor):
-            _halt(st, "resigned", release=True, successor=successor)
+        case Stop():
+            _halt(st, "resigned", release=True)
         case Lost(reason):
-            _halt(st, reason, release=False, successor=None)
+            _halt(st, reason, release=False)
     return st.state, st.effects
 
 
@@ -424,8 +435,8 @@ def _surveyed(
     newer = term is not None and (s.leader_term is None or term >= s.leader_term)
     recorded = held and leader is not None and leader.node != s.rank.node
     if recorded and newer and not s.fencing:
-        # The database names the leader: follow it now; its heartbeats keep it so.
-        st.set(leader=leader, leader_term=term, misses=0)
+        # The database names the leader: follow it now; its renewals keep it so.
+        st.set(leader=leader, leader_term=term, misses=0, leader_seen_at=now)
         st.timer(Timer.LEADER, now + s.config.leader_timeout)
         _challenge(st, now)
         return
@@ -477,22 +488,20 @@ def _resign(st: _Step, reason: str, successor: int | None) -> None:
     """Leader steps down: work first, then the claim, then the announcement."""
     term = st.state.term
     assert term is not None
-    st.cancel(Timer.HEARTBEAT)
     st.effects.append(Deposed(reason, voluntary=True))
     st.effects.append(Release(term))
     st.send(Kind.RESIGN, term=term, successor=successor)
     st.set(term=None, leader=None)
 
 
-def _halt(st: _Step, reason: str, *, release: bool, successor: int | None) -> None:
+def _halt(st: _Step, reason: str, *, release: bool) -> None:
     s = st.state
     if s.role is Role.STOPPED:
         return
     if s.role is Role.LEADER:
         if release:
-            _resign(st, reason, successor)
+            _resign(st, reason, None)
         else:
-            st.cancel(Timer.HEARTBEAT)
             st.effects.append(Deposed(reason, voluntary=False))
             st.set(term=None, leader=None)
     st.cancel(Timer.ELECTION, Timer.COORDINATOR, Timer.LEADER, Timer.PREEMPT)
@@ -509,8 +518,6 @@ def _receive(st: _Step, m: Message, now: float) -> None:
     elif m.kind is Kind.ALIVE:
         if m.rank > s.rank and s.role is Role.ELECTING:
             _stand_down(st, now)
-    elif m.kind in (Kind.COORDINATOR, Kind.HEARTBEAT):
-        _leader_heard(st, m, now)
     elif m.kind is Kind.RESIGN:
         _resigned(st, m, now)
 
@@ -522,11 +529,8 @@ def _election_heard(st: _Step, m: Message, now: float) -> None:
         if preempts(cfg, m.rank, s.rank):
             _resign(st, f"preempted by node {m.rank.node}", successor=m.rank.node)
             _stand_down(st, now)
-        elif s.announced_at is None or now - s.announced_at >= cfg.election_timeout:
-            # Tell the candidates who leads, once per election window however many run.
-            assert s.term is not None
-            st.set(announced_at=now)
-            st.effects.append(Announce(Kind.COORDINATOR, s.term))
+        # Otherwise nothing: the candidates learn who leads from the database (their
+        # claim is refused, and the leader row names the leader at their next reading).
         return
     if m.rank > s.rank:
         if s.role is Role.ELECTING:
@@ -550,22 +554,41 @@ def _election_heard(st: _Step, m: Message, now: float) -> None:
         _elect(st, now)
 
 
-def _leader_heard(st: _Step, m: Message, now: float) -> None:
+def _leader_seen(
+    st: _Step, leader: Rank, term: int, standby: int | None, renewed_at: float, now: float
+) -> None:
+    """The database shows ``leader`` holding ``term``, its lease renewed at ``renewed_at``."""
     s = st.state
-    assert m.term is not None
-    if s.role is Role.LEADER:
-        return  # our own lease renewals in the database are the truth while we lead
-    if s.leader_term is not None and m.term < s.leader_term:
+    timeout = s.config.leader_timeout
+    if s.role is Role.LEADER or leader.node == s.rank.node:
+        return  # our own lease renewals are the truth while we lead
+    if s.leader_term is not None and term < s.leader_term:
         return  # an older leadership
-    is_new = (s.leader, s.leader_term) != (m.rank, m.term)
-    st.set(leader=m.rank, leader_term=m.term, fencing=False, misses=0, surveying=False)
+    silent_at = rules.silent_from(renewed_at, timeout)
+    if now >= silent_at:
+        return  # the row of a leader that stopped renewing: no sign of life
+    known = (s.leader, s.leader_term) == (leader, term)
+    watch = leader.node if standby == s.rank.node else None
+    if known and s.role is Role.FOLLOWER and s.watching == watch:
+        # The steady state, once per interval: only the sighting moves on (the leader
+        # timer, when it fires, looks at it and waits on).
+        st.set(leader_seen_at=max(s.leader_seen_at, renewed_at))
+        return
+    st.set(
+        leader=leader,
+        leader_term=term,
+        leader_seen_at=renewed_at,
+        fencing=False,
+        misses=0,
+        surveying=False,
+    )
     if s.role is Role.ELECTING:
         st.set(role=Role.FOLLOWER)
     st.cancel(Timer.ELECTION, Timer.COORDINATOR)
     if st.state.role is Role.FOLLOWER:
-        st.timer(Timer.LEADER, now + s.config.leader_timeout)
-    st.watch(m.rank.node if m.standby == s.rank.node else None)
-    if is_new and st.state.role is Role.FOLLOWER:
+        st.timer(Timer.LEADER, silent_at)
+    st.watch(watch)
+    if not known and st.state.role is Role.FOLLOWER:
         _challenge(st, now)
 
 
@@ -613,12 +636,13 @@ def _timer(st: _Step, timer: Timer, now: float) -> None:
         st.set(misses=s.misses + 1)
         _search(st, now)
     elif timer is Timer.LEADER and s.role is Role.FOLLOWER:
+        silent_at = rules.silent_from(s.leader_seen_at, s.config.leader_timeout)
+        if s.leader is not None and now < silent_at:
+            # Seen renewed since the timer was set: look again when it would be silent.
+            st.timer(Timer.LEADER, silent_at)
+            return
         st.set(leader=None, misses=s.misses + 1)
         _search(st, now, fence=True)
-    elif timer is Timer.HEARTBEAT and s.role is Role.LEADER and s.config.heartbeats:
-        assert s.term is not None
-        st.effects.append(Announce(Kind.HEARTBEAT, s.term))
-        st.timer(Timer.HEARTBEAT, now + s.config.heartbeat_interval)
     elif timer is Timer.PREEMPT and s.role is Role.FOLLOWER:
         _challenge(st, now)
 
@@ -679,6 +703,3 @@ def _granted(st: _Step, term: int, now: float) -> None:
     )
     st.cancel(Timer.ELECTION, Timer.COORDINATOR, Timer.LEADER, Timer.PREEMPT)
     st.effects.append(Elected(term))
-    st.effects.append(Announce(Kind.COORDINATOR, term))
-    if s.config.heartbeats:
-        st.timer(Timer.HEARTBEAT, now + s.config.heartbeat_interval)

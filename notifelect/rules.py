@@ -11,14 +11,35 @@ from __future__ import annotations
 import enum
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
+from typing import Protocol
+
+from .messages import Kind, Message
 
 __all__ = [
+    "Ask",
+    "Belief",
     "Freed",
+    "Record",
     "Sighting",
+    "StayOut",
+    "View",
+    "abstaining",
+    "believe",
+    "best_candidate",
     "ended_cleanly",
+    "how_it_ended",
+    "lease_age",
+    "lease_end",
+    "lease_holds",
+    "lease_left",
+    "lease_recheck",
+    "leader_silent",
+    "may_fence",
     "may_fence_guard",
     "sight",
+    "silent_from",
     "standby",
+    "stay_out",
     "successor",
     "takeover_wait",
     "unchanged_for",
@@ -152,6 +173,253 @@ def standby(members: Iterable[tuple[int, int]], leader: int) -> int | None:
 
 def successor(members: Iterable[tuple[int, int]], leaving: int) -> int | None:
     """The member a leaving leader names to claim at once: the best other member by rank
-    (priority, then node id)."""
-    others = [(priority, node) for priority, node in members if node != leaving]
-    return max(others)[1] if others else None
+    (priority, then node id; see :func:`best_candidate`)."""
+    best = best_candidate(members, leaving)
+    return None if best is None else best[1]
+
+
+def best_candidate(
+    members: Iterable[tuple[int, int]], excluding: int | None = None
+) -> tuple[int, int] | None:
+    """The highest-ranked member (priority, then node id) other than ``excluding``: who
+    should lead when nobody does (a survey's answer), and whom a leaving leader names."""
+    others = [(priority, node) for priority, node in members if node != excluding]
+    return max(others) if others else None
+
+
+def how_it_ended(watched: int, recorded: int | None, released: bool, observed: bool) -> Freed:
+    """How a standby that watched leader ``watched``'s process saw its leadership end,
+    from the group's leader row as read once the watch ended (its node ``recorded`` and
+    whether it was ``released``) and whether the watch ``observed`` the process alive
+    first (on one unbroken connection).
+
+    A leadership that moved on to another node tells nothing about ``watched``; a released
+    term is a clean hand-over (its RESIGN names the successor); a process seen alive and
+    then gone is evidence that it can act no more; anything else is not evidence.
+    """
+    if recorded != watched:
+        return Freed.UNOBSERVED
+    if released:
+        return Freed.RELEASED
+    return Freed.DIED if observed else Freed.UNOBSERVED
+
+
+def leader_silent(quiet_for: float | None, leader_timeout: float) -> bool:
+    """Whether a leader whose lease renewal has not changed for ``quiet_for`` seconds
+    (on this node's clock; None: unknown) has fallen silent: its followers look for a
+    new leader, and a message that claims it leads is a replay. Unknown is not silent:
+    a silence must be seen."""
+    return quiet_for is not None and quiet_for >= leader_timeout
+
+
+def silent_from(renewed_at: float, leader_timeout: float) -> float:
+    """When a leader whose lease was last seen renewed at ``renewed_at`` (this node's
+    clock) falls silent (:func:`leader_silent`), unless it is seen renewed again: a
+    follower looks for a new leader from then on."""
+    return renewed_at + leader_timeout
+
+
+def may_fence(
+    *, recorded: bool, quiet_for: float, leader_timeout: float, lease: float, io_timeout: float
+) -> bool:
+    """Whether a claimant may terminate the session that holds a group's claim, which has
+    shown no sign of life for ``quiet_for`` seconds on the claimant's clock.
+
+    The recorded leader (``recorded``) is fenced once it has been silent for longer than
+    the followers' patience and than a lease: a leader that renews late but within its
+    lease (a slow server) is never fenced. A holder that is not the recorded leader is
+    still taking over (waiting out the old lease, idle meanwhile): only one idle for
+    longer than that wait can take (a lease and a database call) is stuck.
+    """
+    if recorded:
+        return quiet_for >= max(leader_timeout, lease)
+    return quiet_for >= lease + io_timeout
+
+
+# ---------------------------------------------------------------- this node's own lease
+
+
+def lease_end(confirmed_at: float, lease: float) -> float:
+    """When a lease confirmed by the database at ``confirmed_at`` (this node's clock: when
+    the confirming statement was sent) runs out unless renewed."""
+    return confirmed_at + lease
+
+
+def lease_holds(end: float, at: float) -> bool:
+    """Whether a lease that runs out at ``end`` still holds at ``at``."""
+    return at < end
+
+
+def lease_left(end: float, at: float) -> float:
+    """Seconds a lease that runs out at ``end`` has left at ``at`` (never negative)."""
+    return max(0.0, end - at)
+
+
+def lease_age(end: float, lease: float, at: float) -> float:
+    """Seconds, at ``at``, since the last renewal of a lease of ``lease`` seconds that runs
+    out at ``end``."""
+    return max(0.0, at - (end - lease))
+
+
+def lease_recheck(end: float, at: float, interval: float) -> float:
+    """How long the holder of a lease may wait before it looks at its lease again: when it
+    runs out, and at least every half interval (the event loop's timers run on a clock
+    that stops during a suspend, the lease's does not)."""
+    return min(lease_left(end, at), interval / 2)
+
+
+# ---------------------------------------------------------------- staying out
+
+
+class StayOut(enum.Enum):
+    """Why a node stays out of elections for a while."""
+
+    #: Its leader work failed: it gives the leadership up and lets another member lead.
+    ABDICATED = "abdicated"
+    #: It is back after losing a leadership: the standby may be taking over right now.
+    RETURNED = "returned"
+
+
+def stay_out(why: StayOut, at: float, *, leader_timeout: float, coordinator_wait: float) -> float:
+    """Until when a node stays out of elections, from ``at``: an abdicating leader for a
+    ``leader_timeout`` (long enough for another member to notice and take over), a node
+    back after losing its leadership for a ``coordinator_wait`` (so that it does not race
+    the standby for the leadership it just left)."""
+    return at + (leader_timeout if why is StayOut.ABDICATED else coordinator_wait)
+
+
+def abstaining(at: float, until: float) -> bool:
+    """Whether a node that stays out ``until`` still does at ``at``."""
+    return at < until
+
+
+# ---------------------------------------------------------------- which messages are believed
+
+
+class Record(Protocol):
+    """A group's leader row as this node read it (``transport.base.LeaderRecord``)."""
+
+    @property
+    def node(self) -> int: ...
+    @property
+    def priority(self) -> int: ...
+    @property
+    def term(self) -> int: ...
+    @property
+    def released(self) -> bool: ...
+    @property
+    def quiet_for(self) -> float | None: ...
+
+
+class Ask(enum.Enum):
+    """A fact :func:`believe` needs before it can decide: the caller reads it and asks
+    again with it in the view."""
+
+    #: The group's leader row (``View.record``).
+    RECORD = "record"
+    #: Whether the sender is a live member with the rank it claims (``View.member``).
+    MEMBER = "member"
+
+
+@dataclass(frozen=True)
+class Belief:
+    """What to make of a message: ``believed``, or not and why (``reason``). A message
+    that is not believed is either dropped (a forgery, a replay, a stale one: counted as
+    dropped) or ``ignored`` (true, perhaps, but nothing this node has to act on)."""
+
+    believed: bool
+    reason: str | None = None
+    ignored: bool = False
+
+
+BELIEVED = Belief(True)
+
+
+@dataclass(frozen=True)
+class View:
+    """What a node knows when a message arrives, and what it read to check it."""
+
+    #: This node's id.
+    me: int | None
+    #: Whether this node leads the group now.
+    leading: bool
+    #: The highest term of the group this node has heard of.
+    leader_term: int | None
+    #: The leadership (node, term) the database last confirmed to this node, and how many
+    #: seconds ago (this node's clock).
+    verified: tuple[int, int] | None
+    verified_age: float
+    #: How long followers tolerate a leader's silence (``Settings.leader_timeout``).
+    leader_timeout: float
+    #: Whether the sender's rank may displace this node's leadership (``Config.preempt``).
+    preempts: bool = False
+    #: The group's leader row, once read for this message (``Ask.RECORD``); None: there
+    #: is none.
+    record: Record | None = None
+    record_read: bool = False
+    #: Whether the sender is a live member of the group with the rank it claims, once
+    #: asked (``Ask.MEMBER``).
+    member: bool | None = None
+
+
+def believe(message: Message, view: View) -> Belief | Ask:
+    """Whether a node believes ``message`` (from another node), given what it knows; or
+    which fact it must read first.
+
+    Anyone who can NOTIFY on the channel can forge or replay a message, so a message
+    that would change who leads is believed only once the database agrees:
+
+    * a message of a term older than one already heard of is stale;
+    * a leader's announcement (COORDINATOR or HEARTBEAT: no node of this release sends
+      them, the leader row read every interval is what followers follow, but an older
+      node may) is believed only if the leader row names that very leadership,
+      unreleased and renewed within ``leader_timeout`` (a replay of a silent leader's
+      announcement must not keep it in place); what is believed is then that row. A
+      leadership the database confirmed less than ``leader_timeout`` ago is known
+      already, and a leader needs nobody's announcement: nothing to act on;
+    * a RESIGN is believed only by the successor it names, and only if the leader row
+      shows that very term released (only the leader can release it); other nodes let
+      the successor's claim speak for it;
+    * an ELECTION that would make this node's leadership step down must come from a live
+      member with that rank.
+    """
+    if message.kind in (Kind.COORDINATOR, Kind.HEARTBEAT, Kind.RESIGN):
+        if message.term is None:
+            return Belief(False, "no term")
+        if view.leader_term is not None and message.term < view.leader_term:
+            return Belief(False, "stale term")  # an older leadership: no query
+    leadership = (message.rank.node, message.term)
+    if message.kind in (Kind.COORDINATOR, Kind.HEARTBEAT):
+        if view.leading:
+            # Our own renewals in the database are the truth while we lead.
+            return Belief(False, "announcement while leading", ignored=True)
+        if view.verified == leadership and view.verified_age < view.leader_timeout:
+            # Confirmed a moment ago, and the leader row is read every interval anyway.
+            return Belief(False, "known leader", ignored=True)
+        if not view.record_read:
+            return Ask.RECORD
+        r = view.record
+        if r is None or r.released or (r.node, r.term) != leadership:
+            return Belief(False, "unverified leader")
+        if r.priority != message.rank.priority:
+            return Belief(False, "unverified leader")
+        if leader_silent(r.quiet_for, view.leader_timeout):
+            return Belief(False, "silent leader")  # its renewals stopped: a replay
+        return BELIEVED
+    if message.kind is Kind.RESIGN:
+        if message.successor is not None and message.successor != view.me:
+            # Another node is named: it claims, and the database shows its leadership
+            # within an interval. Nothing to do here, and no query for every follower.
+            return Belief(False, "resign naming another", ignored=True)
+        if not view.record_read:
+            return Ask.RECORD
+        r = view.record
+        if r is None or (r.node, r.term) != leadership or not r.released:
+            return Belief(False, "unverified resign")
+        return BELIEVED
+    if message.kind is Kind.ELECTION and view.leading and view.preempts:
+        # Only a live member may make the leader step down.
+        if view.member is None:
+            return Ask.MEMBER
+        return BELIEVED if view.member else Belief(False, "unknown member")
+    return BELIEVED

@@ -91,25 +91,20 @@ class Transport(abc.ABC):
     """Moves election traffic and decides claims for one node of one group.
 
     A transport is opened once per connection: after a loss, ``open`` is called again and
-    must re-listen and re-register. Callbacks are invoked on the event loop and must not
-    block.
+    must re-listen and re-register. While open it ticks once per interval (see
+    :meth:`observe`). Callbacks are invoked on the event loop and must not block.
     """
-
-    #: Whether the leader's HEARTBEAT messages must be broadcast. A transport that renews
-    #: leases per session and reports each group's leadership to its followers itself
-    #: (:meth:`observe`) needs no per-group heartbeat traffic.
-    publishes_heartbeats: bool = True
 
     #: Counters of what the transport did for the group (fencing, by kind); the driver
     #: hands it its own counters (``group.stats``) before opening.
     stats: Counter[str]
 
+    @abc.abstractmethod
     def observe(self, on_record: RecordHandler, on_renewal: RenewalHandler) -> None:
-        """Transports that do not publish heartbeats renew every lease themselves, about
-        once per interval: they call ``on_renewal`` for the term this node holds (with
-        None once it is found lost) and ``on_record`` with the group's leadership as the
-        database records it (for a follower, the leader's heartbeat)."""
-        del on_record, on_renewal  # the driver renews and the leader broadcasts
+        """Report what the transport's periodic tick finds, about once per interval: it
+        renews the lease of the term this node holds and calls ``on_renewal`` with it
+        (with None once the term is found lost), and otherwise reads the group's leader
+        row and calls ``on_record`` with it (to a follower, the leader's heartbeat)."""
 
     @abc.abstractmethod
     async def open(self, on_payload: PayloadHandler, on_lost: LostHandler) -> int:
@@ -135,8 +130,9 @@ class Transport(abc.ABC):
 
     @abc.abstractmethod
     async def renew(self, term: int) -> Renewal:
-        """Confirm ``term`` is still current and renew its lease; return the standby's id
-        and when the renewal was sent.
+        """Confirm ``term`` is still current and renew its lease now, besides the ticks
+        (a leader whose work finishes in a hand-over keeps it renewed so); return the
+        standby's id and when the renewal was sent.
 
         Raises LeaseLostError if the term is no longer current.
         """

@@ -2,16 +2,19 @@
 
 It keeps the guarantees the PostgreSQL transport gives (one claim holder per group, terms
 that only grow, a dead process's claim is freed, a successor waits out the lease unless
-it saw the old leader's process end) so that the election, and users' own leader-only
-code, can be tested without a database::
+it saw the old leader's process end) and runs the election as it runs there: each node
+ticks once per interval like an election session, renewing the lease of the term it holds
+and reading the group's leader row (the followers' heartbeat). So the election, and
+users' own leader-only code, can be tested without a database::
 
     bus = MemoryBus()
     group = ElectionGroup.in_memory(bus, "reports")
 
 ``bus.disconnect(node)`` ends a node's session as the server would (a terminated backend:
 the process lives on); ``bus.kill(node)`` ends the node's process (its anchor too, so the
-standby may take over at once); ``bus.pause(node)`` makes a node's session silent while
-it keeps the claim, like a stopped process.
+standby may take over at once); ``bus.pause(node)`` freezes a node's session like a
+stopped process: it keeps the claim (and its anchor), renews nothing, and its calls wait
+until it resumes.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from .._clock import now
-from ..rules import standby, successor, takeover_wait
+from ..rules import best_candidate, how_it_ended, may_fence, standby, successor, takeover_wait
 from .base import (
     Freed,
     Granted,
@@ -33,7 +36,9 @@ from .base import (
     LostHandler,
     Member,
     PayloadHandler,
+    RecordHandler,
     Renewal,
+    RenewalHandler,
     Transport,
     TransportError,
 )
@@ -52,11 +57,18 @@ class MemoryBus:
     """Shared state of all memory transports that talk to each other."""
 
     def __init__(
-        self, *, lease: float = 1.5, leader_timeout: float = 2.0, strict_takeover: bool = True
+        self,
+        *,
+        lease: float = 1.5,
+        leader_timeout: float = 2.0,
+        strict_takeover: bool = True,
+        interval: float = 0.5,
     ) -> None:
         self._next_node = 0
         self._groups: dict[str, _Group] = {}
         self._open: dict[int, MemoryTransport] = {}
+        #: Every node's transport, open or not (a paused node may be cut off meanwhile).
+        self._nodes: dict[int, MemoryTransport] = {}
         #: Anchors of living processes: the event is set when the process ends.
         self._anchors: dict[int, asyncio.Event] = {}
         #: How many standbys watch each node's process right now.
@@ -64,14 +76,28 @@ class MemoryBus:
         self.lease = lease
         self.leader_timeout = leader_timeout
         self.strict_takeover = strict_takeover
+        #: How often each node ticks (``Settings.election_interval``), unless its
+        #: transport is given its own.
+        self.interval = interval
         #: Every leadership granted, in order, per namespace: (node, term).
         self.terms: dict[str, list[tuple[int, int]]] = {}
 
     def transport(
-        self, namespace: str, member: Member | None = None, *, strict_takeover: bool | None = None
+        self,
+        namespace: str,
+        member: Member | None = None,
+        *,
+        strict_takeover: bool | None = None,
+        interval: float | None = None,
     ) -> MemoryTransport:
         strict = self.strict_takeover if strict_takeover is None else strict_takeover
-        return MemoryTransport(self, namespace, member or Member(), strict_takeover=strict)
+        return MemoryTransport(
+            self,
+            namespace,
+            member or Member(),
+            strict_takeover=strict,
+            interval=self.interval if interval is None else interval,
+        )
 
     def group(self, namespace: str) -> _Group:
         return self._groups.setdefault(namespace, _Group())
@@ -106,8 +132,9 @@ class MemoryBus:
         self.unanchor(node)
 
     def pause(self, node: int, paused: bool = True) -> None:
-        """Silence (or resume) ``node``: it neither sends nor receives, but keeps its claim."""
-        self._open[node].set_paused(paused)
+        """Freeze (or resume) ``node``: it neither sends, receives nor renews, but keeps its
+        claim and its anchor; its calls wait until it resumes."""
+        self._nodes[node].set_paused(paused)
 
     def anchor(self, node: int) -> None:
         self._anchors.setdefault(node, asyncio.Event())
@@ -120,6 +147,7 @@ class MemoryBus:
     def register(self, transport: MemoryTransport) -> None:
         assert transport.node is not None
         self._open[transport.node] = transport
+        self._nodes[transport.node] = transport
 
     def unregister(self, transport: MemoryTransport) -> None:
         if transport.node is not None and self._open.get(transport.node) is transport:
@@ -135,10 +163,17 @@ class MemoryBus:
 
 class MemoryTransport(Transport):
     def __init__(
-        self, bus: MemoryBus, namespace: str, member: Member, *, strict_takeover: bool = True
+        self,
+        bus: MemoryBus,
+        namespace: str,
+        member: Member,
+        *,
+        strict_takeover: bool = True,
+        interval: float = 0.5,
     ) -> None:
         self.bus = bus
         self.strict_takeover = strict_takeover
+        self.interval = interval
         self.namespace = namespace
         self.member = member
         self.node: int | None = None
@@ -148,8 +183,22 @@ class MemoryTransport(Transport):
         self._open = False
         self._on_payload: PayloadHandler | None = None
         self._on_lost: LostHandler | None = None
+        self._on_record: RecordHandler | None = None
+        self._on_renewal: RenewalHandler | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        #: The term this node holds, as its ticks renew it.
+        self._term: int | None = None
+        #: What a paused node was asked to do meanwhile (drop its session, let its
+        #: anchor go): done when it resumes, as a stopped process would.
+        self._deferred: list[str] = []
+
+    def observe(self, on_record: RecordHandler, on_renewal: RenewalHandler) -> None:
+        self._on_record = on_record
+        self._on_renewal = on_renewal
 
     async def open(self, on_payload: PayloadHandler, on_lost: LostHandler) -> int:
+        while self.paused:  # a stopped process does not reconnect
+            await self._wake.wait()
         if self.dead:
             raise TransportError("the process of this node was killed")
         if self.node is None:
@@ -158,7 +207,43 @@ class MemoryTransport(Transport):
         self._open = True
         self.bus.register(self)
         self.bus.anchor(self.node)
+        self._ticker = asyncio.create_task(self._tick_loop(), name=f"notifelect:memory:{self.node}")
         return self.node
+
+    async def _awake(self) -> None:
+        """Wait while the node is paused (a stopped process makes no call), unless its
+        session ends meanwhile."""
+        while self.paused and self._open:
+            await self._wake.wait()
+
+    def _nudge(self) -> None:
+        self._wake.set()
+        self._wake = asyncio.Event()
+
+    async def _tick_loop(self) -> None:
+        """Once per interval, as an election session does: renew the lease of the term
+        held and read the group's leader row."""
+        while self._open:
+            await asyncio.sleep(self.interval)
+            await self._awake()
+            if self._open:
+                self._tick()
+
+    def _tick(self) -> None:
+        group = self.bus.group(self.namespace)
+        term = self._term
+        if term is not None:
+            if self._on_renewal is None:
+                return
+            try:
+                renewal = self._renew(group, term, now())
+            except LeaseLostError:
+                self._term = None
+                self._on_renewal(term, None)
+            else:
+                self._on_renewal(term, renewal)
+        elif group.record is not None and self._on_record is not None:
+            self._on_record(self._record(group))
 
     def deliver(self, payload: str) -> None:
         if self._open and not self.paused and self._on_payload is not None:
@@ -166,14 +251,23 @@ class MemoryTransport(Transport):
 
     def set_paused(self, paused: bool) -> None:
         self.paused = paused
-        self._wake.set()
-        self._wake = asyncio.Event()
+        if not paused:
+            deferred, self._deferred = self._deferred, []
+            if "abort" in deferred:
+                self.drop(notify=True)
+            if "anchor" in deferred:
+                self.release_anchor()
+        self._nudge()
 
     def drop(self, *, notify: bool) -> None:
         if not self._open:
             return
         self._open = False
-        self._wake.set()
+        self._term = None
+        self._nudge()
+        ticker, self._ticker = self._ticker, None
+        if ticker is not None and ticker is not asyncio.current_task():
+            ticker.cancel()
         if notify and self._on_lost is not None:
             self._on_lost(None)  # the node closes its gates before its claim is freed
         self.bus.unregister(self)
@@ -184,11 +278,12 @@ class MemoryTransport(Transport):
         return self.bus.group(self.namespace)
 
     async def publish(self, payload: str) -> None:
+        await self._awake()
         self._require()
-        if not self.paused:
-            self.bus.broadcast(payload)
+        self.bus.broadcast(payload)
 
     async def claim(self, *, fence: bool, evidence: int | None = None) -> Granted | None:
+        await self._awake()
         group = self._require()
         fenced = False
         if evidence is not None and group.holder is not None and group.holder is not self:
@@ -198,11 +293,17 @@ class MemoryTransport(Transport):
                         await group.freed.wait()
             group = self._require()
         if group.holder is not None and group.holder is not self:
-            stale = now() - group.renewed_at >= self.bus.leader_timeout
             # Only the recorded leader can be fenced: a holder that is still taking over
             # (waiting out the old lease) has not renewed anything yet.
             recorded = group.record is not None and group.record.node == group.holder.node
-            if evidence is not None or not (fence and stale and recorded):
+            stale = recorded and may_fence(
+                recorded=True,
+                quiet_for=now() - group.renewed_at,
+                leader_timeout=self.bus.leader_timeout,
+                lease=self.bus.lease,
+                io_timeout=max(self.bus.lease, self.bus.leader_timeout),
+            )
+            if evidence is not None or not (fence and stale):
                 return None
             group.holder.drop(notify=True)
             fenced = True
@@ -235,33 +336,44 @@ class MemoryTransport(Transport):
             pid=self.member.pid,
             since=datetime.now(UTC),
             released=False,
+            standby=self._standby(),
         )
         group.renewed_at = confirmed_at
+        self._term = group.term
         self.bus.terms.setdefault(self.namespace, []).append((self.node, group.term))
         return Granted(group.term, confirmed_at)
 
-    async def renew(self, term: int) -> Renewal:
-        sent_at = now()
-        group = self._require()
-        while self.paused and self._open:
-            await self._wake.wait()  # a paused session does not answer
-        group = self._require()
-        if group.holder is not self or group.term != term:
-            raise LeaseLostError(f"term {term} is no longer current")
-        group.renewed_at = now()
+    def _standby(self) -> int | None:
         assert self.node is not None
         members = [(t.member.priority, t.node) for t in self.bus.members(self.namespace) if t.node]
-        return Renewal(standby(members, self.node), sent_at)
+        return standby(members, self.node)
+
+    def _renew(self, group: _Group, term: int, sent_at: float) -> Renewal:
+        """Renew ``term``'s lease and record its standby, as a session's tick does."""
+        record = group.record
+        if group.holder is not self or group.term != term or record is None or record.released:
+            raise LeaseLostError(f"term {term} is no longer current")
+        group.renewed_at = sent_at
+        group.record = dataclasses.replace(record, standby=self._standby())
+        return Renewal(group.record.standby, sent_at)
+
+    async def renew(self, term: int) -> Renewal:
+        sent_at = now()
+        await self._awake()  # a paused session does not answer
+        return self._renew(self._require(), term, sent_at)
 
     async def release(self, term: int, reason: str) -> None:
+        await self._awake()
         group = self._require()
         if group.holder is self:
             if group.record is not None and group.record.term == term:
-                group.record = LeaderRecord(**{**group.record.__dict__, "released": True})
+                group.record = dataclasses.replace(group.record, released=True)
             group.holder = None
+            self._term = None
             group.freed.set()
 
     async def successor(self) -> int | None:
+        await self._awake()
         assert self.node is not None
         members = [(t.member.priority, t.node) for t in self.bus.members(self.namespace) if t.node]
         return successor(members, self.node)
@@ -269,21 +381,19 @@ class MemoryTransport(Transport):
     async def survey(
         self,
     ) -> tuple[bool, tuple[int, int] | None, tuple[int, int, int] | None]:
+        await self._awake()
         group = self._require()
         held = group.holder is not None
         record = group.record if held and group.record is not None else None
         leader = None if record is None else record.node
-        ranks = [
-            (t.member.priority, t.node)
-            for t in self.bus.members(self.namespace)
-            if t.node is not None and t.node != leader
-        ]
+        members = [(t.member.priority, t.node) for t in self.bus.members(self.namespace) if t.node]
         recorded = None
         if record is not None and not record.released:
             recorded = (record.priority, record.node, record.term)
-        return held, max(ranks) if ranks else None, recorded
+        return held, best_candidate(members, leader), recorded
 
     async def is_member(self, node: int, priority: int) -> bool:
+        await self._awake()
         self._require()
         return any(
             t.node == node and t.member.priority == priority
@@ -291,13 +401,18 @@ class MemoryTransport(Transport):
         )
 
     async def leader(self) -> LeaderRecord | None:
+        await self._awake()
         group = self._require()
-        if group.record is None:
-            return None
+        return None if group.record is None else self._record(group)
+
+    @staticmethod
+    def _record(group: _Group) -> LeaderRecord:
+        assert group.record is not None
         age = now() - group.renewed_at  # one clock for every member: it cannot step
         return dataclasses.replace(group.record, renewed_age=age, quiet_for=age)
 
     async def watch(self, leader: int) -> Freed:
+        await self._awake()
         self._require()
         ended = self.bus._anchors.get(leader)
         observed = ended is not None
@@ -310,11 +425,9 @@ class MemoryTransport(Transport):
         if not self._open:
             raise TransportError("the memory transport is closed")
         record = self.bus.group(self.namespace).record
-        if record is None or record.node != leader:
-            return Freed.UNOBSERVED
-        if record.released:
-            return Freed.RELEASED
-        return Freed.DIED if observed else Freed.UNOBSERVED
+        if record is None:
+            return how_it_ended(leader, None, False, observed)
+        return how_it_ended(leader, record.node, record.released, observed)
 
     async def close(self) -> None:
         self.drop(notify=False)
@@ -322,8 +435,14 @@ class MemoryTransport(Transport):
             self.bus.unanchor(self.node)
 
     def abort(self) -> None:
+        if self.paused:
+            self._deferred.append("abort")
+            return
         self.drop(notify=True)
 
     def release_anchor(self) -> None:
+        if self.paused:
+            self._deferred.append("anchor")
+            return
         if self.node is not None and not self.dead:
             self.bus.unanchor(self.node)

@@ -71,8 +71,6 @@ class PostgresTransport(Transport):
     leadership makes the successor wait a whole lease on its own clock.
     """
 
-    publishes_heartbeats = False
-
     def __init__(
         self,
         *,

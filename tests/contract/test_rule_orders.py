@@ -10,11 +10,13 @@ import pytest
 
 from notifelect import rules
 from notifelect.sql import RANK_ORDER, STANDBY_ORDER
+from tests.unit.test_rules import MEMBERS
 
 
 def _cases() -> list[tuple[list[tuple[int, int]], int]]:
+    """The rules' own table (``tests/unit/test_rules.py``), then random memberships."""
+    cases = [(members, leader) for _, members, leader, _, _ in MEMBERS]
     rng = random.Random(20)
-    cases = []
     for _ in range(200):
         nodes = rng.sample(range(1, 40), rng.randint(1, 8))
         members = [(rng.choice([0, 0, 0, 1, 2]), node) for node in nodes]

@@ -6,23 +6,26 @@ lock and term row are. Two groups of properties:
 * raw: any sequence of messages reaches the protocol unfiltered, interleaved with joins,
   crashes, clean exits and time passing. The protocol never raises, never has two nodes
   acting as leader, and once the forgeries stop a leader exists again.
-* checked: messages pass the group's database check first (a leader claim must match the
-  current claim holder and term; an election that would depose the leader must come from
-  a live member), as ``ElectionGroup`` does. Then forgeries do not even move a settled
-  leadership.
+* checked: messages pass the group's database check first (``rules.believe``: a leader
+  claim must match the leader row, which then stands for it; an election that would depose
+  the leader must come from a live member), as ``ElectionGroup`` does. Then forgeries do
+  not even move a settled leadership.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from notifelect import messages
+from notifelect import messages, rules
 from notifelect import protocol as p
 from notifelect.messages import Kind, Message, Rank
+from notifelect.transport.base import LeaderRecord
 from tests.support.sim import Sim
 
 NS = "sim"
@@ -111,20 +114,44 @@ class Harness:
         ) or [n for n in self.sim.alive if not self.sim.states[n].started]
 
     def credible(self, target: int, m: Message) -> bool:
-        """What ElectionGroup._credible asks the database, against the simulated claim."""
+        """What the group's driver asks the database (``rules.believe``), against the
+        simulated claim."""
         if not self.checked:
             return True
         sim = self.sim
-        if m.kind in (Kind.COORDINATOR, Kind.HEARTBEAT):
-            holder = sim.holder
-            return holder is not None and m.rank == sim.states[holder].rank and m.term == sim.term
         state = sim.states[target]
-        if m.kind is Kind.ELECTION and state.is_leader and m.rank > state.rank:
-            return any(
-                sim.states[n].rank == m.rank and sim.states[n].role is not p.Role.STOPPED
-                for n in sim.alive
-            )
-        return True
+        view = rules.View(
+            me=target,
+            leading=state.is_leader,
+            leader_term=state.leader_term,
+            verified=None,
+            verified_age=0.0,
+            leader_timeout=sim.config.leader_timeout,
+            preempts=p.preempts(sim.config, m.rank, state.rank),
+        )
+        while True:
+            verdict = rules.believe(m, view)
+            if verdict is rules.Ask.RECORD:
+                view = dataclasses.replace(view, record=self.record(), record_read=True)
+            elif verdict is rules.Ask.MEMBER:
+                member = any(
+                    sim.states[n].rank == m.rank and sim.states[n].role is not p.Role.STOPPED
+                    for n in sim.alive
+                )
+                view = dataclasses.replace(view, member=member)
+            else:
+                return verdict.believed
+
+    def record(self) -> LeaderRecord | None:
+        """The simulated leader row: the last term, and how long ago it was renewed."""
+        sim = self.sim
+        if sim.record is None:
+            return None
+        node, released = sim.record
+        quiet = sim.now - sim.renewed
+        priority = sim.states[node].rank.priority
+        since = datetime.now(UTC)
+        return LeaderRecord(node, priority, sim.term, "sim", 1, since, released, quiet, None, quiet)
 
     def deliver(self, target: int | None, m: Message) -> None:
         nodes = sorted(self.sim.alive)
@@ -132,10 +159,13 @@ class Harness:
             return
         targets = nodes if target is None else [nodes[target % len(nodes)]]
         for node in targets:
-            if self.credible(node, m):
-                self.sim.inject(node, m)
-            else:
+            if not self.credible(node, m):
                 self.dropped += 1
+            elif self.checked and m.kind in (Kind.COORDINATOR, Kind.HEARTBEAT):
+                # As the driver does: what is believed is the leader row that confirms it.
+                self.sim._push(self.sim.now, node, self.sim.leader_row())
+            else:
+                self.sim.inject(node, m)
 
     def apply(self, op: Op) -> None:
         sim = self.sim

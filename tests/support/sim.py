@@ -1,8 +1,14 @@
-"""A deterministic simulation of a group running the pure protocol.
+"""A deterministic simulation of a group running the pure protocol, as it ships.
 
 Time is a number; messages are delivered after ``delay``; the claim is a perfect mutex with
 a term counter, like the database's advisory lock and term row, and surveys read the
 claim and the live members as the database would. No asyncio, no database.
+
+Each node ticks once per ``interval`` as an election session does: the claim holder
+renews its lease and records its standby, every other node reads the leader row and
+hands it to its protocol (``LeaderSeen``). The rules are the package's own
+(``notifelect.rules``): standby and successor, the take-over wait, how a watched
+leadership ended, when a silent holder may be fenced.
 
 Each node handles its events one at a time, and with ``cost`` every message it handles
 takes that long: a node that receives more than it can handle builds a backlog, as a real
@@ -13,9 +19,11 @@ database go before queued messages, as in the driver. Jitter is drawn from a see
 from __future__ import annotations
 
 import collections
+import dataclasses
 import heapq
 import itertools
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from notifelect import protocol as p
@@ -30,20 +38,20 @@ class _Item:
     node: int = field(compare=False)
     event: p.Event | None = field(compare=False)  # None: the node's turn to handle one event
     timer_gen: int | None = field(compare=False, default=None)
+    #: Instead of an event: something the database or the node's session does.
+    call: Callable[[], None] | None = field(compare=False, default=None)
 
 
 CONFIG = p.Config(
     election_timeout=0.05,
     leader_timeout=2.0,
     coordinator_wait=0.5,
-    heartbeat_interval=0.5,
     join_holdoff=2.0,
 )
 CLASSIC = p.Config(
     election_timeout=0.05,
     leader_timeout=2.0,
     coordinator_wait=0.5,
-    heartbeat_interval=0.5,
     preempt=p.Preempt.RANK,
 )
 
@@ -59,8 +67,10 @@ class Sim:
         cost: float = 0.0,
         seed: int = 1,
         strict_takeover: bool = True,
+        interval: float = 0.5,
     ):
         self.config = config
+        self.interval = interval
         self.delay = delay
         self.cost = cost
         self.lease = lease
@@ -79,9 +89,13 @@ class Sim:
         self.seq = itertools.count()
         self.timer_gen: dict[tuple[int, p.Timer], int] = {}
         self.holder: int | None = None
+        self.holder_since = 0.0  # when the holder took the claim
         self.record: tuple[int, bool] | None = None  # (node, released) of the last term
+        self.standby: int | None = None  # as the leader row records it
         self.term = 0
         self.renewed: float = 0.0
+        self.renewals = 0  # lease renewals written by leaders' ticks
+        self.reads = 0  # leader rows read by the other nodes' ticks
         self.watchers: dict[int, int] = {}  # watcher -> leader it watches
         self.acting: set[int] = set()  # between Elected and Deposed
         self.lapses: dict[int, float] = {}  # a paused leader stops acting when its lease ends
@@ -100,14 +114,45 @@ class Sim:
         self.registered[node] = self.now if at is None else at  # its member row
         self.alive.add(node)
         self.inbox[node] = (collections.deque(), collections.deque())
-        self._push(self.now if at is None else at, node, p.Start())
+        start = self.now if at is None else at
+        self._push(start, node, p.Start())
+        self._call(start + self.interval, node, lambda: self._tick(node))
 
     def stop(self, node: int) -> None:
-        self._push(self.now, node, p.Stop(rules.successor(self._members(), node)))
+        self._push(self.now, node, p.Stop())
 
     def _members(self) -> list[tuple[int, int]]:
         """The live members, as (priority, node)."""
         return [(self.states[n].rank.priority, n) for n in self.alive]
+
+    def _call(self, at: float, node: int, call: Callable[[], None]) -> None:
+        heapq.heappush(self.queue, _Item(at, next(self.seq), node, None, call=call))
+
+    def _tick(self, node: int) -> None:
+        """``node``'s session ticks: it renews the lease of the term it holds, or reads the
+        leader row. A paused session skips its ticks; a dead one ticks no more."""
+        if node not in self.alive:
+            return
+        self._call(self.now + self.interval, node, lambda: self._tick(node))
+        if node in self.paused or self.record is None:
+            return
+        leader, released = self.record
+        if leader == node:
+            if self.holder == node and not released:
+                self.renewed = self.now
+                self.standby = rules.standby(self._members(), node)
+                self.renewals += 1
+            return
+        self.reads += 1
+        self._push(self.now + self.delay, node, self.leader_row())
+
+    def leader_row(self) -> p.LeaderSeen:
+        """The leader row as read now (one clock for every node: the renewal's age is
+        exact)."""
+        assert self.record is not None
+        leader, released = self.record
+        rank = self.states[leader].rank
+        return p.LeaderSeen(rank, self.term, self.standby, self.renewed, released)
 
     def crash(self, node: int) -> None:
         """The process dies: its session and anchor end, the database frees its claim."""
@@ -145,6 +190,9 @@ class Sim:
         while self.queue and self.queue[0].at <= until:
             item = heapq.heappop(self.queue)
             self.now = max(self.now, item.at)
+            if item.call is not None:
+                item.call()
+                continue
             if item.node not in self.alive or item.node in self.paused:
                 continue
             if item.event is None:
@@ -201,27 +249,26 @@ class Sim:
             self._push(self.now + self.delay, other, p.Receive(message))
 
     def _how(self, leader: int) -> p.Freed:
-        if self.record is None or self.record[0] != leader:
-            return p.Freed.UNOBSERVED
-        return p.Freed.RELEASED if self.record[1] else p.Freed.DIED
+        """A watcher registers while its leader lives: it always saw the process alive."""
+        recorded, released = self.record or (None, False)
+        return rules.how_it_ended(leader, recorded, released, observed=True)
 
     def _best(self) -> Rank | None:
         skip = self.record[0] if self.holder is not None and self.record else None
-        ranks = [
-            self.states[n].rank for n in self.alive if n != skip and self.registered[n] <= self.now
+        registered = [
+            (priority, n) for priority, n in self._members() if self.registered[n] <= self.now
         ]
-        return max(ranks) if ranks else None
+        best = rules.best_candidate(registered, skip)
+        return None if best is None else Rank(*best)
 
     def _perform(self, node: int, effect: p.Effect) -> None:
         match effect:
             case p.Send(message):
+                if message.kind is Kind.RESIGN and message.successor is None:
+                    # As the driver does: the best other live member, from the database.
+                    heir = rules.successor(self._members(), node)
+                    message = dataclasses.replace(message, successor=heir)
                 self._broadcast(message)
-            case p.Announce(kind, term):
-                if self.holder == node and self.term == term:
-                    self.renewed = self.now
-                standby = rules.standby(self._members(), node)
-                rank = self.states[node].rank
-                self._broadcast(Message(kind, self.namespace, rank, term=term, standby=standby))
             case p.SetTimer(timer, at, spread):
                 gen = self.timer_gen.get((node, timer), 0) + 1
                 self.timer_gen[(node, timer)] = gen
@@ -230,8 +277,7 @@ class Sim:
                 self.timer_gen[(node, timer)] = self.timer_gen.get((node, timer), 0) + 1
             case p.Survey():
                 self.surveys += 1
-                held = self.holder is not None
-                self._push(self.now + self.delay, node, p.Surveyed(held, self._best()))
+                self._push(self.now + self.delay, node, self._surveyed())
             case p.Claim(fence, evidence):
                 self.claims += 1
                 self._claim(node, fence, evidence)
@@ -260,10 +306,29 @@ class Sim:
                     freed = p.ClaimFreed(p.Freed.UNOBSERVED, leader)
                     self._push(self.now + self.delay, node, freed)
 
+    def _surveyed(self) -> p.Surveyed:
+        held = self.holder is not None
+        if not held or self.record is None or self.record[1]:
+            return p.Surveyed(held, self._best())
+        leader = self.record[0]
+        return p.Surveyed(held, self._best(), self.states[leader].rank, self.term)
+
+    def _may_fence(self) -> bool:
+        """Whether the claim holder has been silent long enough to be fenced."""
+        recorded = self.record is not None and self.record[0] == self.holder
+        quiet = self.now - (self.renewed if recorded else self.holder_since)
+        timeout = self.config.leader_timeout
+        return rules.may_fence(
+            recorded=recorded,
+            quiet_for=quiet,
+            leader_timeout=timeout,
+            lease=self.lease,
+            io_timeout=max(self.lease, timeout),
+        )
+
     def _claim(self, node: int, fence: bool, evidence: int | None) -> None:
         fenced = False
-        stale = self.holder in self.paused and self.now - self.renewed >= self.config.leader_timeout
-        if self.holder is not None and fence and stale and evidence is None:
+        if self.holder is not None and fence and evidence is None and self._may_fence():
             # Fenced out: its backend is terminated, its process lives on until its lease
             # (from its last renewal) runs out.
             self.lapses[self.holder] = self.renewed + self.lease
@@ -273,6 +338,7 @@ class Sim:
             self._push(self.now + self.delay, node, p.ClaimRefused())
             return
         self.holder = node
+        self.holder_since = self.now
         wait, _ = rules.takeover_wait(
             previous=None if self.record is None else self.record[0],
             released=self.record is not None and self.record[1],
@@ -283,10 +349,18 @@ class Sim:
             lease=self.lease,
             recorded_lease=None,
         )
+        self._call(self.now + wait, node, lambda: self._grant(node))
+
+    def _grant(self, node: int) -> None:
+        """The claimant takes the next term (after waiting out the old lease, if it had
+        to), recorded with its standby."""
+        if self.holder != node:
+            return  # it died while it waited
         self.term += 1
         self.record = (node, False)
-        self.renewed = self.now + wait
-        self._push(self.now + wait + self.delay, node, p.ClaimGranted(self.term))
+        self.renewed = self.now
+        self.standby = rules.standby(self._members(), node)
+        self._push(self.now + self.delay, node, p.ClaimGranted(self.term))
 
 
 def kinds(messages: list[Message]) -> list[Kind]:

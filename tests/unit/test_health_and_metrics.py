@@ -7,8 +7,17 @@ from contextlib import AsyncExitStack
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from notifelect import ElectionGroup, Health, HealthState, MemoryBus, RetryPolicy, Settings
+from notifelect import (
+    ElectionGroup,
+    Health,
+    HealthState,
+    MemoryBus,
+    RetryPolicy,
+    Settings,
+    messages,
+)
 from notifelect.health import VACANCY_BUCKETS, Vacancies
+from notifelect.messages import Kind, Message
 from notifelect.metrics import COUNTERS, register
 from notifelect.transport.memory import MemoryTransport
 from tests.support.exposition import sample, samples
@@ -148,8 +157,13 @@ async def test_the_metrics_describe_leader_and_follower() -> None:
         await leader.wait_for_leadership(timeout=5)
         follower = await stack.enter_async_context(ElectionGroup.in_memory(bus, "g", FAST))
         await follower.wait_for_leader(timeout=5)
-        # A heartbeat, checked against the record of the leadership (host and pid).
+        # The leader row, read by the follower's tick (host and pid).
         await until([follower], lambda: follower.leader is not None and follower.leader.host)
+        # Nothing is sent on the channel while a group is settled: send one message.
+        assert leader.rank is not None
+        alive = messages.encode(Message(Kind.ALIVE, "g", leader.rank))
+        await leader._transport.publish(alive)
+        await until([follower], lambda: follower.stats["received"] >= 1)
         register(leader, follower, registry=registry)
         text = generate_latest(registry).decode()
         assert leader.leadership is not None

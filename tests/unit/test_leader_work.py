@@ -24,7 +24,7 @@ from notifelect import (
     Settings,
     current_leadership,
 )
-from notifelect._driver import Inbox
+from notifelect._inbox import Inbox
 from notifelect.messages import Kind, Message, Rank
 from notifelect.protocol import Receive, Timer, TimerFired
 from tests.support.waiting import until
@@ -209,12 +209,12 @@ def test_the_message_queue_is_bounded_and_timers_go_first() -> None:
     message = Receive(Message(Kind.ELECTION, "g", Rank(0, 1)))
     assert all(inbox.put(message) for _ in range(3))
     assert not inbox.put(message)  # full: dropped and counted by the driver
-    assert inbox.put(TimerFired(Timer.HEARTBEAT))  # the driver's own events always fit
+    assert inbox.put(TimerFired(Timer.LEADER))  # the driver's own events always fit
 
     async def first() -> object:
         return await inbox.get()
 
-    assert asyncio.run(first()) == TimerFired(Timer.HEARTBEAT)
+    assert asyncio.run(first()) == TimerFired(Timer.LEADER)
 
 
 async def test_a_stale_term_is_dropped_without_asking_the_database() -> None:
@@ -225,7 +225,7 @@ async def test_a_stale_term_is_dropped_without_asking_the_database() -> None:
         follower = await stack.enter_async_context(ElectionGroup.in_memory(bus, "g", settings))
         await follower.wait_for_leader(timeout=5)
         # Its first heartbeat is checked against the database once; then it is believed.
-        await until([follower], lambda: follower._driver._verified is not None, timeout=5)
+        await until([follower], lambda: follower._driver.view.verified is not None, timeout=5)
         asked: list[object] = []
         transport = follower._transport
         original = transport.leader

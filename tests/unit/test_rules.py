@@ -2,18 +2,41 @@
 
 from __future__ import annotations
 
+import dataclasses
+from datetime import UTC, datetime
+
 import pytest
 
+from notifelect.messages import Kind, Message, Rank
 from notifelect.rules import (
+    Ask,
+    Belief,
+    Freed,
     Sighting,
+    StayOut,
+    View,
+    abstaining,
+    believe,
+    best_candidate,
     ended_cleanly,
+    how_it_ended,
+    leader_silent,
+    lease_age,
+    lease_end,
+    lease_holds,
+    lease_left,
+    lease_recheck,
+    may_fence,
     may_fence_guard,
     sight,
+    silent_from,
     standby,
+    stay_out,
     successor,
     takeover_wait,
     unchanged_for,
 )
+from notifelect.transport.base import LeaderRecord
 
 LEADER = (7, 100)  # node, term
 
@@ -229,6 +252,248 @@ def test_who_stands_by_and_who_succeeds(
 ) -> None:
     assert standby(members, leader) == watcher
     assert successor(members, leader) == heir
+
+
+#: (what, members, excluding, best)
+CANDIDATES = [
+    ("nobody", [], None, None),
+    ("the highest priority", [(0, 9), (2, 3), (1, 7)], None, (2, 3)),
+    ("among equals, the largest node id", [(1, 3), (1, 8), (0, 9)], None, (1, 8)),
+    ("not the recorded leader", [(1, 3), (1, 8), (0, 9)], 8, (1, 3)),
+    ("only the recorded leader", [(0, 4)], 4, None),
+]
+
+
+@pytest.mark.parametrize(
+    ("what", "members", "excluding", "best"), CANDIDATES, ids=[c[0] for c in CANDIDATES]
+)
+def test_who_should_lead_when_nobody_does(
+    what: str,
+    members: list[tuple[int, int]],
+    excluding: int | None,
+    best: tuple[int, int] | None,
+) -> None:
+    assert best_candidate(members, excluding) == best
+
+
+#: (what the standby saw: watched leader, recorded leader, released, observed alive, how)
+ENDINGS = [
+    ("the leader released its term: a clean hand-over", 5, 5, True, True, Freed.RELEASED),
+    ("released, though the watch began after it let go", 5, 5, True, False, Freed.RELEASED),
+    ("seen alive, then gone, its term not released", 5, 5, False, True, Freed.DIED),
+    ("already gone when the watch began: nothing seen", 5, 5, False, False, Freed.UNOBSERVED),
+    ("the leadership moved on to another node", 5, 6, False, True, Freed.UNOBSERVED),
+    ("another node's term was released meanwhile", 5, 6, True, True, Freed.UNOBSERVED),
+    ("no leader row at all", 5, None, False, True, Freed.UNOBSERVED),
+]
+
+
+@pytest.mark.parametrize(
+    ("what", "watched", "recorded", "released", "observed", "how"),
+    ENDINGS,
+    ids=[e[0] for e in ENDINGS],
+)
+def test_how_a_standby_saw_a_leadership_end(
+    what: str, watched: int, recorded: int | None, released: bool, observed: bool, how: Freed
+) -> None:
+    assert how_it_ended(watched, recorded, released, observed) is how
+
+
+#: (what, seconds the leader's renewal has not changed, silent with leader_timeout 2 s)
+SILENCES = [
+    ("renewed just now", 0.0, False),
+    ("one interval late", 0.5, False),
+    ("just under the followers' patience", 1.999, False),
+    ("exactly the followers' patience", 2.0, True),
+    ("stopped renewing long ago", 60.0, True),
+    ("never seen: unknown is not silent", None, False),
+]
+
+
+@pytest.mark.parametrize(("what", "quiet", "silent"), SILENCES, ids=[s[0] for s in SILENCES])
+def test_when_a_leader_has_fallen_silent(what: str, quiet: float | None, silent: bool) -> None:
+    assert leader_silent(quiet, leader_timeout=2.0) is silent
+    if quiet is not None:  # the same moment, as a follower's timer sees it
+        renewed_at = 10.0
+        assert (renewed_at + quiet >= silent_from(renewed_at, 2.0)) is silent
+
+
+#: (what, the holder is the recorded leader, quiet for, may fence) with leader_timeout 2 s,
+#: lease 1.5 s, io_timeout 2 s
+FENCES = [
+    ("the leader renews: never", True, 0.3, False),
+    ("the leader is late but within the followers' patience", True, 1.9, False),
+    ("the leader has been silent for the followers' patience", True, 2.0, True),
+    ("a holder taking over, idle while it waits out the old lease", False, 1.5, False),
+    ("a holder taking over, idle for a lease and a call: stuck", False, 3.5, True),
+]
+
+
+@pytest.mark.parametrize(("what", "recorded", "quiet", "may"), FENCES, ids=[f[0] for f in FENCES])
+def test_when_a_silent_claim_holder_is_fenced(
+    what: str, recorded: bool, quiet: float, may: bool
+) -> None:
+    got = may_fence(
+        recorded=recorded, quiet_for=quiet, leader_timeout=2.0, lease=1.5, io_timeout=2.0
+    )
+    assert got is may
+
+
+def test_a_leader_is_fenced_only_after_the_longer_of_patience_and_lease() -> None:
+    # A lease longer than the followers' patience: a leader renewing late but within its
+    # lease (a slow server) is never fenced.
+    assert not may_fence(
+        recorded=True, quiet_for=2.5, leader_timeout=2.0, lease=3.0, io_timeout=3.0
+    )
+    assert may_fence(recorded=True, quiet_for=3.0, leader_timeout=2.0, lease=3.0, io_timeout=3.0)
+
+
+#: (what, confirmed at, now, lease holds, seconds left, seconds since renewed, recheck in)
+#: with a lease of 1.5 s and an interval of 0.5 s
+LEASES = [
+    ("just confirmed", 10.0, 10.0, True, 1.5, 0.0, 0.25),
+    ("an interval later, not renewed", 10.0, 10.5, True, 1.0, 0.5, 0.25),
+    ("close to its end: looked at when it runs out", 10.0, 11.4, True, 0.1, 1.4, 0.1),
+    ("exactly at its end: it no longer holds", 10.0, 11.5, False, 0.0, 1.5, 0.0),
+    ("long after its end (a resumed process)", 10.0, 100.0, False, 0.0, 90.0, 0.0),
+]
+
+
+@pytest.mark.parametrize(
+    ("what", "confirmed", "at", "holds", "left", "age", "recheck"),
+    LEASES,
+    ids=[row[0] for row in LEASES],
+)
+def test_this_nodes_own_lease(
+    what: str, confirmed: float, at: float, holds: bool, left: float, age: float, recheck: float
+) -> None:
+    end = lease_end(confirmed, 1.5)
+    assert lease_holds(end, at) is holds
+    assert lease_left(end, at) == pytest.approx(left)
+    assert lease_age(end, 1.5, at) == pytest.approx(age)
+    assert lease_recheck(end, at, interval=0.5) == pytest.approx(recheck)
+
+
+#: (why, from, stays out until) with leader_timeout 2 s, coordinator_wait 0.5 s
+STAYS = [
+    ("its leader work failed: another member takes over", StayOut.ABDICATED, 10.0, 12.0),
+    (
+        "back after losing a leadership: the standby may be taking over",
+        StayOut.RETURNED,
+        10.0,
+        10.5,
+    ),
+]
+
+
+@pytest.mark.parametrize(("what", "why", "at", "until"), STAYS, ids=[row[0] for row in STAYS])
+def test_how_long_a_node_stays_out_of_elections(
+    what: str, why: StayOut, at: float, until: float
+) -> None:
+    got = stay_out(why, at, leader_timeout=2.0, coordinator_wait=0.5)
+    assert got == pytest.approx(until)
+    assert abstaining(at, got)
+    assert abstaining(got - 0.001, got)
+    assert not abstaining(got, got)
+
+
+# ---------------------------------------------------------------- which messages are believed
+
+ME, LEADER_NODE, TERM = 3, 7, 100
+
+
+def _record(
+    node: int = LEADER_NODE,
+    term: int = TERM,
+    *,
+    priority: int = 0,
+    released: bool = False,
+    quiet: float | None = 0.2,
+) -> LeaderRecord:
+    return LeaderRecord(
+        node, priority, term, "host", 1, datetime.now(UTC), released, quiet, None, quiet
+    )
+
+
+def _msg(kind: Kind, node: int = LEADER_NODE, term: int | None = TERM, **kw: int) -> Message:
+    priority = kw.pop("priority", 0)
+    return Message(kind, "g", Rank(priority, node), term, **kw)
+
+
+FOLLOWER = View(
+    me=ME, leading=False, leader_term=TERM, verified=None, verified_age=0.0, leader_timeout=2.0
+)
+READ = dataclasses.replace(FOLLOWER, record=_record(), record_read=True)
+NO_ROW = dataclasses.replace(FOLLOWER, record=None, record_read=True)
+LEADING = dataclasses.replace(FOLLOWER, leading=True, preempts=True)
+BELIEVED = Belief(True)
+
+#: (what arrives, message, what this node knows and read, verdict)
+BELIEFS: list[tuple[str, Message, View, Belief | Ask]] = [
+    # leader announcements (COORDINATOR; HEARTBEAT from 0.2 nodes)
+    ("an announcement of an older term: stale, no query", _msg(Kind.HEARTBEAT, term=99),
+     FOLLOWER, Belief(False, "stale term")),
+    ("an announcement not yet checked: read the leader row", _msg(Kind.COORDINATOR),
+     FOLLOWER, Ask.RECORD),
+    ("an announcement the leader row confirms", _msg(Kind.COORDINATOR), READ, BELIEVED),
+    ("a 0.2 node's heartbeat the leader row confirms", _msg(Kind.HEARTBEAT), READ, BELIEVED),
+    ("an announcement of a term nobody holds", _msg(Kind.COORDINATOR, term=101), READ,
+     Belief(False, "unverified leader")),
+    ("an announcement by a node that does not hold the term", _msg(Kind.COORDINATOR, node=8),
+     READ, Belief(False, "unverified leader")),
+    ("an announcement with another priority than the leader's",
+     _msg(Kind.COORDINATOR, priority=5), READ, Belief(False, "unverified leader")),
+    ("an announcement of a released term", _msg(Kind.COORDINATOR),
+     dataclasses.replace(READ, record=_record(released=True)), Belief(False, "unverified leader")),
+    ("an announcement when the group has no leader row", _msg(Kind.COORDINATOR), NO_ROW,
+     Belief(False, "unverified leader")),
+    ("a replayed announcement of a leader that stopped renewing", _msg(Kind.HEARTBEAT),
+     dataclasses.replace(READ, record=_record(quiet=2.0)), Belief(False, "silent leader")),
+    ("an announcement of the leadership confirmed a moment ago: no query",
+     _msg(Kind.HEARTBEAT), dataclasses.replace(FOLLOWER, verified=(7, 100), verified_age=1.0),
+     Belief(False, "known leader", ignored=True)),
+    ("an announcement while this node leads: its own renewals are the truth",
+     _msg(Kind.COORDINATOR), LEADING, Belief(False, "announcement while leading", ignored=True)),
+    ("an announcement confirmed longer ago than leader_timeout: read again",
+     _msg(Kind.HEARTBEAT), dataclasses.replace(FOLLOWER, verified=(7, 100), verified_age=2.0),
+     Ask.RECORD),
+    # resignations
+    ("a resignation naming another node: its claim speaks for it",
+     _msg(Kind.RESIGN, successor=9), FOLLOWER,
+     Belief(False, "resign naming another", ignored=True)),
+    ("a resignation naming this node: read the leader row", _msg(Kind.RESIGN, successor=ME),
+     FOLLOWER, Ask.RECORD),
+    ("a resignation whose term the leader row shows released", _msg(Kind.RESIGN, successor=ME),
+     dataclasses.replace(READ, record=_record(released=True)), BELIEVED),
+    ("a resignation naming nobody, released", _msg(Kind.RESIGN),
+     dataclasses.replace(READ, record=_record(released=True)), BELIEVED),
+    ("a resignation in the leader's name, its term not released",
+     _msg(Kind.RESIGN, successor=ME), READ, Belief(False, "unverified resign")),
+    ("a resignation of an older term", _msg(Kind.RESIGN, term=99, successor=ME), FOLLOWER,
+     Belief(False, "stale term")),
+    # elections
+    ("an election that cannot depose this node: believed", _msg(Kind.ELECTION, term=None),
+     FOLLOWER, BELIEVED),
+    ("an election that would depose this leader: ask whether its sender is a member",
+     _msg(Kind.ELECTION, node=9, term=None, priority=5), LEADING, Ask.MEMBER),
+    ("an election that would depose this leader, from a live member",
+     _msg(Kind.ELECTION, node=9, term=None, priority=5),
+     dataclasses.replace(LEADING, member=True), BELIEVED),
+    ("an election that would depose this leader, from nobody",
+     _msg(Kind.ELECTION, node=9, term=None, priority=5),
+     dataclasses.replace(LEADING, member=False), Belief(False, "unknown member")),
+    ("an ALIVE: believed (it moves no leadership)", _msg(Kind.ALIVE, term=None), FOLLOWER,
+     BELIEVED),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("what", "message", "view", "verdict"), BELIEFS, ids=[b[0] for b in BELIEFS]
+)
+def test_which_messages_are_believed(
+    what: str, message: Message, view: View, verdict: Belief | Ask
+) -> None:
+    assert believe(message, view) == verdict
 
 
 def test_a_leadership_is_not_valid_in_a_forked_child() -> None:
