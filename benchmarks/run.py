@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -36,6 +36,7 @@ from .scenarios import (
     Config,
     Pool,
     Recorder,
+    Setup,
     chain,
     floor_lock,
     floor_notify,
@@ -89,15 +90,8 @@ def configs(seed: dict[str, Any] | None) -> dict[tuple[str, str], Config]:
     s = Settings()
 
     def of(label: str, s: Settings, strict: bool | None = None) -> Config:
-        return Config(
-            "ours",
-            label,
-            s.election_interval,
-            s.election_timeout,
-            s.lease,
-            s.leader_timeout,
-            strict,
-        )
+        timing = (s.election_interval, s.election_timeout, s.lease, s.leader_timeout)
+        return Config("ours", label, *timing, strict)
 
     out = {
         ("ours", "default"): of("default", s),
@@ -267,18 +261,18 @@ class Run:
                 self.buses[settings] = Bus()
                 await self.buses[settings].start(self.dbs[system, settings])
 
-    async def chains(
-        self, key: tuple[str, str], n: int, repeats: int, steps: Sequence[str], first: int = 0
-    ) -> None:
+    def setup(self, key: tuple[str, str], *, steady: bool = False) -> Setup:
+        """``key``'s system and settings on its database (or its steady-state one)."""
         cfg = self.cfgs[key]
-        bus = self.buses.get(cfg.settings) if cfg.system == "ours" else None
-        for trial in range(first, first + repeats):
-            await chain(self.pools[cfg.system], cfg, self.dbs[key], n, trial, self.rec, steps, bus)
+        bus = None if steady or cfg.system != "ours" else self.buses[cfg.settings]
+        db = self.dbs[("steady", *key) if steady else key]
+        return Setup(cfg, self.pools[cfg.system], db, self.rec, bus)
 
-    async def steady(self, key: tuple[str, str], n: int, seconds: float) -> None:
-        cfg = self.cfgs[key]
-        db = self.dbs["steady", *key]
-        await steady_state(self.pools[cfg.system], cfg, db, n, seconds, self.rec)
+    async def chains(
+        self, key: tuple[str, str], n: int, trials: Iterable[int], steps: Sequence[str]
+    ) -> None:
+        for trial in trials:
+            await chain(self.setup(key), n, trial, steps)
 
     async def measure(self, scale: list[tuple[int, int]]) -> dict[str, list[float]]:
         """Every phase; the physical floors."""
@@ -300,10 +294,13 @@ class Run:
             """The steady state of every system, then ours at the other take-over (strict
             failovers wait a whole lease, so they share the time of the seed's 25 s rounds)."""
             keys = [k for k in self.cfgs if k[1] != OTHER]
-            await asyncio.gather(*(self.steady(k, plan.n, plan.steady_seconds) for k in keys))
+            seconds = plan.steady_seconds
+            await asyncio.gather(
+                *(steady_state(self.setup(k, steady=True), plan.n, seconds) for k in keys)
+            )
             trials, kills = plan.takeover
             _progress(f"ours at {OTHER}: {trials} trials, N={plan.n}, {kills} SIGKILLs each")
-            await self.chains(("ours", OTHER), plan.n, trials, ["crash"] * kills)
+            await self.chains(("ours", OTHER), plan.n, range(trials), ["crash"] * kills)
 
         phase = [steady_then_takeover()]
         seed_trials = plan.seed_default_trials if ("seed", "default") in self.cfgs else 0
@@ -311,7 +308,7 @@ class Run:
             await self.pools["seed"].reserve(plan.n * (seed_trials + 2))
             steps = ("hand-over", "crash", "pause")
             phase += [
-                self.chains(("seed", "default"), plan.n, 1, steps, g) for g in range(seed_trials)
+                self.chains(("seed", "default"), plan.n, [g], steps) for g in range(seed_trials)
             ]
         also = (
             f"; the seed at its defaults: {seed_trials} trials in parallel" if seed_trials else ""
@@ -323,23 +320,15 @@ class Run:
             if key in self.cfgs:
                 repeats = plan.repeats if key[0] == "ours" else plan.seed_repeats
                 _progress(f"{key[0]} at {key[1]} settings: {repeats} trials, N={plan.n}")
-                await self.chains(key, plan.n, repeats, ("hand-over", "crash", "pause"))
+                await self.chains(key, plan.n, range(repeats), ("hand-over", "crash", "pause"))
         for replicas, repeats in plan.rolling:
             _progress(f"rolling restart at default settings, R={replicas}: {repeats} trials")
             for trial in range(repeats):
-                await rolling_restart(
-                    self.pools["ours"],
-                    self.cfgs[ours],
-                    self.dbs[ours],
-                    replicas,
-                    trial,
-                    self.rec,
-                    self.buses["default"],
-                )
+                await rolling_restart(self.setup(ours), replicas, trial)
         for n, repeats in scale:
             _progress(f"scale: ours at default settings, N={n}: {repeats} trials")
-            await self.chains(ours, n, repeats, ("hand-over", "crash"))
-            await self.steady(ours, n, plan.scale_steady_seconds)
+            await self.chains(ours, n, range(repeats), ("hand-over", "crash"))
+            await steady_state(self.setup(ours, steady=True), n, plan.scale_steady_seconds)
         return floors
 
 

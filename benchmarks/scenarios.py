@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import itertools
 import json
 import os
@@ -88,37 +87,18 @@ class Sample:
     note: str = ""
 
 
-Add = Callable[..., None]  # (scenario, value, limit=None, *, unit="s", note="")
-
-
 @dataclass
 class Recorder:
     samples: list[Sample] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
-    def add(
-        self,
-        cfg: Config,
-        n: int,
-        trial: int,
-        scenario: str,
-        value: float | None,
-        limit: float | None = None,
-        *,
-        unit: str = "s",
-        note: str = "",
-    ) -> None:
-        self.samples.append(
-            Sample(cfg.system, cfg.settings, n, scenario, trial, value, limit, unit, note)
-        )
-
-    def of(self, cfg: Config, n: int, trial: int) -> Add:
-        """``add`` for one trial of ``cfg`` at ``n`` nodes."""
-        return functools.partial(self.add, cfg, n, trial)
-
     def problem(self, text: str) -> None:
         self.problems.append(text)
         print(f"  ! {text}", file=sys.stderr, flush=True)
+
+
+class TrialFailed(Exception):
+    """A trial cannot go on (a problem of the run, listed in its report)."""
 
 
 class Bus:
@@ -153,28 +133,23 @@ class Bus:
         except (ValueError, AttributeError):
             self.seen.append((t, "", "?"))
 
-    async def count(self, namespace: str, t0: float, t1: float) -> Counter[str]:
-        """Notifications of ``namespace`` sent in [t0, t1], by kind.
+    async def count(self, namespace: str, t0: float) -> Counter[str]:
+        """Notifications of ``namespace`` sent from ``t0`` until now, by kind.
 
         Arrival stamps lag the sending under load, sometimes by more than a whole
-        hand-over, so the end is taken from a marker: every election message sent before
-        ``t1`` has arrived once a marker sent now comes back (a listener gets
-        notifications in commit order). Periodic heartbeats are counted up to ``t1``
-        only, as they keep coming after the election has settled.
+        hand-over, so the end is taken from a marker: every message sent before now has
+        arrived once a marker sent now comes back (a listener gets notifications in
+        commit order).
         """
         assert self._conn is not None
-        marker = f"bench-barrier-{len(self.seen)}-{time.monotonic_ns()}"
+        marker = f"bench-barrier-{time.monotonic_ns()}"
         self._waiting[marker] = arrived = asyncio.Event()
         try:
             await self._conn.execute("SELECT pg_notify($1, $2)", CHANNEL, marker)
             await asyncio.wait_for(arrived.wait(), 30)
         finally:
             del self._waiting[marker]
-        return Counter(
-            k
-            for t, ns, k in self.seen
-            if ns == namespace and t0 <= t and (t <= t1 or k != "heartbeat")
-        )
+        return Counter(k for t, ns, k in self.seen if ns == namespace and t >= t0)
 
     async def close(self) -> None:
         if self._conn is not None:
@@ -224,21 +199,62 @@ class Pool:
         return taken
 
 
+@dataclass
+class Setup:
+    """One system at one group of settings on its database: where its trials run and
+    where their samples go. ``bus`` (ours): counts the notifications of each election."""
+
+    cfg: Config
+    pool: Pool
+    dsn: str
+    rec: Recorder
+    bus: Bus | None = None
+
+    @contextlib.asynccontextmanager
+    async def group(self, n: int, trial: int, kind: str = "") -> AsyncIterator[Membership]:
+        """``n`` nodes of the pool as one group for one trial. Afterwards they leave, and
+        each overlap the checker finds is recorded (with ``kind``, or the step it began
+        in); a failed trial is a problem of the run."""
+        group = Membership(self, await self.pool.take(n), n, trial)
+        try:
+            yield group
+        except TrialFailed as e:
+            what = f"{self.cfg.system}/{self.cfg.settings} {kind or 'chain'} N={n} trial {trial}"
+            self.rec.problem(f"{what}: {e}")
+        finally:
+            await group.teardown(kind)
+
+
 _namespaces = itertools.count(1)
 
 
 class Membership:
     """The nodes of one group during one trial, and what their reports say."""
 
-    def __init__(
-        self, pool: Pool, cfg: Config, nodes: Sequence[NodeProcess], bus: Bus | None = None
-    ) -> None:
-        self.pool, self.cluster, self.cfg, self.bus = pool, pool.cluster, cfg, bus
+    def __init__(self, setup: Setup, nodes: Sequence[NodeProcess], n: int, trial: int) -> None:
+        self.setup, self.cfg, self.cluster = setup, setup.cfg, setup.pool.cluster
+        self.n, self.trial = n, trial
         self.namespace = f"bench{next(_namespaces)}"
         self.nodes = list(nodes)
         self.start = len(self.cluster.events)
         self.stable_since: float | None = None  # when the last settle() saw agreement
         self.steps: list[tuple[float, str]] = []  # (monotonic time, step) of each fault
+
+    def add(
+        self,
+        scenario: str,
+        value: float | None,
+        limit: float | None = None,
+        *,
+        unit: str = "s",
+        note: str = "",
+        trial: int | None = None,
+    ) -> None:
+        """Record a sample of this trial (or of ``trial``: one per node)."""
+        cfg, trial = self.cfg, self.trial if trial is None else trial
+        self.setup.rec.samples.append(
+            Sample(cfg.system, cfg.settings, self.n, scenario, trial, value, limit, unit, note)
+        )
 
     @property
     def pids(self) -> set[int]:
@@ -247,10 +263,11 @@ class Membership:
     def live(self) -> list[NodeProcess]:
         return [n for n in self.nodes if n.live and n.member]
 
-    async def join(self, nodes: Sequence[NodeProcess], dsn: str, at: float) -> None:
-        if self.bus is not None:
-            await self.bus.follow(channel_for(self.cfg.system, self.namespace))
-        argv, ns = self.cfg.argv(), self.namespace
+    async def join(self, nodes: Sequence[NodeProcess], at: float) -> None:
+        """The nodes join this group at the monotonic instant ``at``."""
+        if self.setup.bus is not None:
+            await self.setup.bus.follow(channel_for(self.cfg.system, self.namespace))
+        argv, ns, dsn = self.cfg.argv(), self.namespace, self.setup.dsn
         await asyncio.gather(
             *(self.cluster.join(n, argv, namespace=ns, dsn=dsn, at=at) for n in nodes)
         )
@@ -282,26 +299,15 @@ class Membership:
             lambda e: e["ev"] == ev and e["pid"] in pids and e["m"] > after, self.cfg.limit, mark
         )
 
-    async def messages(self, add: Add, scenario: str, t0: float) -> None:
-        """The notifications of this group from ``t0`` until it settled, by kind."""
-        if self.bus is not None and self.stable_since is not None:
-            counts = await self.bus.count(self.namespace, t0, self.stable_since)
+    async def messages(self, scenario: str, t0: float) -> None:
+        """The notifications of this group from ``t0`` until now (it has just settled),
+        by kind."""
+        if self.setup.bus is not None and self.stable_since is not None:
+            counts = await self.setup.bus.count(self.namespace, t0)
             kinds = " ".join(f"{k}={v}" for k, v in sorted(counts.items()))
-            add(scenario, counts.total(), unit="count", note=kinds)
+            self.add(scenario, counts.total(), unit="count", note=kinds)
 
-    def overlaps(self) -> list[tuple[float, str]]:
-        """Each overlap of two acting nodes the checker finds in this group: for how long
-        the earlier leadership could still act, and the step the later one began in."""
-        spans = self.cluster.spans(self.nodes, self.namespace, clock="m").values()
-        return [
-            (
-                old.end - new.started,
-                next((s for t, s in reversed(self.steps) if t <= new.started), "cold start"),
-            )
-            for old, new in checker.overlapping(list(spans))
-        ]
-
-    async def teardown(self, add: Add, step: str | None = None) -> None:
+    async def teardown(self, kind: str) -> None:
         """Record the overlaps; ours: leave cleanly and return the processes to the pool.
         Seed: kill them (its clean exit waits for the end of the current round)."""
         live = [n for n in self.nodes if not (n.exited or n.killed)]
@@ -319,69 +325,55 @@ class Membership:
             if n.member or self.cfg.system == "seed":
                 self.cluster.signal(n, signal.SIGKILL)
             elif n.live:
-                self.pool.idle.append(n)
-        for value, began in self.overlaps():
-            add("overlap", value, note=step or began)
+                self.setup.pool.idle.append(n)
+        # Each overlap: how long the earlier leadership could still act, and the step the
+        # later one began in.
+        spans = self.cluster.spans(self.nodes, self.namespace, clock="m").values()
+        for old, new in checker.overlapping(list(spans)):
+            began = next((s for t, s in reversed(self.steps) if t <= new.started), "cold start")
+            self.add("overlap", old.end - new.started, note=kind or began)
 
 
-async def chain(
-    pool: Pool,
-    cfg: Config,
-    dsn: str,
-    n: int,
-    trial: int,
-    rec: Recorder,
-    steps: Sequence[str] = ("hand-over", "crash", "pause"),
-    bus: Bus | None = None,
-) -> None:
+async def chain(setup: Setup, n: int, trial: int, steps: Sequence[str]) -> None:
     """One trial: n nodes start together (cold start), then the leader leaves, is
     killed, is paused (``steps``). Each step waits for a stable leader first and runs only
-    while two nodes are live. ``bus`` (ours): count the notifications of each election."""
-    group, add = Membership(pool, cfg, await pool.take(n), bus), rec.of(cfg, n, trial)
-    try:
-        leader: NodeProcess | None = await _cold_start(group, add, dsn)
+    while two nodes are live."""
+    async with setup.group(n, trial) as group:
+        leader: NodeProcess | None = await _cold_start(group)
         for step in steps:
             if len(group.live()) < 2:
                 break
-            leader = leader or await group.settle(cfg.limit)
+            leader = leader or await group.settle(group.cfg.limit)
             if leader is None:
                 raise TrialFailed(f"no stable leader before the {step}")
-            leader = await _step(group, add, step, leader)
-    except TrialFailed as e:
-        rec.problem(f"{cfg.system}/{cfg.settings} N={n} trial {trial}: {e}")
-    finally:
-        await group.teardown(add)
+            leader = await _step(group, step, leader)
 
 
-class TrialFailed(Exception):
-    """A trial cannot go on (a problem of the run, listed in its report)."""
-
-
-async def _cold_start(group: Membership, add: Add, dsn: str) -> NodeProcess:
+async def _cold_start(group: Membership) -> NodeProcess:
     cfg, n = group.cfg, len(group.nodes)
     at = time.monotonic() + GO_DELAY
-    await group.join(group.nodes, dsn, at)
+    await group.join(group.nodes, at)
     first = await group.first("elected", 0.0, group.start, group.pids)
-    add("cold start", None if first is None else first["m"] - at, cfg.limit)
+    group.add("cold start", None if first is None else first["m"] - at, cfg.limit)
     # Many nodes joining at once on few cores take a while to all get connected.
     limit = cfg.limit + 0.1 * n
     agreed = None if first is None else await group.settle(limit)
     # Settled: one leader, known to every node (ours; the seed reports no beliefs), held
     # for SETTLE seconds. The seed's "all agree" would only repeat its cold start.
-    add("settled", float(agreed is not None), unit="count")
+    group.add("settled", float(agreed is not None), unit="count")
     for node in group.nodes:  # every node has joined by now, or never will
         for e in node.of("ready"):
-            add("join (enter returns)", e["m"] - at)
+            group.add("join (enter returns)", e["m"] - at)
     if cfg.system == "ours":
         since = group.stable_since
-        add("all agree on the leader", None if since is None else since - at, limit)
-        await group.messages(add, "messages: cold start", at)
+        group.add("all agree on the leader", None if since is None else since - at, limit)
+        await group.messages("messages: cold start", at)
     if agreed is None:
         raise TrialFailed(f"no {'first' if first is None else 'stable'} leader")
     return agreed
 
 
-async def _step(group: Membership, add: Add, step: str, leader: NodeProcess) -> NodeProcess | None:
+async def _step(group: Membership, step: str, leader: NodeProcess) -> NodeProcess | None:
     """One fault to the group's stable leader; the next one if it is settled already
     (after a hand-over of ours)."""
     cfg, cluster = group.cfg, group.cluster
@@ -397,12 +389,12 @@ async def _step(group: Membership, add: Add, step: str, leader: NodeProcess) -> 
         t0 = time.monotonic()
         cluster.signal(leader, signal.SIGKILL if step == "crash" else signal.SIGSTOP)
     new = await group.first("elected", t0, mark, others)
-    add(STEPS[step], None if new is None else new["m"] - t0, cfg.limit)
+    group.add(STEPS[step], None if new is None else new["m"] - t0, cfg.limit)
     if step == "hand-over" and cfg.system == "ours":
         await cluster.until(lambda: not leader.member, timeout=15, what="left")
         settled = None if new is None else await group.settle(cfg.limit)
         if settled is not None:
-            await group.messages(add, "messages: hand-over", t0)
+            await group.messages("messages: hand-over", t0)
         return settled
     if step == "pause":
         if new is not None:
@@ -422,62 +414,70 @@ async def _step(group: Membership, add: Add, step: str, leader: NodeProcess) -> 
     return None
 
 
-async def steady_state(
-    pool: Pool, cfg: Config, dsn: str, n: int, duration: float, rec: Recorder
-) -> None:
+async def steady_state(setup: Setup, n: int, duration: float) -> None:
     """N idle nodes for ``duration`` seconds: notifications/s, CPU and RSS per node,
     connections used (every session on the group's database but the listener's)."""
-    listener = await asyncpg.connect(dsn)
+    cfg, listener = setup.cfg, await asyncpg.connect(setup.dsn)
     received: list[float] = []
-    nodes = await pool.take(n)
-    group, add = Membership(pool, cfg, nodes), rec.of(cfg, n, 0)
-    await listener.add_listener(
-        channel_for(cfg.system, group.namespace), lambda *_: received.append(time.monotonic())
-    )
     try:
-        await group.join(nodes, dsn, time.monotonic() + GO_DELAY)
-        # The seed's first round ends after interval + timeout; many nodes take a while
-        # to all connect.
-        leader = await group.settle(cfg.limit + 0.1 * n + (30 if cfg.system == "seed" else 0))
-        if leader is None:
-            rec.problem(f"{cfg.system}/{cfg.settings} N={n} steady state: no stable leader")
-            return
-        cpu0 = {node.pid: cpu_seconds(node.pid) for node in nodes}
-        xacts0, t0 = await transactions(listener), time.monotonic()
-        await asyncio.sleep(duration)  # the measurement window
-        cpu1 = {node.pid: cpu_seconds(node.pid) for node in nodes}
-        t1, xacts1 = time.monotonic(), await transactions(listener)
-        elapsed = t1 - t0
-        window = [t for t in received if t0 <= t < t1]
-        connections = await listener.fetchval(
-            "SELECT count(*) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        )
-        # Between the first and the last arrival: a count over the whole window would be
-        # off by one notification depending on the phase of the heartbeat.
-        if len(window) >= 2:
-            rate = (len(window) - 1) / (window[-1] - window[0])
-        else:
-            rate = len(window) / elapsed
-        add("notifications", rate, unit="1/s", note=f"{len(window)} in {elapsed:.1f} s")
-        if cfg.system == "ours":
-            add("messages per interval", rate * cfg.interval, unit="count")
-        add("connections", float(connections), unit="count")
-        # Each of the two reads of the counters is a transaction of its own, and the
-        # statistics lag by up to PGSTAT_MIN_INTERVAL: a rate over a window of seconds.
-        add("transactions", max(0.0, (xacts1 - xacts0 - 1) / elapsed), unit="1/s")
-        for i, node in enumerate(nodes):
-            a, b, rss = cpu0[node.pid], cpu1[node.pid], rss_mib(node.pid)
-            role = "leader" if node is leader else "follower"
-            if a is not None and b is not None:
-                rec.add(cfg, n, i, "idle CPU", 100 * (b - a) / elapsed, unit="%", note=role)
-            if rss is not None:
-                rec.add(cfg, n, i, "RSS", rss, unit="MiB", note=role)
-        if group.stable_leader() is not leader:
-            rec.problem(f"{cfg.system}/{cfg.settings} N={n}: leader changed in steady state")
+        async with setup.group(n, 0, "steady state") as group:
+            await listener.add_listener(
+                channel_for(cfg.system, group.namespace),
+                lambda *_: received.append(time.monotonic()),
+            )
+            await group.join(group.nodes, time.monotonic() + GO_DELAY)
+            # The seed's first round ends after interval + timeout; many nodes take a
+            # while to all connect.
+            seed_round = 30 if cfg.system == "seed" else 0
+            if (leader := await group.settle(cfg.limit + 0.1 * n + seed_round)) is None:
+                raise TrialFailed("no stable leader")
+            await _idle(group, leader, listener, received, duration)
+            if group.stable_leader() is not leader:
+                raise TrialFailed("the leader changed in steady state")
     finally:
-        await group.teardown(add, "steady state")
         await listener.close()
+
+
+async def _idle(
+    group: Membership,
+    leader: NodeProcess,
+    listener: asyncpg.Connection[Any],
+    received: list[float],
+    duration: float,
+) -> None:
+    """The measurement window of a steady state."""
+    nodes = group.nodes
+    cpu0 = {node.pid: cpu_seconds(node.pid) for node in nodes}
+    xacts0, t0 = await transactions(listener), time.monotonic()
+    await asyncio.sleep(duration)  # the measurement window
+    cpu1 = {node.pid: cpu_seconds(node.pid) for node in nodes}
+    t1, xacts1 = time.monotonic(), await transactions(listener)
+    elapsed = t1 - t0
+    window = [t for t in received if t0 <= t < t1]
+    connections = await listener.fetchval(
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    )
+    # Between the first and the last arrival: a count over the whole window would be off
+    # by one notification depending on the phase of the heartbeat.
+    if len(window) >= 2:
+        rate = (len(window) - 1) / (window[-1] - window[0])
+    else:
+        rate = len(window) / elapsed
+    group.add("notifications", rate, unit="1/s", note=f"{len(window)} in {elapsed:.1f} s")
+    if group.cfg.system == "ours":
+        group.add("messages per interval", rate * group.cfg.interval, unit="count")
+    group.add("connections", float(connections), unit="count")
+    # Each of the two reads of the counters is a transaction of its own, and the
+    # statistics lag by up to PGSTAT_MIN_INTERVAL: a rate over a window of seconds.
+    group.add("transactions", max(0.0, (xacts1 - xacts0 - 1) / elapsed), unit="1/s")
+    for i, node in enumerate(nodes):
+        a, b, rss = cpu0[node.pid], cpu1[node.pid], rss_mib(node.pid)
+        role = "leader" if node is leader else "follower"
+        if a is not None and b is not None:
+            group.add("idle CPU", 100 * (b - a) / elapsed, unit="%", note=role, trial=i)
+        if rss is not None:
+            group.add("RSS", rss, unit="MiB", note=role, trial=i)
 
 
 def _leaderless(nodes: Sequence[NodeProcess], t0: float, t1: float) -> float:
@@ -504,51 +504,41 @@ def _leaderless(nodes: Sequence[NodeProcess], t0: float, t1: float) -> float:
     return none + (t1 - last if acting == 0 else 0.0)
 
 
-async def rolling_restart(
-    pool: Pool, cfg: Config, dsn: str, replicas: int, trial: int, rec: Recorder, bus: Bus
-) -> None:
+async def rolling_restart(setup: Setup, replicas: int, trial: int) -> None:
     """A rolling deploy of ``replicas`` processes: for each old replica in turn, start a
     replacement, wait until it has joined, then SIGTERM the old one and wait for its exit.
 
     Records the leadership changes (new terms) and the leader-less time during the roll,
     and every overlap of two acting nodes (the checker's, from the nodes' records).
     """
-    await pool.reserve(2 * replicas)
-    olds, cluster = await pool.take(replicas), pool.cluster
-    group, add = Membership(pool, cfg, olds, bus), rec.of(cfg, replicas, trial)
-    name = f"{cfg.system}/{cfg.settings} rolling R={replicas} trial {trial}"
-    try:
-        await group.join(olds, dsn, time.monotonic() + GO_DELAY)
+    cfg, cluster = setup.cfg, setup.pool.cluster
+    await setup.pool.reserve(2 * replicas)
+    async with setup.group(replicas, trial, "rolling restart") as group:
+        olds = list(group.nodes)
+        await group.join(olds, time.monotonic() + GO_DELAY)
         if await group.settle(cfg.limit + 0.1 * replicas) is None:
-            add("rolling: settled", 0.0, unit="count")
-            rec.problem(f"{name}: no stable leader before the roll")
-            return
+            group.add("rolling: settled", 0.0, unit="count")
+            raise TrialFailed("no stable leader before the roll")
         roll, t0 = len(cluster.events), time.monotonic()
         for old in olds:
-            [new] = await pool.take(1)
+            [new] = await setup.pool.take(1)
             group.nodes.append(new)
-            await group.join([new], dsn, time.monotonic())
+            await group.join([new], time.monotonic())
             try:
                 await cluster.ready([new], timeout=cfg.limit)
                 await cluster.stop_node(old, timeout=cfg.limit)
-            except (TimeoutError, AssertionError):
-                rec.problem(f"{name}: a replacement did not join, or an old one did not exit")
-                return
+            except (TimeoutError, AssertionError) as e:
+                raise TrialFailed("a replacement did not join, or an old one did not exit") from e
         settled = await group.settle(cfg.limit)
-        add("rolling: settled", float(settled is not None), unit="count")
+        group.add("rolling: settled", float(settled is not None), unit="count")
         if settled is None or group.stable_since is None:
-            rec.problem(f"{name}: no stable leader after the roll")
-            return
+            raise TrialFailed("no stable leader after the roll")
         t1, pids = group.stable_since, group.pids
-        terms = {
-            e["term"] for e in cluster.events[roll:] if e["ev"] == "elected" and e["pid"] in pids
-        }
-        add("rolling: leadership changes", len(terms), unit="count")
-        add("rolling: leader-less time", _leaderless(group.nodes, t0, t1))
-        add("rolling: duration", t1 - t0)
-        await group.messages(add, "rolling: messages", t0)
-    finally:
-        await group.teardown(add, "rolling restart")
+        elected = [e for e in cluster.events[roll:] if e["ev"] == "elected" and e["pid"] in pids]
+        group.add("rolling: leadership changes", len({e["term"] for e in elected}), unit="count")
+        group.add("rolling: leader-less time", _leaderless(group.nodes, t0, t1))
+        group.add("rolling: duration", t1 - t0)
+        await group.messages("rolling: messages", t0)
 
 
 # --------------------------------------------------------------------- physical floors
