@@ -1,19 +1,29 @@
-"""Summaries of the samples: percentiles, the CSV, the Markdown tables and the chart."""
+"""The report of a run: percentiles, the CSV, the Markdown tables, the targets and the chart."""
 
 from __future__ import annotations
 
 import csv
+import itertools
 import math
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from .scenarios import Sample
+from notifelect import Settings
 
-FAILOVER = ["cold start", "hand-over", "crash (SIGKILL)", "pause (SIGSTOP)"]
-EXTRA = ["join (enter returns)", "all agree on the leader", "paused leader stops acting"]
+from .scenarios import SETTLE, STEPS, Sample
+
+FAILOVER = ["cold start", *STEPS.values()]
+#: Every timed scenario of a chain, in the order of the tables.
+TIMED = [FAILOVER[0], "join (enter returns)", "all agree on the leader", *FAILOVER[1:]]
 SYSTEM_NAMES = {"ours": "notifelect (this)", "seed": "notifelect 0.0.3"}
 SETTINGS = ("default", "fast", "strict", "fastcrash")
+#: The settings labels of ours with strict_takeover=True and False.
+STRICT, FASTCRASH = (
+    ("default", "fastcrash") if Settings().strict_takeover else ("strict", "default")
+)
 
 
 @dataclass(frozen=True)
@@ -21,7 +31,6 @@ class Summary:
     """Nearest-rank percentiles; a censored sample ("nothing within limit") ranks last."""
 
     n: int
-    censored: int
     p50: float | None  # None: the percentile falls on a censored sample
     p99: float | None
     max: float | None
@@ -32,25 +41,31 @@ class Summary:
         if not samples:
             return None
         values = sorted(s.value for s in samples if s.value is not None)
-        censored = len(samples) - len(values)
+        ranked: list[float | None] = [*values, *[None] * (len(samples) - len(values))]
         limits = [s.limit for s in samples if s.limit is not None]
-        ranked: list[float | None] = [*values, *([None] * censored)]
 
         def rank(p: float) -> float | None:
             return ranked[max(0, math.ceil(p * len(ranked)) - 1)]
 
-        return cls(
-            len(samples),
-            censored,
-            rank(0.5),
-            rank(0.99),
-            ranked[-1],
-            max(limits) if limits else None,
-        )
+        return cls(len(ranked), rank(0.5), rank(0.99), ranked[-1], max(limits, default=None))
+
+    @classmethod
+    def of_values(cls, values: Sequence[float]) -> Summary | None:
+        return cls.of([Sample("", "", 0, "", 0, v) for v in values])
+
+    def cells(self) -> str:
+        """n, p50, p99 and max: table cells."""
+        values = (fmt_seconds(v, self.limit) for v in (self.p50, self.p99, self.max))
+        return " | ".join([str(self.n), *values])
 
 
 def select(samples: Iterable[Sample], **match: object) -> list[Sample]:
     return [s for s in samples if all(getattr(s, k) == v for k, v in match.items())]
+
+
+def ours(samples: Iterable[Sample], **match: object) -> Summary | None:
+    """The summary of this package's samples at its defaults (unless ``match`` says)."""
+    return Summary.of(select(samples, **({"system": "ours", "settings": "default"} | match)))
 
 
 def fmt_seconds(value: float | None, limit: float | None = None) -> str:
@@ -58,23 +73,7 @@ def fmt_seconds(value: float | None, limit: float | None = None) -> str:
         return f"> {limit:g} s (none)" if limit is not None else "n/a"
     if value < 1e-3:
         return f"{value * 1e6:.0f} µs"
-    if value < 1:
-        return f"{value * 1e3:.1f} ms"
-    return f"{value:.2f} s"
-
-
-def fmt_value(value: float | None, unit: str) -> str:
-    if value is None:
-        return "n/a"
-    if unit == "s":
-        return fmt_seconds(value)
-    if unit == "%":
-        return f"{value:.2f} %"
-    if unit == "MiB":
-        return f"{value:.0f} MiB"
-    if unit == "1/s":
-        return f"{value:.2f}/s"
-    return f"{value:g}"
+    return f"{value * 1e3:.1f} ms" if value < 1 else f"{value:.2f} s"
 
 
 def ratio(seed: Summary | None, ours: Summary | None) -> str:
@@ -93,348 +92,330 @@ def ratio(seed: Summary | None, ours: Summary | None) -> str:
 def write_csv(path: Path, samples: Sequence[Sample]) -> None:
     with path.open("w", newline="") as f:
         out = csv.writer(f)
-        out.writerow(
-            [
-                "system",
-                "settings",
-                "n",
-                "scenario",
-                "trial",
-                "value",
-                "unit",
-                "censored",
-                "limit_s",
-                "note",
-            ]
-        )
+        out.writerow(CSV_COLUMNS.split(","))
         for s in samples:
-            out.writerow(
-                [
-                    s.system,
-                    s.settings,
-                    s.n,
-                    s.scenario,
-                    s.trial,
-                    "" if s.value is None else f"{s.value:.6f}",
-                    s.unit,
-                    int(s.value is None),
-                    "" if s.limit is None else s.limit,
-                    s.note,
-                ]
-            )
+            value = "" if s.value is None else f"{s.value:.6f}"
+            limit = "" if s.limit is None else s.limit
+            row = (s.system, s.settings, s.n, s.scenario, s.trial, value, s.unit)
+            out.writerow([*row, int(s.value is None), limit, s.note])
 
 
-def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
+CSV_COLUMNS = "system,settings,n,scenario,trial,value,unit,censored,limit_s,note"
 
 
-def failover_rows(samples: Sequence[Sample], n: int) -> list[list[str]]:
-    """One row per scenario, settings and system: each scenario exactly once."""
+def table(header: str, rows: Iterable[str]) -> str:
+    """A Markdown table; ``header`` and each row are cells joined with " | "."""
+    rule = "|---" * (header.count(" | ") + 1) + "|"
+    return "\n".join([f"| {header} |", rule, *(f"| {row} |" for row in rows)])
+
+
+def failover_rows(samples: Sequence[Sample], n: int) -> list[str]:
+    """One row per scenario, settings and system, with seed ÷ ours at the median."""
     rows = []
-    for scenario in [*FAILOVER[:1], *EXTRA[:2], *FAILOVER[1:], *EXTRA[2:]]:
-        for settings in SETTINGS:
-            ours = Summary.of(
-                select(samples, system="ours", settings=settings, n=n, scenario=scenario)
+    for scenario, settings in itertools.product(TIMED, SETTINGS):
+        mine = Summary.of(select(samples, system="ours", settings=settings, n=n, scenario=scenario))
+        for system in ("ours", "seed"):
+            s = Summary.of(
+                select(samples, system=system, settings=settings, n=n, scenario=scenario)
             )
-            seed = Summary.of(
-                select(samples, system="seed", settings=settings, n=n, scenario=scenario)
-            )
-            for system, summary in (("ours", ours), ("seed", seed)):
-                if summary is None:
-                    continue
+            if s is not None:
+                vs = ratio(s, mine) if system == "seed" and scenario in FAILOVER else ""
                 rows.append(
-                    [
-                        scenario,
-                        settings,
-                        SYSTEM_NAMES[system],
-                        str(summary.n),
-                        fmt_seconds(summary.p50, summary.limit),
-                        fmt_seconds(summary.p99, summary.limit),
-                        fmt_seconds(summary.max, summary.limit),
-                        ratio(seed, ours) if system == "seed" and scenario in FAILOVER else "",
-                    ]
+                    f"{scenario} | {settings} | {SYSTEM_NAMES[system]} | {s.cells()} | {vs}"
                 )
     return rows
 
 
-def takeover_rows(samples: Sequence[Sample], n: int, strict_default: bool) -> list[list[str]]:
-    """Unclean failover of ours side by side: SIGKILL at the default take-over and at the
-    other one, and SIGSTOP at defaults."""
-    strict = "SIGKILL, strict_takeover=True (waits out the lease)"
-    fast = "SIGKILL, strict_takeover=False (standby saw the process end)"
-    rows = []
-    for scenario, settings, what in [
-        ("crash (SIGKILL)", "default", f"{strict if strict_default else fast}, the default"),
-        (
-            "crash (SIGKILL)",
-            "fastcrash" if strict_default else "strict",
-            fast if strict_default else strict,
-        ),
-        ("pause (SIGSTOP)", "default", "SIGSTOP, default (leader_timeout, then a lease)"),
-    ]:
-        summary = Summary.of(
-            select(samples, system="ours", settings=settings, n=n, scenario=scenario)
-        )
-        if summary is None:
-            continue
-        rows.append(
-            [
-                what,
-                str(summary.n),
-                fmt_seconds(summary.p50, summary.limit),
-                fmt_seconds(summary.p99, summary.limit),
-                fmt_seconds(summary.max, summary.limit),
-            ]
-        )
-    return rows
+def scale_rows(samples: Sequence[Sample], ns: Sequence[int]) -> list[str]:
+    """Each timed scenario at each N (ours, default settings)."""
+    found = [(sc, n, ours(samples, n=n, scenario=sc)) for sc in TIMED for n in ns]
+    return [f"{sc} | {n} | {s.cells()}" for sc, n, s in found if s is not None]
 
 
-def _counts(samples: Sequence[Sample]) -> str:
-    """p50 / max of count samples, or n/a."""
-    summary = Summary.of(samples)
-    if summary is None or summary.p50 is None or summary.max is None:
+def _messages(found: Sequence[Sample]) -> str:
+    """p50 / max of message counts, and the mean count of each kind."""
+    s = Summary.of(found)
+    if s is None or s.p50 is None or s.max is None:
         return "n/a"
-    return f"{summary.p50:g} / {summary.max:g}"
+    total: Counter[str] = Counter()
+    for sample in found:
+        for part in sample.note.split():
+            kind, _, count = part.partition("=")
+            total[kind] += int(count or 0)
+    kinds = ", ".join(f"{k} {v / len(found):.1f}" for k, v in sorted(total.items()))
+    return f"{s.p50:g} / {s.max:g} ({kinds or 'none'})"
 
 
-def election_rows(samples: Sequence[Sample], ns: Sequence[int]) -> list[list[str]]:
-    """Per N (ours, default settings): trials settled of trials run, the time until all
-    agree, notifications per cold start and per hand-over, and per steady interval."""
+def _settled(samples: Sequence[Sample]) -> str:
+    return f"{sum(1 for s in samples if s.value)} of {len(samples)}"
+
+
+def _one(samples: Sequence[Sample], scenario: str, fmt: str) -> str:
+    """The first sample of ``scenario``, formatted, or n/a."""
+    value = next((s.value for s in samples if s.scenario == scenario), None)
+    return "n/a" if value is None else fmt.format(value)
+
+
+def election_rows(samples: Sequence[Sample], ns: Sequence[int]) -> list[str]:
+    """Per N (ours, default settings): trials settled, notifications per election."""
     rows = []
     for n in ns:
         found = select(samples, system="ours", settings="default", n=n)
-        settled = select(found, scenario="settled")
-        if not settled:
-            continue
-        ok = sum(1 for s in settled if s.value)
-        agree = Summary.of(select(found, scenario="all agree on the leader"))
-        steady = select(found, scenario="messages per interval")
+        if settled := select(found, scenario="settled"):
+            rows.append(
+                f"{n} | {_settled(settled)} | "
+                f"{_messages(select(found, scenario='messages: cold start'))} | "
+                f"{_messages(select(found, scenario='messages: hand-over'))} | "
+                + _one(found, "messages per interval", "{:.2f}")
+            )
+    return rows
+
+
+def _keys(samples: Iterable[Sample], scenario: str) -> list[tuple[str, str, int]]:
+    """(system, settings, N) of every sample of ``scenario``, sorted."""
+    return sorted({(s.system, s.settings, s.n) for s in samples if s.scenario == scenario})
+
+
+def steady_rows(samples: Sequence[Sample]) -> list[str]:
+    rows = []
+    for system, settings, n in _keys(samples, "notifications"):
+        found = select(samples, system=system, settings=settings, n=n)
+        cpu = select(found, scenario="idle CPU")
+        follower = Summary.of(select(cpu, note="follower")) or Summary(0, None, None, None, None)
+        rss = Summary.of(select(found, scenario="RSS"))
         rows.append(
-            [
-                str(n),
-                f"{ok} of {len(settled)}",
-                fmt_seconds(agree.p50, agree.limit) if agree else "n/a",
-                _counts(select(found, scenario="messages: cold start")),
-                _counts(select(found, scenario="messages: hand-over")),
-                f"{steady[0].value:.2f}" if steady and steady[0].value is not None else "n/a",
-            ]
+            f"{SYSTEM_NAMES[system]} | {settings} | {n} | "
+            f"{_one(found, 'notifications', '{:.2f}/s')} | "
+            f"{_one(found, 'messages per interval', '{:.2f}')} | "
+            f"{_percent(follower.p50)} | {_percent(follower.max)} | "
+            f"{_one(select(cpu, note='leader'), 'idle CPU', '{:.2f} %')} | "
+            f"{'n/a' if rss is None else f'{rss.p50:.0f} MiB'} | "
+            + _one(found, "connections", "{:g}")
         )
     return rows
 
 
-def kind_rows(samples: Sequence[Sample], ns: Sequence[int]) -> list[list[str]]:
-    """Mean notifications per election by message kind (ours, default settings)."""
-    rows = []
-    for scenario in ("messages: cold start", "messages: hand-over"):
-        for n in ns:
-            found = select(samples, system="ours", settings="default", n=n, scenario=scenario)
-            if not found:
-                continue
-            total: dict[str, int] = {}
-            for s in found:
-                for part in s.note.split():
-                    kind, _, count = part.partition("=")
-                    total[kind] = total.get(kind, 0) + int(count or 0)
-            mean = ", ".join(f"{k} {v / len(found):.1f}" for k, v in sorted(total.items()))
-            rows.append([scenario.split(": ")[1], str(n), str(len(found)), mean or "none"])
-    return rows
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f} %"
 
 
-def rolling_rows(samples: Sequence[Sample]) -> list[list[str]]:
-    """Rolling restarts per R (ours): leadership changes, leader-less time, overlaps."""
+def rolling_rows(samples: Sequence[Sample]) -> list[str]:
+    """Rolling restarts per R: leadership changes, leader-less time, overlaps."""
     rows = []
-    keys = sorted(
-        {(s.system, s.settings, s.n) for s in samples if s.scenario == "rolling: settled"}
-    )
-    for system, settings, r in keys:
+    for system, settings, r in _keys(samples, "rolling: settled"):
         found = select(samples, system=system, settings=settings, n=r)
-        settled = select(found, scenario="rolling: settled")
-        changes = [s.value for s in select(found, scenario="rolling: leadership changes")]
+        changes = [s.value or 0 for s in select(found, scenario="rolling: leadership changes")]
         gaps = Summary.of(select(found, scenario="rolling: leader-less time"))
         took = Summary.of(select(found, scenario="rolling: duration"))
-        overlaps = [s for s in select(found, scenario="overlap") if s.note == "rolling restart"]
         rows.append(
-            [
-                SYSTEM_NAMES[system],
-                settings,
-                str(r),
-                f"{sum(1 for s in settled if s.value)} of {len(settled)}",
-                ", ".join(f"{v:g}" for v in changes if v is not None) or "n/a",
-                f"{max((v for v in changes if v is not None), default=0):g}",
-                fmt_seconds(gaps.p50) if gaps else "n/a",
-                fmt_seconds(gaps.max) if gaps else "n/a",
-                fmt_seconds(took.p50) if took else "n/a",
-                str(len(overlaps)),
-            ]
+            f"{SYSTEM_NAMES[system]} | {settings} | {r} | "
+            f"{_settled(select(found, scenario='rolling: settled'))} | "
+            f"{', '.join(f'{v:g}' for v in changes) or 'n/a'} | {max(changes, default=0):g} | "
+            + (
+                "n/a | n/a"
+                if gaps is None
+                else f"{fmt_seconds(gaps.p50)} | {fmt_seconds(gaps.max)}"
+            )
+            + f" | {'n/a' if took is None else fmt_seconds(took.p50)} | "
+            + str(len(select(found, scenario="overlap", note="rolling restart")))
         )
     return rows
 
 
-def size_rows(samples: Sequence[Sample], small: int, big: int) -> list[list[str]]:
-    """p50 at N=big next to N=small (ours, default settings, same run) and their ratio."""
-    rows = []
-    for scenario in ("hand-over", "crash (SIGKILL)"):
-        a = Summary.of(
-            select(samples, system="ours", settings="default", n=small, scenario=scenario)
-        )
-        b = Summary.of(select(samples, system="ours", settings="default", n=big, scenario=scenario))
-        if a is None or b is None:
-            continue
-        both = a.p50 is not None and b.p50 is not None and a.p50 > 0
-        rows.append(
-            [
-                scenario,
-                f"{fmt_seconds(a.p50, a.limit)} ({a.n})",
-                f"{fmt_seconds(b.p50, b.limit)} ({b.n})",
-                f"{b.p50 / a.p50:.1f}x" if both else "n/a",  # type: ignore[operator]
-            ]
-        )
-    return rows
-
-
-def scale_rows(samples: Sequence[Sample], ns: Sequence[int]) -> list[list[str]]:
-    rows = []
-    for scenario in [*FAILOVER[:1], *EXTRA[:2], *FAILOVER[1:]]:
-        for n in ns:
-            for system in ("ours",):  # the seed's rows are in the failover table
-                for settings in ("default",):
-                    summary = Summary.of(
-                        select(samples, system=system, settings=settings, n=n, scenario=scenario)
-                    )
-                    if summary is None:
-                        continue
-                    rows.append(
-                        [
-                            scenario,
-                            str(n),
-                            SYSTEM_NAMES[system],
-                            settings,
-                            str(summary.n),
-                            fmt_seconds(summary.p50, summary.limit),
-                            fmt_seconds(summary.p99, summary.limit),
-                            fmt_seconds(summary.max, summary.limit),
-                        ]
-                    )
-    return rows
-
-
-def steady_rows(samples: Sequence[Sample]) -> list[list[str]]:
-    rows = []
-    keys = sorted({(s.system, s.settings, s.n) for s in samples if s.scenario == "notifications"})
-    for system, settings, n in keys:
-        found = select(samples, system=system, settings=settings, n=n)
-        rate = select(found, scenario="notifications")
-        per = select(found, scenario="messages per interval")
-        conns = select(found, scenario="connections")
-        cpu = select(found, scenario="idle CPU")
-        rss = select(found, scenario="RSS")
-        follower_cpu = Summary.of([s for s in cpu if s.note == "follower"])
-        leader_cpu = [s.value for s in cpu if s.note == "leader"]
-        rss_all = Summary.of(rss)
-        rows.append(
-            [
-                SYSTEM_NAMES[system],
-                settings,
-                str(n),
-                fmt_value(rate[0].value, "1/s") if rate else "n/a",
-                f"{per[0].value:.2f}" if per and per[0].value is not None else "n/a",
-                fmt_value(follower_cpu.p50 if follower_cpu else None, "%"),
-                fmt_value(follower_cpu.max if follower_cpu else None, "%"),
-                fmt_value(leader_cpu[0] if leader_cpu else None, "%"),
-                fmt_value(rss_all.p50 if rss_all else None, "MiB"),
-                fmt_value(conns[0].value, "count") if conns else "n/a",
-            ]
-        )
-    return rows
-
-
-def overlap_rows(samples: Sequence[Sample]) -> list[list[str]]:
+def overlap_rows(samples: Sequence[Sample]) -> list[str]:
     """Overlaps per system, settings, kind of trial (chains or rolling restarts) and N."""
     rows = []
-    kinds = {"settled": "failover chain", "rolling: settled": "rolling restart"}
-    keys = sorted(
-        {(s.system, s.settings, s.scenario, s.n) for s in samples if s.scenario in kinds},
-        key=lambda k: (k[0], k[1], k[2] != "settled", k[3]),
-    )
-    for system, settings, scenario, n in keys:
-        rolling = scenario == "rolling: settled"
-        found = [
-            s
-            for s in select(samples, system=system, settings=settings, n=n, scenario="overlap")
-            if (s.note == "rolling restart") == rolling
-        ]
-        trials = len(select(samples, system=system, settings=settings, n=n, scenario=scenario))
-        worst = max((s.value for s in found if s.value is not None), default=None)
-        notes = sorted({s.note.split(":")[0] for s in found})
-        rows.append(
-            [
-                SYSTEM_NAMES[system],
-                settings,
-                kinds[scenario],
-                str(n),
-                str(trials),
-                str(len(found)),
-                fmt_seconds(worst) if found else "—",
-                ", ".join(notes) or "—",
+    for kind, scenario in [("failover chain", "settled"), ("rolling restart", "rolling: settled")]:
+        for system, settings, n in _keys(samples, scenario):
+            of = select(samples, system=system, settings=settings, n=n)
+            rolling = kind == "rolling restart"
+            found = [
+                s
+                for s in select(of, scenario="overlap")
+                if (s.note == "rolling restart") == rolling
             ]
-        )
+            worst = max((s.value for s in found if s.value is not None), default=None)
+            rows.append(
+                f"{SYSTEM_NAMES[system]} | {settings} | {kind} | {n} | "
+                f"{len(select(of, scenario=scenario))} | {len(found)} | "
+                f"{fmt_seconds(worst) if found else '—'} | "
+                + (", ".join(sorted({s.note for s in found})) or "—")
+            )
+    rows.sort(key=lambda row: row.split(" | ")[:2])  # by system and settings: stable
     return rows
+
+
+def targets(samples: Sequence[Sample], n: int, big: int) -> list[str]:
+    """The goals of this package, each with what this run measured (N=n unless said)."""
+
+    def at(scenario: str, size: int = n, **match: object) -> Summary | None:
+        return ours(samples, n=size, scenario=scenario, **match)
+
+    def show(s: Summary | None, attr: str = "p50") -> str:
+        return "not measured" if s is None else fmt_seconds(getattr(s, attr), s.limit)
+
+    def met(s: Summary | None, bound: float | None, attr: str = "p50") -> str:
+        value = None if s is None else getattr(s, attr)
+        return "n/a" if value is None or bound is None else "yes" if value <= bound else "**no**"
+
+    lease, crash, join = Settings().lease, STEPS["crash"], "join (enter returns)"
+    rows = [
+        f"{label} | {show(s)} | {met(s, bound)}"
+        for label, s, bound in [
+            ("cold start p50 ≤ 100 ms", at("cold start"), 0.1),
+            ("clean hand-over p50 ≤ 10 ms", at("hand-over"), 0.01),
+            ("SIGKILL, strict_takeover=False: p50 ≤ 10 ms", at(crash, settings=FASTCRASH), 0.01),
+            (
+                f"SIGKILL at the default: p50 within 5 % of one lease ({lease:g} s)",
+                at(crash, settings=STRICT),
+                1.05 * lease,
+            ),
+        ]
+    ]
+    mine, seed = at(join), at(join, system="seed", settings="fast")
+    rows.append(
+        "join p50 no slower than notifelect 0.0.3's at its fast settings | "
+        f"{show(mine)} vs {show(seed)} | {met(mine, None if seed is None else seed.p50)}"
+    )
+    joins = at(join, big)
+    measured = f"p50 {show(joins)}, p99 {show(joins, 'p99')}" if joins else "not measured"
+    rows.append(f"N={big} join p99 ≤ 0.5 s | {measured} | {met(joins, 0.5, 'p99')}")
+    small, large = at("hand-over"), at("hand-over", big)
+    times, bound = "", None
+    if small and large and small.p50 and large.p50:
+        times, bound = f" ({large.p50 / small.p50:.2f}x)", 1.5 * small.p50
+    rows.append(
+        f"N={big} hand-over p50 within 1.5x of N={n} | "
+        f"{show(large)} vs {show(small)}{times} | {met(large, bound)}"
+    )
+    settled = select(samples, system="ours", scenario="settled")
+    overlaps = len(select(samples, system="ours", scenario="overlap"))
+    every = all(s.value for s in settled)
+    rows += [
+        "every trial settles (one leader known to all), any N and settings | "
+        f"{_settled(settled)} | {'yes' if every else '**no**'}",
+        "never two acting leaders (the checker, on every trial) | "
+        f"{overlaps} overlaps | {'**no**' if overlaps else 'yes'}",
+    ]
+    return rows
+
+
+def render(
+    samples: Sequence[Sample],
+    floors: dict[str, list[float]],
+    meta: dict[str, Any],
+    n: int,
+    ns: Sequence[int],
+) -> str:
+    """The Markdown of ``results.md``: N=``n`` for the failover, every N of ``ns``."""
+    m, pg = meta["machine"], meta["postgresql"]
+    parts = [
+        "<!-- generated by `python -m benchmarks`; do not edit by hand -->",
+        f"Run of {meta['date']} on {m['cpu']} ({m['cores']} cores, {m['memory_gib']} GiB), "
+        f"Linux {m['kernel']}, Python {m['python']}, PostgreSQL {pg['server_version']} "
+        f"({'its own server' if pg['own_server'] else 'given server'}, fsync={pg['fsync']}, "
+        f"synchronous_commit={pg['synchronous_commit']}, max_connections="
+        f"{pg['max_connections']}); wall time {meta['wall_seconds']:.0f} s; load average "
+        f"{meta['load']['start'][0]:.1f} at the start, {meta['load']['end'][0]:.1f} at the end "
+        f"(the cores are shared). Command: `{meta['command']}`.",
+    ]
+    if seed := meta["seed"]:
+        parts.append(
+            f"Seed package: notifelect {seed['version']} from PyPI, defaults "
+            f"election_interval={seed['election_interval']:g} s, "
+            f"election_timeout={seed['election_timeout']:g} s. "
+            "Fast settings: election_interval=0.1 s, election_timeout=0.05 s (both systems)."
+        )
+    floor_rows = [f"{k} | {s.cells()}" for k, v in floors.items() if (s := Summary.of_values(v))]
+    sections = [
+        ("Physical floors (PostgreSQL alone, same run)", "", "what | n | p50 | p99 | max",
+         floor_rows),
+        (f"Failover, N={n} (p50 / p99 / max, nearest rank)", "",
+         "scenario | settings | system | n | p50 | p99 | max | seed ÷ ours (p50)",
+         failover_rows(samples, n)),
+        ("Steady state (idle group, leader elected)", "",
+         "system | settings | N | notifications | per interval | CPU/follower p50 | "
+         "CPU/follower max | CPU leader | RSS/node p50 | DB connections", steady_rows(samples)),
+        ("Scale (this package, default settings)", "", "scenario | N | n | p50 | p99 | max",
+         scale_rows(samples, ns)),
+        ("Elections per N (this package, default settings)", ELECTIONS,
+         "N | trials settled of trials run | messages per cold start | messages per hand-over | "
+         "steady messages per interval", election_rows(samples, ns)),
+        ("Rolling restart (this package, default settings)", ROLLING,
+         "system | settings | R | settled | leadership changes per trial | max | "
+         "leader-less p50 | leader-less max | roll p50 | overlaps", rolling_rows(samples)),
+        ("Overlap: two nodes acting as leader at once", "",
+         "system | settings | trial kind | N | trials | overlaps | longest | in",
+         overlap_rows(samples)),
+        ("Targets (this package, default settings)", "", "target | measured | met",
+         targets(samples, n, max(ns))),
+    ]  # fmt: skip
+    for title, text, header, rows in sections:
+        if rows:
+            parts += [f"### {title}", *([text] if text else []), table(header, rows)]
+    if meta["problems"]:
+        parts += ["### Problems during the run", "\n".join(f"- {p}" for p in meta["problems"])]
+    return "\n\n".join(parts) + "\n"
+
+
+ELECTIONS = (
+    f"Settled: one leader known to every node and held for {SETTLE:g} s. Messages: "
+    "notifications on the channel (a listener counts them) from the join instant until "
+    "settled (cold start), and from the leader's exit until the next leader is known to all "
+    "(hand-over); p50 / max over trials, and the mean count of each kind. Per interval: "
+    "steady-state notifications per election_interval."
+)
+ROLLING = (
+    "R replicas; for each old replica in turn a replacement starts and joins, then the old "
+    "one gets SIGTERM and the next step waits for its exit. Leadership changes: new terms "
+    "during the roll. Leader-less: total time no node acted as leader, from the first "
+    "replacement until a leader is known to all."
+)
 
 
 def draw_chart(path: Path, samples: Sequence[Sample], n: int, title: str) -> None:
-    """Log-scale seconds per scenario: a bar group per system and settings (median), a
-    whisker to p99, hatched bars where no leader came within the wait limit."""
+    """Log-scale seconds per scenario: a bar per system and settings (median), a whisker
+    to p99, hatched bars where no leader came within the wait limit."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    series = [(sys_, st) for sys_ in ("ours", "seed") for st in ("default", "fast")]
-    series = [k for k in series if select(samples, system=k[0], settings=k[1], n=n)]
     colors = {
         ("ours", "default"): "#1f6feb",
         ("ours", "fast"): "#79b8ff",
         ("seed", "default"): "#d1242f",
         ("seed", "fast"): "#ff8182",
     }
+    series = [k for k in colors if select(samples, system=k[0], settings=k[1], n=n)]
     fig, ax = plt.subplots(figsize=(10, 5.2), dpi=110)
     width = 0.8 / max(1, len(series))
     for j, (system, settings) in enumerate(series):
         for i, scenario in enumerate(FAILOVER):
-            summary = Summary.of(
+            s = Summary.of(
                 select(samples, system=system, settings=settings, n=n, scenario=scenario)
             )
-            if summary is None:
+            height = None if s is None else s.p50 or s.limit
+            if s is None or height is None:
                 continue
             x = i + (j - (len(series) - 1) / 2) * width
-            label = f"{SYSTEM_NAMES[system]}, {settings} settings" if i == 0 else None
-            censored = summary.p50 is None
-            height = summary.limit if censored else summary.p50
-            assert height is not None
             ax.bar(
                 x,
                 height,
                 width * 0.92,
-                color=colors[(system, settings)],
-                label=label,
-                hatch="//" if censored else None,
-                alpha=0.55 if censored else 1.0,
+                color=colors[system, settings],
                 edgecolor="black",
+                label=f"{SYSTEM_NAMES[system]}, {settings} settings" if i == 0 else None,
+                hatch="//" if s.p50 is None else None,
+                alpha=0.55 if s.p50 is None else 1.0,
                 linewidth=0.4,
             )
-            if censored:
-                ax.annotate("none", (x, height), ha="center", va="bottom", fontsize=7)
-            elif summary.p99 is not None and summary.p99 > height:
-                ax.plot([x, x], [height, summary.p99], color="black", linewidth=0.9)
-                ax.plot(
-                    [x - width / 4, x + width / 4], [summary.p99] * 2, color="black", linewidth=0.9
-                )
-            else:
-                text = "p99 > limit" if summary.p99 is None else ""
-                if text:
-                    ax.annotate(text, (x, height), ha="center", va="bottom", fontsize=6)
+            if s.p50 is None or s.p99 is None:
+                note = "none" if s.p50 is None else "p99 > limit"
+                ax.annotate(note, (x, height), ha="center", va="bottom", fontsize=7)
+            elif s.p99 > height:
+                ax.plot([x, x], [height, s.p99], color="black", linewidth=0.9)
+                ax.plot([x - width / 4, x + width / 4], [s.p99] * 2, color="black", linewidth=0.9)
     ax.set_yscale("log")
     ax.set_xticks(range(len(FAILOVER)))
     ax.set_xticklabels(

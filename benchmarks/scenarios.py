@@ -20,7 +20,7 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,10 +28,15 @@ from typing import Any
 import asyncpg
 
 from notifelect._cluster import checker
-from notifelect._cluster.harness import Cluster, Event, NodeProcess
+from notifelect._cluster.harness import Cluster, Event, NodeProcess, transactions
 from notifelect.schema import Names
 
-CHANNEL = "ch_notifelect"  # the seed's channel (ours has one per group: channel_for)
+CHANNEL = "ch_notifelect"  # the seed's channel (ours has one per group)
+GO_DELAY = 0.3  # the join command reaches every node before the shared start instant
+SETTLE = 0.5  # steady time after a leader is known to all, before the next fault
+ACT_PERIOD = 0.02  # a leader's leader-only action (and report) every this many seconds
+#: The steps of a failover chain after its cold start, and the scenario each records.
+STEPS = {"hand-over": "hand-over", "crash": "crash (SIGKILL)", "pause": "pause (SIGSTOP)"}
 
 
 def channel_for(system: str, namespace: str) -> str:
@@ -39,22 +44,16 @@ def channel_for(system: str, namespace: str) -> str:
     return Names().group_channel(namespace) if system == "ours" else CHANNEL
 
 
-GO_DELAY = 0.3  # the join command reaches every node before the shared start instant
-SETTLE = 0.5  # steady time after a leader is known to all, before the next fault
-ACT_PERIOD = 0.02  # a leader's leader-only action (and report) every this many seconds
-_TICKS = os.sysconf("SC_CLK_TCK")
-
-
 @dataclass(frozen=True)
 class Config:
-    """One system at one group of settings."""
+    """One system at one group of settings: ``settings`` is "default", "fast", or the
+    take-over of ours that is not the default ("strict" or "fastcrash")."""
 
     system: str  # "ours" or "seed"
-    settings: str  # "default", "fast", or the other take-over than the default ("strict"
-    # for strict_takeover=True, "fastcrash" for strict_takeover=False)
+    settings: str
     interval: float
     timeout: float
-    lease: float = 0.0  # ours only: lease and leader_timeout (0 for the seed)
+    lease: float = 0.0  # ours only: lease and leader_timeout (the library's defaults)
     leader_timeout: float = 0.0
     strict_takeover: bool | None = None  # ours only; None: the library's default
 
@@ -66,8 +65,7 @@ class Config:
         return 2 * (self.interval + self.timeout) + 5.0
 
     def argv(self) -> list[str]:
-        """The node program's options for these settings (the library's lease and
-        leader_timeout: its defaults)."""
+        """The node program's options for these settings."""
         argv = ["--interval", str(self.interval), "--election-timeout", str(self.timeout)]
         if self.strict_takeover is not None:
             argv.append("--strict" if self.strict_takeover else "--fast-crash")
@@ -94,34 +92,23 @@ class Recorder:
     samples: list[Sample] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
-    def add(
-        self,
-        cfg: Config,
-        n: int,
-        scenario: str,
-        trial: int,
-        value: float | None,
-        limit: float | None = None,
-        unit: str = "s",
-        note: str = "",
-    ) -> None:
-        self.samples.append(
-            Sample(cfg.system, cfg.settings, n, scenario, trial, value, limit, unit, note)
-        )
-
     def problem(self, text: str) -> None:
         self.problems.append(text)
         print(f"  ! {text}", file=sys.stderr, flush=True)
 
 
+class TrialFailed(Exception):
+    """A trial cannot go on (a problem of the run, listed in its report)."""
+
+
 class Bus:
-    """Every notification on the channel of one database, stamped on arrival, with the
+    """Every notification on the channels of one database, stamped on arrival, with the
     namespace and kind its payload names (ours; the seed's payloads name neither)."""
 
     def __init__(self) -> None:
         self.seen: list[tuple[float, str, str]] = []
         self._conn: asyncpg.Connection[Any] | None = None
-        self._marker = 0
+        self._channels = {CHANNEL}
         self._waiting: dict[str, asyncio.Event] = {}
 
     async def start(self, dsn: str) -> None:
@@ -131,78 +118,59 @@ class Bus:
     async def follow(self, channel: str) -> None:
         """Hear ``channel`` too (a group's own channel)."""
         assert self._conn is not None
-        if channel != CHANNEL:
+        if channel not in self._channels:
+            self._channels.add(channel)
             await self._conn.add_listener(channel, self._got)
 
     def _got(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
         t = time.monotonic()
-        marker = self._waiting.get(str(payload))
-        if marker is not None:
+        if (marker := self._waiting.get(str(payload))) is not None:
             marker.set()
             return
         try:
             body = json.loads(str(payload))
-            ns, kind = str(body.get("ns", "")), str(body.get("k", "?"))
+            self.seen.append((t, str(body.get("ns", "")), str(body.get("k", "?"))))
         except (ValueError, AttributeError):
-            ns, kind = "", "?"
-        self.seen.append((t, ns, kind))
+            self.seen.append((t, "", "?"))
 
-    async def count(self, namespace: str, t0: float, t1: float) -> Counter[str]:
-        """Notifications of ``namespace`` sent in [t0, t1], by kind.
+    async def count(self, namespace: str, t0: float) -> Counter[str]:
+        """Notifications of ``namespace`` sent from ``t0`` until now, by kind.
 
         Arrival stamps lag the sending under load, sometimes by more than a whole
-        hand-over, so the end is taken from a marker: every election message sent before
-        ``t1`` has arrived once a marker sent now comes back (a listener gets
-        notifications in commit order). Periodic heartbeats are counted up to ``t1``
-        only, as they keep coming after the election has settled.
+        hand-over, so the end is taken from a marker: every message sent before now has
+        arrived once a marker sent now comes back (a listener gets notifications in
+        commit order).
         """
-        await self._barrier()
-        return Counter(
-            k
-            for t, ns, k in self.seen
-            if ns == namespace and t0 <= t and (t <= t1 or k != "heartbeat")
-        )
-
-    async def _barrier(self) -> None:
         assert self._conn is not None
-        self._marker += 1
-        marker = f"bench-barrier-{self._marker}"
-        arrived = asyncio.Event()
-        self._waiting[marker] = arrived
+        marker = f"bench-barrier-{time.monotonic_ns()}"
+        self._waiting[marker] = arrived = asyncio.Event()
         try:
             await self._conn.execute("SELECT pg_notify($1, $2)", CHANNEL, marker)
             await asyncio.wait_for(arrived.wait(), 30)
         finally:
             del self._waiting[marker]
+        return Counter(k for t, ns, k in self.seen if ns == namespace and t >= t0)
 
     async def close(self) -> None:
         if self._conn is not None:
             await self._conn.close()
 
 
-def _kinds(counts: Counter[str]) -> str:
-    return " ".join(f"{k}={v}" for k, v in sorted(counts.items()))
-
-
 def cpu_seconds(pid: int) -> float | None:
     """User + system CPU time of a process so far (from /proc/<pid>/stat)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICKS
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mib(pid: int) -> float | None:
     """Resident memory of a process in MiB (from /proc/<pid>/status)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    for line in status.splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
     return None
 
 
@@ -210,8 +178,7 @@ class Pool:
     """Node processes of one system on the shared harness, started and imported before
     anything is timed, and reused across trials."""
 
-    def __init__(self, system: str, cluster: Cluster, command: Sequence[str]) -> None:
-        self.system = system
+    def __init__(self, cluster: Cluster, command: Sequence[str]) -> None:
         self.cluster = cluster
         self.command = command
         self.idle: list[NodeProcess] = []
@@ -231,44 +198,63 @@ class Pool:
         taken, self.idle = self.idle[:count], self.idle[count:]
         return taken
 
-    def give_back(self, node: NodeProcess) -> None:
-        if node.live and not node.member:
-            self.idle.append(node)
+
+@dataclass
+class Setup:
+    """One system at one group of settings on its database: where its trials run and
+    where their samples go. ``bus`` (ours): counts the notifications of each election."""
+
+    cfg: Config
+    pool: Pool
+    dsn: str
+    rec: Recorder
+    bus: Bus | None = None
+
+    @contextlib.asynccontextmanager
+    async def group(self, n: int, trial: int, kind: str = "") -> AsyncIterator[Membership]:
+        """``n`` nodes of the pool as one group for one trial. Afterwards they leave, and
+        each overlap the checker finds is recorded (with ``kind``, or the step it began
+        in); a failed trial is a problem of the run."""
+        group = Membership(self, await self.pool.take(n), n, trial)
+        try:
+            yield group
+        except TrialFailed as e:
+            what = f"{self.cfg.system}/{self.cfg.settings} {kind or 'chain'} N={n} trial {trial}"
+            self.rec.problem(f"{what}: {e}")
+        finally:
+            await group.teardown(kind)
 
 
 _namespaces = itertools.count(1)
 
 
-def _overlaps(spans: Sequence[checker.Span]) -> list[tuple[float, float]]:
-    """Each overlap the checker finds: when the later leadership began, and for how long
-    the earlier one could still act then (seconds; inf: it never stopped)."""
-    found = checker.span_overlaps(spans)
-    ordered = sorted(spans, key=lambda s: s.term)
-    pairs = [
-        (after.started, before.end - after.started)
-        for i, after in enumerate(ordered)
-        for before in ordered[:i]
-        if before.end > after.started
-    ]
-    assert len(pairs) == len(found)
-    return pairs
-
-
 class Membership:
     """The nodes of one group during one trial, and what their reports say."""
 
-    def __init__(
-        self, pool: Pool, cfg: Config, nodes: Sequence[NodeProcess], bus: Bus | None = None
-    ) -> None:
-        self.pool = pool
-        self.cluster = pool.cluster
-        self.cfg = cfg
-        self.bus = bus
+    def __init__(self, setup: Setup, nodes: Sequence[NodeProcess], n: int, trial: int) -> None:
+        self.setup, self.cfg, self.cluster = setup, setup.cfg, setup.pool.cluster
+        self.n, self.trial = n, trial
         self.namespace = f"bench{next(_namespaces)}"
         self.nodes = list(nodes)
-        self.start = self.cluster.events.__len__()
+        self.start = len(self.cluster.events)
         self.stable_since: float | None = None  # when the last settle() saw agreement
-        self.steps: list[tuple[float, str]] = []  # (monotonic time, fault) of each step
+        self.steps: list[tuple[float, str]] = []  # (monotonic time, step) of each fault
+
+    def add(
+        self,
+        scenario: str,
+        value: float | None,
+        limit: float | None = None,
+        *,
+        unit: str = "s",
+        note: str = "",
+        trial: int | None = None,
+    ) -> None:
+        """Record a sample of this trial (or of ``trial``: one per node)."""
+        cfg, trial = self.cfg, self.trial if trial is None else trial
+        self.setup.rec.samples.append(
+            Sample(cfg.system, cfg.settings, self.n, scenario, trial, value, limit, unit, note)
+        )
 
     @property
     def pids(self) -> set[int]:
@@ -277,12 +263,13 @@ class Membership:
     def live(self) -> list[NodeProcess]:
         return [n for n in self.nodes if n.live and n.member]
 
-    async def join(self, nodes: Sequence[NodeProcess], dsn: str, at: float) -> None:
+    async def join(self, nodes: Sequence[NodeProcess], at: float) -> None:
+        """The nodes join this group at the monotonic instant ``at``."""
+        if self.setup.bus is not None:
+            await self.setup.bus.follow(channel_for(self.cfg.system, self.namespace))
+        argv, ns, dsn = self.cfg.argv(), self.namespace, self.setup.dsn
         await asyncio.gather(
-            *(
-                self.cluster.join(n, self.cfg.argv(), namespace=self.namespace, dsn=dsn, at=at)
-                for n in nodes
-            )
+            *(self.cluster.join(n, argv, namespace=ns, dsn=dsn, at=at) for n in nodes)
         )
 
     def stable_leader(self) -> NodeProcess | None:
@@ -306,32 +293,23 @@ class Membership:
                 return leader
         return None
 
-    async def next_leader(self, old: NodeProcess, after: float, mark: int) -> Event | None:
-        """The first ``elected`` of another node stamped after ``after``."""
-        others = self.pids - {old.pid}
+    async def first(self, ev: str, after: float, mark: int, pids: set[int]) -> Event | None:
+        """The first report ``ev`` of one of ``pids`` stamped after ``after``."""
         return await self.cluster.first(
-            lambda e: e["ev"] == "elected" and e["pid"] in others and e["m"] > after,
-            self.cfg.limit,
-            mark,
+            lambda e: e["ev"] == ev and e["pid"] in pids and e["m"] > after, self.cfg.limit, mark
         )
 
-    async def event_of(self, node: NodeProcess, ev: str, mark: int, timeout: float) -> Event | None:
-        return await self.cluster.first(
-            lambda e: e["ev"] == ev and e["pid"] == node.pid, timeout, mark
-        )
+    async def messages(self, scenario: str, t0: float) -> None:
+        """The notifications of this group from ``t0`` until now (it has just settled),
+        by kind."""
+        if self.setup.bus is not None and self.stable_since is not None:
+            counts = await self.setup.bus.count(self.namespace, t0)
+            kinds = " ".join(f"{k}={v}" for k, v in sorted(counts.items()))
+            self.add(scenario, counts.total(), unit="count", note=kinds)
 
-    def overlaps(self) -> list[tuple[float, str]]:
-        """Overlaps of two acting nodes in this group, from what the nodes recorded: how
-        long, and in which step the later leadership began."""
-        spans = self.cluster.spans(self.nodes, self.namespace, clock="m")
-        return [
-            (seconds, next((s for t, s in reversed(self.steps) if t <= began), "cold start"))
-            for began, seconds in _overlaps(list(spans.values()))
-        ]
-
-    async def teardown(self) -> None:
-        """Ours: leave cleanly and return the processes to the pool. Seed: kill them (its
-        clean exit waits for the end of the current round, up to interval + timeout)."""
+    async def teardown(self, kind: str) -> None:
+        """Record the overlaps; ours: leave cleanly and return the processes to the pool.
+        Seed: kill them (its clean exit waits for the end of the current round)."""
         live = [n for n in self.nodes if not (n.exited or n.killed)]
         for n in live:
             if n.paused:
@@ -346,223 +324,160 @@ class Membership:
         for n in live:
             if n.member or self.cfg.system == "seed":
                 self.cluster.signal(n, signal.SIGKILL)
-            else:
-                self.pool.give_back(n)
+            elif n.live:
+                self.setup.pool.idle.append(n)
+        # Each overlap: how long the earlier leadership could still act, and the step the
+        # later one began in.
+        spans = self.cluster.spans(self.nodes, self.namespace, clock="m").values()
+        for old, new in checker.overlapping(list(spans)):
+            began = next((s for t, s in reversed(self.steps) if t <= new.started), "cold start")
+            self.add("overlap", old.end - new.started, note=kind or began)
 
 
-def _left(node: NodeProcess) -> Callable[[], bool]:
-    return lambda: not node.member
+async def chain(setup: Setup, n: int, trial: int, steps: Sequence[str]) -> None:
+    """One trial: n nodes start together (cold start), then the leader leaves, is
+    killed, is paused (``steps``). Each step waits for a stable leader first and runs only
+    while two nodes are live."""
+    async with setup.group(n, trial) as group:
+        leader: NodeProcess | None = await _cold_start(group)
+        for step in steps:
+            if len(group.live()) < 2:
+                break
+            leader = leader or await group.settle(group.cfg.limit)
+            if leader is None:
+                raise TrialFailed(f"no stable leader before the {step}")
+            leader = await _step(group, step, leader)
 
 
-def _joined(node: NodeProcess) -> Callable[[], bool]:
-    return lambda: node.member
-
-
-def _stood_down(node: NodeProcess, term: int | None) -> Callable[[], bool]:
-    return lambda: node.leading_term != term
-
-
-async def chain(
-    pool: Pool,
-    cfg: Config,
-    dsn: str,
-    n: int,
-    trial: int,
-    rec: Recorder,
-    steps: Sequence[str] = ("cold", "handover", "crash", "pause"),
-    bus: Bus | None = None,
-) -> None:
-    """One trial: n nodes start together, then the leader leaves, is killed, is paused.
-
-    Each step waits for a stable leader first; a step runs only while two nodes are live.
-    ``bus`` (ours): count the notifications of each election on the channel.
-    """
-    group = Membership(pool, cfg, await pool.take(n), bus)
-    if bus is not None:
-        await bus.follow(channel_for(cfg.system, group.namespace))
-    try:
-        await _chain_steps(group, cfg, dsn, n, trial, rec, steps)
-    finally:
-        await group.teardown()
-        for value, step in group.overlaps():
-            rec.add(cfg, n, "overlap", trial, value, note=step)
-
-
-async def _chain_steps(
-    group: Membership,
-    cfg: Config,
-    dsn: str,
-    n: int,
-    trial: int,
-    rec: Recorder,
-    steps: Sequence[str],
-) -> None:
-    cluster = group.cluster
+async def _cold_start(group: Membership) -> NodeProcess:
+    cfg, n = group.cfg, len(group.nodes)
     at = time.monotonic() + GO_DELAY
-    await group.join(group.nodes, dsn, at)
-    first = await cluster.first(
-        lambda e: e["ev"] == "elected" and e["pid"] in group.pids, cfg.limit, group.start
-    )
-    cold = "cold" in steps
-    if cold:
-        rec.add(cfg, n, "cold start", trial, None if first is None else first["m"] - at, cfg.limit)
+    await group.join(group.nodes, at)
+    first = await group.first("elected", 0.0, group.start, group.pids)
+    group.add("cold start", None if first is None else first["m"] - at, cfg.limit)
     # Many nodes joining at once on few cores take a while to all get connected.
     limit = cfg.limit + 0.1 * n
     agreed = None if first is None else await group.settle(limit)
     # Settled: one leader, known to every node (ours; the seed reports no beliefs), held
     # for SETTLE seconds. The seed's "all agree" would only repeat its cold start.
-    rec.add(cfg, n, "settled", trial, float(agreed is not None), unit="count")
-    if cold:  # every node has joined by now, or never will
-        for node in group.nodes:
-            for e in node.of("ready"):
-                rec.add(cfg, n, "join (enter returns)", trial, e["m"] - at)
-    if cold and cfg.system == "ours":
-        value = None if group.stable_since is None else group.stable_since - at
-        rec.add(cfg, n, "all agree on the leader", trial, value, limit)
-        if group.bus is not None and group.stable_since is not None:
-            counts = await group.bus.count(group.namespace, at, group.stable_since)
-            rec.add(
-                cfg, n, "messages: cold start", trial, counts.total(), unit="count",
-                note=_kinds(counts),
-            )  # fmt: skip
-    name = f"{cfg.system}/{cfg.settings} N={n} trial {trial}"
-    if first is None or agreed is None:
-        rec.problem(f"{name}: no {'first' if first is None else 'stable'} leader")
-        return
-    leader: NodeProcess | None = agreed
-    for step in steps:
-        if step == "cold" or len(group.live()) < 2:
-            continue
-        leader = leader or await group.settle(cfg.limit)
-        if leader is None:
-            rec.problem(f"{name}: no stable leader")
-            return
-        mark = len(cluster.events)
-        group.steps.append((time.monotonic(), {"handover": "hand-over"}.get(step, step)))
-        if step == "handover":
-            await cluster.send(leader, op="leave")
-            leaving = await group.event_of(leader, "leaving", mark, 10.0)
-            if leaving is None:
-                rec.problem(f"{name}: leader did not start leaving")
-                return
-            new = await group.next_leader(leader, leaving["m"], mark)
-            took = None if new is None else new["m"] - leaving["m"]
-            rec.add(cfg, n, "hand-over", trial, took, cfg.limit)
-            if cfg.system == "seed":
-                cluster.signal(leader, signal.SIGKILL)
-                leader = None
-                continue
-            await cluster.until(_left(leader), timeout=15, what="left")
-            leader = None if new is None else await group.settle(cfg.limit)
-            if leader is not None and group.bus is not None and group.stable_since is not None:
-                counts = await group.bus.count(group.namespace, leaving["m"], group.stable_since)
-                rec.add(
-                    cfg, n, "messages: hand-over", trial, counts.total(), unit="count",
-                    note=_kinds(counts),
-                )  # fmt: skip
-            continue
+    group.add("settled", float(agreed is not None), unit="count")
+    for node in group.nodes:  # every node has joined by now, or never will
+        for e in node.of("ready"):
+            group.add("join (enter returns)", e["m"] - at)
+    if cfg.system == "ours":
+        since = group.stable_since
+        group.add("all agree on the leader", None if since is None else since - at, limit)
+        await group.messages("messages: cold start", at)
+    if agreed is None:
+        raise TrialFailed(f"no {'first' if first is None else 'stable'} leader")
+    return agreed
+
+
+async def _step(group: Membership, step: str, leader: NodeProcess) -> NodeProcess | None:
+    """One fault to the group's stable leader; the next one if it is settled already
+    (after a hand-over of ours)."""
+    cfg, cluster = group.cfg, group.cluster
+    mark, others = len(cluster.events), group.pids - {leader.pid}
+    group.steps.append((time.monotonic(), step))
+    if step == "hand-over":
+        await cluster.send(leader, op="leave")
+        leaving = await group.first("leaving", 0.0, mark, {leader.pid})
+        if leaving is None:
+            raise TrialFailed("the leader did not start leaving")
+        t0 = leaving["m"]
+    else:
         t0 = time.monotonic()
-        if step == "crash":
-            cluster.signal(leader, signal.SIGKILL)
-            new = await group.next_leader(leader, t0, mark)
-            rec.add(
-                cfg, n, "crash (SIGKILL)", trial, None if new is None else new["m"] - t0, cfg.limit
+        cluster.signal(leader, signal.SIGKILL if step == "crash" else signal.SIGSTOP)
+    new = await group.first("elected", t0, mark, others)
+    group.add(STEPS[step], None if new is None else new["m"] - t0, cfg.limit)
+    if step == "hand-over" and cfg.system == "ours":
+        await cluster.until(lambda: not leader.member, timeout=15, what="left")
+        settled = None if new is None else await group.settle(cfg.limit)
+        if settled is not None:
+            await group.messages("messages: hand-over", t0)
+        return settled
+    if step == "pause":
+        if new is not None:
+            await asyncio.sleep(0.2)  # the new leader has been acting for a while on resume
+        cluster.signal(leader, signal.SIGCONT)
+        # It stands down (ours), or acts on beside the new leader until a later round
+        # of the seed deposes one of them: the checker sees it in the spans.
+        term = leader.leading_term
+        with contextlib.suppress(TimeoutError):
+            await cluster.until(
+                lambda: leader.leading_term != term,
+                timeout=2 * (cfg.interval + cfg.timeout) + 5.0,
+                what="the resumed leader stood down",
             )
-        elif step == "pause":
-            cluster.signal(leader, signal.SIGSTOP)
-            new = await group.next_leader(leader, t0, mark)
-            rec.add(
-                cfg, n, "pause (SIGSTOP)", trial, None if new is None else new["m"] - t0, cfg.limit
-            )
-            if new is not None:
-                await asyncio.sleep(0.2)  # the new leader has been acting for a while on resume
-            cluster.signal(leader, signal.SIGCONT)
-            # It stands down (ours), or acts on beside the new leader until a later round
-            # of the seed deposes one of them: the checker sees it in the spans.
-            term = leader.leading_term
-            with contextlib.suppress(TimeoutError):
-                await cluster.until(
-                    _stood_down(leader, term),
-                    timeout=2 * (cfg.interval + cfg.timeout) + 5.0,
-                    what="the resumed leader stood down",
-                )
-            if cfg.system == "seed":
-                cluster.signal(leader, signal.SIGKILL)
-        leader = None
+    if cfg.system == "seed" and step != "crash":
+        cluster.signal(leader, signal.SIGKILL)
+    return None
 
 
-async def _transactions(conn: asyncpg.Connection[Any]) -> int:
-    """Commits and rollbacks of the current database so far (the server's statistics)."""
-    await conn.execute("SELECT pg_stat_clear_snapshot()")
-    value = await conn.fetchval(
-        "SELECT xact_commit + xact_rollback FROM pg_stat_database"
-        " WHERE datname = current_database()"
-    )
-    return int(value)
-
-
-async def steady_state(
-    pool: Pool, cfg: Config, dsn: str, n: int, duration: float, rec: Recorder
-) -> None:
+async def steady_state(setup: Setup, n: int, duration: float) -> None:
     """N idle nodes for ``duration`` seconds: notifications/s, CPU and RSS per node,
     connections used (every session on the group's database but the listener's)."""
-    listener = await asyncpg.connect(dsn)
+    cfg, listener = setup.cfg, await asyncpg.connect(setup.dsn)
     received: list[float] = []
-
-    def count(*_: object) -> None:
-        received.append(time.monotonic())
-
-    nodes = await pool.take(n)
-    group = Membership(pool, cfg, nodes)
-    await listener.add_listener(channel_for(cfg.system, group.namespace), count)
     try:
-        await group.join(nodes, dsn, time.monotonic() + GO_DELAY)
-        # The seed's first round ends after interval + timeout; many nodes take a while
-        # to all connect.
-        leader = await group.settle(cfg.limit + 0.1 * n + (30 if cfg.system == "seed" else 0))
-        if leader is None:
-            rec.problem(f"{cfg.system}/{cfg.settings} N={n} steady state: no stable leader")
-            return
-        cpu0 = {node.pid: cpu_seconds(node.pid) for node in nodes}
-        xacts0 = await _transactions(listener)
-        t0 = time.monotonic()
-        await asyncio.sleep(duration)  # the measurement window
-        cpu1 = {node.pid: cpu_seconds(node.pid) for node in nodes}
-        t1 = time.monotonic()
-        xacts1 = await _transactions(listener)
-        elapsed = t1 - t0
-        window = [t for t in received if t0 <= t < t1]
-        connections = await listener.fetchval(
-            "SELECT count(*) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        )
-        # Between the first and the last arrival: a count over the whole window would be
-        # off by one notification depending on the phase of the heartbeat.
-        if len(window) >= 2:
-            rate = (len(window) - 1) / (window[-1] - window[0])
-        else:
-            rate = len(window) / elapsed
-        rec.add(
-            cfg, n, "notifications", 0, rate, unit="1/s", note=f"{len(window)} in {elapsed:.1f} s"
-        )
-        if cfg.system == "ours":
-            rec.add(cfg, n, "messages per interval", 0, rate * cfg.interval, unit="count")
-        rec.add(cfg, n, "connections", 0, float(connections), unit="count")
-        # Each of the two reads of the counters is a transaction of its own, and the
-        # statistics lag by up to PGSTAT_MIN_INTERVAL: a rate over a window of seconds.
-        rec.add(cfg, n, "transactions", 0, max(0.0, (xacts1 - xacts0 - 1) / elapsed), unit="1/s")
-        for i, node in enumerate(nodes):
-            a, b, rss = cpu0[node.pid], cpu1[node.pid], rss_mib(node.pid)
-            role = "leader" if node is leader else "follower"
-            if a is not None and b is not None:
-                rec.add(cfg, n, "idle CPU", i, 100 * (b - a) / elapsed, unit="%", note=role)
-            if rss is not None:
-                rec.add(cfg, n, "RSS", i, rss, unit="MiB", note=role)
-        if group.stable_leader() is not leader:
-            rec.problem(f"{cfg.system}/{cfg.settings} N={n}: leader changed in steady state")
+        async with setup.group(n, 0, "steady state") as group:
+            await listener.add_listener(
+                channel_for(cfg.system, group.namespace),
+                lambda *_: received.append(time.monotonic()),
+            )
+            await group.join(group.nodes, time.monotonic() + GO_DELAY)
+            # The seed's first round ends after interval + timeout; many nodes take a
+            # while to all connect.
+            seed_round = 30 if cfg.system == "seed" else 0
+            if (leader := await group.settle(cfg.limit + 0.1 * n + seed_round)) is None:
+                raise TrialFailed("no stable leader")
+            await _idle(group, leader, listener, received, duration)
+            if group.stable_leader() is not leader:
+                raise TrialFailed("the leader changed in steady state")
     finally:
-        await group.teardown()
         await listener.close()
+
+
+async def _idle(
+    group: Membership,
+    leader: NodeProcess,
+    listener: asyncpg.Connection[Any],
+    received: list[float],
+    duration: float,
+) -> None:
+    """The measurement window of a steady state."""
+    nodes = group.nodes
+    cpu0 = {node.pid: cpu_seconds(node.pid) for node in nodes}
+    xacts0, t0 = await transactions(listener), time.monotonic()
+    await asyncio.sleep(duration)  # the measurement window
+    cpu1 = {node.pid: cpu_seconds(node.pid) for node in nodes}
+    t1, xacts1 = time.monotonic(), await transactions(listener)
+    elapsed = t1 - t0
+    window = [t for t in received if t0 <= t < t1]
+    connections = await listener.fetchval(
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    )
+    # Between the first and the last arrival: a count over the whole window would be off
+    # by one notification depending on the phase of the heartbeat.
+    if len(window) >= 2:
+        rate = (len(window) - 1) / (window[-1] - window[0])
+    else:
+        rate = len(window) / elapsed
+    group.add("notifications", rate, unit="1/s", note=f"{len(window)} in {elapsed:.1f} s")
+    if group.cfg.system == "ours":
+        group.add("messages per interval", rate * group.cfg.interval, unit="count")
+    group.add("connections", float(connections), unit="count")
+    # Each of the two reads of the counters is a transaction of its own, and the
+    # statistics lag by up to PGSTAT_MIN_INTERVAL: a rate over a window of seconds.
+    group.add("transactions", max(0.0, (xacts1 - xacts0 - 1) / elapsed), unit="1/s")
+    for i, node in enumerate(nodes):
+        a, b, rss = cpu0[node.pid], cpu1[node.pid], rss_mib(node.pid)
+        role = "leader" if node is leader else "follower"
+        if a is not None and b is not None:
+            group.add("idle CPU", 100 * (b - a) / elapsed, unit="%", note=role, trial=i)
+        if rss is not None:
+            group.add("RSS", rss, unit="MiB", note=role, trial=i)
 
 
 def _leaderless(nodes: Sequence[NodeProcess], t0: float, t1: float) -> float:
@@ -589,65 +504,41 @@ def _leaderless(nodes: Sequence[NodeProcess], t0: float, t1: float) -> float:
     return none + (t1 - last if acting == 0 else 0.0)
 
 
-async def rolling_restart(
-    pool: Pool, cfg: Config, dsn: str, replicas: int, trial: int, rec: Recorder,
-    bus: Bus | None = None,
-) -> None:  # fmt: skip
+async def rolling_restart(setup: Setup, replicas: int, trial: int) -> None:
     """A rolling deploy of ``replicas`` processes: for each old replica in turn, start a
     replacement, wait until it has joined, then SIGTERM the old one and wait for its exit.
 
     Records the leadership changes (new terms) and the leader-less time during the roll,
     and every overlap of two acting nodes (the checker's, from the nodes' records).
     """
-    await pool.reserve(2 * replicas)
-    olds = await pool.take(replicas)
-    cluster = pool.cluster
-    group = Membership(pool, cfg, olds, bus)
-    if bus is not None:
-        await bus.follow(channel_for(cfg.system, group.namespace))
-    name = f"{cfg.system}/{cfg.settings} rolling R={replicas} trial {trial}"
-    try:
-        await group.join(olds, dsn, time.monotonic() + GO_DELAY)
+    cfg, cluster = setup.cfg, setup.pool.cluster
+    await setup.pool.reserve(2 * replicas)
+    async with setup.group(replicas, trial, "rolling restart") as group:
+        olds = list(group.nodes)
+        await group.join(olds, time.monotonic() + GO_DELAY)
         if await group.settle(cfg.limit + 0.1 * replicas) is None:
-            rec.add(cfg, replicas, "rolling: settled", trial, 0.0, unit="count")
-            rec.problem(f"{name}: no stable leader before the roll")
-            return
-        roll = len(cluster.events)
-        t0 = time.monotonic()
+            group.add("rolling: settled", 0.0, unit="count")
+            raise TrialFailed("no stable leader before the roll")
+        roll, t0 = len(cluster.events), time.monotonic()
         for old in olds:
-            [new] = await pool.take(1)
+            [new] = await setup.pool.take(1)
             group.nodes.append(new)
-            await group.join([new], dsn, time.monotonic())
+            await group.join([new], time.monotonic())
             try:
-                await cluster.until(_joined(new), timeout=cfg.limit, what="joined")
+                await cluster.ready([new], timeout=cfg.limit)
                 await cluster.stop_node(old, timeout=cfg.limit)
-            except (TimeoutError, AssertionError):
-                rec.problem(f"{name}: a replacement did not join, or an old one did not exit")
-                return
+            except (TimeoutError, AssertionError) as e:
+                raise TrialFailed("a replacement did not join, or an old one did not exit") from e
         settled = await group.settle(cfg.limit)
-        rec.add(cfg, replicas, "rolling: settled", trial, float(settled is not None), unit="count")
+        group.add("rolling: settled", float(settled is not None), unit="count")
         if settled is None or group.stable_since is None:
-            rec.problem(f"{name}: no stable leader after the roll")
-            return
-        t1 = group.stable_since
-        pids = group.pids
-        terms = {
-            e["term"] for e in cluster.events[roll:] if e["ev"] == "elected" and e["pid"] in pids
-        }
-        rec.add(cfg, replicas, "rolling: leadership changes", trial, len(terms), unit="count")
-        rec.add(cfg, replicas, "rolling: leader-less time", trial, _leaderless(group.nodes, t0, t1))
-        rec.add(cfg, replicas, "rolling: duration", trial, t1 - t0)
-        if bus is not None:
-            counts = await bus.count(group.namespace, t0, t1)
-            heartbeats = counts.pop("heartbeat", 0)
-            rec.add(
-                cfg, replicas, "rolling: messages", trial, counts.total(), unit="count",
-                note=f"{_kinds(counts)}; and {heartbeats} heartbeats",
-            )  # fmt: skip
-    finally:
-        await group.teardown()
-        for value, _ in group.overlaps():
-            rec.add(cfg, replicas, "overlap", trial, value, note="rolling restart")
+            raise TrialFailed("no stable leader after the roll")
+        t1, pids = group.stable_since, group.pids
+        elected = [e for e in cluster.events[roll:] if e["ev"] == "elected" and e["pid"] in pids]
+        group.add("rolling: leadership changes", len({e["term"] for e in elected}), unit="count")
+        group.add("rolling: leader-less time", _leaderless(group.nodes, t0, t1))
+        group.add("rolling: duration", t1 - t0)
+        await group.messages("rolling: messages", t0)
 
 
 # --------------------------------------------------------------------- physical floors
@@ -656,100 +547,89 @@ async def rolling_restart(
 async def floor_notify(dsn: str, samples: int) -> list[float]:
     """Latency of one NOTIFY from one session to a listening one."""
     sender, listener = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
+    arrived: asyncio.Queue[float] = asyncio.Queue()
+    await listener.add_listener("bench_floor", lambda *_: arrived.put_nowait(time.monotonic()))
+    out = []
     try:
-        loop = asyncio.get_running_loop()
-        arrived: asyncio.Future[float] = loop.create_future()
-
-        def got(*_: object) -> None:
-            if not arrived.done():
-                arrived.set_result(time.monotonic())
-
-        await listener.add_listener("bench_floor", got)
-        out = []
         for _ in range(samples):
-            arrived = loop.create_future()
             t0 = time.monotonic()
             await sender.execute("NOTIFY bench_floor")
-            out.append(await asyncio.wait_for(arrived, 5) - t0)
+            out.append(await asyncio.wait_for(arrived.get(), 5) - t0)
         return out
     finally:
         await sender.close()
         await listener.close()
 
 
-async def _waiting_for_lock(probe: asyncpg.Connection[Any], key: int) -> None:
-    """Poll until some session waits for the advisory lock ``key``."""
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        waiting = await probe.fetchval(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
-            "AND objid = $1::bigint",
-            key,
-        )
-        if waiting:
-            return
-        await asyncio.sleep(0.005)
-    raise TimeoutError("the waiter never queued for the advisory lock")
-
-
-async def floor_lock_release(dsn: str, samples: int) -> list[float]:
-    """An advisory lock released by its holder (pg_advisory_unlock) reaches a waiter."""
-    holder, waiter, probe = [await asyncpg.connect(dsn) for _ in range(3)]
-    key = 7_000_001
-    out = []
-    try:
-        for _ in range(samples):
-            await holder.execute("SELECT pg_advisory_lock($1)", key)
-            wait = asyncio.create_task(waiter.execute("SELECT pg_advisory_lock($1)", key))
-            await _waiting_for_lock(probe, key)
-            t0 = time.monotonic()
-            await holder.execute("SELECT pg_advisory_unlock($1)", key)
-            await wait
-            out.append(time.monotonic() - t0)
-            await waiter.execute("SELECT pg_advisory_unlock($1)", key)
-        return out
-    finally:
-        for conn in (holder, waiter, probe):
-            await conn.close()
-
-
-_HOLDER = """
+LOCK_KEY = 7_000_001
+_HOLDER = f"""
 import asyncio, sys, asyncpg
 async def main():
     conn = await asyncpg.connect(sys.argv[1])
-    await conn.execute("SELECT pg_advisory_lock(7000002)")
+    await conn.execute("SELECT pg_advisory_lock({LOCK_KEY})")
     print("locked", flush=True)
     await asyncio.Event().wait()
 asyncio.run(main())
 """
 
 
-async def floor_lock_kill(dsn: str, samples: int) -> list[float]:
-    """An advisory lock held by a process killed with SIGKILL reaches a waiter."""
+@contextlib.asynccontextmanager
+async def _holder(dsn: str, kill: bool) -> AsyncIterator[Callable[[], Awaitable[None]]]:
+    """A session holding the advisory lock; yields how to free it: unlock (in this
+    process), or ``kill``: SIGKILL of the process the session belongs to."""
+    if not kill:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute("SELECT pg_advisory_lock($1)", LOCK_KEY)
+
+            async def unlock() -> None:
+                await conn.execute("SELECT pg_advisory_unlock($1)", LOCK_KEY)
+
+            yield unlock
+        finally:
+            await conn.close()
+        return
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _HOLDER, dsn, stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None
+        if (await asyncio.wait_for(proc.stdout.readline(), 30)).strip() != b"locked":
+            raise RuntimeError("lock holder failed to start")
+
+        async def kill_it() -> None:
+            proc.kill()
+
+        yield kill_it
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+
+
+async def floor_lock(dsn: str, samples: int, *, kill: bool) -> list[float]:
+    """An advisory lock reaches a waiting session once its holder unlocks it, or
+    (``kill``) once the holder's process is killed with SIGKILL."""
     waiter, probe = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
-    key = 7_000_002
+    queued = (
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        " AND objid = $1::bigint"
+    )
     out = []
     try:
         for _ in range(samples):
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-c", _HOLDER, dsn, stdout=asyncio.subprocess.PIPE
-            )
-            try:
-                assert proc.stdout is not None
-                line = await asyncio.wait_for(proc.stdout.readline(), 30)
-                if line.strip() != b"locked":
-                    raise RuntimeError("lock holder failed to start")
-                wait = asyncio.create_task(waiter.execute("SELECT pg_advisory_lock($1)", key))
-                await _waiting_for_lock(probe, key)
+            async with _holder(dsn, kill) as free:
+                wait = asyncio.create_task(waiter.execute("SELECT pg_advisory_lock($1)", LOCK_KEY))
+                deadline = time.monotonic() + 10
+                while not await probe.fetchval(queued, LOCK_KEY):  # polls the server's view
+                    if time.monotonic() > deadline:
+                        raise TimeoutError("the waiter never queued for the advisory lock")
+                    await asyncio.sleep(0.005)
                 t0 = time.monotonic()
-                proc.kill()
+                await free()
                 await wait
                 out.append(time.monotonic() - t0)
-                await waiter.execute("SELECT pg_advisory_unlock($1)", key)
-            finally:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
+                await waiter.execute("SELECT pg_advisory_unlock($1)", LOCK_KEY)
         return out
     finally:
         await waiter.close()

@@ -160,16 +160,25 @@ def span_overlaps(spans: Sequence[Span]) -> list[str]:
     proven dead.
     """
     found: list[str] = []
-    ordered = sorted(spans, key=lambda s: s.term)
-    for i, after in enumerate(ordered):
-        for before in ordered[:i]:
-            if before.end > after.started:
-                end = "never" if math.isinf(before.end) else f"{before.end:.6f}"
-                found.append(
-                    f"term {after.term} (node {after.node}) started at {after.started:.6f} "
-                    f"before term {before.term} (node {before.node}) stopped acting (at {end})"
-                )
+    for before, after in overlapping(spans):
+        end = "never" if math.isinf(before.end) else f"{before.end:.6f}"
+        found.append(
+            f"term {after.term} (node {after.node}) started at {after.started:.6f} "
+            f"before term {before.term} (node {before.node}) stopped acting (at {end})"
+        )
     return found
+
+
+def overlapping(spans: Sequence[Span]) -> list[tuple[Span, Span]]:
+    """The pairs (earlier, later) behind :func:`span_overlaps`: a later leadership (by
+    term) that began before the earlier one could have stopped acting."""
+    ordered = sorted(spans, key=lambda s: s.term)
+    return [
+        (before, after)
+        for i, after in enumerate(ordered)
+        for before in ordered[:i]
+        if before.end > after.started
+    ]
 
 
 def check(

@@ -247,11 +247,13 @@ class Cluster:
         await self.ready(started, joined=argv is not None)
         return started
 
-    async def ready(self, nodes: Sequence[NodeProcess], *, joined: bool = True) -> None:
+    async def ready(
+        self, nodes: Sequence[NodeProcess], *, joined: bool = True, timeout: float | None = None
+    ) -> None:
         """Wait until each of ``nodes`` has joined (or, ``joined`` False, started)."""
         await self.until(
             lambda: all(n.member if joined else n.started for n in nodes),
-            timeout=30 + 2 * len(nodes),
+            timeout=30 + 2 * len(nodes) if timeout is None else timeout,
             what=f"{len(nodes)} node(s) {'joined' if joined else 'started'}",
         )
 
