@@ -1,8 +1,9 @@
 """The election driver: runs one group's protocol over a transport and supervises its work.
 
-(Close to the length the other modules keep to: it is one loop that owns one group's
-election state, its timers and its connection's life, and each part reads or changes that
-state. Its named pieces are elsewhere: the leader work in :mod:`notifelect._work`, this
+(Longer than the modules around it, on purpose: it is one loop that owns one group's
+election state, its timers and its connection's life, and its stop, reconnect and effect
+handling share the loop's task, inbox and connection generation; split further, each
+piece would need all of that passed in. Its named pieces are elsewhere: the leader work in :mod:`notifelect._work`, this
 node's own lease in :mod:`notifelect._lease_clock`, what it believes about the leader in
 :mod:`notifelect._leader_view`, the decisions in :mod:`notifelect.protocol` and
 :mod:`notifelect.rules`.)

@@ -1,5 +1,9 @@
 """Scheduled jobs that belong to the group: ``@group.every(interval)`` and ``@group.cron(...)``.
 
+(Longer than most modules: one job's loop, the checks of its arguments, its warnings and
+the record of each run read best next to each other; the pure planning is in
+:mod:`notifelect.schedule` and the I/O in :mod:`notifelect.job_store`.)
+
 The schedule lives in the database (:mod:`notifelect.job_store`), not in whichever node
 leads. While a node leads, its loop for each job reads the job's last run, plans the next
 one with the pure rules of :mod:`notifelect.schedule` on the database's clock, waits for
@@ -15,9 +19,11 @@ A run never starts while the previous run of the same job is still in progress a
   finish, for at most ``Settings.finish_timeout``, while the node keeps its lease, and the
   successor is elected only after it (``leader_only(finish_on_loss=True)``'s rule); when
   the leadership is *lost* (connection, lease) the run is cancelled like all leader work;
-* a new leader that finds the last run without an end waits while that run's node still
-  has its session (for at most ``finish_timeout + callback_timeout``), then records the run
-  as ``abandoned`` and goes on.
+* a new leader that finds the last run without an end waits while the process that runs
+  it still has a session (for at most ``finish_timeout + callback_timeout``), then records
+  the run as ``abandoned`` and goes on. A process whose session was lost while its run goes
+  on (a ``def`` job's thread) names its next session on the run's record, and the new
+  leader gives a holder that vanished a lease to do so.
 """
 
 from __future__ import annotations
