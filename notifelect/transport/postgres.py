@@ -44,7 +44,8 @@ from .base import (
     TransportError,
 )
 from .serial import Serial
-from .session import _REGISTRY, Claimed, Connect, Session, Tick, Timing
+from .session import REGISTRY, Claimed, Connect, Session, Tick, Timing
+from .session.common import NEVER_LED
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +169,7 @@ class PostgresTransport(Transport):
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._leaving)
             self._leaving = None
-        session = _REGISTRY.take(self._share, self, self._make_session, self._borrowed)
+        session = REGISTRY.take(self._share, self, self._make_session, self._borrowed)
         self._on_payload = on_payload
         self._on_lost = on_lost
         self._last = None
@@ -177,7 +178,8 @@ class PostgresTransport(Transport):
         self._node = node
         try:
             self._require()
-            await session.registrations((self.namespace, self._member.priority, self._member.url))
+            member = self._member
+            await session.ticker.registrations((self.namespace, member.priority, member.url))
         except BaseException:
             self._session = None
             await session.leave(self)
@@ -331,7 +333,7 @@ class PostgresTransport(Transport):
                 return None
             row = await conn.fetchrow(self._q.leader_released, self.namespace)
             claimed = (
-                Claimed(None, None, False, None)
+                NEVER_LED
                 if row is None
                 else Claimed(row["node"], row["term"], row["released"], row["lease"])
             )
@@ -380,7 +382,7 @@ class PostgresTransport(Transport):
         group of the session are made together."""
         deadline = now() + seconds
         while True:
-            claimed = await session.claims((self._key, self.namespace))
+            claimed = await session.claims.tries((self._key, self.namespace))
             if claimed is not None:
                 return claimed
             if now() >= deadline:
@@ -391,7 +393,7 @@ class PostgresTransport(Transport):
         """Take the next term (with every group of the session that takes one now); None
         if a transaction still holds the old one, or another session its leader row."""
         try:
-            return await session.terms((self.namespace, self._member.priority, self._lease))
+            return await session.claims.terms((self.namespace, self._member.priority, self._lease))
         except asyncpg.LockNotAvailableError:
             log.info(
                 "taking the term met a row held by another session; claim later",
@@ -553,9 +555,10 @@ class PostgresTransport(Transport):
         self._term = None
 
     async def _let_go(self, session: Session, release: tuple[int, str] | None = None) -> None:
-        """Give the claim back if the session holds it (see :meth:`Session.let_go`)."""
+        """Give the claim back if the session holds it (see
+        :meth:`~.session.claims.Claims.let_go`)."""
         assert self._node is not None
-        await session.let_go(self._key, self.namespace, self._node, release=release)
+        await session.claims.let_go(self._key, self.namespace, self._node, release=release)
 
     async def successor(self) -> int | None:
         node: int | None = await self._require().fetchval(
@@ -568,7 +571,7 @@ class PostgresTransport(Transport):
     ) -> tuple[bool, tuple[int, int] | None, tuple[int, int, int] | None]:
         self._require()
         assert self._session is not None
-        row = await self._session.surveys((self.namespace, self._key))
+        row = await self._session.ticker.surveys((self.namespace, self._key))
         best = None if row["node"] is None else (int(row["priority"]), int(row["node"]))
         held = bool(row["held"])
         leader = None
@@ -586,7 +589,7 @@ class PostgresTransport(Transport):
         assert session is not None
         # Read with every group of the session that asks now (many groups verifying the
         # announcements of one new leader cost one statement).
-        row, read_at = await session.leaders(self.namespace)
+        row, read_at = await session.ticker.leaders(self.namespace)
         if row is None:
             return None
         fields = dict(row)
@@ -601,4 +604,4 @@ class PostgresTransport(Transport):
         if self._connect is None or session is None:
             await asyncio.Future()  # a borrowed connection has no standby watcher
         assert session is not None
-        return await session.watch(leader, self.namespace)
+        return await session.watchers.watch(leader, self.namespace)
