@@ -206,7 +206,10 @@ class ElectionQueries:
         )
         #: Take the next term of several groups at once (``$1``: text[]; ``$2``: int[],
         #: their members' priorities; ``$6``: float8[], their leases) as node ``$3`` (host
-        #: ``$4``, pid ``$5``): one transaction and one durable commit for all of them. A
+        #: ``$4``, pid ``$5``): one statement, one transaction and one durable commit for
+        #: all of them (``synchronous_commit`` is set on for this transaction alone, before
+        #: any row is written, and any lock wait is bounded by ``$7`` milliseconds, text:
+        #: both in ``cfg``, which every write depends on). A
         #: group whose term row is held by a guarded transaction of the old term (``FOR
         #: SHARE``), or whose leader row another session is writing, is skipped, never
         #: waited for. For each group taken, the open history rows are closed as lost, a
@@ -222,7 +225,9 @@ class ElectionQueries:
         #: session, or the group gave its claim back) the term ends now, as it does
         #: when the row records no lease.
         self.take_terms = (
-            "WITH want AS (SELECT * FROM unnest($1::text[], $2::int[], $6::float8[])"
+            "WITH cfg AS MATERIALIZED (SELECT set_config('synchronous_commit', 'on', true),"
+            "              set_config('lock_timeout', $7::text, true)),"
+            "     want AS (SELECT w.* FROM cfg, unnest($1::text[], $2::int[], $6::float8[])"
             "              AS w(namespace, priority, lease)),"
             f"     seen AS (SELECT namespace FROM {term} WHERE namespace = ANY($1::text[])),"
             f"     free AS (SELECT namespace FROM {term} WHERE namespace = ANY($1::text[])"
@@ -377,6 +382,22 @@ class ElectionQueries:
             " WHERE locktype = 'advisory' AND granted AND pid = pg_backend_pid()"
             " AND objsubid = 1"
         )
+        #: Open a session: draw its node id, register it (host ``$1``, pid ``$2``),
+        #: dropping sessions whose backends are gone, and unless ``$3`` is false, name the
+        #: connection ``$5`` followed by the node id if it still has the name ``$4`` (the
+        #: user's own name is kept). Column: node.
+        self.open_session = (
+            f"WITH n AS MATERIALIZED (SELECT nextval('{q(names.sequence)}'::regclass) AS node),"
+            f" gone AS (DELETE FROM {session} m WHERE NOT {LIVE_MEMBER}),"
+            f" s AS (INSERT INTO {session}"
+            "  (node, host, pid, backend_pid, backend_start, started_at, renewed_at)"
+            "  SELECT n.node, $1, $2, a.pid, a.backend_start, clock_timestamp(), clock_timestamp()"
+            "  FROM n CROSS JOIN pg_stat_activity a WHERE a.pid = pg_backend_pid()"
+            "  RETURNING node)"
+            " SELECT s.node, CASE WHEN $3::bool AND current_setting('application_name') = $4"
+            " THEN set_config('application_name', $5::text || s.node::text, false) END AS named"
+            " FROM s"
+        )
         #: Drop session ``$1``.
         self.unregister_session = f"DELETE FROM {session} WHERE node = $1"
         #: The recorded leadership of several groups (``$1``: text[]). Columns:
@@ -439,5 +460,3 @@ class ElectionQueries:
             f"SELECT EXISTS (SELECT FROM {member} m WHERE m.namespace = $1"
             f" AND m.node = $2 AND m.priority = $3 AND {LIVE_MEMBER})"
         )
-        #: The next node id.
-        self.next_node = f"SELECT nextval('{q(names.sequence)}'::regclass)"

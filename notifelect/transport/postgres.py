@@ -184,6 +184,8 @@ class PostgresTransport(Transport):
             self._session = None
             await session.leave(self)
             raise
+        # After the registration: the periodic statement goes before every other call.
+        session.ticker.start()
         return node
 
     def _make_session(self) -> Session:

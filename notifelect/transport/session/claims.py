@@ -98,21 +98,19 @@ class Claims:
         transaction, or whose leader row another session is writing."""
         s = self.session
         unique = {namespace: (priority, lease) for namespace, priority, lease in asks}
-        async with conn.transaction():
-            # A term must never be handed out twice, even if the server runs with
-            # asynchronous commit and crashes right after: make this commit durable.
-            await conn.execute(
-                f"SET LOCAL synchronous_commit = on; SET LOCAL lock_timeout = {_ROW_LOCK_WAIT_MS}"
-            )
-            rows = await conn.fetch(
-                s.queries.take_terms,
-                list(unique),
-                [priority for priority, _ in unique.values()],
-                s.node,
-                s.host,
-                s.pid,
-                [lease for _, lease in unique.values()],
-            )
+        # One statement (one round trip): a term must never be handed out twice, even if
+        # the server runs with asynchronous commit and crashes right after, so its commit
+        # is made durable (see ElectionQueries.take_terms).
+        rows = await conn.fetch(
+            s.queries.take_terms,
+            list(unique),
+            [priority for priority, _ in unique.values()],
+            s.node,
+            s.host,
+            s.pid,
+            [lease for _, lease in unique.values()],
+            str(_ROW_LOCK_WAIT_MS),
+        )
         terms = {row["namespace"]: int(row["term"]) for row in rows}
         return [terms.get(namespace) for namespace, _, _ in asks]
 

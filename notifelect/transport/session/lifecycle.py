@@ -15,12 +15,12 @@ from ...schema import Names
 from ...schema_check import check_schema
 from ...sql import ElectionQueries
 from ..base import TransportError
-from ..connect import APPLICATION_NAME, connect_bound, session_name
+from ..connect import APPLICATION_NAME, connect_bound
 from ..serial import Serial, retrieve
 from . import probe
 from .claims import Claims
 from .common import Connect, SessionGroup, Timing
-from .liveness import Watchers, open_anchor
+from .liveness import Watchers, take_anchor
 from .registry import Registry
 from .tick import Ticker
 
@@ -130,7 +130,6 @@ class Session:
             self._working.discard(group)
             self.forget(group)
             raise
-        self.ticker.start()
         return self.node
 
     async def leave(self, group: SessionGroup) -> None:
@@ -206,23 +205,86 @@ class Session:
         log.debug("election session could not open: %s", reason)
 
     async def _connect_all(self) -> None:
-        borrowed = self.borrowed is not None
-        conn = self.borrowed if self.borrowed is not None else await self.new_connection()
-        self.conn = conn
-        await probe.check_environment(conn, None if self._connect is None else self.new_connection)
-        await probe.check_replication_role(conn, borrowed=borrowed)
-        await check_schema(conn, self.names)
-        if not borrowed:  # a borrowed connection's settings are its owner's
-            await probe.bound_waits(conn, self.timing.io_timeout)
-        self.node = int(await conn.fetchval(self.queries.next_node))
-        if not borrowed:
-            await probe.rename(conn, session_name(APPLICATION_NAME, self.node))
-        if self._connect is not None:
-            self.anchor = await open_anchor(self, self.node, self._anchor_terminated)
-        conn.add_termination_listener(self._terminated)
-        await conn.execute(self.queries.register_session, self.node, self.host, self.pid)
-        self.serial = Serial(conn, self.timing.io_timeout, self.lose)
+        if self.borrowed is not None:
+            conn = self.conn = self.borrowed
+            await probe.check_borrowed(conn)
+            await check_schema(conn, self.names)
+            await self._register(conn, rename=False)
+        else:
+            await self._connect_own()
+        assert self.conn is not None
+        self.conn.add_termination_listener(self._terminated)
+        self.serial = Serial(self.conn, self.timing.io_timeout, self.lose)
         log.info("election session node %s opened", self.node, extra=self._extra("session_opened"))
+
+    async def _connect_own(self) -> None:
+        """Open the election connection and the anchor, each doing its part while the
+        other waits on the server: the anchor (connected second, to the host that
+        answered first) is the environment probe's second session before it takes its
+        lock; the election connection checks the schema meanwhile, then settles its
+        settings (sending the probe's notification) and registers the session."""
+        conn = self.conn = await self.new_connection()
+        pooler = probe.PoolerProbe()
+        anchor: asyncio.Future[asyncpg.Connection[Any]] = asyncio.ensure_future(
+            self._second_session(pooler)
+        )
+        node: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        anchored: asyncio.Future[int] | None = None
+        try:
+            with probe.pooler_errors():
+                await check_schema(conn, self.names)
+                other = await anchor
+                anchored = asyncio.ensure_future(self._anchor(other, node, pooler.channel))
+                pid = await probe.settle(
+                    conn, io_timeout=self.timing.io_timeout, notify=pooler.channel
+                )
+                node.set_result(await self._register(conn, rename=True))
+                other_pid = await anchored
+            await pooler.verdict(other, (pid, other_pid))
+        except BaseException:
+            for task in (anchor, anchored):
+                if task is not None and not task.done():
+                    task.cancel()
+            if anchor.done() and not anchor.cancelled() and anchor.exception() is None:
+                anchor.result().terminate()
+            raise
+        other.add_termination_listener(self._anchor_terminated)
+        self.anchor = other
+
+    async def _second_session(self, pooler: probe.PoolerProbe) -> asyncpg.Connection[Any]:
+        """A connection that listens on the probe's channel (the anchor-to-be)."""
+        assert self._connect is not None
+        other = await self._connect()
+        try:
+            await pooler.listen(other)
+        except BaseException:
+            other.terminate()
+            raise
+        return other
+
+    async def _anchor(
+        self, other: asyncpg.Connection[Any], node: asyncio.Future[int], channel: str
+    ) -> int:
+        """Make ``other`` the anchor of ``node`` once it is drawn; its backend pid."""
+        with probe.pooler_errors():
+            pid = int(await other.fetchval("SELECT pg_backend_pid()"))
+        await take_anchor(other, self, await node, unlisten=channel)
+        return pid
+
+    async def _register(self, conn: asyncpg.Connection[Any], *, rename: bool) -> int:
+        """Draw the node id and register the session (and name the connection)."""
+        row = await conn.fetchrow(
+            self.queries.open_session,
+            self.host,
+            self.pid,
+            rename,
+            APPLICATION_NAME,
+            f"{APPLICATION_NAME}:",  # then the node id: see session_name
+        )
+        if row is None:
+            raise TransportError("the session could not register (its backend is not listed)")
+        self.node = int(row["node"])
+        return self.node
 
     async def new_connection(
         self, application_name: str = APPLICATION_NAME

@@ -12,53 +12,53 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections.abc import Callable
 from typing import Any
 
 import asyncpg
 
 from ...rules import Freed
+from ...schema import quote_ident
 from ..base import TransportError
-from ..connect import ANCHOR_NAME, WATCHER_NAME, session_name
+from ..connect import ANCHOR_NAME, APPLICATION_NAME, WATCHER_NAME, session_name
 from .common import SessionView
+from .probe import literal, newer_than_14
 
 
-async def open_anchor(
-    session: SessionView, node: int, on_terminated: Callable[[object], None]
-) -> asyncpg.Connection[Any]:
-    """Open ``session``'s anchor and take its lock.
+async def take_anchor(
+    anchor: asyncpg.Connection[Any], session: SessionView, node: int, *, unlisten: str
+) -> None:
+    """Make ``anchor`` (a new connection of ``session``) node ``node``'s anchor, in one
+    round trip: name it, stop listening on ``unlisten`` (the environment probe's channel)
+    and take its lock.
 
     It is set up so that the server does not end it before a lease has run out (no
     ``tcp_user_timeout``, keep-alive probes spread over more than a lease, no idle
     timeout), and notifelect never terminates another node's anchor: its end is
     evidence that the process is gone (or that every group stopped its work).
     """
-    anchor = await session.new_connection(session_name(ANCHOR_NAME, node))
+    probe = max(1, math.ceil(session.timing.lease))
+    lock = max(1, int(session.timing.io_timeout * 1000))
+    idle = "SET idle_session_timeout = 0;" if newer_than_14(anchor) else ""
+    name = literal(session_name(ANCHOR_NAME, node))
+    # Several statements in one message run as one transaction: all of it or none.
+    statements = (
+        f"UNLISTEN {quote_ident(unlisten)};"
+        f" SELECT set_config('application_name', {name}, false)"
+        f" WHERE current_setting('application_name') = {literal(APPLICATION_NAME)};"
+        " SELECT set_config('tcp_user_timeout', '0', false),"
+        f" set_config('tcp_keepalives_idle', '{probe}', false),"
+        f" set_config('tcp_keepalives_interval', '{probe}', false),"
+        " set_config('tcp_keepalives_count', '3', false),"
+        " set_config('statement_timeout', '0', false),"
+        " set_config('idle_in_transaction_session_timeout', '0', false);"
+        f" {idle} SET lock_timeout = {lock};"
+        f" SELECT pg_advisory_lock('{int(session.names.anchor_key(node))}'::bigint);"
+        " SET lock_timeout = 0"
+    )
     try:
-        probe = max(1, math.ceil(session.timing.lease))
-        await anchor.execute(
-            "SELECT set_config('tcp_user_timeout', '0', false),"
-            " set_config('tcp_keepalives_idle', $1, false),"
-            " set_config('tcp_keepalives_interval', $1, false),"
-            " set_config('tcp_keepalives_count', '3', false),"
-            " set_config('statement_timeout', '0', false),"
-            " set_config('idle_in_transaction_session_timeout', '0', false)",
-            str(probe),
-        )
-        with contextlib.suppress(asyncpg.UndefinedObjectError):  # PostgreSQL < 14
-            await anchor.execute("SET idle_session_timeout = 0")
-        lock = max(1, int(session.timing.io_timeout * 1000))
-        try:
-            await anchor.execute(f"SET lock_timeout = {lock}")
-            await anchor.execute("SELECT pg_advisory_lock($1)", session.names.anchor_key(node))
-            await anchor.execute("SET lock_timeout = 0")
-        except asyncpg.LockNotAvailableError as exc:
-            raise TransportError(f"node id {node} is anchored by another session") from exc
-        anchor.add_termination_listener(on_terminated)
-    except BaseException:
-        anchor.terminate()
-        raise
-    return anchor
+        await anchor.execute(statements)
+    except asyncpg.LockNotAvailableError as exc:
+        raise TransportError(f"node id {node} is anchored by another session") from exc
 
 
 class Watchers:
