@@ -183,6 +183,12 @@ class ElectionQueries:
             f"SELECT m.node FROM {member} m WHERE m.namespace = $1 AND m.node <> $2"
             f" AND {LIVE_MEMBER} ORDER BY {RANK_ORDER} LIMIT 1"
         )
+        #: Give back claim lock ``$3`` (after its term was released, committed) and read
+        #: the best other live member (``$2``: this node) to name as successor, in one
+        #: statement. Columns: unlocked, successor.
+        self.unlock_successor = (
+            f"SELECT pg_advisory_unlock($3) AS unlocked, ({self.successor}) AS successor"
+        )
         #: Leave: delete member ``$2``.
         self.unregister_member = f"DELETE FROM {member} WHERE namespace = $1 AND node = $2"
         #: The recorded leader's node, term, whether it released it and its lease.

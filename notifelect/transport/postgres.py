@@ -125,6 +125,8 @@ class PostgresTransport(Transport):
         self._term_taken_at = 0.0
         self._last: tuple[float, LeaderRecord | None] | None = None
         self._leaving: asyncio.Future[None] | None = None
+        #: The successor read as the last release gave the claim back (used once).
+        self._successor: int | None = None
 
     def _extra(self, event: str) -> dict[str, object]:
         return {
@@ -376,6 +378,7 @@ class PostgresTransport(Transport):
         self._term = term
         self._term_taken_at = now()
         self._term_held = None
+        self._successor = None
         return Granted(term, confirmed_at)
 
     async def _lock_within(self, session: Session, seconds: float) -> Claimed | None:
@@ -553,16 +556,22 @@ class PostgresTransport(Transport):
     async def release(self, term: int, reason: str) -> None:
         self._require()
         assert self._session is not None
-        await self._let_go(self._session, (term, reason))
+        # The statement that gives the lock back also reads the successor to name.
+        self._successor = await self._let_go(self._session, (term, reason))
         self._term = None
 
-    async def _let_go(self, session: Session, release: tuple[int, str] | None = None) -> None:
+    async def _let_go(self, session: Session, release: tuple[int, str] | None = None) -> int | None:
         """Give the claim back if the session holds it (see
         :meth:`~.session.claims.Claims.let_go`)."""
         assert self._node is not None
-        await session.claims.let_go(self._key, self.namespace, self._node, release=release)
+        return await session.claims.let_go(self._key, self.namespace, self._node, release=release)
 
     async def successor(self) -> int | None:
+        """The best other live member; read with the release just made, if any (the
+        successor is chosen once, as the claim goes)."""
+        successor, self._successor = self._successor, None
+        if successor is not None:
+            return successor
         node: int | None = await self._require().fetchval(
             self._q.successor, self.namespace, self._node
         )

@@ -116,37 +116,44 @@ class Claims:
 
     async def let_go(
         self, key: int, namespace: str, node: int, *, release: tuple[int, str] | None = None
-    ) -> None:
+    ) -> int | None:
         """Give back claim lock ``key`` of group ``namespace`` if the connection holds it
         when this call's turn comes (after every claim of the group already under way).
 
         With ``release`` (term, reason) the term is marked released first: a clean
-        hand-over. Otherwise a term of ``node`` that was not released is no longer held by
-        this session: it is disowned first (committed before the lock goes), or the
-        session's renewals would go on counting for it and the followers would never take
-        over while the session lives. If it cannot be disowned at once (another session
-        holds the row), the session is lost instead: its end frees every claim and stops
-        every renewal. Without ``release``, raises only :class:`TransportError`.
+        hand-over; the lock goes in the statement that reads the best other live member,
+        which is returned (the successor to name). Otherwise a term of ``node`` that was
+        not released is no longer held by this session: it is disowned first (committed
+        before the lock goes), or the session's renewals would go on counting for it and
+        the followers would never take over while the session lives. If it cannot be
+        disowned at once (another session holds the row), the session is lost instead:
+        its end frees every claim and stops every renewal. Without ``release``, raises
+        only :class:`TransportError`.
         """
         s = self.session
         serial = s.serial
         if serial is None:
-            return
+            return None
 
-        async def give_back(conn: asyncpg.Connection[Any]) -> None:
+        async def give_back(conn: asyncpg.Connection[Any]) -> int | None:
             if release is not None:
                 await conn.execute(s.queries.release, namespace, *release)
             if key not in self.held:
-                return
+                return None
+            successor: int | None = None
             try:
                 if release is None:
                     await conn.execute(s.queries.disown, namespace, node)
-                await conn.execute("SELECT pg_advisory_unlock($1)", key)
+                    await conn.execute("SELECT pg_advisory_unlock($1)", key)
+                else:
+                    row = await conn.fetchrow(s.queries.unlock_successor, namespace, node, key)
+                    successor = None if row is None else row["successor"]
             except asyncpg.PostgresError as exc:
                 # Whether the lock went is unknown: the session must not go on believing
                 # either way. Its end frees every claim.
                 s.lose(f"the claim of {namespace!r} could not be given back: {exc!r}")
                 raise TransportError(f"giving back the claim failed: {exc!r}") from exc
             self.held.discard(key)
+            return successor
 
-        await serial.run("giving back a claim", give_back)
+        return await serial.run("giving back a claim", give_back)

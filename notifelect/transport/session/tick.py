@@ -134,12 +134,16 @@ class Ticker:
     async def _loop(self) -> None:
         s = self.session
         interval = s.timing.interval
+        ticks = 0
         while s.usable:
             started = now()
             try:
                 await self._tick()
                 if now() - self._standbys_at >= s.timing.leader_timeout:
                     await self._update_standbys()
+                ticks += 1
+                if ticks == 2:  # an interval after joining, out of the way of a cold start
+                    await self._warm()
             except TransportError:
                 return  # the session is lost (the serial connection broke it)
             except Exception as exc:  # a bug, or a refusal of the database: start afresh
@@ -180,6 +184,25 @@ class Ticker:
             return
         # Urgent too: the renewals of the next intervals wait for it.
         await serial.fetch(s.queries.update_standbys, s.node, led, urgent=True)
+
+    async def _warm(self) -> None:
+        """Run the statements of a take-over once, on no group (they change nothing): a
+        new backend's first run of a statement loads the catalogs it reads, which costs
+        milliseconds the hand-over or failover it serves would otherwise wait for."""
+        s = self.session
+        serial = s.serial
+        if serial is None:
+            return
+        q, node = s.queries, s.node
+
+        async def warm(conn: asyncpg.Connection[Any]) -> None:
+            await conn.fetch(q.try_claims, [])
+            await conn.fetch(q.leaders_released, [])
+            await conn.fetch(q.leader_records, [])
+            await conn.fetch(q.take_terms, [], [], node, s.host, s.pid, [], "1")
+            await conn.fetchval(q.successor, "", node)
+
+        await serial.run("warming the take-over statements", warm)
 
     # ------------------------------------------------------------ reads of many groups
 
