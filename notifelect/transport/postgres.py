@@ -4,6 +4,9 @@ The session (:mod:`notifelect.transport.session`) owns the connections; this mod
 what one group does on them: LISTEN on the group's channel, take the group's claim (a
 session advisory lock) and its term, and release or fence it. The statements themselves
 are in :mod:`notifelect.sql`.
+
+(Longer than most modules: a claim, the fencing it may need and the waits between them
+are one sequence of steps that must be read together.)
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import asyncpg
 
 from .._clock import now
 from ..errors import ConfigurationError
+from ..fence_rules import leader_fenceable, taker_stuck
 from ..rules import (
     Sighting,
     ended_cleanly,
@@ -507,15 +511,16 @@ class PostgresTransport(Transport):
                 read_at,
             )
             silent = unchanged_for(self._holder_seen, read_at)
-            if silent < self._lease + self._io_timeout:
+            if not taker_stuck(silent, lease=self._lease, io_timeout=self._io_timeout):
                 return False
         else:
             mark = (row["renewed_at"], row["session_renewed_at"])
             leader = (row["node"], row["term"])
             silent = session.quiet_for(self.namespace, leader, mark, age, read_at)
-            # Silent for longer than the followers' patience and than a lease: a leader
-            # that renews late but within its lease (a slow server) is never fenced.
-            if silent < max(self._leader_timeout, self._lease):
+            fenceable = leader_fenceable(
+                silent, leader_timeout=self._leader_timeout, lease=self._lease
+            )
+            if not fenceable:
                 return False  # the leader renews its lease: only our notifications are late
         try:
             ended = await conn.fetchval("SELECT pg_terminate_backend($1)", holder)

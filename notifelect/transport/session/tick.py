@@ -15,6 +15,7 @@ from typing import Any
 import asyncpg
 
 from ..._clock import now
+from ...fence_rules import standbys_due
 from ...rules import Sighting, sight, unchanged_for
 from ...sql import TICK_LEADER, lock_halves
 from ..base import LeaderRecord, TransportError
@@ -139,7 +140,8 @@ class Ticker:
             started = now()
             try:
                 await self._tick()
-                if now() - self._standbys_at >= s.timing.leader_timeout:
+                since = now() - self._standbys_at
+                if standbys_due(since, leader_timeout=s.timing.leader_timeout):
                     await self._update_standbys()
                 ticks += 1
                 if ticks == 2:  # an interval after joining, out of the way of a cold start
