@@ -15,7 +15,7 @@ from ...schema import Names
 from ...schema_check import check_schema
 from ...sql import ElectionQueries
 from ..base import TransportError
-from ..connect import APPLICATION_NAME, connect_bound
+from ..connect import APPLICATION_NAME, connect_bound, one_host
 from ..serial import Serial, retrieve
 from . import probe
 from .claims import Claims
@@ -218,19 +218,22 @@ class Session:
         log.info("election session node %s opened", self.node, extra=self._extra("session_opened"))
 
     async def _connect_own(self) -> None:
-        """Open the election connection and the anchor, each doing its part while the
-        other waits on the server: the anchor (connected second, to the host that
-        answered first) is the environment probe's second session before it takes its
-        lock; the election connection checks the schema meanwhile, then settles its
-        settings (sending the probe's notification) and registers the session."""
-        conn = self.conn = await self.new_connection()
+        """Open the election connection and the anchor side by side, each doing its part
+        while the other waits on the server: the anchor is the environment probe's
+        second session before it takes its lock; the election connection checks the
+        schema meanwhile, then settles its settings (sending the probe's notification)
+        and registers the session. Where there are several hosts to try, the anchor is
+        connected once the election connection has found the one that answers."""
         pooler = probe.PoolerProbe()
-        anchor: asyncio.Future[asyncpg.Connection[Any]] = asyncio.ensure_future(
-            self._second_session(pooler)
-        )
+        anchor: asyncio.Future[asyncpg.Connection[Any]] | None = None
+        if one_host(self._connect):
+            anchor = asyncio.ensure_future(self._second_session(pooler))
         node: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         anchored: asyncio.Future[int] | None = None
         try:
+            conn = self.conn = await self.new_connection()
+            if anchor is None:
+                anchor = asyncio.ensure_future(self._second_session(pooler))
             with probe.pooler_errors():
                 await check_schema(conn, self.names)
                 other = await anchor
@@ -245,8 +248,9 @@ class Session:
             for task in (anchor, anchored):
                 if task is not None and not task.done():
                     task.cancel()
-            if anchor.done() and not anchor.cancelled() and anchor.exception() is None:
-                anchor.result().terminate()
+            if anchor is not None:
+                # Whether it ended or was cancelled just now, its connection goes.
+                anchor.add_done_callback(_terminate_made)
             raise
         other.add_termination_listener(self._anchor_terminated)
         self.anchor = other
@@ -411,6 +415,12 @@ class Session:
         if anchor is not None:
             anchor.remove_termination_listener(self._anchor_terminated)
             anchor.terminate()
+
+
+def _terminate_made(task: asyncio.Future[asyncpg.Connection[Any]]) -> None:
+    """Drop the connection a given-up task made, if it made one."""
+    if not task.cancelled() and task.exception() is None:
+        task.result().terminate()
 
 
 #: The open sessions of this process.

@@ -155,12 +155,13 @@ class _Watcher:
             await conn.execute(f"SET statement_timeout = 0; SET lock_timeout = {wait_ms}")
             with contextlib.suppress(asyncpg.UndefinedObjectError):
                 await conn.execute("SET client_connection_check_interval = 1000")
-            # Read no group once before the wait: the read that follows the leader's end
-            # then finds the catalogs it needs loaded.
-            await conn.fetch(s.queries.leaders_released, [])
             observed = not await conn.fetchval("SELECT pg_try_advisory_lock_shared($1)", key)
             if not observed:
                 await conn.execute("SELECT pg_advisory_unlock_shared($1)", key)
+            else:
+                # Read no group once before the wait: the read that follows the leader's
+                # end then finds the catalogs it needs loaded.
+                await conn.fetch(s.queries.leaders_released, [])
             while observed:
                 try:
                     await conn.execute(
