@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 #: leader's, a fenced one's), and how often; if it is still held the claim is refused and
 #: tried again later. Nothing waits on the server: the connection serves every group.
 _SHORT_LOCK_WAIT = 0.2
-_LOCK_POLL = 0.01
+_LOCK_POLL = 0.005
 
 
 class PostgresTransport(Transport):
