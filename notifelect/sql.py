@@ -158,6 +158,11 @@ def lock_halves(key: int) -> tuple[int, int]:
     return (key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF
 
 
+#: Arrays of numbers go as text[] (and are cast in the statement) where nothing else
+#: depends on their type: asyncpg reads the codec of any other array type from the server
+#: on a connection's first use of it, a round trip and a catalog query that a join or a
+#: take-over would wait for.
+
 #: The advisory lock of the claim of a group, held (``$2``, ``$3``: the two halves of the
 #: key) by some session of this database. Aliased nowhere; usable as a scalar subquery.
 _CLAIM_HOLDER = (
@@ -210,8 +215,8 @@ class ElectionQueries:
             "SELECT pg_try_advisory_lock(u.k) AS got"
             " FROM unnest($1::bigint[]) WITH ORDINALITY AS u(k, i) ORDER BY u.i"
         )
-        #: Take the next term of several groups at once (``$1``: text[]; ``$2``: int[],
-        #: their members' priorities; ``$6``: float8[], their leases) as node ``$3`` (host
+        #: Take the next term of several groups at once (``$1``: text[]; ``$2``: text[],
+        #: their members' priorities; ``$6``: text[], their leases) as node ``$3`` (host
         #: ``$4``, pid ``$5``): one statement, one transaction and one durable commit for
         #: all of them (``synchronous_commit`` is set on for this transaction alone, before
         #: any row is written, and any lock wait is bounded by ``$7`` milliseconds, text:
@@ -233,7 +238,8 @@ class ElectionQueries:
         self.take_terms = (
             "WITH cfg AS MATERIALIZED (SELECT set_config('synchronous_commit', 'on', true),"
             "              set_config('lock_timeout', $7::text, true)),"
-            "     want AS (SELECT w.* FROM cfg, unnest($1::text[], $2::int[], $6::float8[])"
+            "     want AS (SELECT w.namespace, w.priority::int, w.lease::float8 FROM cfg,"
+            "              unnest($1::text[], $2::text[], $6::text[])"
             "              AS w(namespace, priority, lease)),"
             f"     seen AS (SELECT namespace FROM {term} WHERE namespace = ANY($1::text[])),"
             f"     free AS (SELECT namespace FROM {term} WHERE namespace = ANY($1::text[])"
@@ -420,7 +426,7 @@ class ElectionQueries:
             " WHERE namespace = $1 AND term = $2"
         )
         #: The survey of several groups at once (``$1``: text[] of namespaces; ``$2``,
-        #: ``$3``: bigint[], the halves of their claim keys), in the order given: whether
+        #: ``$3``: text[], the halves of their claim keys), in the order given: whether
         #: each group's claim is held, its best live candidate (not counting the recorded
         #: leader while it holds the claim) and its recorded (unreleased) leadership. The
         #: lock table is read once for all of them. Columns: namespace, held, priority,
@@ -430,7 +436,8 @@ class ElectionQueries:
             "  objid::bigint AS objid FROM pg_locks WHERE locktype = 'advisory' AND granted"
             "  AND mode = 'ExclusiveLock' AND objsubid = 1"
             "  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())),"
-            " g AS (SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[])"
+            " g AS (SELECT g.namespace, g.classid::bigint, g.objid::bigint, g.i"
+            "  FROM unnest($1::text[], $2::text[], $3::text[])"
             "  WITH ORDINALITY AS g(namespace, classid, objid, i))"
             " SELECT g.namespace, h.held, b.priority, b.node, l.priority AS leader_priority,"
             " l.node AS leader_node, l.term AS leader_term"
@@ -445,7 +452,7 @@ class ElectionQueries:
             " ORDER BY g.i"
         )
         #: Register this session as member ``$2`` of several groups at once (``$1``:
-        #: text[] of namespaces; ``$3``: int[], their priorities; host ``$4``, pid
+        #: text[] of namespaces; ``$3``: text[], their priorities; host ``$4``, pid
         #: ``$5``; ``$6``: text[], the URLs they advertise), dropping the members of those
         #: groups whose sessions are gone.
         self.register_members = (
@@ -453,9 +460,9 @@ class ElectionQueries:
             f" AND m.node <> $2 AND NOT {LIVE_MEMBER})\n"
             f"INSERT INTO {member}"
             " (namespace, node, priority, host, pid, backend_pid, backend_start, joined_at, url)"
-            " SELECT g.namespace, $2, g.priority, $4, $5, a.pid, a.backend_start,"
+            " SELECT g.namespace, $2, g.priority::int, $4, $5, a.pid, a.backend_start,"
             " clock_timestamp(), g.url"
-            " FROM unnest($1::text[], $3::int[], $6::text[]) AS g(namespace, priority, url)"
+            " FROM unnest($1::text[], $3::text[], $6::text[]) AS g(namespace, priority, url)"
             " CROSS JOIN pg_stat_activity a WHERE a.pid = pg_backend_pid()"
             " ON CONFLICT (namespace, node) DO UPDATE SET priority = EXCLUDED.priority,"
             " host = EXCLUDED.host, pid = EXCLUDED.pid, backend_pid = EXCLUDED.backend_pid,"

@@ -104,11 +104,11 @@ class Claims:
         rows = await conn.fetch(
             s.queries.take_terms,
             list(unique),
-            [priority for priority, _ in unique.values()],
+            [str(priority) for priority, _ in unique.values()],
             s.node,
             s.host,
             s.pid,
-            [lease for _, lease in unique.values()],
+            [repr(float(lease)) for _, lease in unique.values()],
             str(_ROW_LOCK_WAIT_MS),
         )
         terms = {row["namespace"]: int(row["term"]) for row in rows}

@@ -75,8 +75,8 @@ async def _until_free(conn: asyncpg.Connection[Any], keys: list[int]) -> None:
         await conn.execute(
             "WITH c AS MATERIALIZED (SELECT set_config('lock_timeout', $2, true))"
             " SELECT pg_advisory_lock_shared(k), pg_advisory_unlock_shared(k)"
-            " FROM c, unnest($1::bigint[]) AS k",
-            keys,
+            " FROM c, unnest($1::text[]::bigint[]) AS k",
+            [str(key) for key in keys],
             _CLAIMS_FREED_MS,
         )
 

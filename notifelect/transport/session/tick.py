@@ -217,8 +217,8 @@ class Ticker:
         rows = await conn.fetch(
             self.session.queries.surveys,
             [namespace for namespace, _ in unique],
-            [hi for hi, _ in halves],
-            [lo for _, lo in halves],
+            [str(hi) for hi, _ in halves],
+            [str(lo) for _, lo in halves],
         )
         found = {row["namespace"]: row for row in rows}
         return [found[namespace] for namespace, _ in asks]
@@ -245,7 +245,7 @@ class Ticker:
             s.queries.register_members,
             list(unique),
             s.node,
-            [priority for priority, _ in unique.values()],
+            [str(priority) for priority, _ in unique.values()],
             s.host,
             s.pid,
             [url for _, url in unique.values()],
