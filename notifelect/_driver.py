@@ -3,10 +3,10 @@
 (Longer than the modules around it, on purpose: it is one loop that owns one group's
 election state, its timers and its connection's life, and its stop, reconnect and effect
 handling share the loop's task, inbox and connection generation; split further, each
-piece would need all of that passed in. Its named pieces are elsewhere: the leader work in :mod:`notifelect._work`, this
-node's own lease in :mod:`notifelect._lease_clock`, what it believes about the leader in
-:mod:`notifelect._leader_view`, the decisions in :mod:`notifelect.protocol` and
-:mod:`notifelect.rules`.)
+piece would need all of that passed in. Its named pieces are elsewhere: the leader work
+in :mod:`notifelect._work`, this node's own lease in :mod:`notifelect._lease_clock`, what
+it believes about the leader in :mod:`notifelect._leader_view`, the decisions in
+:mod:`notifelect.protocol` and :mod:`notifelect.rules`.)
 
 It owns the loop that feeds events (messages, timers, answers from the database) into the
 pure protocol and performs the effects it returns, in order. Time and I/O enter the

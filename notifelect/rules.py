@@ -39,6 +39,7 @@ __all__ = [
     "sight",
     "silent_from",
     "standby",
+    "standbys_due",
     "stay_out",
     "successor",
     "takeover_wait",
@@ -234,6 +235,13 @@ def may_fence(
     if recorded:
         return quiet_for >= max(leader_timeout, lease)
     return quiet_for >= lease + io_timeout
+
+
+def standbys_due(since: float, *, leader_timeout: float) -> bool:
+    """Whether a session records its groups' standbys again, ``since`` seconds after it
+    last did: once per ``leader_timeout``, so that a standby that left is replaced before
+    the followers' patience runs out."""
+    return since >= leader_timeout
 
 
 # ---------------------------------------------------------------- this node's own lease

@@ -158,6 +158,11 @@ def lock_halves(key: int) -> tuple[int, int]:
     return (key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF
 
 
+#: Arrays of numbers go as text[] (and are cast in the statement) where nothing else
+#: depends on their type: asyncpg reads the codec of any other array type from the server
+#: on a connection's first use of it, a round trip and a catalog query that a join or a
+#: take-over would wait for.
+
 #: The advisory lock of the claim of a group, held (``$2``, ``$3``: the two halves of the
 #: key) by some session of this database. Aliased nowhere; usable as a scalar subquery.
 _CLAIM_HOLDER = (
@@ -183,6 +188,12 @@ class ElectionQueries:
             f"SELECT m.node FROM {member} m WHERE m.namespace = $1 AND m.node <> $2"
             f" AND {LIVE_MEMBER} ORDER BY {RANK_ORDER} LIMIT 1"
         )
+        #: Give back claim lock ``$3`` (after its term was released, committed) and read
+        #: the best other live member (``$2``: this node) to name as successor, in one
+        #: statement. Columns: unlocked, successor.
+        self.unlock_successor = (
+            f"SELECT pg_advisory_unlock($3) AS unlocked, ({self.successor}) AS successor"
+        )
         #: Leave: delete member ``$2``.
         self.unregister_member = f"DELETE FROM {member} WHERE namespace = $1 AND node = $2"
         #: The recorded leader's node, term, whether it released it and its lease.
@@ -204,9 +215,12 @@ class ElectionQueries:
             "SELECT pg_try_advisory_lock(u.k) AS got"
             " FROM unnest($1::bigint[]) WITH ORDINALITY AS u(k, i) ORDER BY u.i"
         )
-        #: Take the next term of several groups at once (``$1``: text[]; ``$2``: int[],
-        #: their members' priorities; ``$6``: float8[], their leases) as node ``$3`` (host
-        #: ``$4``, pid ``$5``): one transaction and one durable commit for all of them. A
+        #: Take the next term of several groups at once (``$1``: text[]; ``$2``: text[],
+        #: their members' priorities; ``$6``: text[], their leases) as node ``$3`` (host
+        #: ``$4``, pid ``$5``): one statement, one transaction and one durable commit for
+        #: all of them (``synchronous_commit`` is set on for this transaction alone, before
+        #: any row is written, and any lock wait is bounded by ``$7`` milliseconds, text:
+        #: both in ``cfg``, which every write depends on). A
         #: group whose term row is held by a guarded transaction of the old term (``FOR
         #: SHARE``), or whose leader row another session is writing, is skipped, never
         #: waited for. For each group taken, the open history rows are closed as lost, a
@@ -222,7 +236,10 @@ class ElectionQueries:
         #: session, or the group gave its claim back) the term ends now, as it does
         #: when the row records no lease.
         self.take_terms = (
-            "WITH want AS (SELECT * FROM unnest($1::text[], $2::int[], $6::float8[])"
+            "WITH cfg AS MATERIALIZED (SELECT set_config('synchronous_commit', 'on', true),"
+            "              set_config('lock_timeout', $7::text, true)),"
+            "     want AS (SELECT w.namespace, w.priority::int, w.lease::float8 FROM cfg,"
+            "              unnest($1::text[], $2::text[], $6::text[])"
             "              AS w(namespace, priority, lease)),"
             f"     seen AS (SELECT namespace FROM {term} WHERE namespace = ANY($1::text[])),"
             f"     free AS (SELECT namespace FROM {term} WHERE namespace = ANY($1::text[])"
@@ -377,6 +394,22 @@ class ElectionQueries:
             " WHERE locktype = 'advisory' AND granted AND pid = pg_backend_pid()"
             " AND objsubid = 1"
         )
+        #: Open a session: draw its node id, register it (host ``$1``, pid ``$2``),
+        #: dropping sessions whose backends are gone, and unless ``$3`` is false, name the
+        #: connection ``$5`` followed by the node id if it still has the name ``$4`` (the
+        #: user's own name is kept). Column: node.
+        self.open_session = (
+            f"WITH n AS MATERIALIZED (SELECT nextval('{q(names.sequence)}'::regclass) AS node),"
+            f" gone AS (DELETE FROM {session} m WHERE NOT {LIVE_MEMBER}),"
+            f" s AS (INSERT INTO {session}"
+            "  (node, host, pid, backend_pid, backend_start, started_at, renewed_at)"
+            "  SELECT n.node, $1, $2, a.pid, a.backend_start, clock_timestamp(), clock_timestamp()"
+            "  FROM n CROSS JOIN pg_stat_activity a WHERE a.pid = pg_backend_pid()"
+            "  RETURNING node)"
+            " SELECT s.node, CASE WHEN $3::bool AND current_setting('application_name') = $4"
+            " THEN set_config('application_name', $5::text || s.node::text, false) END AS named"
+            " FROM s"
+        )
         #: Drop session ``$1``.
         self.unregister_session = f"DELETE FROM {session} WHERE node = $1"
         #: The recorded leadership of several groups (``$1``: text[]). Columns:
@@ -393,7 +426,7 @@ class ElectionQueries:
             " WHERE namespace = $1 AND term = $2"
         )
         #: The survey of several groups at once (``$1``: text[] of namespaces; ``$2``,
-        #: ``$3``: bigint[], the halves of their claim keys), in the order given: whether
+        #: ``$3``: text[], the halves of their claim keys), in the order given: whether
         #: each group's claim is held, its best live candidate (not counting the recorded
         #: leader while it holds the claim) and its recorded (unreleased) leadership. The
         #: lock table is read once for all of them. Columns: namespace, held, priority,
@@ -403,7 +436,8 @@ class ElectionQueries:
             "  objid::bigint AS objid FROM pg_locks WHERE locktype = 'advisory' AND granted"
             "  AND mode = 'ExclusiveLock' AND objsubid = 1"
             "  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())),"
-            " g AS (SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[])"
+            " g AS (SELECT g.namespace, g.classid::bigint, g.objid::bigint, g.i"
+            "  FROM unnest($1::text[], $2::text[], $3::text[])"
             "  WITH ORDINALITY AS g(namespace, classid, objid, i))"
             " SELECT g.namespace, h.held, b.priority, b.node, l.priority AS leader_priority,"
             " l.node AS leader_node, l.term AS leader_term"
@@ -418,7 +452,7 @@ class ElectionQueries:
             " ORDER BY g.i"
         )
         #: Register this session as member ``$2`` of several groups at once (``$1``:
-        #: text[] of namespaces; ``$3``: int[], their priorities; host ``$4``, pid
+        #: text[] of namespaces; ``$3``: text[], their priorities; host ``$4``, pid
         #: ``$5``; ``$6``: text[], the URLs they advertise), dropping the members of those
         #: groups whose sessions are gone.
         self.register_members = (
@@ -426,9 +460,9 @@ class ElectionQueries:
             f" AND m.node <> $2 AND NOT {LIVE_MEMBER})\n"
             f"INSERT INTO {member}"
             " (namespace, node, priority, host, pid, backend_pid, backend_start, joined_at, url)"
-            " SELECT g.namespace, $2, g.priority, $4, $5, a.pid, a.backend_start,"
+            " SELECT g.namespace, $2, g.priority::int, $4, $5, a.pid, a.backend_start,"
             " clock_timestamp(), g.url"
-            " FROM unnest($1::text[], $3::int[], $6::text[]) AS g(namespace, priority, url)"
+            " FROM unnest($1::text[], $3::text[], $6::text[]) AS g(namespace, priority, url)"
             " CROSS JOIN pg_stat_activity a WHERE a.pid = pg_backend_pid()"
             " ON CONFLICT (namespace, node) DO UPDATE SET priority = EXCLUDED.priority,"
             " host = EXCLUDED.host, pid = EXCLUDED.pid, backend_pid = EXCLUDED.backend_pid,"
@@ -439,5 +473,3 @@ class ElectionQueries:
             f"SELECT EXISTS (SELECT FROM {member} m WHERE m.namespace = $1"
             f" AND m.node = $2 AND m.priority = $3 AND {LIVE_MEMBER})"
         )
-        #: The next node id.
-        self.next_node = f"SELECT nextval('{q(names.sequence)}'::regclass)"

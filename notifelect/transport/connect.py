@@ -107,6 +107,12 @@ def connect_bound(connect: Connect | None) -> float:
     return float(getattr(connect, "bound", 0.0))
 
 
+def one_host(connect: Connect | None) -> bool:
+    """Whether every call of ``connect`` goes to the one host it can (then connections
+    may be opened side by side; otherwise the first finds the host that answers)."""
+    return int(getattr(connect, "hosts", 2)) == 1
+
+
 def _default_name(application_name: str) -> str:
     """``$PGAPPNAME`` (which libpq honours and asyncpg does not), else ours."""
     return os.environ.get("PGAPPNAME") or application_name
@@ -179,6 +185,8 @@ class _DsnConnector:
         )
         #: The longest one call takes: every host tried, each within its budget.
         self.bound = max(1, len(self._hosts)) * host_timeout
+        #: How many hosts a call may try (1: connections may be opened side by side).
+        self.hosts = max(1, len(self._hosts))
 
     async def _attempt(self, address: Address | None) -> asyncpg.Connection[Any]:
         return await asyncpg.connect(
@@ -293,7 +301,8 @@ class _EngineConnector:
             event.listen(sync, "do_connect", _on_do_connect)
         _, cparams = engine.dialect.create_connect_args(engine.url)
         #: The longest one call takes, as far as the URL shows its hosts.
-        self.bound = max(1, len(_listed(cparams.get("host")))) * host_timeout
+        self.hosts = max(1, len(_listed(cparams.get("host"))))
+        self.bound = self.hosts * host_timeout
 
     async def __call__(self) -> asyncpg.Connection[Any]:
         from sqlalchemy.util import greenlet_spawn
@@ -468,7 +477,8 @@ class _ForeignEngineConnector:
         _, cparams = engine.dialect.create_connect_args(engine.url)
         hosts = str(cparams.get("host") or "").split(",")
         #: The longest one call takes, as far as the URL shows its hosts.
-        self.bound = max(1, len([h for h in hosts if h])) * host_timeout
+        self.hosts = max(1, len([h for h in hosts if h]))
+        self.bound = self.hosts * host_timeout
 
     async def arguments(self) -> dict[str, Any]:
         """The arguments the engine would connect with now (its listeners run: a token

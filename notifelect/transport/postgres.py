@@ -4,6 +4,9 @@ The session (:mod:`notifelect.transport.session`) owns the connections; this mod
 what one group does on them: LISTEN on the group's channel, take the group's claim (a
 session advisory lock) and its term, and release or fence it. The statements themselves
 are in :mod:`notifelect.sql`.
+
+(Longer than most modules: a claim, the fencing it may need and the waits between them
+are one sequence of steps that must be read together.)
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from ..errors import ConfigurationError
 from ..rules import (
     Sighting,
     ended_cleanly,
+    may_fence,
     may_fence_guard,
     sight,
     takeover_wait,
@@ -44,7 +48,8 @@ from .base import (
     TransportError,
 )
 from .serial import Serial
-from .session import _REGISTRY, Claimed, Connect, Session, Tick, Timing
+from .session import REGISTRY, Claimed, Connect, Session, Tick, Timing
+from .session.common import NEVER_LED
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +57,7 @@ log = logging.getLogger(__name__)
 #: leader's, a fenced one's), and how often; if it is still held the claim is refused and
 #: tried again later. Nothing waits on the server: the connection serves every group.
 _SHORT_LOCK_WAIT = 0.2
-_LOCK_POLL = 0.01
+_LOCK_POLL = 0.005
 
 
 class PostgresTransport(Transport):
@@ -122,6 +127,8 @@ class PostgresTransport(Transport):
         self._term_taken_at = 0.0
         self._last: tuple[float, LeaderRecord | None] | None = None
         self._leaving: asyncio.Future[None] | None = None
+        #: The successor read as the last release gave the claim back (used once).
+        self._successor: int | None = None
 
     def _extra(self, event: str) -> dict[str, object]:
         return {
@@ -166,7 +173,7 @@ class PostgresTransport(Transport):
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._leaving)
             self._leaving = None
-        session = _REGISTRY.take(self._share, self, self._make_session, self._borrowed)
+        session = REGISTRY.take(self._share, self, self._make_session, self._borrowed)
         self._on_payload = on_payload
         self._on_lost = on_lost
         self._last = None
@@ -175,11 +182,14 @@ class PostgresTransport(Transport):
         self._node = node
         try:
             self._require()
-            await session.registrations((self.namespace, self._member.priority, self._member.url))
+            member = self._member
+            await session.ticker.registrations((self.namespace, member.priority, member.url))
         except BaseException:
             self._session = None
             await session.leave(self)
             raise
+        # After the registration: the periodic statement goes before every other call.
+        session.ticker.start()
         return node
 
     def _make_session(self) -> Session:
@@ -329,7 +339,7 @@ class PostgresTransport(Transport):
                 return None
             row = await conn.fetchrow(self._q.leader_released, self.namespace)
             claimed = (
-                Claimed(None, None, False, None)
+                NEVER_LED
                 if row is None
                 else Claimed(row["node"], row["term"], row["released"], row["lease"])
             )
@@ -370,6 +380,7 @@ class PostgresTransport(Transport):
         self._term = term
         self._term_taken_at = now()
         self._term_held = None
+        self._successor = None
         return Granted(term, confirmed_at)
 
     async def _lock_within(self, session: Session, seconds: float) -> Claimed | None:
@@ -378,7 +389,7 @@ class PostgresTransport(Transport):
         group of the session are made together."""
         deadline = now() + seconds
         while True:
-            claimed = await session.claims((self._key, self.namespace))
+            claimed = await session.claims.tries((self._key, self.namespace))
             if claimed is not None:
                 return claimed
             if now() >= deadline:
@@ -389,7 +400,7 @@ class PostgresTransport(Transport):
         """Take the next term (with every group of the session that takes one now); None
         if a transaction still holds the old one, or another session its leader row."""
         try:
-            return await session.terms((self.namespace, self._member.priority, self._lease))
+            return await session.claims.terms((self.namespace, self._member.priority, self._lease))
         except asyncpg.LockNotAvailableError:
             log.info(
                 "taking the term met a row held by another session; claim later",
@@ -498,15 +509,26 @@ class PostgresTransport(Transport):
                 read_at,
             )
             silent = unchanged_for(self._holder_seen, read_at)
-            if silent < self._lease + self._io_timeout:
+            if not may_fence(
+                recorded=False,
+                quiet_for=silent,
+                leader_timeout=self._leader_timeout,
+                lease=self._lease,
+                io_timeout=self._io_timeout,
+            ):
                 return False
         else:
             mark = (row["renewed_at"], row["session_renewed_at"])
             leader = (row["node"], row["term"])
             silent = session.quiet_for(self.namespace, leader, mark, age, read_at)
-            # Silent for longer than the followers' patience and than a lease: a leader
-            # that renews late but within its lease (a slow server) is never fenced.
-            if silent < max(self._leader_timeout, self._lease):
+            fenceable = may_fence(
+                recorded=True,
+                quiet_for=silent,
+                leader_timeout=self._leader_timeout,
+                lease=self._lease,
+                io_timeout=self._io_timeout,
+            )
+            if not fenceable:
                 return False  # the leader renews its lease: only our notifications are late
         try:
             ended = await conn.fetchval("SELECT pg_terminate_backend($1)", holder)
@@ -547,15 +569,22 @@ class PostgresTransport(Transport):
     async def release(self, term: int, reason: str) -> None:
         self._require()
         assert self._session is not None
-        await self._let_go(self._session, (term, reason))
+        # The statement that gives the lock back also reads the successor to name.
+        self._successor = await self._let_go(self._session, (term, reason))
         self._term = None
 
-    async def _let_go(self, session: Session, release: tuple[int, str] | None = None) -> None:
-        """Give the claim back if the session holds it (see :meth:`Session.let_go`)."""
+    async def _let_go(self, session: Session, release: tuple[int, str] | None = None) -> int | None:
+        """Give the claim back if the session holds it (see
+        :meth:`~.session.claims.Claims.let_go`)."""
         assert self._node is not None
-        await session.let_go(self._key, self.namespace, self._node, release=release)
+        return await session.claims.let_go(self._key, self.namespace, self._node, release=release)
 
     async def successor(self) -> int | None:
+        """The best other live member; read with the release just made, if any (the
+        successor is chosen once, as the claim goes)."""
+        successor, self._successor = self._successor, None
+        if successor is not None:
+            return successor
         node: int | None = await self._require().fetchval(
             self._q.successor, self.namespace, self._node
         )
@@ -566,7 +595,7 @@ class PostgresTransport(Transport):
     ) -> tuple[bool, tuple[int, int] | None, tuple[int, int, int] | None]:
         self._require()
         assert self._session is not None
-        row = await self._session.surveys((self.namespace, self._key))
+        row = await self._session.ticker.surveys((self.namespace, self._key))
         best = None if row["node"] is None else (int(row["priority"]), int(row["node"]))
         held = bool(row["held"])
         leader = None
@@ -584,7 +613,7 @@ class PostgresTransport(Transport):
         assert session is not None
         # Read with every group of the session that asks now (many groups verifying the
         # announcements of one new leader cost one statement).
-        row, read_at = await session.leaders(self.namespace)
+        row, read_at = await session.ticker.leaders(self.namespace)
         if row is None:
             return None
         fields = dict(row)
@@ -599,4 +628,4 @@ class PostgresTransport(Transport):
         if self._connect is None or session is None:
             await asyncio.Future()  # a borrowed connection has no standby watcher
         assert session is not None
-        return await session.watch(leader, self.namespace)
+        return await session.watchers.watch(leader, self.namespace)

@@ -87,7 +87,7 @@ async def _freeze(group: ElectionGroup) -> None:
     assert isinstance(transport, PostgresTransport)
     session = transport.session
     assert session is not None
-    ticker = session._ticker
+    ticker = session.ticker.task
     assert ticker is not None
     ticker.cancel()
     await asyncio.wait([ticker])

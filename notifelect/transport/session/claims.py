@@ -1,0 +1,159 @@
+"""The claim locks a session's election connection holds, and the terms it takes.
+
+Many groups' claims are tried in one statement and their terms taken in one transaction
+(see :class:`~notifelect.transport.serial.Batched`); each lock is taken once, and given
+back once, whatever happens to the statement that took it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+from ...sql import lock_halves
+from ..base import TransportError
+from ..serial import Batched
+from .common import NEVER_LED, Claimed, SessionView
+
+#: How long taking terms waits on the server for a row (milliseconds): a guarded
+#: transaction's rows are skipped, not waited for; this bounds any other wait.
+_ROW_LOCK_WAIT_MS = 20
+
+
+class Claims:
+    """The claims of one session's groups, on its election connection."""
+
+    def __init__(self, session: SessionView) -> None:
+        self.session = session
+        #: The claim locks the election connection holds (each taken once: a lock taken
+        #: twice would need two unlocks).
+        self.held: set[int] = set()
+        #: Claim locks to try, and terms to take, for several groups at once.
+        self.tries = Batched(lambda: session.serial, "claiming", self._try_claims)
+        self.terms = Batched(lambda: session.serial, "taking terms", self._take_terms)
+
+    async def inherit(self, conn: asyncpg.Connection[Any], namespace: str) -> None:
+        """On a borrowed connection, give back what a lost session left of ``namespace``'s
+        claim: a borrowed connection outlives its sessions, and so do its locks."""
+        s = self.session
+        key = s.names.claim_key(namespace)
+        held = await conn.fetchval(s.queries.backend_holds, *lock_halves(key))
+        if not held:
+            return
+        await conn.execute(s.queries.disown_backend, namespace)
+        for _ in range(64):  # taken at most once per lost session; bounded all the same
+            if not await conn.fetchval("SELECT pg_advisory_unlock($1)", key):
+                break
+        self.held.discard(key)
+
+    async def _try_claims(
+        self, conn: asyncpg.Connection[Any], asks: list[tuple[int, str]]
+    ) -> list[Claimed | None]:
+        """Try the claim locks ``asks`` (key, namespace); read what is recorded of the
+        groups whose lock was taken (after taking it, so that it is not older). A lock
+        the connection holds already counts as taken."""
+        queries = self.session.queries
+        unique = [ask for ask in dict.fromkeys(asks) if ask[0] not in self.held]
+        keys = [key for key, _ in unique]
+        try:
+            rows = await conn.fetch(queries.try_claims, keys)
+        except asyncpg.PostgresError:
+            # A statement that failed on the server (a full lock table, a statement
+            # timeout, a cancel) may have taken some of the locks first, and a session
+            # lock outlives the statement that took it: learn from the server which ones
+            # are held, so that they are given back like any claim cut short.
+            await self._reconcile(conn, keys)
+            raise
+        for (key, _), row in zip(unique, rows, strict=True):
+            if row["got"]:
+                self.held.add(key)
+        taken = {namespace for key, namespace in asks if key in self.held}
+        recorded = dict.fromkeys(taken, NEVER_LED)
+        if taken:
+            for row in await conn.fetch(queries.leaders_released, list(taken)):
+                recorded[row["namespace"]] = Claimed(
+                    row["node"], row["term"], row["released"], row["lease"]
+                )
+        return [recorded.get(namespace) for _, namespace in asks]
+
+    async def _reconcile(self, conn: asyncpg.Connection[Any], keys: list[int]) -> None:
+        """Count among the held claims those of ``keys`` that this backend holds. If the
+        server cannot say, the session is lost: its end frees every lock."""
+        try:
+            rows = await conn.fetch(self.session.queries.held_claims)
+        except asyncpg.PostgresError as exc:
+            self.session.lose(
+                f"the claim locks held could not be read after a failed claim: {exc!r}"
+            )
+            raise TransportError(f"reading the claim locks held failed: {exc!r}") from exc
+        held = {(row["classid"], row["objid"]) for row in rows}
+        self.held.update(key for key in keys if lock_halves(key) in held)
+
+    async def _take_terms(
+        self, conn: asyncpg.Connection[Any], asks: list[tuple[str, int, float]]
+    ) -> list[int | None]:
+        """Take the next term of the groups ``asks`` (namespace, priority, lease) in one
+        transaction; None for a group whose old term is still held by a guarded
+        transaction, or whose leader row another session is writing."""
+        s = self.session
+        unique = {namespace: (priority, lease) for namespace, priority, lease in asks}
+        # One statement (one round trip): a term must never be handed out twice, even if
+        # the server runs with asynchronous commit and crashes right after, so its commit
+        # is made durable (see ElectionQueries.take_terms).
+        rows = await conn.fetch(
+            s.queries.take_terms,
+            list(unique),
+            [str(priority) for priority, _ in unique.values()],
+            s.node,
+            s.host,
+            s.pid,
+            [repr(float(lease)) for _, lease in unique.values()],
+            str(_ROW_LOCK_WAIT_MS),
+        )
+        terms = {row["namespace"]: int(row["term"]) for row in rows}
+        return [terms.get(namespace) for namespace, _, _ in asks]
+
+    async def let_go(
+        self, key: int, namespace: str, node: int, *, release: tuple[int, str] | None = None
+    ) -> int | None:
+        """Give back claim lock ``key`` of group ``namespace`` if the connection holds it
+        when this call's turn comes (after every claim of the group already under way).
+
+        With ``release`` (term, reason) the term is marked released first: a clean
+        hand-over; the lock goes in the statement that reads the best other live member,
+        which is returned (the successor to name). Otherwise a term of ``node`` that was
+        not released is no longer held by this session: it is disowned first (committed
+        before the lock goes), or the session's renewals would go on counting for it and
+        the followers would never take over while the session lives. If it cannot be
+        disowned at once (another session holds the row), the session is lost instead:
+        its end frees every claim and stops every renewal. Without ``release``, raises
+        only :class:`TransportError`.
+        """
+        s = self.session
+        serial = s.serial
+        if serial is None:
+            return None
+
+        async def give_back(conn: asyncpg.Connection[Any]) -> int | None:
+            if release is not None:
+                await conn.execute(s.queries.release, namespace, *release)
+            if key not in self.held:
+                return None
+            successor: int | None = None
+            try:
+                if release is None:
+                    await conn.execute(s.queries.disown, namespace, node)
+                    await conn.execute("SELECT pg_advisory_unlock($1)", key)
+                else:
+                    row = await conn.fetchrow(s.queries.unlock_successor, namespace, node, key)
+                    successor = None if row is None else row["successor"]
+            except asyncpg.PostgresError as exc:
+                # Whether the lock went is unknown: the session must not go on believing
+                # either way. Its end frees every claim.
+                s.lose(f"the claim of {namespace!r} could not be given back: {exc!r}")
+                raise TransportError(f"giving back the claim failed: {exc!r}") from exc
+            self.held.discard(key)
+            return successor
+
+        return await serial.run("giving back a claim", give_back)

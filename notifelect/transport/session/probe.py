@@ -1,0 +1,166 @@
+"""The environment probe of a session's election connection, once per session: is it
+PostgreSQL's own session (not a pooler's), do its triggers fire; and the settings that
+bound its waits. (The schema check is :func:`notifelect.schema_check.check_schema`.)
+
+Each step costs as few round trips as it can: the settings, the replication role and the
+probe's notification go in one statement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+import asyncpg
+
+from ...errors import ConfigurationError
+from ..connect import APPLICATION_NAME
+
+#: How long the first open waits for a notification sent by a second session to itself.
+PROBE_TIMEOUT = 2.0
+_POOLER_FIX = (
+    "LISTEN/NOTIFY and session advisory locks do not work through a pooler in transaction or "
+    "statement mode (such as PgBouncer with pool_mode = transaction), so the election could "
+    "not keep one leader. Connect notifelect directly to PostgreSQL (give ElectionGroup its "
+    "own DSN or engine that bypasses the pooler) or use a pool in session mode "
+    "(PgBouncer: pool_mode = session)"
+)
+_ROLE_FIX = (
+    "the election connection runs with session_replication_role = {role}, under "
+    "which the trigger that marks each change of a leader row does not fire, so the "
+    "other members would not see this node's leaderships. Reset it for the role or "
+    "database notifelect connects as (ALTER ROLE ... RESET session_replication_role), "
+    "or give notifelect a role without it"
+)
+#: Under these ordinary triggers fire.
+_FIRING = ("origin", "local")
+
+
+def literal(text: str) -> str:
+    """``text`` as an SQL string literal (for the statements sent without parameters)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def newer_than_14(conn: asyncpg.Connection[Any]) -> bool:
+    """Whether the server has the settings of PostgreSQL 14 (client_connection_check_interval,
+    idle_session_timeout): read from what the server said at connect, no round trip."""
+    return conn.get_server_version().major >= 14
+
+
+async def rename(conn: asyncpg.Connection[Any], name: str) -> None:
+    """Name the session ``name`` unless the user named it (it is then left as it is)."""
+    await conn.execute(
+        "SELECT set_config('application_name', $2, false)"
+        " WHERE current_setting('application_name') = $1",
+        APPLICATION_NAME,
+        name,
+    )
+
+
+@contextlib.contextmanager
+def pooler_errors() -> Iterator[None]:
+    """Turn the errors a transaction-pooling proxy makes of prepared statements into the
+    ConfigurationError that names the fix."""
+    try:
+        yield
+    except (
+        asyncpg.exceptions.DuplicatePreparedStatementError,
+        asyncpg.exceptions.InvalidSQLStatementNameError,
+    ) as exc:
+        raise ConfigurationError(
+            f"the election connection lost its prepared statements between transactions "
+            f"({exc.__class__.__name__}), so it goes through a transaction-pooling proxy; "
+            + _POOLER_FIX
+        ) from exc
+
+
+async def settle(conn: asyncpg.Connection[Any], *, io_timeout: float, notify: str) -> int:
+    """Set up an election connection of our own in one statement; its backend pid.
+
+    The election's writes must fire the trigger that stamps each change of a leader row
+    (the other sessions read only what changed): a ``session_replication_role`` other than
+    ``origin`` (a role's or database's setting meant for replication tools) is set back,
+    or refused if the role may not. The server itself ends any lock wait after
+    ``io_timeout`` (the claim's own waits set a shorter one) and, from PostgreSQL 14, the
+    session of a client that has gone even while it waits: a client-side timeout alone
+    would leave a backend behind, waiting and holding what it took. Commits do not wait
+    for the disk (or a synchronous replica): a renewal lost in a crash of the server ends
+    with every session anyway; only taking terms asks for a durable commit. The same
+    statement sends the probe's notification to channel ``notify`` (see
+    :class:`PoolerProbe`).
+    """
+    check = ", set_config('client_connection_check_interval', '1000', false)"
+    query = (
+        "SELECT pg_backend_pid() AS pid,"
+        f" CASE WHEN r.role NOT IN {_FIRING!r}"
+        "  THEN set_config('session_replication_role', 'origin', false) END AS reset,"
+        " set_config('lock_timeout', $1, false), set_config('synchronous_commit', 'off', false)"
+        f"{check if newer_than_14(conn) else ''}, pg_notify($2, '')"
+        " FROM (SELECT current_setting('session_replication_role') AS role) r"
+    )
+    try:
+        row = await conn.fetchrow(query, str(max(1, int(io_timeout * 1000))), notify)
+    except asyncpg.InsufficientPrivilegeError as exc:
+        role = await conn.fetchval("SELECT current_setting('session_replication_role')")
+        raise ConfigurationError(_ROLE_FIX.format(role=role)) from exc
+    assert row is not None
+    return int(row["pid"])
+
+
+async def check_borrowed(conn: asyncpg.Connection[Any]) -> None:
+    """The checks a borrowed connection gets: its settings are its owner's, so a
+    replication role under which triggers do not fire is refused, not set back; and it
+    has no second session to compare with, only the prepared-statement check that
+    transaction-pooling proxies usually trip."""
+    with pooler_errors():
+        role = await conn.fetchval("SELECT current_setting('session_replication_role')")
+    if role not in _FIRING:
+        raise ConfigurationError(_ROLE_FIX.format(role=role))
+
+
+class PoolerProbe:
+    """Fail fast (once per session) if the session is not PostgreSQL's own.
+
+    A transaction-pooling proxy hands each transaction to whichever server session is
+    free: another client can share our backend (and our advisory locks), and a
+    notification sent to a session while it is idle is never delivered. So a second
+    session of ours (the anchor, before it takes its lock) listens on a private channel
+    that the election connection notifies, and the two compare backend pids.
+    """
+
+    def __init__(self) -> None:
+        self.channel = f"notifelect_probe_{secrets.token_hex(8)}"
+        self._arrived = asyncio.Event()
+
+    def _on_probe(self, *_: object) -> None:
+        self._arrived.set()
+
+    async def listen(self, conn: asyncpg.Connection[Any]) -> None:
+        """Listen on the probe's channel on ``conn`` (the second session)."""
+        with pooler_errors():
+            await conn.add_listener(self.channel, self._on_probe)
+
+    async def verdict(self, listener: asyncpg.Connection[Any], pids: tuple[int, int]) -> None:
+        """Raise ConfigurationError unless the two sessions' backend ``pids`` differ and
+        the notification reached ``listener``."""
+        if pids[0] == pids[1]:
+            raise ConfigurationError(
+                f"two connections to the database share one server session (backend "
+                f"pid {pids[0]}): they go through a transaction-pooling proxy; " + _POOLER_FIX
+            )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._arrived.wait(), PROBE_TIMEOUT)
+        if not self._arrived.is_set():
+            # A direct session has received it by the end of its next round trip.
+            await listener.fetchval("SELECT 1")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), 0.2)
+        if not self._arrived.is_set():
+            raise ConfigurationError(
+                f"a notification sent to this connection by another one never arrived "
+                f"(waited {PROBE_TIMEOUT:g}s): it goes through a transaction-pooling "
+                "proxy; " + _POOLER_FIX
+            )
