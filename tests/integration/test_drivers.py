@@ -75,9 +75,9 @@ async def test_engine_of_each_driver_elects_hands_over_and_fences(
 ) -> None:
     first, second = (ElectionGroup(e, namespace, FAST) for e in engines)
     async with second:
+        old = await second.wait_for_leadership(10)  # alone, so it leads
         async with first:
-            await second.wait_for_leader(10)  # second joined first, so it leads
-            old = await second.wait_for_leadership(10)
+            await first.wait_for_leader(10)
             await fence_on(engines[1], second)
             assert not first.is_leader
         # first left without leading; now second hands over to a new first member

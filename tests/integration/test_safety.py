@@ -151,11 +151,10 @@ async def test_a_replayed_heartbeat_does_not_keep_a_silent_leader_in_place(
     proxied = _via(dsn, proxy.port)
     sender = await asyncpg.connect(dsn)
     try:
-        async with (
-            ElectionGroup(proxied, namespace, FAST) as a,
-            ElectionGroup(dsn, namespace, FAST) as b,
-        ):
-            ls = await a.wait_for_leadership(timeout=10)
+        async with contextlib.AsyncExitStack() as stack:
+            a = await stack.enter_async_context(ElectionGroup(proxied, namespace, FAST))
+            ls = await a.wait_for_leadership(timeout=10)  # alone, so it leads
+            b = await stack.enter_async_context(ElectionGroup(dsn, namespace, FAST))
             await b.wait_for_leader(timeout=10)
             assert a.node is not None
             heartbeat = encode(Message(Kind.HEARTBEAT, namespace, Rank(0, a.node), term=ls.term))
@@ -198,11 +197,11 @@ async def test_a_server_clock_step_back_does_not_stall_the_take_over(
     proxy = await FaultProxy("127.0.0.1", throwaway_pg.port).start()
     admin = await asyncpg.connect(dsn)
     try:
-        async with (
-            ElectionGroup(_via(dsn, proxy.port), namespace, FAST) as a,
-            ElectionGroup(dsn, namespace, FAST) as b,
-        ):
-            await a.wait_for_leadership(timeout=10)
+        async with contextlib.AsyncExitStack() as stack:
+            proxied = ElectionGroup(_via(dsn, proxy.port), namespace, FAST)
+            a = await stack.enter_async_context(proxied)
+            await a.wait_for_leadership(timeout=10)  # alone, so it leads
+            b = await stack.enter_async_context(ElectionGroup(dsn, namespace, FAST))
             await b.wait_for_leader(timeout=10)
             proxy.set_mode(Mode.BLACKHOLE)
             cut = time.monotonic()
@@ -259,11 +258,10 @@ async def test_standby_watchers_leave_no_backend_behind(dsn: str, namespace: str
     steady = FAST.replace(preempt="never")
     admin = await asyncpg.connect(dsn)
     try:
-        async with (
-            ElectionGroup(dsn, namespace, steady) as leader,
-            ElectionGroup(dsn, namespace, steady) as standby,
-        ):
-            await leader.wait_for_leadership(timeout=10)
+        async with contextlib.AsyncExitStack() as stack:
+            leader = await stack.enter_async_context(ElectionGroup(dsn, namespace, steady))
+            await leader.wait_for_leadership(timeout=10)  # alone, so it leads
+            standby = await stack.enter_async_context(ElectionGroup(dsn, namespace, steady))
             await standby.wait_for_leader(timeout=10)
             for _ in range(4):  # each newcomer becomes the standby, then leaves
                 async with ElectionGroup(dsn, namespace, steady.replace(priority=1)) as member:
