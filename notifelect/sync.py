@@ -291,21 +291,16 @@ class SyncElectionGroup:
         ``Settings.callback_timeout``. Returns the job gated like :meth:`leader_only`:
         calling it runs it once, on the leader only."""
 
-        def decorate(job: Callable[[], R]) -> Callable[[], R | None]:
-            _require_plain(job, "every")
-            self._group.every(
-                interval,
-                initial_delay=initial_delay,
-                run_on_start=run_on_start,
-                catch_up=catch_up,
-                jitter=jitter,
-                name=name,
-                keep=keep,
-            )(self._threaded_job(job))
-            gated: Callable[[], R | None] = self.leader_only(job)
-            return gated
-
-        return decorate
+        schedule = self._group.every(
+            interval,
+            initial_delay=initial_delay,
+            run_on_start=run_on_start,
+            catch_up=catch_up,
+            jitter=jitter,
+            name=name,
+            keep=keep,
+        )
+        return self._scheduled("every", schedule)
 
     def cron(
         self,
@@ -323,18 +318,27 @@ class SyncElectionGroup:
         ``expression`` in the time zone ``tz``, on the group's schedule (see
         :func:`notifelect.cron`; needs the ``cron`` extra). Otherwise as :meth:`every`."""
 
+        schedule = self._group.cron(
+            expression,
+            tz=tz,
+            initial_delay=initial_delay,
+            run_on_start=run_on_start,
+            catch_up=catch_up,
+            jitter=jitter,
+            name=name,
+            keep=keep,
+        )
+        return self._scheduled("cron", schedule)
+
+    def _scheduled(
+        self, what: str, schedule: Callable[[Callable[[], Coroutine[Any, Any, R]]], object]
+    ) -> Callable[[Callable[[], R]], Callable[[], R | None]]:
+        """The decorator of :meth:`every` and :meth:`cron`: ``schedule`` runs the ``def``
+        job on a thread; the job itself is returned gated like :meth:`leader_only`."""
+
         def decorate(job: Callable[[], R]) -> Callable[[], R | None]:
-            _require_plain(job, "cron")
-            self._group.cron(
-                expression,
-                tz=tz,
-                initial_delay=initial_delay,
-                run_on_start=run_on_start,
-                catch_up=catch_up,
-                jitter=jitter,
-                name=name,
-                keep=keep,
-            )(self._threaded_job(job))
+            _require_plain(job, what)
+            schedule(self._threaded_job(job))
             gated: Callable[[], R | None] = self.leader_only(job)
             return gated
 

@@ -160,7 +160,12 @@ class _DsnConnector:
         application_name: str,
         host_timeout: float,
         order: HostOrder | None = None,
+        *,
+        ssl: Any = None,
     ) -> None:
+        #: asyncpg's own ``ssl`` argument (an ``SSLContext`` or a mode) when the engine
+        #: gave one; None: the DSN's ``sslmode`` decides, as asyncpg's default.
+        self._ssl = ssl
         scheme, sep, _ = dsn.partition("://")
         if not sep:
             raise ConfigurationError(f"not a DSN: {dsn!r}; expected postgresql://user@host/db")
@@ -196,6 +201,7 @@ class _DsnConnector:
             server_settings=self._settings,
             timeout=self._order.budget,
             target_session_attrs=SessionAttribute(self._order.target),
+            ssl=self._ssl,
         )
 
     async def __call__(self) -> asyncpg.Connection[Any]:
@@ -513,37 +519,12 @@ class _ForeignEngineConnector:
         # An engine on asyncpg (a sync Engine) may give asyncpg's own ``ssl`` argument in
         # connect_args: an SSLContext, a mode or a bool, which no DSN can carry.
         chosen = cparams.get("ssl")
-        connect = (
-            _DsnConnector(dsn, self._name, self._timeout, self._order)
-            if chosen is None
-            else _SslDsnConnector(dsn, self._name, self._timeout, self._order, ssl=chosen)
-        )
+        connect = _DsnConnector(dsn, self._name, self._timeout, self._order, ssl=chosen)
         try:
             return await connect()
         except Exception as exc:
             _raise_if_unverified(exc, cparams)
             raise
-
-
-class _SslDsnConnector(_DsnConnector):
-    """A :class:`_DsnConnector` that hands asyncpg an ``ssl`` argument of its own."""
-
-    def __init__(
-        self, dsn: str, application_name: str, host_timeout: float, order: HostOrder, *, ssl: Any
-    ) -> None:
-        super().__init__(dsn, application_name, host_timeout, order)
-        self._ssl = ssl
-
-    async def _attempt(self, address: Address | None) -> asyncpg.Connection[Any]:
-        return await asyncpg.connect(
-            self._rest,
-            host=None if address is None else address.host,
-            port=None if address is None else address.port,
-            server_settings=self._settings,
-            timeout=self._order.budget,
-            target_session_attrs=SessionAttribute(self._order.target),
-            ssl=self._ssl,
-        )
 
 
 def _raise_if_unverified(exc: BaseException, cparams: dict[str, Any]) -> None:
