@@ -244,6 +244,7 @@ class Session:
                 node.set_result(await self._register(conn, rename=True))
                 other_pid = await anchored
             await pooler.verdict(other, (pid, other_pid))
+            await probe.same_sessions(conn, other, (pid, other_pid))
         except BaseException:
             for task in (anchor, anchored):
                 if task is not None and not task.done():

@@ -121,6 +121,30 @@ async def check_borrowed(conn: asyncpg.Connection[Any]) -> None:
         raise ConfigurationError(_ROLE_FIX.format(role=role))
 
 
+async def same_sessions(
+    conn: asyncpg.Connection[Any], other: asyncpg.Connection[Any], pids: tuple[int, int]
+) -> None:
+    """Raise ConfigurationError unless ``conn`` and ``other`` still run on the backends
+    ``pids`` when each asks in turn while the other is idle.
+
+    A session of PostgreSQL's own keeps its backend. A transaction-pooling proxy gives each
+    transaction whichever server session is free: asked in turn, the two connections land
+    on one server (a proxy that reuses the last freed one) or rotate (round robin), and the
+    pids change, even when a notification happened to reach the listener because its next
+    transaction ran on the server that received it."""
+    with pooler_errors():
+        seen = []
+        for _ in range(2):
+            seen.append(int(await other.fetchval("SELECT pg_backend_pid()")))
+            seen.append(int(await conn.fetchval("SELECT pg_backend_pid()")))
+    if seen[0::2] != [pids[1]] * 2 or seen[1::2] != [pids[0]] * 2:
+        raise ConfigurationError(
+            f"two connections to the database changed server sessions between transactions "
+            f"(backend pids {pids[0]} and {pids[1]}, then {seen}): they go through a "
+            "transaction-pooling proxy; " + _POOLER_FIX
+        )
+
+
 class PoolerProbe:
     """Fail fast (once per session) if the session is not PostgreSQL's own.
 
