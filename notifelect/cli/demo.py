@@ -95,7 +95,15 @@ async def _main(demo: Demo, install: bool) -> int:
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
-    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+
+    def stop() -> None:
+        # Until the task ends: on Python 3.11 ``asyncio.wait_for`` can swallow a
+        # cancellation that lands as its inner wait completes, and the demo went on.
+        if not task.done():
+            task.cancel()
+            loop.call_later(0.1, stop)
+
+    loop.add_signal_handler(signal.SIGTERM, stop)
     if install:
         await _install(demo.dsn, demo.prefix)
     demo.started = time.monotonic()
