@@ -13,11 +13,17 @@ from .schema import Names, quote_ident
 #: True for a member row (aliased ``m``) whose session is still connected. The row keeps
 #: the session's backend pid and start time, since a pid alone may have been reused; a
 #: NULL ``backend_start`` (a session whose details the role may not see) counts as live.
+#: The activity is read for that one pid (``pg_stat_activity`` is a view over this
+#: function that joins two catalogs more: planning it costs a new backend a millisecond).
 LIVE_MEMBER = (
-    "EXISTS (SELECT FROM pg_stat_activity a"
+    "EXISTS (SELECT FROM pg_stat_get_activity(m.backend_pid) a"
     " WHERE a.pid = m.backend_pid"
     " AND (a.backend_start = m.backend_start OR a.backend_start IS NULL))"
 )
+
+#: This backend's activity row (aliased ``a``: pid, backend_start), as :data:`LIVE_MEMBER`
+#: reads it.
+OWN_ACTIVITY = "pg_stat_get_activity(pg_backend_pid()) a"
 
 #: Where the connection looks for the schema, and which of the relations given as ``$1``
 #: (text[] of quoted names) it cannot find there. Columns: database, schema (NULL when no
@@ -209,11 +215,11 @@ class ElectionQueries:
             f" FROM {leader} l LEFT JOIN {session} s ON s.node = l.node"
             " WHERE l.namespace = ANY($1::text[])"
         )
-        #: Try the claim locks ``$1`` (bigint[]) of several groups at once. Column: got,
-        #: in the order given.
+        #: Try the claim locks ``$1`` (text[] of bigints) of several groups at once.
+        #: Column: got, in the order given.
         self.try_claims = (
             "SELECT pg_try_advisory_lock(u.k) AS got"
-            " FROM unnest($1::bigint[]) WITH ORDINALITY AS u(k, i) ORDER BY u.i"
+            " FROM unnest($1::text[]::bigint[]) WITH ORDINALITY AS u(k, i) ORDER BY u.i"
         )
         #: Take the next term of several groups at once (``$1``: text[]; ``$2``: text[],
         #: their members' priorities; ``$6``: text[], their leases) as node ``$3`` (host
@@ -323,14 +329,20 @@ class ElectionQueries:
         #: One session's periodic statement: renew session ``$1`` (one lease for every
         #: group it leads) and read the leadership rows changed since transaction id
         #: ``$2`` (text; NULL: none), every group's of ``$3`` (text[], groups not read
-        #: yet) and the sessions ``$4`` (bigint[]) and of the leaders read. Its cost does
-        #: not depend on the number of groups, only on what changed. Columns: renewed (1
-        #: if the session row was renewed), at (the database's clock), horizon (the
-        #: oldest transaction still running: the ``$2`` of the next statement), leaders
-        #: (records of :data:`TICK_LEADER`) and sessions (node, backend_pid, renewed_at).
-        #: A row written by a transaction still running now is read next time: its id is
-        #: at least the horizon.
+        #: yet) and the sessions ``$4`` (text[] of node ids) and of the leaders read. Its
+        #: cost does not depend on the number of groups, only on what changed. Columns:
+        #: renewed (1 if the session row was renewed), at (the database's clock), horizon
+        #: (the oldest transaction still running: the ``$2`` of the next statement),
+        #: leaders (JSON text: an array of :data:`TICK_LEADER` values per row) and
+        #: sessions (JSON text: [node, backend_pid, renewed_at] each). A row written by a transaction
+        #: still running now is read next time: its id is at least the horizon.
+        #:
+        #: Its arrays go as text and as JSON sent as text, types the driver knows without
+        #: asking the server (and that no codec an engine installs for JSON changes): an
+        #: array of rows, of bigints or of times would make a new connection look the
+        #: type up first (an extra statement on the server, per session).
         leader_columns = ", ".join(f"l.{column}" for column in TICK_LEADER)
+        leader_values = ", ".join(f"c.{column}" for column in TICK_LEADER)
         self.tick = (
             f"WITH r AS (UPDATE {session} SET renewed_at = clock_timestamp()"
             "            WHERE node = $1 RETURNING 1),"
@@ -340,10 +352,10 @@ class ElectionQueries:
             "           WHERE l.namespace = ANY($3::text[]))"
             " SELECT (SELECT count(*) FROM r) AS renewed, clock_timestamp() AS at,"
             " pg_snapshot_xmin(pg_current_snapshot())::text AS horizon,"
-            " ARRAY(SELECT c FROM c) AS leaders,"
-            " ARRAY(SELECT s FROM (SELECT s.node, s.backend_pid, s.renewed_at"
-            f"  FROM {session} s WHERE s.node = ANY($4::bigint[])"
-            "   OR s.node IN (SELECT node FROM c)) s) AS sessions"
+            f" (SELECT json_agg(json_build_array({leader_values})) FROM c)::text AS leaders,"
+            " (SELECT json_agg(json_build_array(s.node, s.backend_pid, s.renewed_at))"
+            f"  FROM {session} s WHERE s.node = ANY($4::text[]::bigint[])"
+            "   OR s.node IN (SELECT node FROM c))::text AS sessions"
         )
         #: Record the standby of every group (``$2``: text[]) that session ``$1`` leads,
         #: where it changed. Columns: namespace, standby (the changed ones).
@@ -361,7 +373,7 @@ class ElectionQueries:
             f"INSERT INTO {session}"
             " (node, host, pid, backend_pid, backend_start, started_at, renewed_at)"
             " SELECT $1, $2, $3, a.pid, a.backend_start, clock_timestamp(), clock_timestamp()"
-            " FROM pg_stat_activity a WHERE a.pid = pg_backend_pid()"
+            f" FROM {OWN_ACTIVITY}"
             " ON CONFLICT (node) DO UPDATE SET backend_pid = EXCLUDED.backend_pid,"
             " backend_start = EXCLUDED.backend_start, renewed_at = EXCLUDED.renewed_at"
         )
@@ -404,7 +416,7 @@ class ElectionQueries:
             f" s AS (INSERT INTO {session}"
             "  (node, host, pid, backend_pid, backend_start, started_at, renewed_at)"
             "  SELECT n.node, $1, $2, a.pid, a.backend_start, clock_timestamp(), clock_timestamp()"
-            "  FROM n CROSS JOIN pg_stat_activity a WHERE a.pid = pg_backend_pid()"
+            f"  FROM n CROSS JOIN {OWN_ACTIVITY}"
             "  RETURNING node)"
             " SELECT s.node, CASE WHEN $3::bool AND current_setting('application_name') = $4"
             " THEN set_config('application_name', $5::text || s.node::text, false) END AS named"
@@ -463,7 +475,7 @@ class ElectionQueries:
             " SELECT g.namespace, $2, g.priority::int, $4, $5, a.pid, a.backend_start,"
             " clock_timestamp(), g.url"
             " FROM unnest($1::text[], $3::text[], $6::text[]) AS g(namespace, priority, url)"
-            " CROSS JOIN pg_stat_activity a WHERE a.pid = pg_backend_pid()"
+            f" CROSS JOIN {OWN_ACTIVITY}"
             " ON CONFLICT (namespace, node) DO UPDATE SET priority = EXCLUDED.priority,"
             " host = EXCLUDED.host, pid = EXCLUDED.pid, backend_pid = EXCLUDED.backend_pid,"
             " backend_start = EXCLUDED.backend_start, url = EXCLUDED.url"

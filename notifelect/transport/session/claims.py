@@ -57,7 +57,7 @@ class Claims:
         unique = [ask for ask in dict.fromkeys(asks) if ask[0] not in self.held]
         keys = [key for key, _ in unique]
         try:
-            rows = await conn.fetch(queries.try_claims, keys)
+            rows = await conn.fetch(queries.try_claims, [str(key) for key in keys])
         except asyncpg.PostgresError:
             # A statement that failed on the server (a full lock table, a statement
             # timeout, a cancel) may have taken some of the locks first, and a session

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Container, Hashable, Iterable
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -25,6 +27,18 @@ log = logging.getLogger(__name__)
 
 _NAMESPACE = TICK_LEADER.index("namespace")
 _NODE = TICK_LEADER.index("node")
+_SINCE = TICK_LEADER.index("since")
+_RENEWED_AT = TICK_LEADER.index("renewed_at")
+
+
+def _rows_of(rows: str | None) -> list[list[Any]]:
+    """The rows of a periodic statement's JSON column (NULL when there are none)."""
+    return [] if rows is None else list(json.loads(rows))
+
+
+def _time(value: str) -> datetime:
+    """A time as PostgreSQL writes it in JSON (ISO 8601, with its offset)."""
+    return datetime.fromisoformat(value)
 
 
 class Known:
@@ -62,9 +76,10 @@ class Known:
     def unread(self, groups: Iterable[str]) -> list[str]:
         return [namespace for namespace in groups if namespace not in self._read]
 
-    def nodes(self) -> list[int]:
-        """The leaders whose sessions' renewals count for the groups."""
-        return sorted({row[_NODE] for row in self._rows.values()})
+    def nodes(self) -> list[str]:
+        """The leaders whose sessions' renewals count for the groups (as text: see
+        :attr:`~notifelect.sql.ElectionQueries.tick`)."""
+        return [str(node) for node in sorted({row[_NODE] for row in self._rows.values()})]
 
     def forget(self, namespace: str) -> None:
         self._rows.pop(namespace, None)
@@ -77,11 +92,15 @@ class Known:
         """Take in what a periodic statement sent at ``sent_at`` (this node's clock) read;
         the record of every group that has a leader row, its age as of the statement."""
         self.horizon = row["horizon"]
-        for leader in row["leaders"]:
-            if leader[_NAMESPACE] in groups:
-                self._rows[leader[_NAMESPACE]] = leader
+        for values in _rows_of(row["leaders"]):
+            if values[_NAMESPACE] in groups:
+                values[_SINCE] = _time(values[_SINCE])
+                values[_RENEWED_AT] = _time(values[_RENEWED_AT])
+                self._rows[values[_NAMESPACE]] = tuple(values)
         self._read.update(namespace for namespace in fresh if namespace in groups)
-        sessions = {node: (pid, renewed_at) for node, pid, renewed_at in row["sessions"]}
+        sessions = {
+            node: (pid, _time(renewed_at)) for node, pid, renewed_at in _rows_of(row["sessions"])
+        }
         at = row["at"]
         records = {}
         for namespace, leader in self._rows.items():
