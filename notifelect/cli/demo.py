@@ -97,9 +97,11 @@ async def _main(demo: Demo, install: bool) -> int:
     assert task is not None
 
     def stop() -> None:
-        # Until the task ends: on Python 3.11 ``asyncio.wait_for`` can swallow a
-        # cancellation that lands as its inner wait completes, and the demo went on.
-        if not task.done():
+        # Until the script gives up: on Python 3.11 ``asyncio.wait_for`` can swallow a
+        # cancellation that lands as its inner wait completes, and the demo went on. Not
+        # once it is stopping its nodes (bounded): a cancelled clean-up would leave them
+        # running and their pipes to a closed loop.
+        if not task.done() and not demo.finished:
             task.cancel()
             loop.call_later(0.1, stop)
 
