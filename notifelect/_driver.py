@@ -377,7 +377,12 @@ class Driver:
             case protocol.Send(message):
                 if message.kind is Kind.RESIGN and message.successor is None:
                     message = await self._with_successor(message)
-                await self.transport.publish(messages.encode(message, self.settings.secret_key))
+                payload = messages.encode(message, self.settings.secret_key)
+                to = rules.addressee(message)
+                if to is None:
+                    await self.transport.publish(payload)
+                else:
+                    await self.transport.send(to, payload)
             case protocol.SetTimer(timer, at, spread):
                 self._set_timer(timer, at + (random.uniform(0, spread) if spread else 0.0))
             case protocol.CancelTimer(timer):

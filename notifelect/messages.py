@@ -113,6 +113,19 @@ def _int(body: dict[str, object], key: str, *, required: bool, signed: bool = Fa
     return value
 
 
+def namespace_of(payload: str) -> str | None:
+    """The group ``payload`` says it is for, without checking anything else (to route a
+    message that arrived on a node's own channel to its group); None if it names none."""
+    if len(payload) > MAX_PAYLOAD:
+        return None
+    try:
+        body = json.loads(payload)
+    except (ValueError, RecursionError):
+        return None
+    ns = body.get("ns") if isinstance(body, dict) else None
+    return ns if isinstance(ns, str) else None
+
+
 def parse(payload: str, namespace: str | None, secret: bytes | None = None) -> Message | Rejected:
     """Decode ``payload`` for ``namespace`` (None: any namespace); never raises.
 

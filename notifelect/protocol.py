@@ -33,8 +33,8 @@ O(N) by asking the database first:
   sequence number breaks ties in open elections and picks successors, but never moves a
   healthy leader (classic Bully, ``Preempt.RANK``, lets every higher rank preempt).
 * A leader that leaves or is preempted first finishes its leader-only work (``Deposed``),
-  then releases the claim and broadcasts ``RESIGN`` naming a successor, which claims at
-  once.
+  then releases the claim and sends ``RESIGN`` to a successor it names, which claims at
+  once; the others see the leader row released, and then the next leader's.
 """
 
 from __future__ import annotations
@@ -206,8 +206,8 @@ class LeaderSeen:
     """The group's leader row, as this node's session read it (about once per interval):
     ``leader`` holds ``term``, names ``standby`` as the member that watches its process,
     and its lease was last seen renewed at ``renewed_at`` (this node's clock; see
-    :func:`notifelect.rules.sight`). ``released``: the term was given back (a hand-over
-    under way; its RESIGN follows)."""
+    :func:`notifelect.rules.sight`). ``released``: the term was given back (a hand-over:
+    its RESIGN went to the successor alone)."""
 
     leader: Rank
     term: int
@@ -257,9 +257,10 @@ Event = (
 
 @dataclass(frozen=True)
 class Send:
-    """Broadcast ``message``. A RESIGN without a successor gets one when it is sent: the
-    best other live member the database knows of (``rules.successor``), also those whose
-    messages this node has not seen yet."""
+    """Send ``message``: to the group, or to its one addressee (``rules.addressee``). A
+    RESIGN without a successor gets one when it is sent: the best other live member the
+    database knows of (``rules.successor``), also those whose messages this node has not
+    seen yet; it then goes to that member alone."""
 
     message: Message
 
@@ -396,7 +397,9 @@ def step(state: State, event: Event, now: float) -> tuple[State, list[Effect]]:
         case ClaimFreed(how, leader):
             _freed(st, how, leader, now)
         case LeaderSeen(leader, term, standby, renewed_at, released):
-            if not released:
+            if released:
+                _released_seen(st, leader, term, now)
+            else:
                 _leader_seen(st, leader, term, standby, renewed_at, now)
         case Abdicate(reason, until):
             if state.role is Role.LEADER:
@@ -590,6 +593,19 @@ def _leader_seen(
     st.watch(watch)
     if not known and st.state.role is Role.FOLLOWER:
         _challenge(st, now)
+
+
+def _released_seen(st: _Step, leader: Rank, term: int, now: float) -> None:
+    """The database shows the term of the leader this node follows given back: a
+    hand-over, whose RESIGN went to the successor alone (:func:`rules.addressee`). A
+    follower lets that leader go and waits for the next one, as a RESIGN naming another
+    node would tell it."""
+    s = st.state
+    if s.role is not Role.FOLLOWER or (s.leader, s.leader_term) != (leader, term):
+        return
+    st.set(leader=None, surveying=False)
+    st.cancel(Timer.LEADER)
+    st.backed_off(Timer.COORDINATOR, now, s.config.coordinator_wait)
 
 
 def _challenge(st: _Step, now: float) -> None:

@@ -179,6 +179,20 @@ def successor(members: Iterable[tuple[int, int]], leaving: int) -> int | None:
     return None if best is None else best[1]
 
 
+def addressee(message: Message) -> int | None:
+    """The one node a message goes to; None: the whole group.
+
+    A RESIGN that names its successor goes to the successor alone: only it acts on it
+    (it claims at once), and the others learn of the hand-over from the leader row at
+    their next reading, as they learn of every leader. So a hand-over wakes one process
+    whatever the size of the group, and the successor does not share the server and the
+    cores with every other member's wake-up. Every other message is for the group.
+    """
+    if message.kind is Kind.RESIGN:
+        return message.successor
+    return None
+
+
 def best_candidate(
     members: Iterable[tuple[int, int]], excluding: int | None = None
 ) -> tuple[int, int] | None:

@@ -150,6 +150,18 @@ class Names:
         """The channel of one group's election messages (a hash of prefix and name)."""
         return f"{self.prefix}ch_notifelect_{self.claim_key(namespace) & (2**64 - 1):016x}"
 
+    @property
+    def changes_channel(self) -> str:
+        """Where every message sent to one node alone is copied, for observers such as
+        ``notifelect status --watch`` (no node listens on it: a hand-over wakes none)."""
+        return f"{self.prefix}ch_notifelect_changes"
+
+    def node_channel(self, node: int) -> str:
+        """The channel of the messages for one session (node id ``node``) alone, such as
+        the RESIGN that names it successor (at most 61 bytes: the prefix rule keeps it
+        within PostgreSQL's 63)."""
+        return f"{self.prefix}ch_notifelect_n{node:x}"
+
     def claim_key(self, namespace: str) -> int:
         """The advisory-lock key of a group: a stable signed 64-bit hash of prefix and name."""
         digest = hashlib.blake2b(

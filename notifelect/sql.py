@@ -334,8 +334,8 @@ class ElectionQueries:
         #: renewed (1 if the session row was renewed), at (the database's clock), horizon
         #: (the oldest transaction still running: the ``$2`` of the next statement),
         #: leaders (JSON text: an array of :data:`TICK_LEADER` values per row) and
-        #: sessions (JSON text: [node, backend_pid, renewed_at] each). A row written by a transaction
-        #: still running now is read next time: its id is at least the horizon.
+        #: sessions (JSON text: [node, backend_pid, renewed_at] each). A row written by a
+        #: transaction still running now is read next time: its id is at least the horizon.
         #:
         #: Its arrays go as text and as JSON sent as text, types the driver knows without
         #: asking the server (and that no codec an engine installs for JSON changes): an

@@ -133,8 +133,10 @@ async def listen(
 
     Each group has a channel of its own: with ``namespace`` only that group's is heard;
     otherwise every group that has members or a leader, looked up again every ``rescan``
-    seconds for groups that start later. ``ready`` is called once LISTEN is active (with
-    the number of channels); nothing sent before that is seen. The connection is checked
+    seconds for groups that start later. The copies of the messages sent to one node
+    alone (``Names.changes_channel``) are heard too, filtered by ``printer``. ``ready``
+    is called once LISTEN is active (with the number of group channels); nothing sent
+    before that is seen. The connection is checked
     every ``rescan`` seconds too: if it is lost, :class:`ConnectionLost` (or the error of
     the check) is raised.
     """
@@ -164,9 +166,12 @@ async def listen(
 
     conn.add_termination_listener(on_closed)
     try:
+        # Messages sent to one node alone (a hand-over's RESIGN) are copied there.
+        await conn.add_listener(names.changes_channel, on_notify)
+        channels.add(names.changes_channel)
         await follow()
         if ready is not None:
-            ready(len(channels))
+            ready(len(channels) - 1)
         deadline = None if duration is None else loop.time() + duration
         while not done.is_set():
             wait = rescan if deadline is None else min(rescan, deadline - loop.time())

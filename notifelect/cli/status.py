@@ -58,6 +58,7 @@ class Turnovers:
         self.conn = conn
         self.names = names
         self._channels: set[str] = set()
+        self._namespaces: set[str] = set()
         self._changed = asyncio.Event()
         #: The connection closed: the next wait raises instead of waiting for news.
         self.lost = False
@@ -65,7 +66,11 @@ class Turnovers:
 
     def _on(self, conn: object, pid: int, channel: str, payload: object) -> None:
         message = messages.parse(str(payload), None)
-        if isinstance(message, Message) and message.kind in (Kind.COORDINATOR, Kind.RESIGN):
+        if (
+            isinstance(message, Message)
+            and message.kind in (Kind.COORDINATOR, Kind.RESIGN)
+            and message.namespace in self._namespaces
+        ):
             self._changed.set()
 
     def _closed(self, conn: object) -> None:
@@ -73,12 +78,14 @@ class Turnovers:
         self._changed.set()
 
     async def follow(self, namespaces: Iterable[str]) -> None:
-        """Listen on the channel of every group in ``namespaces`` too."""
+        """Follow the groups ``namespaces`` too: their channels, and the channel where
+        the RESIGN of a hand-over (sent to the successor alone) is copied."""
         for namespace in namespaces:
-            channel = self.names.group_channel(namespace)
-            if channel not in self._channels:
-                await self.conn.add_listener(channel, self._on)
-                self._channels.add(channel)
+            self._namespaces.add(namespace)
+            for channel in (self.names.group_channel(namespace), self.names.changes_channel):
+                if channel not in self._channels:
+                    await self.conn.add_listener(channel, self._on)
+                    self._channels.add(channel)
 
     async def wait(self, timeout: float) -> bool:
         """Wait for a change of leadership (True) or until ``timeout`` (False); raises

@@ -118,6 +118,11 @@ class Transport(abc.ABC):
         """Broadcast ``payload`` to every node of every group on the channel."""
 
     @abc.abstractmethod
+    async def send(self, node: int, payload: str) -> None:
+        """Deliver ``payload`` to node ``node`` alone (see :func:`notifelect.rules.addressee`);
+        nothing happens if it is not there."""
+
+    @abc.abstractmethod
     async def claim(self, *, fence: bool, evidence: int | None = None) -> Granted | None:
         """Try to take the group's claim and a new term; None if another node holds it.
 

@@ -112,6 +112,11 @@ class MemoryBus:
             if not transport.paused:
                 loop.call_soon(transport.deliver, payload)
 
+    def send(self, node: int, payload: str) -> None:
+        transport = self._open.get(node)
+        if transport is not None and not transport.paused:
+            asyncio.get_running_loop().call_soon(transport.deliver, payload)
+
     def holder(self, namespace: str) -> int | None:
         """Node id holding the claim of ``namespace``, if any."""
         holder = self.group(namespace).holder
@@ -281,6 +286,11 @@ class MemoryTransport(Transport):
         await self._awake()
         self._require()
         self.bus.broadcast(payload)
+
+    async def send(self, node: int, payload: str) -> None:
+        await self._awake()
+        self._require()
+        self.bus.send(node, payload)
 
     async def claim(self, *, fence: bool, evidence: int | None = None) -> Granted | None:
         await self._awake()

@@ -310,6 +310,16 @@ class PostgresTransport(Transport):
     async def publish(self, payload: str) -> None:
         await self._require().execute("SELECT pg_notify($1, $2)", self.channel, payload)
 
+    async def send(self, node: int, payload: str) -> None:
+        # A copy for observers (status --watch) on a channel no node listens on.
+        names = self._names
+        await self._require().execute(
+            "SELECT pg_notify($1, $3), pg_notify($2, $3)",
+            names.node_channel(node),
+            names.changes_channel,
+            payload,
+        )
+
     async def claim(self, *, fence: bool, evidence: int | None = None) -> Granted | None:
         conn = self._require()
         session = self._session

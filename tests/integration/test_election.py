@@ -9,7 +9,9 @@ from contextlib import AsyncExitStack
 import asyncpg
 import pytest
 
-from notifelect import ElectionGroup, Settings
+from notifelect import ElectionGroup, Settings, messages
+from notifelect.messages import Kind
+from notifelect.schema import Names
 from tests.support.waiting import settled, until
 
 
@@ -51,6 +53,29 @@ async def test_leader_leaving_hands_over_within_half_a_second(dsn: str, namespac
 
 
 @pytest.mark.timeout(30)
+async def test_a_hand_over_wakes_the_successor_alone(dsn: str, namespace: str) -> None:
+    """The RESIGN of a clean hand-over goes on the successor's own channel: the group's
+    channel carries none of it, and the other members learn the new leader from the
+    leader row, as they learn of every leader."""
+    heard: list[str] = []
+    listener = await asyncpg.connect(dsn)
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(listener.close)
+        await listener.add_listener(
+            Names().group_channel(namespace), lambda *args: heard.append(args[3])
+        )
+        groups = [await stack.enter_async_context(ElectionGroup(dsn, namespace)) for _ in range(4)]
+        await until(groups, lambda: settled(groups), timeout=10)
+        leader = next(g for g in groups if g.is_leader)
+        groups.remove(leader)
+        before = len(heard)
+        await leader.close()
+        await until(groups, lambda: settled(groups), timeout=5)
+        sent = [messages.parse(payload, namespace) for payload in heard[before:]]
+        assert not [m for m in sent if isinstance(m, messages.Message) and m.kind is Kind.RESIGN]
+
+
+@pytest.mark.timeout(30)
 async def test_node_whose_connection_is_terminated_is_never_leader_after(
     dsn: str, namespace: str
 ) -> None:
@@ -78,3 +103,16 @@ async def test_node_whose_connection_is_terminated_is_never_leader_after(
         await asyncio.sleep(0.5)  # observation window
         assert not leader.is_leader
         assert sum(g.is_leader for g in groups) == 1
+
+
+@pytest.mark.timeout(30)
+async def test_a_borrowed_connection_is_left_listening_on_nothing(dsn: str, namespace: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        async with ElectionGroup(conn, namespace) as group:
+            await group.wait_for_leadership(timeout=10)
+            # The group's channel and the node's own channel.
+            assert await conn.fetchval("SELECT count(*) FROM pg_listening_channels()") == 2
+        assert await conn.fetchval("SELECT count(*) FROM pg_listening_channels()") == 0
+    finally:
+        await conn.close()

@@ -242,9 +242,11 @@ class Sim:
     def _push(self, at: float, node: int, event: p.Event, gen: int | None = None) -> None:
         heapq.heappush(self.queue, _Item(at, next(self.seq), node, event, gen))
 
-    def _broadcast(self, message: Message) -> None:
+    def _send(self, message: Message) -> None:
+        """To the group, or to its one addressee (as the driver sends it)."""
         self.sent.append(message)
-        for other in self.alive:
+        to = rules.addressee(message)
+        for other in self.alive if to is None else [to] if to in self.alive else []:
             self.deliveries += 1
             self._push(self.now + self.delay, other, p.Receive(message))
 
@@ -268,7 +270,7 @@ class Sim:
                     # As the driver does: the best other live member, from the database.
                     heir = rules.successor(self._members(), node)
                     message = dataclasses.replace(message, successor=heir)
-                self._broadcast(message)
+                self._send(message)
             case p.SetTimer(timer, at, spread):
                 gen = self.timer_gen.get((node, timer), 0) + 1
                 self.timer_gen[(node, timer)] = gen

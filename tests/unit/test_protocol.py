@@ -452,7 +452,7 @@ def test_the_leader_timer_waits_on_while_renewals_are_seen_and_searches_once_sil
     [
         ("the row of a leader that stopped renewing", p.LeaderSeen(Rank(0, 5), 7, 2, 0.0)),
         (
-            "a released term: the hand-over's RESIGN follows",
+            "a released term of a leader it did not follow",
             p.LeaderSeen(Rank(0, 5), 7, 2, 9.9, True),
         ),
         ("a row of an older term", p.LeaderSeen(Rank(0, 5), 6, 2, 9.9)),
@@ -468,6 +468,21 @@ def test_rows_that_show_no_leader_alive_are_not_followed(what: str, seen: p.Lead
     new, effects = p.step(state, seen, 10.0)
     assert new.leader is None
     assert effects == []
+
+
+def test_a_follower_lets_a_released_leader_go_and_its_successor_still_claims() -> None:
+    # The RESIGN of a hand-over goes to the successor alone: the others learn of it
+    # from the leader row, which shows the term given back.
+    state = _following(seen_at=0.0)
+    state, effects = p.step(state, p.LeaderSeen(Rank(0, 5), 7, 2, 0.4, True), 0.5)
+    assert state.leader is None
+    assert p.CancelTimer(p.Timer.LEADER) in effects
+    assert [e.timer for e in effects if isinstance(e, p.SetTimer)] == [p.Timer.COORDINATOR]
+    assert not any(isinstance(e, p.Claim | p.Survey) for e in effects)
+    # The RESIGN naming this node, read after the row: it claims at once all the same.
+    resign = Message(Kind.RESIGN, "x", Rank(0, 5), term=7, successor=2)
+    state, effects = p.step(state, p.Receive(resign), 0.5)
+    assert p.Claim(fence=False) in effects
 
 
 @pytest.mark.parametrize("kind", [Kind.COORDINATOR, Kind.HEARTBEAT])

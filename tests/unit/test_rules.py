@@ -16,6 +16,7 @@ from notifelect.rules import (
     StayOut,
     View,
     abstaining,
+    addressee,
     believe,
     best_candidate,
     ended_cleanly,
@@ -512,3 +513,17 @@ def test_a_leadership_is_not_valid_in_a_forked_child() -> None:
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert ls.is_valid  # in the process it was granted to
+
+
+#: (what, message, addressee)
+ADDRESSEES = [
+    ("a RESIGN naming its successor: the successor alone", _msg(Kind.RESIGN, successor=7), 7),
+    ("a RESIGN naming nobody: the group", _msg(Kind.RESIGN), None),
+    ("an ELECTION: the group", _msg(Kind.ELECTION, term=None), None),
+    ("an ALIVE: the group", _msg(Kind.ALIVE, term=None), None),
+]
+
+
+@pytest.mark.parametrize(("what", "message", "to"), ADDRESSEES, ids=[a[0] for a in ADDRESSEES])
+def test_who_a_message_goes_to(what: str, message: Message, to: int | None) -> None:
+    assert addressee(message) == to

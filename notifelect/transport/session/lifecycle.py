@@ -11,6 +11,7 @@ from typing import Any
 
 import asyncpg
 
+from ... import messages
 from ...schema import Names
 from ...schema_check import check_schema
 from ...sql import ElectionQueries
@@ -213,8 +214,10 @@ class Session:
         else:
             await self._connect_own()
         assert self.conn is not None
+        assert self.node is not None
         self.conn.add_termination_listener(self._terminated)
         self.serial = Serial(self.conn, self.timing.io_timeout, self.lose)
+        await self.serial.add_listener(self.names.node_channel(self.node), self._sent)
         log.info("election session node %s opened", self.node, extra=self._extra("session_opened"))
 
     async def _connect_own(self) -> None:
@@ -313,6 +316,14 @@ class Session:
             if group.channel == channel:
                 group.notified(payload)
 
+    def _sent(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+        """A message for this node alone (on its own channel), to the group it names."""
+        if not isinstance(payload, str):
+            return
+        group = self.groups.get(messages.namespace_of(payload) or "")
+        if group is not None:
+            group.notified(payload)
+
     def _terminated(self, conn: object) -> None:
         if conn is self.conn:
             self.lose("the election connection was closed")
@@ -390,6 +401,9 @@ class Session:
                 # After every call still in flight (of groups that stopped waiting).
                 with contextlib.suppress(Exception):
                     await serial.execute(self.queries.unregister_session, self.node)
+                if conn is self.borrowed and self.node is not None:
+                    with contextlib.suppress(Exception):
+                        await serial.remove_listener(self.names.node_channel(self.node), self._sent)
                 if conn is not self.borrowed and self.broken is None:
                     with contextlib.suppress(Exception):
                         await serial.run("closing", lambda c: c.close())
