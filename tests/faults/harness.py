@@ -34,7 +34,6 @@ class Timing:
     job_period: float = 0.05
     work: float = 0.01
     act_period: float = 0.01
-    idle_in_transaction_ms: int = 1000
     #: Groups each node joins besides the one under test, on the same engine (so on the
     #: same election session): their fenced writes are checked as well.
     extra_groups: int = 2
@@ -53,7 +52,6 @@ class Timing:
             "--job-period", str(self.job_period),
             "--work", str(self.work),
             "--act-period", str(self.act_period),
-            "--idle-in-transaction-ms", str(self.idle_in_transaction_ms),
         ]  # fmt: skip
 
 
