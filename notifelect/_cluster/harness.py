@@ -27,6 +27,7 @@ import os
 import signal
 import sys
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,7 +84,6 @@ class NodeProcess:
     events: list[Event] = field(default_factory=list)
     since: int = 0  # index of the current membership's first event
     node: int | None = None
-    faults: list[tuple[str, float]] = field(default_factory=list)
     started: bool = False  # imported and listening for commands
     member: bool = False  # joined and not left
     paused: bool = False
@@ -119,8 +119,7 @@ class NodeProcess:
         ]
 
     def last(self, kind: str) -> Event | None:
-        found = self.of(kind)
-        return found[-1] if found else None
+        return found[-1] if (found := self.of(kind)) else None
 
     def executions(self, term: int) -> int:
         """Executions this node committed in its group (not a group sharing its session,
@@ -171,7 +170,8 @@ class Cluster:
 
     ``argv``: options every node of :meth:`spawn` gets; ``on_event(node, event)`` is
     called for each report as it arrives (and with ``{"ev": "gone"}`` when a process's
-    output ends); ``workdir`` holds each node's stderr (``node-<index>.log``).
+    output ends); ``workdir`` (made if missing) holds each node's stderr
+    (``node-<index>.log``).
     """
 
     def __init__(
@@ -186,6 +186,7 @@ class Cluster:
     ) -> None:
         self._dsn = dsn
         self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
         self.namespace = namespace
         self.argv = list(argv)
         self.env = env
@@ -213,7 +214,6 @@ class Cluster:
         *,
         dsn: str | None = None,
         command: Sequence[str] = NODE_PROGRAM,
-        env: dict[str, str] | None = None,
     ) -> NodeProcess:
         """Start one node process: it joins at once with ``argv`` (and the cluster's),
         or, with ``argv`` None, waits for :meth:`join`. Returns without waiting."""
@@ -222,7 +222,7 @@ class Cluster:
             args += ["--dsn", dsn or self.dsn, "--namespace", self.namespace, *self.argv, *argv]
         index = len(self.nodes)
         log = self.workdir / f"node-{index}.log"
-        base = env or self.env or dict(os.environ)
+        base = self.env or dict(os.environ)
         with open(log, "ab") as stderr:  # noqa: ASYNC230  # a local log file, opened once
             proc = await asyncio.create_subprocess_exec(
                 *args,
@@ -355,14 +355,13 @@ class Cluster:
     ) -> Event | None:
         """The first report from index ``start`` of :attr:`events` that matches, or None
         after ``timeout`` seconds."""
-        i = start
 
         def found() -> Event | None:
-            nonlocal i
-            for i in range(i, len(self.events)):  # noqa: B020  # resumes where it stopped
-                if predicate(self.events[i]):
-                    return self.events[i]
-            i = len(self.events)
+            nonlocal start
+            for start in range(start, len(self.events)):  # noqa: B020  # resumes where it stopped
+                if predicate(self.events[start]):
+                    return self.events[start]
+            start = len(self.events)
             return None
 
         with contextlib.suppress(TimeoutError):
@@ -388,20 +387,10 @@ class Cluster:
         os.kill(node.pid, sig)
         if sig is signal.SIGKILL:
             node.killed = True
-            node.faults.append(("kill", at))
-            dead = proven_dead(node.pid)
-            if dead is not None:
+            if (dead := proven_dead(node.pid)) is not None:
                 node.dead_at, node.dead_m = dead
-        elif sig is signal.SIGSTOP:
-            node.paused = True
-            node.faults.append(("stop", at))
-        elif sig is signal.SIGCONT:
-            node.paused = False
-        return at
-
-    def note_fault(self, node: NodeProcess, kind: str, at: float | None = None) -> float:
-        at = time.time() if at is None else at
-        node.faults.append((kind, at))
+        elif sig in (signal.SIGSTOP, signal.SIGCONT):
+            node.paused = sig is signal.SIGSTOP
         return at
 
     async def stop_node(self, node: NodeProcess, *, timeout: float = 15.0) -> None:
@@ -473,25 +462,25 @@ class Cluster:
     ) -> dict[tuple[str, int], checker.Span]:
         """:meth:`spans` of every group at once, by (group, term)."""
         spans: dict[tuple[str, int], checker.Span] = {}
+        stamp = "at" if clock == "t" else "m"  # when an action happened, on ``clock``
         for n in self.nodes if nodes is None else nodes:
             last: dict[tuple[str, int], float] = {}
             led: dict[str, int] = {}
             ended: set[tuple[str, int]] = set()
-            calls: dict[int, int] = {}
+            calls: Counter[int] = Counter()  # leader-only calls running, by term
             events = n.events[n.since :]
             default = n.namespace or self.namespace
             for e in events:
                 ev = e["ev"]
                 if ev == "act":
-                    last[e.get("ns", default), e["term"]] = e["at"] if clock == "t" else e["m"]
+                    last[e.get("ns", default), e["term"]] = e[stamp]
                 elif ev == "led":
                     led = e.get("led", led)
-                    at: float = e["at"] if clock == "t" else e["m"]
-                    last.update(dict.fromkeys(led.items(), at))
+                    last.update(dict.fromkeys(led.items(), float(e[stamp])))
                 elif ev == "span_end":
                     ended.add((e.get("ns", default), e["term"]))
                 elif ev in ("call_start", "call_end"):
-                    calls[e["term"]] = calls.get(e["term"], 0) + (1 if ev == "call_start" else -1)
+                    calls[e["term"]] += 1 if ev == "call_start" else -1
             dead = n.dead_at if clock == "t" else n.dead_m
             for e in events:
                 if e["ev"] == "elected":
@@ -501,26 +490,23 @@ class Cluster:
                         e["term"],
                         e[clock],
                         last_act=last.get(key),
-                        open_at_end=key not in ended or calls.get(e["term"], 0) > 0,
+                        open_at_end=key not in ended or calls[e["term"]] > 0,
                         dead_at=dead,
                     )
         return spans
 
-    def overlaps(self, nodes: Iterable[NodeProcess] | None = None, clock: str = "t") -> list[str]:
+    def overlaps(self) -> list[str]:
         """Leaderships of any group that began before an earlier one could have stopped
         acting (:func:`checker.span_overlaps` of every group)."""
         by_group: dict[str, list[checker.Span]] = {}
-        for (ns, _), span in self.every_span(nodes, clock).items():
+        for (ns, _), span in self.every_span().items():
             by_group.setdefault(ns, []).append(span)
         return [
             f"{ns}: {o}" for ns, spans in by_group.items() for o in checker.span_overlaps(spans)
         ]
 
-    async def connect(self) -> asyncpg.Connection[Any]:
-        return await asyncpg.connect(self.dsn, timeout=10)
-
     async def sql(self, query: str, *args: Any) -> list[asyncpg.Record]:
-        conn = await self.connect()
+        conn = await asyncpg.connect(self.dsn, timeout=10)
         try:
             return await conn.fetch(query, *args)
         finally:

@@ -65,7 +65,6 @@ class Cluster(harness.Cluster):
         self.server = server
         self.timing = timing or Timing()
         self.proxies: list[FaultProxy] = []
-        self.cluster_faults: list[tuple[str, float]] = []
 
     @property
     def dsn(self) -> str:
