@@ -3,17 +3,17 @@
 A :class:`Cluster` starts node programs (:mod:`notifelect._cluster.node`, or another
 program that speaks its protocol) and keeps every line they report, per process and in
 arrival order. Callers wait on those reports (:meth:`Cluster.until`), never on sleeps.
-The records it hands to :mod:`notifelect._cluster.checker` are the processes' own:
-:meth:`Cluster.spans` (each leadership from its ``elected`` to its last recorded action)
-and :meth:`Cluster.report` (the audit table of the fenced job). An exit hook kills the
-node still running if the caller dies without closing. (The nodes stay in the caller's
-process group: a terminal's Ctrl-C makes them leave their groups cleanly, as SIGTERM does.
-Started in a session or process group of their own, a node killed with SIGKILL was seen
-to end only after its lease, not at once, by a standby with ``strict_takeover=False``.)
+What it hands to :mod:`notifelect._cluster.checker` are the processes' own records:
+:meth:`Cluster.spans` (each leadership from its ``elected`` to its last recorded action).
+An exit hook kills the node still running if the caller dies without closing. (The nodes
+stay in the caller's process group: a terminal's Ctrl-C makes them leave their groups
+cleanly, as SIGTERM does. Started in a session or process group of their own, a node
+killed with SIGKILL was seen to end only after its lease, not at once, by a standby with
+``strict_takeover=False``.)
 
-Longer than most modules: the fault suite's database checks (:meth:`Cluster.leader`,
-:meth:`Cluster.verify`) and the many-groups helpers read the same records and stay with
-them.
+What every caller shares lives here; the fault suite's database checks (the audit table,
+exactly one leader) extend :class:`Cluster` in ``tests/faults/harness.py``, and the
+many-groups helpers below serve its many-groups test and ``benchmarks/groups.py`` alike.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import asyncio
 import atexit
 import contextlib
 import json
-import math
 import os
 import signal
 import sys
@@ -36,7 +35,6 @@ from typing import Any, TypeVar
 import asyncpg
 
 from . import checker
-from .node import AUDIT_DDL, AUDIT_TABLE
 
 T = TypeVar("T")
 Event = dict[str, Any]
@@ -120,12 +118,6 @@ class NodeProcess:
 
     def last(self, kind: str) -> Event | None:
         return found[-1] if (found := self.of(kind)) else None
-
-    def executions(self, term: int) -> int:
-        """Executions this node committed in its group (not a group sharing its session,
-        whose terms are numbered on their own) under ``term``."""
-        mine = {} if self.namespace is None else {"ns": self.namespace}
-        return len(self.of("exec", term=term, **mine))
 
     def apply(self, event: Event) -> None:
         self.events.append(event)
@@ -368,13 +360,6 @@ class Cluster:
             return await self.until(found, timeout=timeout, what="a report")
         return None
 
-    async def reported(
-        self, node: NodeProcess, kind: str, *, timeout: float, what: str, **match: Any
-    ) -> Event:
-        """Wait until ``node`` reported an event ``kind`` with fields ``match``; return it."""
-        found = await self.until(lambda: node.of(kind, **match), timeout=timeout, what=what)
-        return found[0]
-
     def describe(self) -> str:
         return "\n".join(n.describe() for n in self.nodes)
 
@@ -440,9 +425,6 @@ class Cluster:
             return None
         return leader
 
-    def reported_leaders(self) -> list[NodeProcess]:
-        return [n for n in self.nodes if n.live and n.leading_term is not None]
-
     # ------------------------------------------------------------ the records
 
     def spans(
@@ -504,131 +486,6 @@ class Cluster:
         return [
             f"{ns}: {o}" for ns, spans in by_group.items() for o in checker.span_overlaps(spans)
         ]
-
-    async def sql(self, query: str, *args: Any) -> list[asyncpg.Record]:
-        conn = await asyncpg.connect(self.dsn, timeout=10)
-        try:
-            return await conn.fetch(query, *args)
-        finally:
-            await conn.close()
-
-    async def install_audit(self) -> None:
-        """The audit table of the fenced job (``--job-period``)."""
-        await self.sql(AUDIT_DDL)
-
-    async def db_leader(self) -> asyncpg.Record | None:
-        rows = await self.sql(
-            "SELECT l.node, l.term, l.released, l.backend_pid, t.term AS current,"
-            " (SELECT count(*) FROM notifelect_status s"
-            "   WHERE s.namespace = l.namespace AND s.is_leader) AS status_leaders"
-            " FROM notifelect_leader l JOIN notifelect_term t USING (namespace)"
-            " WHERE l.namespace = $1",
-            self.namespace,
-        )
-        return rows[0] if rows else None
-
-    async def leader(
-        self, *, timeout: float = 20.0, expect: NodeProcess | None = None
-    ) -> NodeProcess:
-        """Wait until exactly one live node (``expect`` if given) reports leading, the
-        database agrees, and it has committed an execution under its term; return it."""
-
-        async def settled() -> NodeProcess | None:
-            leaders = self.reported_leaders()
-            if len(leaders) != 1 or (expect is not None and leaders[0] is not expect):
-                return None
-            node = leaders[0]
-            term = node.leading_term
-            if term is None or not node.executions(term):
-                return None
-            try:
-                row = await self.db_leader()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                return None
-            if row is None or row["released"] or row["node"] != node.node:
-                return None
-            if not (row["term"] == row["current"] == term and row["status_leaders"] == 1):
-                return None
-            # Reports may have arrived while the database answered.
-            if self.reported_leaders() != [node] or node.leading_term != term:
-                return None
-            return node
-
-        found = await self.until_async(settled, timeout=timeout, what="exactly one acting leader")
-        assert found is not None
-        return found
-
-    async def more_executions(self, count: int, *, timeout: float, what: str) -> None:
-        """Wait until the cluster has committed ``count`` more executions than now."""
-        target = self.count("exec", ns=self.namespace) + count
-        await self.until(
-            lambda: self.count("exec", ns=self.namespace) >= target, timeout=timeout, what=what
-        )
-
-    def acts_after(self, node: NodeProcess, term: int, at: float) -> list[float]:
-        """Times ``node`` recorded acting under ``term`` at or after ``at``."""
-        return [a["at"] for a in node.of("act", term=term) if a["at"] >= at]
-
-    def count(self, kind: str, **match: Any) -> int:
-        return sum(len(n.of(kind, **match)) for n in self.nodes)
-
-    def extra_namespaces(self) -> list[str]:
-        """The groups the nodes join besides the one under test (``--extra-groups``)."""
-        return []
-
-    async def report(self, namespace: str | None = None) -> checker.Report:
-        """Run every check of ``checker`` on the audit table and the nodes' reports (the
-        group under test), or on the audit table alone for ``namespace`` (a group the
-        nodes share their sessions with)."""
-        group = namespace or self.namespace
-        rows = await self.sql(
-            f"SELECT node, term, started, ended, kind, db_at FROM {AUDIT_TABLE}"
-            " WHERE namespace = $1",
-            group,
-        )
-        executions = [checker.Execution(**dict(r)) for r in rows]
-        history = await self.sql(
-            "SELECT term, node, started_at FROM notifelect_history WHERE namespace = $1",
-            group,
-        )
-        return checker.check(
-            executions,
-            spans=list(self.spans().values()) if namespace is None else [],
-            term_started={r["term"]: r["started_at"] for r in history},
-            owners={r["term"]: r["node"] for r in history},
-        )
-
-    async def verify(self) -> checker.Report:
-        """Check the run: no overlap, no term regression, no stale write accepted, on_elected
-        hand-overs in order, exactly one acting leader. Returns the report."""
-        leader = await self.leader()
-        report = await self.report()
-        spans = self.spans()
-        history = await self.sql(
-            "SELECT term FROM notifelect_history WHERE namespace = $1", self.namespace
-        )
-        assert report.ok, f"{report}\n{self.describe()}"
-        assert report.executions > 0
-        for namespace in self.extra_namespaces():  # the groups sharing the sessions
-
-            async def ran(group: str = namespace) -> checker.Report | None:
-                found = await self.report(group)
-                return found if found.executions > 0 else None
-
-            # A short run may end before a group sharing the sessions ran its job once:
-            # it must get a leader and run it soon (its liveness), then be checked.
-            shared = await self.until_async(ran, timeout=30, what=f"group {namespace} ran")
-            assert shared is not None
-            assert shared.ok, f"group {namespace}: {shared}\n{self.describe()}"
-        # Terms in the database are unique per leadership and only grow.
-        terms = sorted(r["term"] for r in history)
-        assert terms == sorted(set(terms)), terms
-        assert leader.live
-        last_span = spans.get(max(spans)) if spans else None
-        assert last_span is not None
-        assert last_span.node == leader.node
-        assert math.isfinite(last_span.started)
-        return report
 
 
 # ---------------------------------------------------------------- many groups per process
