@@ -205,12 +205,8 @@ COLUMNS = [
 
 def table(rows: list[dict[str, Any]]) -> str:
     header = " | ".join(title for _, title, _ in COLUMNS)
-    return (
-        report.table(
-            header, (" | ".join(fmt.format(row[key]) for key, _, fmt in COLUMNS) for row in rows)
-        )
-        + "\n"
-    )
+    cells = (" | ".join(fmt.format(row[key]) for key, _, fmt in COLUMNS) for row in rows)
+    return report.table(header, cells) + "\n"
 
 
 async def main_async(args: argparse.Namespace) -> int:

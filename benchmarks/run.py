@@ -127,8 +127,11 @@ def seed_package(*, install: bool) -> tuple[list[str], dict[str, Any]] | None:
         subprocess.run(pip, check=True)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the seed's own
     command = [str(python), str(SEED_NODE)]
-    out = subprocess.run([*command, "--facts"], check=True, capture_output=True, text=True, env=env)
-    facts: dict[str, Any] = json.loads(out.stdout)
+    # A node with nothing on its stdin reports how it started, and exits.
+    out = subprocess.run(command, input="", check=True, capture_output=True, text=True, env=env)
+    started = json.loads(out.stdout.splitlines()[0])
+    names = ("module", "version", "election_interval", "election_timeout")
+    facts = {name: started[name] for name in names}
     if "site-packages" not in str(facts["module"]):
         raise RuntimeError(f"the seed environment imports notifelect from {facts['module']}")
     return command, facts
@@ -273,11 +276,8 @@ class Run:
         async def steady_then_takeover() -> None:
             """The steady state of every system, then ours at the other take-over (strict
             failovers wait a whole lease, so they share the time of the seed's 25 s rounds)."""
-            keys = [k for k in self.cfgs if k[1] != OTHER]
-            seconds = plan.steady_seconds
-            await asyncio.gather(
-                *(steady_state(self.setups[k, True], plan.n, seconds) for k in keys)
-            )
+            steady = [setup for (_, is_steady), setup in self.setups.items() if is_steady]
+            await asyncio.gather(*(steady_state(s, plan.n, plan.steady_seconds) for s in steady))
             trials, kills = plan.takeover
             _progress(f"ours at {OTHER}: {trials} trials, N={plan.n}, {kills} SIGKILLs each")
             await self.chains(("ours", OTHER), plan.n, range(trials), ["crash"] * kills)
@@ -382,9 +382,7 @@ async def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         f"{meta['machine']['cores']} cores, PostgreSQL {pg['server_version']}"
     )
     report.draw_chart(out / "chart.png", rec.samples, plan.n, title)
-    text = report.render(
-        rec.samples, floors, meta, plan.n, sorted({plan.n, *(n for n, _ in scale)})
-    )
+    text = report.render(rec.samples, floors, meta, sorted({plan.n, *(n for n, _ in scale)}))
     (out / "results.md").write_text(text)
     print(text)
     print(f"wrote {out / 'samples.csv'}, {out / 'results.md'}, {out / 'chart.png'}")

@@ -39,11 +39,6 @@ ACT_PERIOD = 0.02  # a leader's leader-only action (and report) every this many 
 STEPS = {"hand-over": "hand-over", "crash": "crash (SIGKILL)", "pause": "pause (SIGSTOP)"}
 
 
-def channel_for(system: str, namespace: str) -> str:
-    """The channel that carries a group's messages: ours has one per group."""
-    return Names().group_channel(namespace) if system == "ours" else CHANNEL
-
-
 @dataclass(frozen=True)
 class Config:
     """One system at one group of settings: ``settings`` is "default", "fast", or the
@@ -180,8 +175,7 @@ class Pool:
     anything is timed, and reused across trials."""
 
     def __init__(self, cluster: Cluster, command: Sequence[str]) -> None:
-        self.cluster = cluster
-        self.command = command
+        self.cluster, self.command = cluster, command
         self.idle: list[NodeProcess] = []
 
     async def reserve(self, count: int) -> None:
@@ -262,8 +256,8 @@ class Membership:
 
     async def join(self, nodes: Sequence[NodeProcess], at: float) -> None:
         """The nodes join this group at the monotonic instant ``at``."""
-        if self.setup.bus is not None:
-            await self.setup.bus.follow(channel_for(self.cfg.system, self.namespace))
+        if self.setup.bus is not None and self.cfg.system == "ours":  # a channel per group
+            await self.setup.bus.follow(Names().group_channel(self.namespace))
         argv, ns, dsn = self.cfg.argv(), self.namespace, self.setup.dsn
         await asyncio.gather(
             *(self.cluster.join(n, argv, namespace=ns, dsn=dsn, at=at) for n in nodes)

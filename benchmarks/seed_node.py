@@ -5,8 +5,8 @@ never with ``-m``: the seed's import name is ``notifelect`` too, so this file im
 the standard library, asyncpg and the seed. It speaks the protocol of
 :mod:`notifelect._cluster.node` (the commands on stdin; ``started``, ``ready``,
 ``elected``, ``act``, ``span_end``, ``leaving``, ``left`` on stdout, stamped ``t`` and
-``m``), so the shared harness runs it like one of ours. With ``--facts`` it prints the
-package's version, module path and Coordinator defaults instead, as JSON.
+``m``), so the shared harness runs it like one of ours. Its ``started`` report names the
+package's version, module path and Coordinator defaults.
 
 Acting: the seed sets ``outcome.winner`` at the end of each round; the flag's assignments
 are recorded as they happen (no polling, no change to its logic), and while it is set the
@@ -100,8 +100,10 @@ async def main() -> None:
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     loop.add_signal_handler(signal.SIGTERM, lambda: os._exit(0))  # the harness kills it
-    importlib.import_module("notifelect.election_manager")  # no import in a timing
-    emit("started", module=notifelect.__file__)
+    manager: Any = importlib.import_module("notifelect.election_manager")  # none in a timing
+    defaults: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(manager.Coordinator)}
+    timing = {k: defaults[k].total_seconds() for k in ("election_interval", "election_timeout")}
+    emit("started", module=notifelect.__file__, version=version("notifelect"), **timing)
     leave = asyncio.Event()
     task: asyncio.Task[None] | None = None
     while line := await reader.readline():
@@ -117,17 +119,5 @@ async def main() -> None:
     os._exit(0)  # skip interpreter teardown: nothing waits for it
 
 
-def facts() -> None:
-    import notifelect
-
-    manager: Any = importlib.import_module("notifelect.election_manager")
-    defaults: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(manager.Coordinator)}
-    timing = {k: defaults[k].total_seconds() for k in ("election_interval", "election_timeout")}
-    print(json.dumps({"module": notifelect.__file__, "version": version("notifelect"), **timing}))
-
-
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--facts"]:
-        facts()
-    else:
-        asyncio.run(main())
+    asyncio.run(main())

@@ -300,22 +300,16 @@ class Cluster:
     # ------------------------------------------------------------ waiting
 
     async def until(
-        self,
-        predicate: Callable[[], T],
-        *,
-        timeout: float,
-        what: str,
-        poll: float = 0.1,
-        every: float = 0.0,
+        self, predicate: Callable[[], T], *, timeout: float, what: str, every: float = 0.0
     ) -> T:
         """Wait until ``predicate()`` is truthy; re-checked on every report (at most once
         every ``every`` seconds: thousands of reports a second must not make the caller,
-        which shares the CPUs with the nodes, the busiest process) and every ``poll``."""
+        which shares the CPUs with the nodes, the busiest process) and every 0.1 s."""
 
         async def probe() -> T:
             return predicate()
 
-        return await self.until_async(probe, timeout=timeout, what=what, poll=poll, every=every)
+        return await self.until_async(probe, timeout=timeout, what=what, every=every)
 
     async def until_async(
         self,
@@ -326,7 +320,8 @@ class Cluster:
         poll: float = 0.1,
         every: float = 0.0,
     ) -> T:
-        """Like :meth:`until` for a coroutine predicate (conditions on the database)."""
+        """Like :meth:`until` for a coroutine predicate (conditions on the database),
+        re-checked every ``poll`` seconds too."""
         deadline = time.monotonic() + timeout
         while True:
             changed = self._changed
