@@ -370,6 +370,7 @@ async def test_half_open_leader_then_its_backend_terminated(cluster: Cluster, si
     lives on, trusting its lease, so nobody may act until that lease has run out."""
     await cluster.spawn(size.nodes, proxied=True)
     for _ in range(size.rounds):
+        await cluster.leader()  # the spawned nodes may not have made their first claim yet
         row = await cluster.db_leader()
         old, term, cut = await cut_off_leader(cluster)
         assert row is not None
