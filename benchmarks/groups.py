@@ -47,13 +47,11 @@ async def run_one(
 ) -> dict[str, Any]:
     name = f"nb_groups_{os.getpid()}_{groups}_{mode.replace('-', '_')}"
     dsn = await server.database(name, "ours")
-    extra = ("--fast-crash",) if mode == "fast-crash" else ()
+    argv = ["--engine", "--extra-groups", str(groups - 1), "--report-every-group"]
+    argv += ["--led-period", "0.25", *(["--fast-crash"] if mode == "fast-crash" else [])]
     row: dict[str, Any] = {"groups": groups, "processes": processes, "mode": mode}
     admin = await asyncpg.connect(dsn)
-    argv = ["--engine", "--extra-groups", str(groups - 1), "--report-every-group"]
-    workdir = OUT / "raw" / "logs"  # the nodes' stderr
-    workdir.mkdir(parents=True, exist_ok=True)
-    cluster = Cluster(dsn, workdir, "g", argv=[*argv, "--led-period", "0.25", *extra])
+    cluster = Cluster(dsn, OUT / "raw" / "logs", "g", argv=argv)  # logs: the nodes' stderr
     try:
         started = time.monotonic()
         for _ in range(processes):
@@ -207,12 +205,8 @@ COLUMNS = [
 
 def table(rows: list[dict[str, Any]]) -> str:
     header = " | ".join(title for _, title, _ in COLUMNS)
-    return (
-        report.table(
-            header, (" | ".join(fmt.format(row[key]) for key, _, fmt in COLUMNS) for row in rows)
-        )
-        + "\n"
-    )
+    cells = (" | ".join(fmt.format(row[key]) for key, _, fmt in COLUMNS) for row in rows)
+    return report.table(header, cells) + "\n"
 
 
 async def main_async(args: argparse.Namespace) -> int:

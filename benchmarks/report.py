@@ -20,6 +20,7 @@ FAILOVER = ["cold start", *STEPS.values()]
 TIMED = [FAILOVER[0], "join (enter returns)", "all agree on the leader", *FAILOVER[1:]]
 SYSTEM_NAMES = {"ours": "notifelect (this)", "seed": "notifelect 0.0.3"}
 SETTINGS = ("default", "fast", "strict", "fastcrash")
+CSV_COLUMNS = "system,settings,n,scenario,trial,value,unit,censored,limit_s,note"
 #: The settings labels of ours with strict_takeover=True and False.
 STRICT, FASTCRASH = (
     ("default", "fastcrash") if Settings().strict_takeover else ("strict", "default")
@@ -37,12 +38,13 @@ class Summary:
     limit: float | None
 
     @classmethod
-    def of(cls, samples: Sequence[Sample]) -> Summary | None:
-        if not samples:
+    def of(cls, samples: Iterable[Sample], **match: object) -> Summary | None:
+        """Of the samples whose fields have the values ``match`` gives (all without)."""
+        if not (chosen := select(samples, **match)):
             return None
-        values = sorted(s.value for s in samples if s.value is not None)
-        ranked: list[float | None] = [*values, *[None] * (len(samples) - len(values))]
-        limits = [s.limit for s in samples if s.limit is not None]
+        values = sorted(s.value for s in chosen if s.value is not None)
+        ranked: list[float | None] = [*values, *[None] * (len(chosen) - len(values))]
+        limits = [s.limit for s in chosen if s.limit is not None]
 
         def rank(p: float) -> float | None:
             return ranked[max(0, math.ceil(p * len(ranked)) - 1)]
@@ -59,13 +61,17 @@ class Summary:
         return " | ".join([str(self.n), *values])
 
 
+#: Nothing measured: every percentile n/a.
+NONE = Summary(0, None, None, None, None)
+
+
 def select(samples: Iterable[Sample], **match: object) -> list[Sample]:
     return [s for s in samples if all(getattr(s, k) == v for k, v in match.items())]
 
 
 def ours(samples: Iterable[Sample], **match: object) -> Summary | None:
     """The summary of this package's samples at its defaults (unless ``match`` says)."""
-    return Summary.of(select(samples, **({"system": "ours", "settings": "default"} | match)))
+    return Summary.of(samples, **({"system": "ours", "settings": "default"} | match))
 
 
 def fmt_seconds(value: float | None, limit: float | None = None) -> str:
@@ -100,9 +106,6 @@ def write_csv(path: Path, samples: Sequence[Sample]) -> None:
             out.writerow([*row, int(s.value is None), limit, s.note])
 
 
-CSV_COLUMNS = "system,settings,n,scenario,trial,value,unit,censored,limit_s,note"
-
-
 def table(header: str, rows: Iterable[str]) -> str:
     """A Markdown table; ``header`` and each row are cells joined with " | "."""
     rule = "|---" * (header.count(" | ") + 1) + "|"
@@ -113,12 +116,10 @@ def failover_rows(samples: Sequence[Sample], n: int) -> list[str]:
     """One row per scenario, settings and system, with seed ÷ ours at the median."""
     rows = []
     for scenario, settings in itertools.product(TIMED, SETTINGS):
-        mine = Summary.of(select(samples, system="ours", settings=settings, n=n, scenario=scenario))
+        where: dict[str, object] = {"settings": settings, "n": n, "scenario": scenario}
+        mine = Summary.of(samples, system="ours", **where)
         for system in ("ours", "seed"):
-            s = Summary.of(
-                select(samples, system=system, settings=settings, n=n, scenario=scenario)
-            )
-            if s is not None:
+            if (s := Summary.of(samples, system=system, **where)) is not None:
                 vs = ratio(s, mine) if system == "seed" and scenario in FAILOVER else ""
                 rows.append(
                     f"{scenario} | {settings} | {SYSTEM_NAMES[system]} | {s.cells()} | {vs}"
@@ -181,8 +182,8 @@ def steady_rows(samples: Sequence[Sample]) -> list[str]:
     for system, settings, n in _keys(samples, "notifications"):
         found = select(samples, system=system, settings=settings, n=n)
         cpu = select(found, scenario="idle CPU")
-        follower = Summary.of(select(cpu, note="follower")) or Summary(0, None, None, None, None)
-        rss = Summary.of(select(found, scenario="RSS"))
+        follower = Summary.of(cpu, note="follower") or NONE
+        rss = Summary.of(found, scenario="RSS")
         rows.append(
             f"{SYSTEM_NAMES[system]} | {settings} | {n} | "
             f"{_one(found, 'notifications', '{:.2f}/s')} | "
@@ -205,18 +206,13 @@ def rolling_rows(samples: Sequence[Sample]) -> list[str]:
     for system, settings, r in _keys(samples, "rolling: settled"):
         found = select(samples, system=system, settings=settings, n=r)
         changes = [s.value or 0 for s in select(found, scenario="rolling: leadership changes")]
-        gaps = Summary.of(select(found, scenario="rolling: leader-less time"))
-        took = Summary.of(select(found, scenario="rolling: duration"))
+        gaps = Summary.of(found, scenario="rolling: leader-less time") or NONE
+        took = Summary.of(found, scenario="rolling: duration") or NONE
         rows.append(
             f"{SYSTEM_NAMES[system]} | {settings} | {r} | "
             f"{_settled(select(found, scenario='rolling: settled'))} | "
             f"{', '.join(f'{v:g}' for v in changes) or 'n/a'} | {max(changes, default=0):g} | "
-            + (
-                "n/a | n/a"
-                if gaps is None
-                else f"{fmt_seconds(gaps.p50)} | {fmt_seconds(gaps.max)}"
-            )
-            + f" | {'n/a' if took is None else fmt_seconds(took.p50)} | "
+            f"{fmt_seconds(gaps.p50)} | {fmt_seconds(gaps.max)} | {fmt_seconds(took.p50)} | "
             + str(len(select(found, scenario="overlap", note="rolling restart")))
         )
     return rows
@@ -226,14 +222,11 @@ def overlap_rows(samples: Sequence[Sample]) -> list[str]:
     """Overlaps per system, settings, kind of trial (chains or rolling restarts) and N."""
     rows = []
     for kind, scenario in [("failover chain", "settled"), ("rolling restart", "rolling: settled")]:
+        rolling = kind == "rolling restart"
         for system, settings, n in _keys(samples, scenario):
             of = select(samples, system=system, settings=settings, n=n)
-            rolling = kind == "rolling restart"
-            found = [
-                s
-                for s in select(of, scenario="overlap")
-                if (s.note == "rolling restart") == rolling
-            ]
+            overlaps = select(of, scenario="overlap")
+            found = [s for s in overlaps if (s.note == "rolling restart") == rolling]
             worst = max((s.value for s in found if s.value is not None), default=None)
             rows.append(
                 f"{SYSTEM_NAMES[system]} | {settings} | {kind} | {n} | "
@@ -304,11 +297,10 @@ def render(
     samples: Sequence[Sample],
     floors: dict[str, list[float]],
     meta: dict[str, Any],
-    n: int,
     ns: Sequence[int],
 ) -> str:
-    """The Markdown of ``results.md``: N=``n`` for the failover, every N of ``ns``."""
-    m, pg = meta["machine"], meta["postgresql"]
+    """The Markdown of ``results.md``: the failover at the plan's N, every N of ``ns``."""
+    n, m, pg = meta["plan"]["n"], meta["machine"], meta["postgresql"]
     parts = [
         "<!-- generated by `python -m benchmarks`; do not edit by hand -->",
         f"Run of {meta['date']} on {m['cpu']} ({m['cores']} cores, {m['memory_gib']} GiB), "
@@ -392,11 +384,8 @@ def draw_chart(path: Path, samples: Sequence[Sample], n: int, title: str) -> Non
     width = 0.8 / max(1, len(series))
     for j, (system, settings) in enumerate(series):
         for i, scenario in enumerate(FAILOVER):
-            s = Summary.of(
-                select(samples, system=system, settings=settings, n=n, scenario=scenario)
-            )
-            height = None if s is None else s.p50 or s.limit
-            if s is None or height is None:
+            s = Summary.of(samples, system=system, settings=settings, n=n, scenario=scenario)
+            if s is None or (height := s.p50 or s.limit) is None:
                 continue
             x = i + (j - (len(series) - 1) / 2) * width
             ax.bar(
@@ -417,15 +406,9 @@ def draw_chart(path: Path, samples: Sequence[Sample], n: int, title: str) -> Non
                 ax.plot([x, x], [height, s.p99], color="black", linewidth=0.9)
                 ax.plot([x - width / 4, x + width / 4], [s.p99] * 2, color="black", linewidth=0.9)
     ax.set_yscale("log")
-    ax.set_xticks(range(len(FAILOVER)))
-    ax.set_xticklabels(
-        [
-            "cold start\n→ first leader",
-            "clean hand-over\n→ next leader",
-            "SIGKILL of leader\n→ next leader",
-            "SIGSTOP of leader\n→ next leader",
-        ]
-    )
+    after = ("clean hand-over", "SIGKILL of leader", "SIGSTOP of leader")
+    labels = ["cold start\n→ first leader", *(f"{a}\n→ next leader" for a in after)]
+    ax.set_xticks(range(len(FAILOVER)), labels)
     ax.set_ylabel("seconds (log scale); bar = p50, whisker = p99")
     ax.set_title(title, fontsize=10)
     ax.grid(axis="y", which="both", alpha=0.25)

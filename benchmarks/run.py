@@ -17,7 +17,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -47,6 +46,8 @@ from .scenarios import (
 HERE = Path(__file__).parent
 RESULTS, ROOT = HERE / "results", HERE.parent  # ROOT: the checkout whose package is measured
 SEED_REQUIREMENT, SEED_VENV = "notifelect==0.0.3", HERE / ".venv-seed"
+SEED_NODE = HERE / "seed_node.py"  # run as a script: never imports this checkout's package
+Key = tuple[str, str]  # a system and its settings, as in ``configs``
 #: The settings label of ours at the take-over that is not the default.
 OTHER = "fastcrash" if Settings().strict_takeover else "strict"
 
@@ -84,7 +85,7 @@ class Plan:
         )
 
 
-def configs(seed: dict[str, Any] | None) -> dict[tuple[str, str], Config]:
+def configs(seed: dict[str, Any] | None) -> dict[Key, Config]:
     """Each system at its defaults and at the seed's fast settings; ours also at the
     take-over that is not its default."""
     s = Settings()
@@ -108,20 +109,11 @@ def configs(seed: dict[str, Any] | None) -> dict[tuple[str, str], Config]:
 
 # ------------------------------------------------------------------ the seed's package
 
-_PROBE = """
-import dataclasses, json, notifelect
-from importlib.metadata import version
-from notifelect.election_manager import Coordinator
-fields = {f.name: f.default for f in dataclasses.fields(Coordinator)}
-print(json.dumps({"module": notifelect.__file__, "version": version("notifelect"),
-    "election_interval": fields["election_interval"].total_seconds(),
-    "election_timeout": fields["election_timeout"].total_seconds()}))
-"""
 
-
-def seed_package(*, install: bool) -> tuple[Path, dict[str, Any]] | None:
-    """The Python of a virtual environment with the seed's package (created on first use
-    if ``install``), and the package's version, module path and Coordinator defaults.
+def seed_package(*, install: bool) -> tuple[list[str], dict[str, Any]] | None:
+    """The command of a seed node, on the Python of a virtual environment with the seed's
+    package (created on first use if ``install``), and the package's version, module path
+    and Coordinator defaults.
 
     Its import name is ``notifelect`` as well, so it never shares an interpreter with
     this checkout: its nodes run ``seed_node.py`` on the environment's own Python."""
@@ -134,19 +126,15 @@ def seed_package(*, install: bool) -> tuple[Path, dict[str, Any]] | None:
         pip = [str(python), "-m", "pip", "install", "--quiet", SEED_REQUIREMENT]
         subprocess.run(pip, check=True)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the seed's own
-    with tempfile.TemporaryDirectory() as cwd:  # never the checkout: it has a notifelect/
-        out = subprocess.run(
-            [str(python), "-c", _PROBE],
-            check=True,
-            capture_output=True,
-            text=True,
-            cwd=cwd,
-            env=env,
-        )
-    facts: dict[str, Any] = json.loads(out.stdout)
+    command = [str(python), str(SEED_NODE)]
+    # A node with nothing on its stdin reports how it started, and exits.
+    out = subprocess.run(command, input="", check=True, capture_output=True, text=True, env=env)
+    started = json.loads(out.stdout.splitlines()[0])
+    names = ("module", "version", "election_interval", "election_timeout")
+    facts = {name: started[name] for name in names}
     if "site-packages" not in str(facts["module"]):
         raise RuntimeError(f"the seed environment imports notifelect from {facts['module']}")
-    return python, facts
+    return command, facts
 
 
 # ------------------------------------------------------------------ the database server
@@ -239,40 +227,35 @@ def _progress(text: str) -> None:
 
 
 class Run:
-    """The databases, node pools and listeners of one run, and its phases."""
+    """The databases, node pools and buses of one run, and its phases."""
 
-    def __init__(self, plan: Plan, server: Server, cfgs: dict[tuple[str, str], Config]) -> None:
-        self.plan, self.server, self.cfgs = plan, server, cfgs
+    def __init__(
+        self, plan: Plan, server: Server, cfgs: dict[Key, Config], pools: dict[str, Pool]
+    ) -> None:
+        self.plan, self.server, self.cfgs, self.pools = plan, server, cfgs, pools
         self.rec = Recorder()
-        self.dbs: dict[tuple[str, ...], str] = {}
-        self.buses: dict[str, Bus] = {}  # ours, per settings: every notification
-        self.pools: dict[str, Pool] = {}
+        #: Each system and settings (a key of ``cfgs``) on its database, and (True) on the
+        #: one where it is measured in steady state.
+        self.setups: dict[tuple[Key, bool], Setup] = {}
 
     async def databases(self) -> None:
         """One database per system and settings, one more per system and settings
-        measured in steady state, and a listener on each of ours."""
-        for (system, settings), _ in self.cfgs.items():
-            name = f"nb{os.getpid()}_{system}_{settings}"
-            self.dbs[system, settings] = await self.server.database(name, system)
-            if settings != OTHER:
-                name = f"nb{os.getpid()}_ss_{system}_{settings}"
-                self.dbs["steady", system, settings] = await self.server.database(name, system)
-            if system == "ours":
-                self.buses[settings] = Bus()
-                await self.buses[settings].start(self.dbs[system, settings])
+        measured in steady state; a bus on each of ours and on each steady one."""
+        for key, cfg in self.cfgs.items():
+            for steady in (False, True) if cfg.settings != OTHER else (False,):
+                name = f"nb{os.getpid()}_{'ss_' if steady else ''}{cfg.system}_{cfg.settings}"
+                dsn = await self.server.database(name, cfg.system)
+                bus = await Bus.open(dsn) if steady or cfg.system == "ours" else None
+                self.setups[key, steady] = Setup(cfg, self.pools[cfg.system], dsn, self.rec, bus)
 
-    def setup(self, key: tuple[str, str], *, steady: bool = False) -> Setup:
-        """``key``'s system and settings on its database (or its steady-state one)."""
-        cfg = self.cfgs[key]
-        bus = None if steady or cfg.system != "ours" else self.buses[cfg.settings]
-        db = self.dbs[("steady", *key) if steady else key]
-        return Setup(cfg, self.pools[cfg.system], db, self.rec, bus)
+    async def close(self) -> None:
+        for setup in self.setups.values():
+            if setup.bus is not None:
+                await setup.bus.close()
 
-    async def chains(
-        self, key: tuple[str, str], n: int, trials: Iterable[int], steps: Sequence[str]
-    ) -> None:
+    async def chains(self, key: Key, n: int, trials: Iterable[int], steps: Sequence[str]) -> None:
         for trial in trials:
-            await chain(self.setup(key), n, trial, steps)
+            await chain(self.setups[key, False], n, trial, steps)
 
     async def measure(self, scale: list[tuple[int, int]]) -> dict[str, list[float]]:
         """Every phase; the physical floors."""
@@ -293,11 +276,8 @@ class Run:
         async def steady_then_takeover() -> None:
             """The steady state of every system, then ours at the other take-over (strict
             failovers wait a whole lease, so they share the time of the seed's 25 s rounds)."""
-            keys = [k for k in self.cfgs if k[1] != OTHER]
-            seconds = plan.steady_seconds
-            await asyncio.gather(
-                *(steady_state(self.setup(k, steady=True), plan.n, seconds) for k in keys)
-            )
+            steady = [setup for (_, is_steady), setup in self.setups.items() if is_steady]
+            await asyncio.gather(*(steady_state(s, plan.n, plan.steady_seconds) for s in steady))
             trials, kills = plan.takeover
             _progress(f"ours at {OTHER}: {trials} trials, N={plan.n}, {kills} SIGKILLs each")
             await self.chains(("ours", OTHER), plan.n, range(trials), ["crash"] * kills)
@@ -324,11 +304,11 @@ class Run:
         for replicas, repeats in plan.rolling:
             _progress(f"rolling restart at default settings, R={replicas}: {repeats} trials")
             for trial in range(repeats):
-                await rolling_restart(self.setup(ours), replicas, trial)
+                await rolling_restart(self.setups[ours, False], replicas, trial)
         for n, repeats in scale:
             _progress(f"scale: ours at default settings, N={n}: {repeats} trials")
             await self.chains(ours, n, range(repeats), ("hand-over", "crash"))
-            await steady_state(self.setup(ours, steady=True), n, plan.scale_steady_seconds)
+            await steady_state(self.setups[ours, True], n, plan.scale_steady_seconds)
         return floors
 
 
@@ -352,16 +332,12 @@ async def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "NOTIFELECT_"))}
     env.pop("PYTHONPATH", None)
     logs = args.out / "raw" / "logs"  # the nodes' stderr
-    clusters = [
-        Cluster(server.dsn, logs / "ours", env={**env, "PYTHONPATH": str(ROOT)}),
-        Cluster(server.dsn, logs / "seed", env=env),
-    ]
-    for cluster in clusters:
-        cluster.workdir.mkdir(parents=True, exist_ok=True)
-    bench = Run(plan, server, cfgs)
-    bench.pools["ours"] = Pool(clusters[0], NODE_PROGRAM)
+    ours = Cluster(server.dsn, logs / "ours", env={**env, "PYTHONPATH": str(ROOT)})
+    pools = {"ours": Pool(ours, NODE_PROGRAM)}
     if seed is not None:
-        bench.pools["seed"] = Pool(clusters[1], (str(seed[0]), str(HERE / "seed_node.py")))
+        pools["seed"] = Pool(Cluster(server.dsn, logs / "seed", env=env), seed[0])
+    clusters = [pool.cluster for pool in pools.values()]
+    bench = Run(plan, server, cfgs, pools)
     try:
         pg = await server.facts()
         await bench.databases()
@@ -376,8 +352,7 @@ async def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     finally:
         for cluster in clusters:
             await cluster.close(timeout=5)
-        for bus in bench.buses.values():
-            await bus.close()
+        await bench.close()
         await server.close()
 
     rec, out = bench.rec, args.out
@@ -407,9 +382,7 @@ async def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         f"{meta['machine']['cores']} cores, PostgreSQL {pg['server_version']}"
     )
     report.draw_chart(out / "chart.png", rec.samples, plan.n, title)
-    text = report.render(
-        rec.samples, floors, meta, plan.n, sorted({plan.n, *(n for n, _ in scale)})
-    )
+    text = report.render(rec.samples, floors, meta, sorted({plan.n, *(n for n, _ in scale)}))
     (out / "results.md").write_text(text)
     print(text)
     print(f"wrote {out / 'samples.csv'}, {out / 'results.md'}, {out / 'chart.png'}")

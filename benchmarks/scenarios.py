@@ -39,11 +39,6 @@ ACT_PERIOD = 0.02  # a leader's leader-only action (and report) every this many 
 STEPS = {"hand-over": "hand-over", "crash": "crash (SIGKILL)", "pause": "pause (SIGSTOP)"}
 
 
-def channel_for(system: str, namespace: str) -> str:
-    """The channel that carries a group's messages: ours has one per group."""
-    return Names().group_channel(namespace) if system == "ours" else CHANNEL
-
-
 @dataclass(frozen=True)
 class Config:
     """One system at one group of settings: ``settings`` is "default", "fast", or the
@@ -103,24 +98,27 @@ class TrialFailed(Exception):
 
 class Bus:
     """Every notification on the channels of one database, stamped on arrival, with the
-    namespace and kind its payload names (ours; the seed's payloads name neither)."""
+    namespace and kind its payload names (ours; the seed's payloads name neither).
+    ``conn``, the listening session, also reads the database's counters."""
 
-    def __init__(self) -> None:
+    def __init__(self, conn: asyncpg.Connection[Any]) -> None:
+        self.conn = conn
         self.seen: list[tuple[float, str, str]] = []
-        self._conn: asyncpg.Connection[Any] | None = None
-        self._channels = {CHANNEL}
+        self._channels: set[str] = set()
         self._waiting: dict[str, asyncio.Event] = {}
 
-    async def start(self, dsn: str) -> None:
-        self._conn = await asyncpg.connect(dsn)
-        await self._conn.add_listener(CHANNEL, self._got)
+    @classmethod
+    async def open(cls, dsn: str) -> Bus:
+        """A bus on ``dsn``, hearing the seed's channel (and the barrier markers)."""
+        bus = cls(await asyncpg.connect(dsn))
+        await bus.follow(CHANNEL)
+        return bus
 
     async def follow(self, channel: str) -> None:
         """Hear ``channel`` too (a group's own channel)."""
-        assert self._conn is not None
         if channel not in self._channels:
             self._channels.add(channel)
-            await self._conn.add_listener(channel, self._got)
+            await self.conn.add_listener(channel, self._got)
 
     def _got(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
         t = time.monotonic()
@@ -141,19 +139,17 @@ class Bus:
         arrived once a marker sent now comes back (a listener gets notifications in
         commit order).
         """
-        assert self._conn is not None
         marker = f"bench-barrier-{time.monotonic_ns()}"
         self._waiting[marker] = arrived = asyncio.Event()
         try:
-            await self._conn.execute("SELECT pg_notify($1, $2)", CHANNEL, marker)
+            await self.conn.execute("SELECT pg_notify($1, $2)", CHANNEL, marker)
             await asyncio.wait_for(arrived.wait(), 30)
         finally:
             del self._waiting[marker]
         return Counter(k for t, ns, k in self.seen if ns == namespace and t >= t0)
 
     async def close(self) -> None:
-        if self._conn is not None:
-            await self._conn.close()
+        await self.conn.close()
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -179,19 +175,13 @@ class Pool:
     anything is timed, and reused across trials."""
 
     def __init__(self, cluster: Cluster, command: Sequence[str]) -> None:
-        self.cluster = cluster
-        self.command = command
+        self.cluster, self.command = cluster, command
         self.idle: list[NodeProcess] = []
 
     async def reserve(self, count: int) -> None:
         """Have at least ``count`` idle processes ready (started in one batch)."""
         self.idle = [n for n in self.idle if n.live]
-        new = [
-            await self.cluster.start(None, command=self.command)
-            for _ in range(count - len(self.idle))
-        ]
-        await self.cluster.ready(new, joined=False)
-        self.idle += new
+        self.idle += await self.cluster.spawn(count - len(self.idle), None, command=self.command)
 
     async def take(self, count: int) -> list[NodeProcess]:
         await self.reserve(count)
@@ -202,7 +192,8 @@ class Pool:
 @dataclass
 class Setup:
     """One system at one group of settings on its database: where its trials run and
-    where their samples go. ``bus`` (ours): counts the notifications of each election."""
+    where their samples go. ``bus``: counts the notifications of each election (ours) or
+    of a steady state."""
 
     cfg: Config
     pool: Pool
@@ -265,8 +256,8 @@ class Membership:
 
     async def join(self, nodes: Sequence[NodeProcess], at: float) -> None:
         """The nodes join this group at the monotonic instant ``at``."""
-        if self.setup.bus is not None:
-            await self.setup.bus.follow(channel_for(self.cfg.system, self.namespace))
+        if self.setup.bus is not None and self.cfg.system == "ours":  # a channel per group
+            await self.setup.bus.follow(Names().group_channel(self.namespace))
         argv, ns, dsn = self.cfg.argv(), self.namespace, self.setup.dsn
         await asyncio.gather(
             *(self.cluster.join(n, argv, namespace=ns, dsn=dsn, at=at) for n in nodes)
@@ -416,68 +407,48 @@ async def _step(group: Membership, step: str, leader: NodeProcess) -> NodeProces
 
 async def steady_state(setup: Setup, n: int, duration: float) -> None:
     """N idle nodes for ``duration`` seconds: notifications/s, CPU and RSS per node,
-    connections used (every session on the group's database but the listener's)."""
-    cfg, listener = setup.cfg, await asyncpg.connect(setup.dsn)
-    received: list[float] = []
-    try:
-        async with setup.group(n, 0, "steady state") as group:
-            await listener.add_listener(
-                channel_for(cfg.system, group.namespace),
-                lambda *_: received.append(time.monotonic()),
-            )
-            await group.join(group.nodes, time.monotonic() + GO_DELAY)
-            # The seed's first round ends after interval + timeout; many nodes take a
-            # while to all connect.
-            seed_round = 30 if cfg.system == "seed" else 0
-            if (leader := await group.settle(cfg.limit + 0.1 * n + seed_round)) is None:
-                raise TrialFailed("no stable leader")
-            await _idle(group, leader, listener, received, duration)
-            if group.stable_leader() is not leader:
-                raise TrialFailed("the leader changed in steady state")
-    finally:
-        await listener.close()
-
-
-async def _idle(
-    group: Membership,
-    leader: NodeProcess,
-    listener: asyncpg.Connection[Any],
-    received: list[float],
-    duration: float,
-) -> None:
-    """The measurement window of a steady state."""
-    nodes = group.nodes
-    cpu0 = {node.pid: cpu_seconds(node.pid) for node in nodes}
-    xacts0, t0 = await transactions(listener), time.monotonic()
-    await asyncio.sleep(duration)  # the measurement window
-    cpu1 = {node.pid: cpu_seconds(node.pid) for node in nodes}
-    t1, xacts1 = time.monotonic(), await transactions(listener)
-    elapsed = t1 - t0
-    window = [t for t in received if t0 <= t < t1]
-    connections = await listener.fetchval(
-        "SELECT count(*) FROM pg_stat_activity "
-        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-    )
-    # Between the first and the last arrival: a count over the whole window would be off
-    # by one notification depending on the phase of the heartbeat.
-    if len(window) >= 2:
-        rate = (len(window) - 1) / (window[-1] - window[0])
-    else:
-        rate = len(window) / elapsed
-    group.add("notifications", rate, unit="1/s", note=f"{len(window)} in {elapsed:.1f} s")
-    if group.cfg.system == "ours":
-        group.add("messages per interval", rate * group.cfg.interval, unit="count")
-    group.add("connections", float(connections), unit="count")
-    # Each of the two reads of the counters is a transaction of its own, and the
-    # statistics lag by up to PGSTAT_MIN_INTERVAL: a rate over a window of seconds.
-    group.add("transactions", max(0.0, (xacts1 - xacts0 - 1) / elapsed), unit="1/s")
-    for i, node in enumerate(nodes):
-        a, b, rss = cpu0[node.pid], cpu1[node.pid], rss_mib(node.pid)
-        role = "leader" if node is leader else "follower"
-        if a is not None and b is not None:
-            group.add("idle CPU", 100 * (b - a) / elapsed, unit="%", note=role, trial=i)
-        if rss is not None:
-            group.add("RSS", rss, unit="MiB", note=role, trial=i)
+    connections used (every session on the group's database but the bus's)."""
+    cfg, bus = setup.cfg, setup.bus
+    assert bus is not None
+    async with setup.group(n, 0, "steady state") as group:
+        await group.join(group.nodes, time.monotonic() + GO_DELAY)
+        # The seed's first round ends after interval + timeout; many nodes take a while to
+        # all connect.
+        seed_round = 30 if cfg.system == "seed" else 0
+        if (leader := await group.settle(cfg.limit + 0.1 * n + seed_round)) is None:
+            raise TrialFailed("no stable leader")
+        cpu0 = {node.pid: cpu_seconds(node.pid) for node in group.nodes}
+        xacts0, t0 = await transactions(bus.conn), time.monotonic()
+        await asyncio.sleep(duration)  # the measurement window
+        cpu1 = {node.pid: cpu_seconds(node.pid) for node in group.nodes}
+        t1, xacts1 = time.monotonic(), await transactions(bus.conn)
+        elapsed, window = t1 - t0, [t for t, _, _ in bus.seen if t0 <= t < t1]
+        connections = await bus.conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        # Between the first and the last arrival: a count over the whole window would be off
+        # by one notification depending on the phase of the heartbeat.
+        if len(window) >= 2:
+            rate = (len(window) - 1) / (window[-1] - window[0])
+        else:
+            rate = len(window) / elapsed
+        group.add("notifications", rate, unit="1/s", note=f"{len(window)} in {elapsed:.1f} s")
+        if cfg.system == "ours":
+            group.add("messages per interval", rate * cfg.interval, unit="count")
+        group.add("connections", float(connections), unit="count")
+        # Each of the two reads of the counters is a transaction of its own, and the
+        # statistics lag by up to PGSTAT_MIN_INTERVAL: a rate over a window of seconds.
+        group.add("transactions", max(0.0, (xacts1 - xacts0 - 1) / elapsed), unit="1/s")
+        for i, node in enumerate(group.nodes):
+            a, b, rss = cpu0[node.pid], cpu1[node.pid], rss_mib(node.pid)
+            role = "leader" if node is leader else "follower"
+            if a is not None and b is not None:
+                group.add("idle CPU", 100 * (b - a) / elapsed, unit="%", note=role, trial=i)
+            if rss is not None:
+                group.add("RSS", rss, unit="MiB", note=role, trial=i)
+        if group.stable_leader() is not leader:
+            raise TrialFailed("the leader changed in steady state")
 
 
 def _leaderless(nodes: Sequence[NodeProcess], t0: float, t1: float) -> float:
@@ -574,18 +545,14 @@ asyncio.run(main())
 
 
 @contextlib.asynccontextmanager
-async def _holder(dsn: str, kill: bool) -> AsyncIterator[Callable[[], Awaitable[None]]]:
+async def _holder(dsn: str, kill: bool) -> AsyncIterator[Callable[[], Awaitable[object] | None]]:
     """A session holding the advisory lock; yields how to free it: unlock (in this
-    process), or ``kill``: SIGKILL of the process the session belongs to."""
+    process: awaited), or ``kill``: SIGKILL of the process the session belongs to."""
     if not kill:
         conn = await asyncpg.connect(dsn)
         try:
             await conn.execute("SELECT pg_advisory_lock($1)", LOCK_KEY)
-
-            async def unlock() -> None:
-                await conn.execute("SELECT pg_advisory_unlock($1)", LOCK_KEY)
-
-            yield unlock
+            yield lambda: conn.execute("SELECT pg_advisory_unlock($1)", LOCK_KEY)
         finally:
             await conn.close()
         return
@@ -596,11 +563,7 @@ async def _holder(dsn: str, kill: bool) -> AsyncIterator[Callable[[], Awaitable[
         assert proc.stdout is not None
         if (await asyncio.wait_for(proc.stdout.readline(), 30)).strip() != b"locked":
             raise RuntimeError("lock holder failed to start")
-
-        async def kill_it() -> None:
-            proc.kill()
-
-        yield kill_it
+        yield proc.kill
     finally:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
@@ -626,7 +589,8 @@ async def floor_lock(dsn: str, samples: int, *, kill: bool) -> list[float]:
                         raise TimeoutError("the waiter never queued for the advisory lock")
                     await asyncio.sleep(0.005)
                 t0 = time.monotonic()
-                await free()
+                if (unlocking := free()) is not None:
+                    await unlocking
                 await wait
                 out.append(time.monotonic() - t0)
                 await waiter.execute("SELECT pg_advisory_unlock($1)", LOCK_KEY)

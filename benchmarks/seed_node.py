@@ -5,7 +5,8 @@ never with ``-m``: the seed's import name is ``notifelect`` too, so this file im
 the standard library, asyncpg and the seed. It speaks the protocol of
 :mod:`notifelect._cluster.node` (the commands on stdin; ``started``, ``ready``,
 ``elected``, ``act``, ``span_end``, ``leaving``, ``left`` on stdout, stamped ``t`` and
-``m``), so the shared harness runs it like one of ours.
+``m``), so the shared harness runs it like one of ours. Its ``started`` report names the
+package's version, module path and Coordinator defaults.
 
 Acting: the seed sets ``outcome.winner`` at the end of each round; the flag's assignments
 are recorded as they happen (no polling, no change to its logic), and while it is set the
@@ -15,8 +16,8 @@ monotonic nanosecond it began.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
+import dataclasses
 import importlib
 import json
 import os
@@ -24,6 +25,7 @@ import signal
 import sys
 import time
 from datetime import timedelta
+from importlib.metadata import version
 from typing import Any
 
 
@@ -36,12 +38,8 @@ def emit(event: str, **fields: Any) -> None:
 async def member(argv: list[str], at: float | None, leave: asyncio.Event) -> None:
     import asyncpg
 
-    p = argparse.ArgumentParser()
-    for name in ("--dsn", "--namespace"):
-        p.add_argument(name, required=True)
-    for name in ("--interval", "--election-timeout", "--act-period"):
-        p.add_argument(name, type=float, default=0.02)
-    args, _ = p.parse_known_args(argv)
+    opts = dict(zip(argv[::2], argv[1::2], strict=True))  # as the harness sends them
+    namespace, period = opts["--namespace"], float(opts["--act-period"])
     # The seed's module, typed as Any: type checkers see this checkout's notifelect.
     manager: Any = importlib.import_module("notifelect.election_manager")
     coordinator: Any = None
@@ -49,8 +47,8 @@ async def member(argv: list[str], at: float | None, leave: asyncio.Event) -> Non
 
     async def act(term: int) -> None:
         while True:
-            emit("act", term=term, ns=args.namespace, at=time.time())
-            await asyncio.sleep(args.act_period)
+            emit("act", term=term, ns=namespace, at=time.time())
+            await asyncio.sleep(period)
 
     class RecordingOutcome(manager.Outcome):  # type: ignore[misc]
         term = 0
@@ -60,21 +58,21 @@ async def member(argv: list[str], at: float | None, leave: asyncio.Event) -> Non
                 before = getattr(self, "winner", False)
                 if value and not before:
                     self.term = time.monotonic_ns()
-                    emit("elected", node=coordinator.sequence, term=self.term, ns=args.namespace)
+                    emit("elected", node=coordinator.sequence, term=self.term, ns=namespace)
                     acting.append(asyncio.get_running_loop().create_task(act(self.term)))
                 elif before and not value and not leave.is_set():
                     for task in acting:
                         task.cancel()
-                    emit("span_end", node=coordinator.sequence, term=self.term, ns=args.namespace)
+                    emit("span_end", node=coordinator.sequence, term=self.term, ns=namespace)
             super().__setattr__(name, value)
 
     await asyncio.sleep(max(0.0, (at or 0.0) - time.monotonic()))  # the shared start instant
-    conn = await asyncpg.connect(args.dsn)
+    conn = await asyncpg.connect(opts["--dsn"])
     coordinator = manager.Coordinator(
         conn,
-        namespace=args.namespace,
-        election_interval=timedelta(seconds=args.interval),
-        election_timeout=timedelta(seconds=args.election_timeout),
+        namespace=namespace,
+        election_interval=timedelta(seconds=float(opts["--interval"])),
+        election_timeout=timedelta(seconds=float(opts["--election-timeout"])),
     )
     coordinator.outcome = RecordingOutcome()
     try:
@@ -86,7 +84,7 @@ async def member(argv: list[str], at: float | None, leave: asyncio.Event) -> Non
                 task.cancel()
             if coordinator.outcome.winner:
                 term = coordinator.outcome.term
-                emit("span_end", node=coordinator.sequence, term=term, ns=args.namespace)
+                emit("span_end", node=coordinator.sequence, term=term, ns=namespace)
             emit("leaving", node=coordinator.sequence)
         emit("left", node=coordinator.sequence)
     finally:
@@ -102,8 +100,10 @@ async def main() -> None:
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     loop.add_signal_handler(signal.SIGTERM, lambda: os._exit(0))  # the harness kills it
-    importlib.import_module("notifelect.election_manager")  # no import in a timing
-    emit("started", module=notifelect.__file__)
+    manager: Any = importlib.import_module("notifelect.election_manager")  # none in a timing
+    defaults: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(manager.Coordinator)}
+    timing = {k: defaults[k].total_seconds() for k in ("election_interval", "election_timeout")}
+    emit("started", module=notifelect.__file__, version=version("notifelect"), **timing)
     leave = asyncio.Event()
     task: asyncio.Task[None] | None = None
     while line := await reader.readline():

@@ -70,22 +70,18 @@ class Report:
     term_owners: list[str] = field(default_factory=list)
 
     @property
+    def violations(self) -> dict[str, list[str]]:
+        """Each check that found something, and what it found."""
+        names = ("overlaps", "regressions", "stale_accepted", "span_overlaps", "term_owners")
+        return {name: getattr(self, name) for name in names if getattr(self, name)}
+
+    @property
     def ok(self) -> bool:
-        return not (
-            self.overlaps
-            or self.regressions
-            or self.stale_accepted
-            or self.span_overlaps
-            or self.term_owners
-        )
+        return not self.violations
 
     def __str__(self) -> str:
-        parts = [f"{self.executions} executions over {self.terms} terms"]
-        for name in ("overlaps", "regressions", "stale_accepted", "span_overlaps", "term_owners"):
-            found: list[str] = getattr(self, name)
-            if found:
-                parts.append(f"{name} ({len(found)}): " + "; ".join(found[:5]))
-        return ", ".join(parts)
+        found = [f"{k} ({len(v)}): " + "; ".join(v[:5]) for k, v in self.violations.items()]
+        return ", ".join([f"{self.executions} executions over {self.terms} terms", *found])
 
 
 def overlaps(executions: Sequence[Execution]) -> list[str]:

@@ -3,17 +3,17 @@
 A :class:`Cluster` starts node programs (:mod:`notifelect._cluster.node`, or another
 program that speaks its protocol) and keeps every line they report, per process and in
 arrival order. Callers wait on those reports (:meth:`Cluster.until`), never on sleeps.
-The records it hands to :mod:`notifelect._cluster.checker` are the processes' own:
-:meth:`Cluster.spans` (each leadership from its ``elected`` to its last recorded action)
-and :meth:`Cluster.report` (the audit table of the fenced job). An exit hook kills the
-node still running if the caller dies without closing. (The nodes stay in the caller's
-process group: a terminal's Ctrl-C makes them leave their groups cleanly, as SIGTERM does.
-Started in a session or process group of their own, a node killed with SIGKILL was seen
-to end only after its lease, not at once, by a standby with ``strict_takeover=False``.)
+What it hands to :mod:`notifelect._cluster.checker` are the processes' own records:
+:meth:`Cluster.spans` (each leadership from its ``elected`` to its last recorded action).
+An exit hook kills the node still running if the caller dies without closing. (The nodes
+stay in the caller's process group: a terminal's Ctrl-C makes them leave their groups
+cleanly, as SIGTERM does. Started in a session or process group of their own, a node
+killed with SIGKILL was seen to end only after its lease, not at once, by a standby with
+``strict_takeover=False``.)
 
-Longer than most modules: the fault suite's database checks (:meth:`Cluster.leader`,
-:meth:`Cluster.verify`) and the many-groups helpers read the same records and stay with
-them.
+What every caller shares lives here; the fault suite's database checks (the audit table,
+exactly one leader) extend :class:`Cluster` in ``tests/faults/harness.py``, and the
+many-groups helpers below serve its many-groups test and ``benchmarks/groups.py`` alike.
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ import asyncio
 import atexit
 import contextlib
 import json
-import math
 import os
 import signal
 import sys
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +35,6 @@ from typing import Any, TypeVar
 import asyncpg
 
 from . import checker
-from .node import AUDIT_DDL, AUDIT_TABLE
 
 T = TypeVar("T")
 Event = dict[str, Any]
@@ -83,7 +82,6 @@ class NodeProcess:
     events: list[Event] = field(default_factory=list)
     since: int = 0  # index of the current membership's first event
     node: int | None = None
-    faults: list[tuple[str, float]] = field(default_factory=list)
     started: bool = False  # imported and listening for commands
     member: bool = False  # joined and not left
     paused: bool = False
@@ -119,14 +117,7 @@ class NodeProcess:
         ]
 
     def last(self, kind: str) -> Event | None:
-        found = self.of(kind)
-        return found[-1] if found else None
-
-    def executions(self, term: int) -> int:
-        """Executions this node committed in its group (not a group sharing its session,
-        whose terms are numbered on their own) under ``term``."""
-        mine = {} if self.namespace is None else {"ns": self.namespace}
-        return len(self.of("exec", term=term, **mine))
+        return found[-1] if (found := self.of(kind)) else None
 
     def apply(self, event: Event) -> None:
         self.events.append(event)
@@ -171,7 +162,8 @@ class Cluster:
 
     ``argv``: options every node of :meth:`spawn` gets; ``on_event(node, event)`` is
     called for each report as it arrives (and with ``{"ev": "gone"}`` when a process's
-    output ends); ``workdir`` holds each node's stderr (``node-<index>.log``).
+    output ends); ``workdir`` (made if missing) holds each node's stderr
+    (``node-<index>.log``).
     """
 
     def __init__(
@@ -186,6 +178,7 @@ class Cluster:
     ) -> None:
         self._dsn = dsn
         self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
         self.namespace = namespace
         self.argv = list(argv)
         self.env = env
@@ -213,7 +206,6 @@ class Cluster:
         *,
         dsn: str | None = None,
         command: Sequence[str] = NODE_PROGRAM,
-        env: dict[str, str] | None = None,
     ) -> NodeProcess:
         """Start one node process: it joins at once with ``argv`` (and the cluster's),
         or, with ``argv`` None, waits for :meth:`join`. Returns without waiting."""
@@ -222,7 +214,7 @@ class Cluster:
             args += ["--dsn", dsn or self.dsn, "--namespace", self.namespace, *self.argv, *argv]
         index = len(self.nodes)
         log = self.workdir / f"node-{index}.log"
-        base = env or self.env or dict(os.environ)
+        base = self.env or dict(os.environ)
         with open(log, "ab") as stderr:  # noqa: ASYNC230  # a local log file, opened once
             proc = await asyncio.create_subprocess_exec(
                 *args,
@@ -308,22 +300,16 @@ class Cluster:
     # ------------------------------------------------------------ waiting
 
     async def until(
-        self,
-        predicate: Callable[[], T],
-        *,
-        timeout: float,
-        what: str,
-        poll: float = 0.1,
-        every: float = 0.0,
+        self, predicate: Callable[[], T], *, timeout: float, what: str, every: float = 0.0
     ) -> T:
         """Wait until ``predicate()`` is truthy; re-checked on every report (at most once
         every ``every`` seconds: thousands of reports a second must not make the caller,
-        which shares the CPUs with the nodes, the busiest process) and every ``poll``."""
+        which shares the CPUs with the nodes, the busiest process) and every 0.1 s."""
 
         async def probe() -> T:
             return predicate()
 
-        return await self.until_async(probe, timeout=timeout, what=what, poll=poll, every=every)
+        return await self.until_async(probe, timeout=timeout, what=what, every=every)
 
     async def until_async(
         self,
@@ -334,7 +320,8 @@ class Cluster:
         poll: float = 0.1,
         every: float = 0.0,
     ) -> T:
-        """Like :meth:`until` for a coroutine predicate (conditions on the database)."""
+        """Like :meth:`until` for a coroutine predicate (conditions on the database),
+        re-checked every ``poll`` seconds too."""
         deadline = time.monotonic() + timeout
         while True:
             changed = self._changed
@@ -355,26 +342,18 @@ class Cluster:
     ) -> Event | None:
         """The first report from index ``start`` of :attr:`events` that matches, or None
         after ``timeout`` seconds."""
-        i = start
 
         def found() -> Event | None:
-            nonlocal i
-            for i in range(i, len(self.events)):  # noqa: B020  # resumes where it stopped
-                if predicate(self.events[i]):
-                    return self.events[i]
-            i = len(self.events)
+            nonlocal start
+            for start in range(start, len(self.events)):  # noqa: B020  # resumes where it stopped
+                if predicate(self.events[start]):
+                    return self.events[start]
+            start = len(self.events)
             return None
 
         with contextlib.suppress(TimeoutError):
             return await self.until(found, timeout=timeout, what="a report")
         return None
-
-    async def reported(
-        self, node: NodeProcess, kind: str, *, timeout: float, what: str, **match: Any
-    ) -> Event:
-        """Wait until ``node`` reported an event ``kind`` with fields ``match``; return it."""
-        found = await self.until(lambda: node.of(kind, **match), timeout=timeout, what=what)
-        return found[0]
 
     def describe(self) -> str:
         return "\n".join(n.describe() for n in self.nodes)
@@ -388,20 +367,10 @@ class Cluster:
         os.kill(node.pid, sig)
         if sig is signal.SIGKILL:
             node.killed = True
-            node.faults.append(("kill", at))
-            dead = proven_dead(node.pid)
-            if dead is not None:
+            if (dead := proven_dead(node.pid)) is not None:
                 node.dead_at, node.dead_m = dead
-        elif sig is signal.SIGSTOP:
-            node.paused = True
-            node.faults.append(("stop", at))
-        elif sig is signal.SIGCONT:
-            node.paused = False
-        return at
-
-    def note_fault(self, node: NodeProcess, kind: str, at: float | None = None) -> float:
-        at = time.time() if at is None else at
-        node.faults.append((kind, at))
+        elif sig in (signal.SIGSTOP, signal.SIGCONT):
+            node.paused = sig is signal.SIGSTOP
         return at
 
     async def stop_node(self, node: NodeProcess, *, timeout: float = 15.0) -> None:
@@ -451,9 +420,6 @@ class Cluster:
             return None
         return leader
 
-    def reported_leaders(self) -> list[NodeProcess]:
-        return [n for n in self.nodes if n.live and n.leading_term is not None]
-
     # ------------------------------------------------------------ the records
 
     def spans(
@@ -473,25 +439,25 @@ class Cluster:
     ) -> dict[tuple[str, int], checker.Span]:
         """:meth:`spans` of every group at once, by (group, term)."""
         spans: dict[tuple[str, int], checker.Span] = {}
+        stamp = "at" if clock == "t" else "m"  # when an action happened, on ``clock``
         for n in self.nodes if nodes is None else nodes:
             last: dict[tuple[str, int], float] = {}
             led: dict[str, int] = {}
             ended: set[tuple[str, int]] = set()
-            calls: dict[int, int] = {}
+            calls: Counter[int] = Counter()  # leader-only calls running, by term
             events = n.events[n.since :]
             default = n.namespace or self.namespace
             for e in events:
                 ev = e["ev"]
                 if ev == "act":
-                    last[e.get("ns", default), e["term"]] = e["at"] if clock == "t" else e["m"]
+                    last[e.get("ns", default), e["term"]] = e[stamp]
                 elif ev == "led":
                     led = e.get("led", led)
-                    at: float = e["at"] if clock == "t" else e["m"]
-                    last.update(dict.fromkeys(led.items(), at))
+                    last.update(dict.fromkeys(led.items(), float(e[stamp])))
                 elif ev == "span_end":
                     ended.add((e.get("ns", default), e["term"]))
                 elif ev in ("call_start", "call_end"):
-                    calls[e["term"]] = calls.get(e["term"], 0) + (1 if ev == "call_start" else -1)
+                    calls[e["term"]] += 1 if ev == "call_start" else -1
             dead = n.dead_at if clock == "t" else n.dead_m
             for e in events:
                 if e["ev"] == "elected":
@@ -501,148 +467,20 @@ class Cluster:
                         e["term"],
                         e[clock],
                         last_act=last.get(key),
-                        open_at_end=key not in ended or calls.get(e["term"], 0) > 0,
+                        open_at_end=key not in ended or calls[e["term"]] > 0,
                         dead_at=dead,
                     )
         return spans
 
-    def overlaps(self, nodes: Iterable[NodeProcess] | None = None, clock: str = "t") -> list[str]:
+    def overlaps(self) -> list[str]:
         """Leaderships of any group that began before an earlier one could have stopped
         acting (:func:`checker.span_overlaps` of every group)."""
         by_group: dict[str, list[checker.Span]] = {}
-        for (ns, _), span in self.every_span(nodes, clock).items():
+        for (ns, _), span in self.every_span().items():
             by_group.setdefault(ns, []).append(span)
         return [
             f"{ns}: {o}" for ns, spans in by_group.items() for o in checker.span_overlaps(spans)
         ]
-
-    async def connect(self) -> asyncpg.Connection[Any]:
-        return await asyncpg.connect(self.dsn, timeout=10)
-
-    async def sql(self, query: str, *args: Any) -> list[asyncpg.Record]:
-        conn = await self.connect()
-        try:
-            return await conn.fetch(query, *args)
-        finally:
-            await conn.close()
-
-    async def install_audit(self) -> None:
-        """The audit table of the fenced job (``--job-period``)."""
-        await self.sql(AUDIT_DDL)
-
-    async def db_leader(self) -> asyncpg.Record | None:
-        rows = await self.sql(
-            "SELECT l.node, l.term, l.released, l.backend_pid, t.term AS current,"
-            " (SELECT count(*) FROM notifelect_status s"
-            "   WHERE s.namespace = l.namespace AND s.is_leader) AS status_leaders"
-            " FROM notifelect_leader l JOIN notifelect_term t USING (namespace)"
-            " WHERE l.namespace = $1",
-            self.namespace,
-        )
-        return rows[0] if rows else None
-
-    async def leader(
-        self, *, timeout: float = 20.0, expect: NodeProcess | None = None
-    ) -> NodeProcess:
-        """Wait until exactly one live node (``expect`` if given) reports leading, the
-        database agrees, and it has committed an execution under its term; return it."""
-
-        async def settled() -> NodeProcess | None:
-            leaders = self.reported_leaders()
-            if len(leaders) != 1 or (expect is not None and leaders[0] is not expect):
-                return None
-            node = leaders[0]
-            term = node.leading_term
-            if term is None or not node.executions(term):
-                return None
-            try:
-                row = await self.db_leader()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                return None
-            if row is None or row["released"] or row["node"] != node.node:
-                return None
-            if not (row["term"] == row["current"] == term and row["status_leaders"] == 1):
-                return None
-            # Reports may have arrived while the database answered.
-            if self.reported_leaders() != [node] or node.leading_term != term:
-                return None
-            return node
-
-        found = await self.until_async(settled, timeout=timeout, what="exactly one acting leader")
-        assert found is not None
-        return found
-
-    async def more_executions(self, count: int, *, timeout: float, what: str) -> None:
-        """Wait until the cluster has committed ``count`` more executions than now."""
-        target = self.count("exec", ns=self.namespace) + count
-        await self.until(
-            lambda: self.count("exec", ns=self.namespace) >= target, timeout=timeout, what=what
-        )
-
-    def acts_after(self, node: NodeProcess, term: int, at: float) -> list[float]:
-        """Times ``node`` recorded acting under ``term`` at or after ``at``."""
-        return [a["at"] for a in node.of("act", term=term) if a["at"] >= at]
-
-    def count(self, kind: str, **match: Any) -> int:
-        return sum(len(n.of(kind, **match)) for n in self.nodes)
-
-    def extra_namespaces(self) -> list[str]:
-        """The groups the nodes join besides the one under test (``--extra-groups``)."""
-        return []
-
-    async def report(self, namespace: str | None = None) -> checker.Report:
-        """Run every check of ``checker`` on the audit table and the nodes' reports (the
-        group under test), or on the audit table alone for ``namespace`` (a group the
-        nodes share their sessions with)."""
-        group = namespace or self.namespace
-        rows = await self.sql(
-            f"SELECT node, term, started, ended, kind, db_at FROM {AUDIT_TABLE}"
-            " WHERE namespace = $1",
-            group,
-        )
-        executions = [checker.Execution(**dict(r)) for r in rows]
-        history = await self.sql(
-            "SELECT term, node, started_at FROM notifelect_history WHERE namespace = $1",
-            group,
-        )
-        return checker.check(
-            executions,
-            spans=list(self.spans().values()) if namespace is None else [],
-            term_started={r["term"]: r["started_at"] for r in history},
-            owners={r["term"]: r["node"] for r in history},
-        )
-
-    async def verify(self) -> checker.Report:
-        """Check the run: no overlap, no term regression, no stale write accepted, on_elected
-        hand-overs in order, exactly one acting leader. Returns the report."""
-        leader = await self.leader()
-        report = await self.report()
-        spans = self.spans()
-        history = await self.sql(
-            "SELECT term FROM notifelect_history WHERE namespace = $1", self.namespace
-        )
-        assert report.ok, f"{report}\n{self.describe()}"
-        assert report.executions > 0
-        for namespace in self.extra_namespaces():  # the groups sharing the sessions
-
-            async def ran(group: str = namespace) -> checker.Report | None:
-                found = await self.report(group)
-                return found if found.executions > 0 else None
-
-            # A short run may end before a group sharing the sessions ran its job once:
-            # it must get a leader and run it soon (its liveness), then be checked.
-            shared = await self.until_async(ran, timeout=30, what=f"group {namespace} ran")
-            assert shared is not None
-            assert shared.ok, f"group {namespace}: {shared}\n{self.describe()}"
-        # Terms in the database are unique per leadership and only grow.
-        terms = sorted(r["term"] for r in history)
-        assert terms == sorted(set(terms)), terms
-        assert leader.live
-        last_span = spans.get(max(spans)) if spans else None
-        assert last_span is not None
-        assert last_span.node == leader.node
-        assert math.isfinite(last_span.started)
-        return report
 
 
 # ---------------------------------------------------------------- many groups per process

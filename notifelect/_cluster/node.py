@@ -99,13 +99,10 @@ _INSERT = (
     f"INSERT INTO {AUDIT_TABLE} (namespace, node, pid, term, kind, started, ended)"
     " VALUES (:namespace, :node, :pid, :term, :kind, :started, :ended)"
 )
-
-
-def _insert() -> Any:
-    from sqlalchemy import text
-
-    return text(_INSERT)
-
+#: How long the work engine may take to connect (asyncpg's timeout: for all the hosts of
+#: its URL together), and the server's limit on an idle open transaction (it frees a
+#: paused leader's locks).
+CONNECT_TIMEOUT, IDLE_IN_TRANSACTION_MS = 5.0, 1000
 
 _emitting = threading.Lock()
 
@@ -122,14 +119,6 @@ def emit(event: str, **fields: Any) -> None:
 def extra_namespace(namespace: str, index: int) -> str:
     """The name of a group a node joins besides ``namespace`` (see ``--extra-groups``)."""
     return f"{namespace}+{index}"
-
-
-def sqlalchemy_url(dsn: str) -> str:
-    """A SQLAlchemy URL for the asyncpg driver from a libpq-style DSN."""
-    parts = urlsplit(dsn)
-    return urlunsplit(
-        parts._replace(scheme="postgresql+asyncpg", query=urlencode(parse_qsl(parts.query)))
-    )
 
 
 _monotonic = time.monotonic
@@ -170,7 +159,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fast-crash", action="store_true", help="strict_takeover=False")
     p.add_argument("--strict", action="store_true", help="strict_takeover=True")
     p.add_argument("--retry-maximum", type=float, help="a short RetryPolicy up to this")
-    p.add_argument("--election-connect-timeout", type=float, help="Settings.connect_timeout")
     # What the node does while it leads.
     p.add_argument("--act-period", type=float, default=0.0, help="0: no act reports")
     p.add_argument("--job-period", type=float, default=0.0, help="0: no fenced job")
@@ -180,19 +168,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--thread-call", type=float, default=0.0)
     p.add_argument("--unguarded", action="store_true")
     p.add_argument("--suspend-file", type=Path)
-    p.add_argument(
-        "--connect-timeout",
-        type=float,
-        default=5.0,
-        help="how long the job's engine may take to connect (asyncpg's timeout: for all the "
-        "hosts of its URL together)",
-    )
-    p.add_argument(
-        "--idle-in-transaction-ms",
-        type=int,
-        default=1000,
-        help="server-side limit on an idle open transaction (frees a paused leader's locks)",
-    )
     p.add_argument("--log-level", default="WARNING")
     return p.parse_args(argv)
 
@@ -204,12 +179,7 @@ def settings_of(args: argparse.Namespace) -> Settings:
         given["strict_takeover"] = bool(args.strict)
     if args.retry_maximum is not None:
         given["retry"] = RetryPolicy(initial=0.05, maximum=args.retry_maximum, jitter=0.05)
-    return Settings(
-        namespace=args.namespace,
-        prefix=args.prefix,
-        connect_timeout=args.election_connect_timeout,
-        **given,
-    )
+    return Settings(namespace=args.namespace, prefix=args.prefix, **given)
 
 
 def engines(args: argparse.Namespace) -> tuple[AsyncEngine, AsyncEngine]:
@@ -218,27 +188,28 @@ def engines(args: argparse.Namespace) -> tuple[AsyncEngine, AsyncEngine]:
     lists several hosts.
 
     With several hosts the work's connections go to one host at a time, each within
-    ``--connect-timeout``, as the election's own do: asyncpg's timeout covers all of
+    ``CONNECT_TIMEOUT``, as the election's own do: asyncpg's timeout covers all of
     them together, so a silent first host would leave the job without a connection.
     """
     from sqlalchemy.ext.asyncio import create_async_engine
 
     connect_args: dict[str, Any] = {
         "ssl": False,
-        "timeout": args.connect_timeout,
+        "timeout": CONNECT_TIMEOUT,
         "command_timeout": 5,
-        "server_settings": {
-            "idle_in_transaction_session_timeout": str(args.idle_in_transaction_ms)
-        },
+        "server_settings": {"idle_in_transaction_session_timeout": str(IDLE_IN_TRANSACTION_MS)},
     }
-    url = sqlalchemy_url(args.dsn)
+    parts = urlsplit(args.dsn)  # as SQLAlchemy reads it: asyncpg, several hosts as host=h:p
+    url = urlunsplit(
+        parts._replace(scheme="postgresql+asyncpg", query=urlencode(parse_qsl(parts.query)))
+    )
     election = create_async_engine(
         url, pool_size=2, max_overflow=2, pool_pre_ping=False, connect_args=connect_args
     )
     split = split_dsn(args.dsn)
     if len(split.hosts) < 2:
         return election, election
-    order = HostOrder(args.connect_timeout, target_of(split.target))
+    order = HostOrder(CONNECT_TIMEOUT, target_of(split.target))
 
     async def each_host() -> Any:
         async def attempt(address: Address | None) -> Any:
@@ -379,20 +350,22 @@ class Member:
 
     # ------------------------------------------------------------ audited writes
 
-    def _row(
-        self, term: int, kind: str, started: float, ended: float, namespace: str | None = None
-    ) -> dict[str, Any]:
+    async def write(
+        self, conn: Any, term: int, kind: str, namespace: str | None = None
+    ) -> tuple[float, float]:
+        """``--work`` seconds of work under ``term``, then its audit row on ``conn``; when
+        the work started and ended (wall clock)."""
+        from sqlalchemy import text
+
         namespace = namespace or self.args.namespace
-        return {
-            "namespace": namespace,
-            # The node that held the term: after a lost session the group has a new id.
-            "node": self.term_nodes.get((namespace, term), self.group.node),
-            "pid": os.getpid(),
-            "term": term,
-            "kind": kind,
-            "started": started,
-            "ended": ended,
-        }
+        started = time.time()
+        await asyncio.sleep(self.args.work)
+        ended = time.time()
+        # The node that held the term: after a lost session the group has a new id.
+        node = self.term_nodes.get((namespace, term), self.group.node)
+        row = {"namespace": namespace, "node": node, "pid": os.getpid(), "term": term, "kind": kind}
+        await conn.execute(text(_INSERT), {**row, "started": started, "ended": ended})
+        return started, ended
 
     async def tick(self) -> None:
         """A run of the group's schedule: its audit row commits with its run record."""
@@ -400,10 +373,7 @@ class Member:
         assert ls is not None
         assert run is not None
         async with run.transaction() as conn:
-            started = time.time()
-            await asyncio.sleep(self.args.work)
-            ended = time.time()
-            await conn.execute(_insert(), self._row(ls.term, "tick", started, ended))
+            started, _ = await self.write(conn, ls.term, "tick")
         emit("tick", term=ls.term, scheduled=run.scheduled_at.timestamp(), started=started)
 
     async def job(self) -> None:
@@ -412,12 +382,7 @@ class Member:
         try:
             async with self.engine.begin() as conn:
                 await ls.fence(conn)
-                started = time.time()
-                await asyncio.sleep(self.args.work)
-                ended = time.time()
-                await conn.execute(
-                    _insert(), self._row(ls.term, "exec", started, ended, ls.namespace)
-                )
+                started, ended = await self.write(conn, ls.term, "exec", ls.namespace)
         except NotLeaderError:
             emit("refused", term=ls.term, why="lease")
         except StaleLeaderError:
@@ -432,10 +397,7 @@ class Member:
         while True:
             try:
                 async with self.engine.begin() as conn:
-                    started = time.time()
-                    await asyncio.sleep(self.args.work)
-                    ended = time.time()
-                    await conn.execute(_insert(), self._row(term, "naive", started, ended))
+                    await self.write(conn, term, "naive")
             except Exception as exc:
                 emit("error", term=term, error=repr(exc)[:200])
             await asyncio.sleep(self.args.job_period)  # the naive job's own cadence
@@ -448,10 +410,7 @@ class Member:
             try:
                 async with self.engine.begin() as conn:
                     await check_term(conn, names, self.args.namespace, term)
-                    started = time.time()
-                    await asyncio.sleep(self.args.work)
-                    ended = time.time()
-                    await conn.execute(_insert(), self._row(term, "probe", started, ended))
+                    started, ended = await self.write(conn, term, "probe")
             except StaleLeaderError as exc:
                 emit("probe", term=term, result="rejected", current=exc.current)
                 return
@@ -538,11 +497,17 @@ class Member:
 async def serve(args: argparse.Namespace) -> None:
     """Run memberships as the commands on stdin say, until told to exit."""
     loop = asyncio.get_running_loop()
-    quit_ = asyncio.Event()
+    commands: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, quit_.set)
+        loop.add_signal_handler(sig, commands.put_nowait, {"op": "exit"})
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+
+    async def read() -> None:
+        while (line := await reader.readline()).strip():
+            commands.put_nowait(json.loads(line))
+        commands.put_nowait({"op": "exit"})  # the end of stdin: whoever started it is gone
+
     member: Member | None = None
     running: asyncio.Task[None] | None = None
 
@@ -559,29 +524,18 @@ async def serve(args: argparse.Namespace) -> None:
     if args.dsn:
         start(args, None)
     emit("started", module=str(Path(__file__).parents[1]))
-    commands = asyncio.create_task(reader.readline())
-    quitting = asyncio.create_task(quit_.wait())
+    reading = asyncio.create_task(read())
     try:
-        while True:
-            await asyncio.wait([commands, quitting], return_when=asyncio.FIRST_COMPLETED)
-            if quitting.done():
-                break
-            line = commands.result()
-            cmd: dict[str, Any] = json.loads(line) if line.strip() else {"op": "exit"}
-            if cmd["op"] == "join":
-                if running is not None and not running.done():
-                    emit("error", error="join while still a member")
-                else:
-                    start(parse_args(cmd["argv"]), cmd.get("at"))
-            elif cmd["op"] == "leave":
+        while (cmd := await commands.get())["op"] in ("join", "leave"):  # else exit
+            if cmd["op"] == "leave":
                 await stop()
                 member = running = None
-            else:  # exit, or the end of stdin (whoever started it is gone)
-                break
-            commands = asyncio.create_task(reader.readline())
+            elif running is not None and not running.done():
+                emit("error", error="join while still a member")
+            else:
+                start(parse_args(cmd["argv"]), cmd.get("at"))
     finally:
-        commands.cancel()
-        quitting.cancel()
+        reading.cancel()
         await stop()
     emit("exit", node=None if member is None else member.group.node)
 

@@ -303,7 +303,6 @@ async def test_database_failover(
         killed_server = pair.primary
         warned = _reconnect_warnings(old)
         killed = await pair.kill_primary()
-        cluster.cluster_faults.append(("failover", killed))
         # While the primary is dead and the standby not promoted, every group of a node
         # keeps failing to reconnect, and says so; told to stop, the node leaves at once.
         leave, exit_ = await _stop_while_reconnecting(cluster, old, variant, warned)
