@@ -35,8 +35,8 @@ class Span:
     checked its leadership), None if it never did. ``open_at_end``: the process never
     reported that every activity of this term was over (its ``on_elected`` work or a
     leader-only call was still running when the process ended or the run stopped).
-    ``dead_at``: when the process was proven dead (seen gone or a zombie after SIGKILL),
-    or None if it lived on.
+    ``dead_at``: when the process was killed (the SIGKILL sent, once it was seen gone
+    or a zombie) or seen to exit, or None if it lived on.
     """
 
     node: int

@@ -87,7 +87,8 @@ class NodeProcess:
     paused: bool = False
     killed: bool = False
     exited: bool = False
-    #: When the process was proven dead (after SIGKILL) or exited: wall, monotonic.
+    #: When the process was killed (SIGKILL sent, once proven dead) or seen to exit:
+    #: wall, monotonic.
     dead_at: float | None = None
     dead_m: float | None = None
     sees: tuple[int | None, int | None] | None = None  # (leader node, term) it believes
@@ -362,13 +363,17 @@ class Cluster:
 
     def signal(self, node: NodeProcess, sig: signal.Signals) -> float:
         """Send ``sig`` to ``node``; when (wall clock). After SIGKILL it waits until the
-        process is proven dead."""
+        process is proven dead, and takes the instant the kill was sent as its death: a
+        process that cannot catch the signal runs none of its own code after it, while
+        the sighting of its zombie comes later than its sockets' end (the kernel closes a
+        dying process's files first), after which a standby may rightly have taken over."""
         at = time.time()
         os.kill(node.pid, sig)
+        sent = time.time(), time.monotonic()
         if sig is signal.SIGKILL:
             node.killed = True
-            if (dead := proven_dead(node.pid)) is not None:
-                node.dead_at, node.dead_m = dead
+            if proven_dead(node.pid) is not None:
+                node.dead_at, node.dead_m = sent
         elif sig in (signal.SIGSTOP, signal.SIGCONT):
             node.paused = sig is signal.SIGSTOP
         return at
