@@ -320,7 +320,7 @@ def render(
         )
     floor_rows = [f"{k} | {s.cells()}" for k, v in floors.items() if (s := Summary.of_values(v))]
     sections = [
-        ("Physical floors (PostgreSQL alone, same run)", "", "what | n | p50 | p99 | max",
+        ("Physical floors (same server and cores)", "", "what | n | p50 | p99 | max",
          floor_rows),
         (f"Failover, N={n} (p50 / p99 / max, nearest rank)", "",
          "scenario | settings | system | n | p50 | p99 | max | seed ÷ ours (p50)",

@@ -37,6 +37,7 @@ from .scenarios import (
     Recorder,
     Setup,
     chain,
+    floor_connect,
     floor_lock,
     floor_notify,
     rolling_restart,
@@ -270,6 +271,12 @@ class Run:
                 dsn, max(2, plan.floor_samples // 10), kill=True
             ),
         }
+        trials = max(1, plan.floor_samples // 40)
+        bigger = [(n, 2) for n, _ in scale if n > plan.n]
+        for processes, each in [(plan.n, 1), (plan.n, 2), *bigger]:
+            what = f"{processes} processes open {each} connection{'s' * (each > 1)} at once"
+            many = trials if processes == plan.n else min(trials, 2)
+            floors[what] = await floor_connect(dsn, processes, each, many)
         _progress(f"spawning node processes (N={plan.n})")
         await self.pools["ours"].reserve(plan.n * 2)
 

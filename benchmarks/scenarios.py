@@ -1,5 +1,6 @@
 """The measured scenarios: election chains (cold start, hand-over, crash, pause), steady
-state, rolling restarts, and the physical floors of PostgreSQL itself.
+state, rolling restarts, and the physical floors of PostgreSQL itself (and of the cores:
+many processes connecting at once).
 
 The nodes are processes of the shared node program (or the seed's adapter, which speaks
 its protocol), started, signalled and stopped by the shared harness; overlaps are the
@@ -109,9 +110,11 @@ class Bus:
 
     @classmethod
     async def open(cls, dsn: str) -> Bus:
-        """A bus on ``dsn``, hearing the seed's channel (and the barrier markers)."""
+        """A bus on ``dsn``, hearing the seed's channel (and the barrier markers) and
+        ours where the messages sent to one node alone are copied (a hand-over's RESIGN)."""
         bus = cls(await asyncpg.connect(dsn))
         await bus.follow(CHANNEL)
+        await bus.follow(Names().changes_channel)
         return bus
 
     async def follow(self, channel: str) -> None:
@@ -530,6 +533,51 @@ async def floor_notify(dsn: str, samples: int) -> list[float]:
     finally:
         await sender.close()
         await listener.close()
+
+
+_CONNECTER = """
+import asyncio, sys, time, asyncpg
+async def main():
+    print("ready", flush=True)
+    at = float(sys.stdin.readline())
+    await asyncio.sleep(max(0.0, at - time.monotonic()))
+    conns = await asyncio.gather(*(asyncpg.connect(sys.argv[1]) for _ in range(int(sys.argv[2]))))
+    print(time.monotonic() - at, flush=True)
+    sys.stdin.readline()
+    await asyncio.gather(*(c.close() for c in conns))
+asyncio.run(main())
+"""
+
+
+async def floor_connect(dsn: str, processes: int, each: int, trials: int) -> list[float]:
+    """``processes`` processes open ``each`` connections at one instant: how long until
+    each process has them all (a join needs no less: ours opens two, 0.0.3's one)."""
+    out: list[float] = []
+    for _ in range(trials):
+        procs = [
+            await asyncio.create_subprocess_exec(
+                sys.executable, "-c", _CONNECTER, dsn, str(each),
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            )
+            for _ in range(processes)
+        ]  # fmt: skip
+        try:
+            for proc in procs:
+                assert proc.stdout is not None
+                await asyncio.wait_for(proc.stdout.readline(), 60)  # imported: ready
+            at = f"{time.monotonic() + GO_DELAY}\n".encode()
+            for proc in procs:
+                assert proc.stdin is not None
+                proc.stdin.write(at)
+            for proc in procs:
+                assert proc.stdout is not None
+                out.append(float(await asyncio.wait_for(proc.stdout.readline(), 60)))
+        finally:
+            for proc in procs:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+    return out
 
 
 LOCK_KEY = 7_000_001

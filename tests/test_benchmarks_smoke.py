@@ -66,7 +66,8 @@ def test_quick_benchmark_writes_samples_table_and_chart(server_dsn: str, tmp_pat
         r["scenario"] for r in messages
     }
     # A cold start needs no message at all (claims are decided in the database and the
-    # followers read the leader from it); a hand-over is the leader's RESIGN at least.
+    # followers read the leader from it); a hand-over is the leader's RESIGN at least (sent
+    # to the successor alone, and heard where it is copied for observers).
     handovers = [r for r in messages if r["scenario"] == "messages: hand-over"]
     assert all(float(r["value"]) >= 1 for r in handovers)
 
