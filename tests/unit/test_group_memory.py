@@ -308,3 +308,26 @@ async def test_retry_policy_retries_errors_but_never_swallows_cancellation() -> 
     with pytest.raises(asyncio.CancelledError):
         await run(asyncio.CancelledError)
     assert calls == [asyncio.CancelledError]
+
+
+@pytest.mark.timeout(20)
+async def test_a_hand_over_to_a_successor_that_stalls_still_ends_with_one_leader() -> None:
+    """The RESIGN goes to the named successor alone: if it is frozen just then, the other
+    members see the term released, look for a leader, and once the better candidate has
+    not acted, claim; the successor, resumed, finds the claim taken."""
+    bus = MemoryBus(interval=FAST.election_interval)
+    async with AsyncExitStack() as stack:
+        groups = await join(stack, bus, 3)
+        await until(groups, lambda: settled(groups), timeout=10)
+        leader = next(g for g in groups if g.is_leader)
+        rest = [g for g in groups if g is not leader]
+        heir = max(rest, key=lambda g: (g.settings.priority, g.node or 0))  # rules.successor
+        other = next(g for g in rest if g is not heir)
+        assert heir.node is not None
+        bus.pause(heir.node)
+        await leader.close()
+        await until([other], lambda: other.is_leader, timeout=10)
+        assert not heir.is_leader
+        bus.pause(heir.node, False)
+        await until(rest, lambda: settled(rest), timeout=10)
+        assert other.is_leader
