@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from contextlib import AsyncExitStack
+from pathlib import Path
 
 import asyncpg
 import pytest
 
 from notifelect import ElectionGroup, Settings, messages
+from notifelect._cluster.harness import Cluster
 from notifelect.messages import Kind
 from notifelect.schema import Names
 from tests.support.waiting import settled, until
@@ -116,3 +119,44 @@ async def test_a_borrowed_connection_is_left_listening_on_nothing(dsn: str, name
         assert await conn.fetchval("SELECT count(*) FROM pg_listening_channels()") == 0
     finally:
         await conn.close()
+
+
+@pytest.mark.timeout(60)
+async def test_a_hand_over_to_a_frozen_successor_is_noticed_at_the_next_reading(
+    dsn: str, namespace: str, tmp_path: Path
+) -> None:
+    """The successor a leaving leader names is a stopped process (SIGSTOP: its session
+    lives, its RESIGN waits unread). The other members see the leader row released at
+    their next reading and let the departed leader go; one of them leads within a few
+    ``coordinator_wait``, not after their whole ``leader_timeout`` (5 s here)."""
+    settings = Settings(election_interval=0.25, lease=1.0, leader_timeout=5.0)
+    timing = ["--interval", "0.25", "--lease", "1.0", "--leader-timeout", "5.0"]
+    async with Cluster(dsn, tmp_path, namespace, argv=timing) as cluster, AsyncExitStack() as stack:
+        leader = await stack.enter_async_context(
+            ElectionGroup(dsn, namespace, settings.replace(priority=2))
+        )
+        await leader.wait_for_leadership(timeout=10)
+        (heir,) = await cluster.spawn(1, ["--priority", "1"])
+        rest = [
+            await stack.enter_async_context(ElectionGroup(dsn, namespace, settings))
+            for _ in range(2)
+        ]
+        old = (leader.node, leader.leadership.term)  # type: ignore[union-attr]
+        await until(
+            rest,
+            lambda: all(g.leader is not None and g.leader.node == old[0] for g in rest),
+            timeout=10,
+        )
+        await cluster.until(lambda: heir.sees == old, timeout=10, what="the heir follows")
+        cluster.signal(heir, signal.SIGSTOP)
+        try:
+            await leader.close()
+            await until(
+                rest,
+                lambda: all(g.leader is None or g.leader.node != old[0] for g in rest),
+                timeout=1.5,
+                what="the followers let the departed leader go",
+            )
+            await until(rest, lambda: any(g.is_leader for g in rest), timeout=4.0)
+        finally:
+            cluster.signal(heir, signal.SIGCONT)

@@ -331,3 +331,36 @@ async def test_a_hand_over_to_a_successor_that_stalls_still_ends_with_one_leader
         bus.pause(heir.node, False)
         await until(rest, lambda: settled(rest), timeout=10)
         assert other.is_leader
+
+
+@pytest.mark.timeout(30)
+async def test_followers_let_a_leader_go_once_its_row_shows_the_term_released() -> None:
+    """A hand-over's RESIGN goes to the successor alone; the other members learn of it
+    from the leader row, which shows the term released. If the named successor does not
+    claim (here: frozen), they must let the departed leader go at their next reading and
+    look for a leader, not keep following it until their ``leader_timeout`` runs out."""
+    settings = Settings(election_interval=0.05, election_timeout=0.01, lease=0.5, leader_timeout=5)
+    bus = MemoryBus(lease=settings.lease, leader_timeout=settings.leader_timeout)
+    async with AsyncExitStack() as stack:
+        leader, heir, *rest = [
+            ElectionGroup.in_memory(bus, "g", settings, priority=priority)
+            for priority in (2, 1, 0, 0)
+        ]
+        for g in (leader, heir, *rest):
+            await stack.enter_async_context(g)
+        everyone = [leader, heir, *rest]
+        await until(everyone, lambda: settled(everyone), timeout=10)
+        assert heir.node is not None
+        bus.pause(heir.node)  # the successor the leader names, frozen like a stopped process
+        stack.callback(bus.pause, heir.node, False)
+        old = leader.node
+        await leader.close()
+        # One reading of the released row, not a leader_timeout, later.
+        await until(
+            rest,
+            lambda: all(g.leader is None or g.leader.node != old for g in rest),
+            timeout=1.0,
+            what="the followers let the departed leader go",
+        )
+        # Someone leads well within the followers' patience.
+        await until(rest, lambda: any(g.is_leader for g in rest), timeout=4.0)
