@@ -83,9 +83,15 @@ class LeaderView:
 
     def seen(self, record: LeaderRecord, me: int | None) -> protocol.LeaderSeen | None:
         """Take in the leader row the session read; the protocol's event for it (None:
-        nothing to tell, as for this node's own row)."""
-        if record.node == me or record.released or record.quiet_for is None:
+        nothing to tell, as for this node's own row).
+
+        A released row is no sign of life, but it is news: a hand-over's RESIGN goes to
+        the successor alone, and the others learn from this row that the leader they
+        follow has gone (the protocol lets it go, see ``protocol.LeaderSeen``)."""
+        if record.node == me or record.quiet_for is None:
             return None
+        if record.released:
+            return _event(record, now() - record.quiet_for)
         renewed_at = now() - record.quiet_for  # the database's age is not this clock's
         self._saw_renewal(record.node, record.term, renewed_at)
         if not rules.leader_silent(record.quiet_for, self._timeout):
