@@ -4,6 +4,7 @@ each gives a clear error (or a stated degradation), never a hang."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import re
 import uuid
@@ -215,6 +216,37 @@ async def test_without_permission_to_terminate_fencing_degrades_to_the_lease(
     finally:
         if not holder.is_closed():
             await holder.close()
+
+
+# ---------------------------------------------------------------- database settings
+
+
+@pytest.mark.timeout(60)
+async def test_a_database_with_its_own_time_zone_and_date_style(dsn: str, namespace: str) -> None:
+    """A database whose sessions write times in a half-hour zone and another date style:
+    the election runs as anywhere else, and a follower's view of the leader reports the
+    time it took its term in UTC, as the leader itself and every other reading does."""
+    admin = await asyncpg.connect(dsn)
+    try:
+        database = await admin.fetchval("SELECT current_database()")
+        for setting in ("timezone = 'America/St_Johns'", "datestyle = 'SQL, DMY'"):
+            await admin.execute(f'ALTER DATABASE "{database}" SET {setting}')
+        settings = FAST.replace(namespace=namespace)
+        async with ElectionGroup(dsn, settings=settings) as first:
+            await first.wait_for_leadership(timeout=10)
+            async with ElectionGroup(dsn, settings=settings) as second:
+                while second.leader is None:
+                    await second.wait_for_change(timeout=10)
+                seen = second.leader
+                assert seen.node == first.node
+                recorded = await admin.fetchval(
+                    f"SELECT since FROM {Names().leader} WHERE namespace = $1", namespace
+                )
+                assert seen.since == recorded
+                assert seen.since is not None
+                assert seen.since.utcoffset() == datetime.timedelta(0)
+    finally:
+        await admin.close()
 
 
 # ---------------------------------------------------------------- connection slots
