@@ -11,7 +11,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Container, Hashable, Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -37,8 +37,9 @@ def _rows_of(rows: str | None) -> list[list[Any]]:
 
 
 def _time(value: str) -> datetime:
-    """A time as PostgreSQL writes it in JSON (ISO 8601, with its offset)."""
-    return datetime.fromisoformat(value)
+    """A time as PostgreSQL writes it in JSON (ISO 8601, with the offset of the session's
+    time zone), in UTC as the driver reads every other time."""
+    return datetime.fromisoformat(value).astimezone(UTC)
 
 
 class Known:
