@@ -418,6 +418,26 @@ class ElectionQueries:
             f"SELECT namespace, node, term, released, lease FROM {leader}"
             " WHERE namespace = ANY($1::text[])"
         )
+        #: What a standby's watcher reads once the anchor of leader ``$3`` was seen to end,
+        #: in one round trip: the rows of :attr:`leaders_released` (``$1``), and before
+        #: they are returned, a wait bounded by ``$4`` milliseconds (text) until no session
+        #: holds the claim locks (``$2``: text[], in the order of ``$1``) of the groups
+        #: whose row names that leader unreleased (its election session ends with its
+        #: process, about when its anchor does). The statement starts once the anchor's
+        #: end was seen, so the rows read are not older than it: that is what tells a
+        #: release (recorded before anything was let go) from a death. The wait only
+        #: spares the claims that follow a second try. Columns: as leaders_released.
+        self.leaders_ended = (
+            f"WITH r AS MATERIALIZED (SELECT namespace, node, term, released, lease FROM {leader}"
+            "  WHERE namespace = ANY($1::text[])),"
+            " c AS MATERIALIZED (SELECT set_config('lock_timeout', $4::text, true)),"
+            " w AS MATERIALIZED (SELECT pg_advisory_lock_shared(k.key::bigint),"
+            "  pg_advisory_unlock_shared(k.key::bigint)"
+            "  FROM c, r JOIN unnest($1::text[], $2::text[]) AS k(namespace, key) USING (namespace)"
+            "  WHERE r.node = $3 AND NOT r.released)"
+            " SELECT r.namespace, r.node, r.term, r.released, r.lease FROM r"
+            " WHERE (SELECT count(*) FROM w) >= 0"
+        )
         #: Mark term ``$2`` released and close its history row with reason ``$3``.
         self.release = (
             f"WITH l AS (UPDATE {leader} SET released = true,"
