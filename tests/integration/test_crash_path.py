@@ -1,5 +1,6 @@
 """The path from a leader's crash to its standby's claim, on PostgreSQL: what the standby's
-watcher reads once the leader's anchor ended, and the connection it leaves.
+watcher reads once the leader's anchor ended, the connection it leaves, and the
+rehearsal that warms taking a term.
 """
 
 from __future__ import annotations
@@ -191,3 +192,25 @@ async def test_a_watchers_connection_ends_a_moment_after_its_watch(
         finally:
             await standby.close()
             await leader.close()
+
+
+@pytest.mark.timeout(60)
+async def test_the_rehearsal_of_taking_a_term_leaves_nothing_behind(
+    dsn: str, namespace: str, admin: asyncpg.Connection[Any]
+) -> None:
+    """Warming the take-over statements takes terms in a group no one can name and rolls
+    them back: no row remains, and the session goes on (a claim follows)."""
+    transport = await joined(dsn, namespace)
+    try:
+        s = session(transport)
+        await s.ticker._warm()
+        assert s.usable
+        for table in ("notifelect_term", "notifelect_leader", "notifelect_history"):
+            count = await admin.fetchval(
+                f"SELECT count(*) FROM {table} WHERE namespace <> $1", namespace
+            )
+            assert count == 0, table
+        granted = await transport.claim(fence=False)
+        assert granted is not None
+    finally:
+        await transport.close()
