@@ -200,12 +200,20 @@ class ElectionQueries:
         self.leader_released = (
             f"SELECT node, term, released, lease FROM {leader} WHERE namespace = $1"
         )
+        #: The standby of a leader row ``l``, as its followers read it: as recorded, or,
+        #: while none is (its term was taken before any other member had registered, as
+        #: in a cold start), the member due to be it now. That member then watches the
+        #: leader's process from its first reading of the row, not only once the leader
+        #: records it (within a ``leader_timeout``); two watchers of one leader are
+        #: harmless, a claim decides. Evaluated only where none is recorded.
+        self.standby_read = f"coalesce(l.standby, ({_standby(member, 'l.namespace', 'l.node')}))"
         #: The whole leader record. Columns as :class:`~notifelect.transport.LeaderRecord`.
         #: Also the renewal's mark (see :data:`RENEWAL_MARK`): renewed_at, session_renewed_at.
         #: Of several groups at once (``$1``: text[]), with a first column namespace.
         self.leader_records = (
             "SELECT l.namespace, l.node, l.priority, l.term, l.host, l.pid, l.since,"
-            f" l.released, l.standby, {_RENEWED_AGE} AS renewed_age, {RENEWAL_MARK}"
+            f" l.released, {self.standby_read} AS standby, {_RENEWED_AGE} AS renewed_age,"
+            f" {RENEWAL_MARK}"
             f" FROM {leader} l LEFT JOIN {session} s ON s.node = l.node"
             " WHERE l.namespace = ANY($1::text[])"
         )
@@ -330,7 +338,10 @@ class ElectionQueries:
         #: (records of :data:`TICK_LEADER`) and sessions (node, backend_pid, renewed_at).
         #: A row written by a transaction still running now is read next time: its id is
         #: at least the horizon.
-        leader_columns = ", ".join(f"l.{column}" for column in TICK_LEADER)
+        leader_columns = ", ".join(
+            f"{self.standby_read} AS standby" if column == "standby" else f"l.{column}"
+            for column in TICK_LEADER
+        )
         self.tick = (
             f"WITH r AS (UPDATE {session} SET renewed_at = clock_timestamp()"
             "            WHERE node = $1 RETURNING 1),"
@@ -448,9 +459,9 @@ class ElectionQueries:
         #: The survey of several groups at once (``$1``: text[] of namespaces; ``$2``,
         #: ``$3``: text[], the halves of their claim keys), in the order given: whether
         #: each group's claim is held, its best live candidate (not counting the recorded
-        #: leader while it holds the claim) and its recorded (unreleased) leadership. The
-        #: lock table is read once for all of them. Columns: namespace, held, priority,
-        #: node, leader_priority, leader_node, leader_term.
+        #: leader while it holds the claim) and its recorded (unreleased) leadership with
+        #: its standby. The lock table is read once for all of them. Columns: namespace,
+        #: held, priority, node, leader_priority, leader_node, leader_term, leader_standby.
         self.surveys = (
             "WITH locks AS MATERIALIZED (SELECT classid::bigint AS classid,"
             "  objid::bigint AS objid FROM pg_locks WHERE locktype = 'advisory' AND granted"
@@ -460,10 +471,10 @@ class ElectionQueries:
             "  FROM unnest($1::text[], $2::text[], $3::text[])"
             "  WITH ORDINALITY AS g(namespace, classid, objid, i))"
             " SELECT g.namespace, h.held, b.priority, b.node, l.priority AS leader_priority,"
-            " l.node AS leader_node, l.term AS leader_term"
+            f" l.node AS leader_node, l.term AS leader_term, {self.standby_read} AS leader_standby"
             " FROM g CROSS JOIN LATERAL (SELECT EXISTS (SELECT FROM locks k"
             "  WHERE k.classid = g.classid AND k.objid = g.objid) AS held) h"
-            f" LEFT JOIN LATERAL (SELECT node, priority, term FROM {leader}"
+            f" LEFT JOIN LATERAL (SELECT namespace, node, priority, term, standby FROM {leader}"
             "  WHERE namespace = g.namespace AND NOT released) l ON true"
             f" LEFT JOIN LATERAL (SELECT m.priority, m.node FROM {member} m"
             f"  WHERE m.namespace = g.namespace AND {LIVE_MEMBER}"

@@ -1,6 +1,6 @@
 """The path from a leader's crash to its standby's claim, on PostgreSQL: what the standby's
-watcher reads once the leader's anchor ended, the connection it leaves, and the
-rehearsal that warms taking a term.
+watcher reads once the leader's anchor ended, the connection it leaves, the standby that
+followers read before the leader records one, and the rehearsal that warms taking a term.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ from typing import Any
 import asyncpg
 import pytest
 
-from notifelect import Settings
+from notifelect import ElectionGroup, Settings
 from notifelect.group import _postgres_transport
 from notifelect.transport.base import Freed, Member
 from notifelect.transport.postgres import PostgresTransport
 from notifelect.transport.session import Session
 from notifelect.transport.session.liveness import Watchers, _leaders_ended
-from tests.support.waiting import eventually
+from tests.support.waiting import eventually, until
 
 LEASE = 1.0
 SETTINGS = Settings(election_interval=0.1, election_timeout=0.05, lease=LEASE, leader_timeout=0.5)
@@ -39,6 +39,10 @@ async def joined(dsn: str, namespace: str) -> PostgresTransport:
     assert isinstance(transport, PostgresTransport)
     await transport.open(lambda _: None, lambda _: None)
     return transport
+
+
+def follows(group: ElectionGroup, leader: ElectionGroup) -> bool:
+    return group.leader is not None and group.leader.node == leader.node
 
 
 def session(transport: PostgresTransport) -> Session:
@@ -195,6 +199,36 @@ async def test_a_watchers_connection_ends_a_moment_after_its_watch(
 
 
 @pytest.mark.timeout(60)
+async def test_followers_read_the_standby_due_while_none_is_recorded(
+    dsn: str, namespace: str, admin: asyncpg.Connection[Any]
+) -> None:
+    """A term taken while no other member had registered records no standby; a member
+    that joins then reads itself as the standby (in its survey and in the leader row), so
+    it watches the leader at once rather than once the leader records it."""
+    leader = await joined(process(dsn, "leader"), namespace)
+    follower: PostgresTransport | None = None
+    try:
+        granted = await leader.claim(fence=False)
+        assert granted is not None
+        recorded = await admin.fetchval(
+            "SELECT standby FROM notifelect_leader WHERE namespace = $1", namespace
+        )
+        assert recorded is None
+        follower = await joined(process(dsn, "follower"), namespace)
+        held, _, led = await follower.survey()
+        assert held
+        assert led is not None
+        assert (led[1], led[3]) == (session(leader).node, follower.node)
+        record = await follower.leader()
+        assert record is not None
+        assert record.standby == follower.node
+    finally:
+        if follower is not None:
+            await follower.close()
+        await leader.close()
+
+
+@pytest.mark.timeout(60)
 async def test_the_rehearsal_of_taking_a_term_leaves_nothing_behind(
     dsn: str, namespace: str, admin: asyncpg.Connection[Any]
 ) -> None:
@@ -214,3 +248,31 @@ async def test_the_rehearsal_of_taking_a_term_leaves_nothing_behind(
         assert granted is not None
     finally:
         await transport.close()
+
+
+@pytest.mark.timeout(60)
+async def test_the_standby_of_a_leader_without_anchor_does_not_watch_it_again_and_again(
+    dsn: str, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A leader on a borrowed connection has no anchor: its standby's watch ends at once,
+    seeing nothing. The standby does not watch that leadership again (a new connection
+    each time, and a search after each), neither from its surveys nor at each reading."""
+    watches: list[int] = []
+    watch = Watchers.watch
+
+    async def counted(self: Watchers, leader: int, namespace: str) -> Freed:
+        watches.append(leader)
+        return await watch(self, leader, namespace)
+
+    monkeypatch.setattr(Watchers, "watch", counted)
+    borrowed = await asyncpg.connect(dsn)
+    try:
+        async with ElectionGroup(borrowed, namespace, SETTINGS) as leader:
+            await leader.wait_for_leadership(timeout=10)
+            async with ElectionGroup(process(dsn, "standby"), namespace, SETTINGS) as standby:
+                await until([standby], lambda: watches == [leader.node], timeout=10)
+                await asyncio.sleep(10 * SETTINGS.election_interval)  # observation window
+                assert watches == [leader.node]
+                assert follows(standby, leader)
+    finally:
+        await borrowed.close()
