@@ -476,13 +476,13 @@ class Driver:
         result = await self._guarded(self.transport.survey())
         if result is not None and generation == self._generation:
             held, best, leader = result
-            known = None if leader is None else (Rank(leader[0], leader[1]), leader[2])
             self._inbox.put(
                 protocol.Surveyed(
                     held,
                     None if best is None else Rank(*best),
-                    None if known is None else known[0],
-                    None if known is None else known[1],
+                    None if leader is None else Rank(leader[0], leader[1]),
+                    None if leader is None else leader[2],
+                    None if leader is None else leader[3],
                 )
             )
 

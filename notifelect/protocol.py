@@ -128,6 +128,10 @@ class State:
     leader_seen_at: float = 0.0  # when the leader's lease was last seen renewed
     fencing: bool = False  # current election follows a silent leader
     watching: int | None = None  # as the standby: the leader whose process we watch
+    #: As the standby: the leadership (node, term) whose watch ended without seeing its
+    #: process alive (no anchor held: gone already, or a leader on a borrowed connection).
+    #: It is not watched again: another watch would tell nothing more, and end at once.
+    unwatched: tuple[int, int | None] | None = None
     alive_sent_at: float | None = None
     started: bool = False
     joined_at: float = 0.0
@@ -199,6 +203,10 @@ class Surveyed:
     #: that a newcomer follows it at once instead of waiting for its next reading.
     leader: Rank | None = None
     term: int | None = None
+    #: The standby that leadership records: a node that follows it from this answer and
+    #: is named watches the leader's process from now on, not from its next reading (a
+    #: crash an interval after a cold start is then a crash like any other).
+    standby: int | None = None
 
 
 @dataclass(frozen=True)
@@ -388,8 +396,8 @@ def step(state: State, event: Event, now: float) -> tuple[State, list[Effect]]:
             _receive(st, message, now)
         case TimerFired(timer):
             _timer(st, timer, now)
-        case Surveyed(held, best, leader, term):
-            _surveyed(st, held, best, now, leader, term)
+        case Surveyed(held, best, leader, term, standby):
+            _surveyed(st, held, best, now, leader, term, standby)
         case ClaimGranted(term):
             _granted(st, term, now)
         case ClaimRefused():
@@ -428,6 +436,7 @@ def _surveyed(
     now: float,
     leader: Rank | None = None,
     term: int | None = None,
+    standby: int | None = None,
 ) -> None:
     s = st.state
     if not s.surveying or s.role is not Role.FOLLOWER:
@@ -438,9 +447,12 @@ def _surveyed(
     newer = term is not None and (s.leader_term is None or term >= s.leader_term)
     recorded = held and leader is not None and leader.node != s.rank.node
     if recorded and newer and not s.fencing:
-        # The database names the leader: follow it now; its renewals keep it so.
+        # The database names the leader: follow it now; its renewals keep it so. The
+        # standby it names watches its process from now on.
+        assert leader is not None
         st.set(leader=leader, leader_term=term, misses=0, leader_seen_at=now)
         st.timer(Timer.LEADER, now + s.config.leader_timeout)
+        st.watch(_to_watch(s, leader.node, term, standby))
         _challenge(st, now)
         return
     if s.abstaining(now):
@@ -571,7 +583,7 @@ def _leader_seen(
     if now >= silent_at:
         return  # the row of a leader that stopped renewing: no sign of life
     known = (s.leader, s.leader_term) == (leader, term)
-    watch = leader.node if standby == s.rank.node else None
+    watch = _to_watch(s, leader.node, term, standby)
     if known and s.role is Role.FOLLOWER and s.watching == watch:
         # The steady state, once per interval: only the sighting moves on (the leader
         # timer, when it fires, looks at it and waits on).
@@ -606,6 +618,14 @@ def _released_seen(st: _Step, leader: Rank, term: int, now: float) -> None:
     st.set(leader=None, surveying=False)
     st.cancel(Timer.LEADER)
     st.backed_off(Timer.COORDINATOR, now, s.config.coordinator_wait)
+
+
+def _to_watch(s: State, leader: int, term: int | None, standby: int | None) -> int | None:
+    """The leader this node watches, as the standby of ``leader``'s ``term`` that the
+    database names (None: it is not the standby, or that leadership is unwatched)."""
+    if standby != s.rank.node or (leader, term) == s.unwatched:
+        return None
+    return leader
 
 
 def _challenge(st: _Step, now: float) -> None:
@@ -690,6 +710,8 @@ def _freed(st: _Step, how: Freed, leader: int, now: float) -> None:
     s = st.state
     if s.watching is not None:
         st.set(watching=None)
+    if how is Freed.UNOBSERVED:
+        st.set(unwatched=(leader, s.leader_term))
     if s.role not in (Role.FOLLOWER, Role.ELECTING):
         return
     if s.abstaining(now):

@@ -206,12 +206,20 @@ class ElectionQueries:
         self.leader_released = (
             f"SELECT node, term, released, lease FROM {leader} WHERE namespace = $1"
         )
+        #: The standby of a leader row ``l``, as its followers read it: as recorded, or,
+        #: while none is (its term was taken before any other member had registered, as
+        #: in a cold start), the member due to be it now. That member then watches the
+        #: leader's process from its first reading of the row, not only once the leader
+        #: records it (within a ``leader_timeout``); two watchers of one leader are
+        #: harmless, a claim decides. Evaluated only where none is recorded.
+        self.standby_read = f"coalesce(l.standby, ({_standby(member, 'l.namespace', 'l.node')}))"
         #: The whole leader record. Columns as :class:`~notifelect.transport.LeaderRecord`.
         #: Also the renewal's mark (see :data:`RENEWAL_MARK`): renewed_at, session_renewed_at.
         #: Of several groups at once (``$1``: text[]), with a first column namespace.
         self.leader_records = (
             "SELECT l.namespace, l.node, l.priority, l.term, l.host, l.pid, l.since,"
-            f" l.released, l.standby, {_RENEWED_AGE} AS renewed_age, {RENEWAL_MARK}"
+            f" l.released, {self.standby_read} AS standby, {_RENEWED_AGE} AS renewed_age,"
+            f" {RENEWAL_MARK}"
             f" FROM {leader} l LEFT JOIN {session} s ON s.node = l.node"
             " WHERE l.namespace = ANY($1::text[])"
         )
@@ -341,7 +349,10 @@ class ElectionQueries:
         #: asking the server (and that no codec an engine installs for JSON changes): an
         #: array of rows, of bigints or of times would make a new connection look the
         #: type up first (an extra statement on the server, per session).
-        leader_columns = ", ".join(f"l.{column}" for column in TICK_LEADER)
+        leader_columns = ", ".join(
+            f"{self.standby_read} AS standby" if column == "standby" else f"l.{column}"
+            for column in TICK_LEADER
+        )
         leader_values = ", ".join(f"c.{column}" for column in TICK_LEADER)
         self.tick = (
             f"WITH r AS (UPDATE {session} SET renewed_at = clock_timestamp()"
@@ -430,6 +441,26 @@ class ElectionQueries:
             f"SELECT namespace, node, term, released, lease FROM {leader}"
             " WHERE namespace = ANY($1::text[])"
         )
+        #: What a standby's watcher reads once the anchor of leader ``$3`` was seen to end,
+        #: in one round trip: the rows of :attr:`leaders_released` (``$1``), and before
+        #: they are returned, a wait bounded by ``$4`` milliseconds (text) until no session
+        #: holds the claim locks (``$2``: text[], in the order of ``$1``) of the groups
+        #: whose row names that leader unreleased (its election session ends with its
+        #: process, about when its anchor does). The statement starts once the anchor's
+        #: end was seen, so the rows read are not older than it: that is what tells a
+        #: release (recorded before anything was let go) from a death. The wait only
+        #: spares the claims that follow a second try. Columns: as leaders_released.
+        self.leaders_ended = (
+            f"WITH r AS MATERIALIZED (SELECT namespace, node, term, released, lease FROM {leader}"
+            "  WHERE namespace = ANY($1::text[])),"
+            " c AS MATERIALIZED (SELECT set_config('lock_timeout', $4::text, true)),"
+            " w AS MATERIALIZED (SELECT pg_advisory_lock_shared(k.key::bigint),"
+            "  pg_advisory_unlock_shared(k.key::bigint)"
+            "  FROM c, r JOIN unnest($1::text[], $2::text[]) AS k(namespace, key) USING (namespace)"
+            "  WHERE r.node = $3 AND NOT r.released)"
+            " SELECT r.namespace, r.node, r.term, r.released, r.lease FROM r"
+            " WHERE (SELECT count(*) FROM w) >= 0"
+        )
         #: Mark term ``$2`` released and close its history row with reason ``$3``.
         self.release = (
             f"WITH l AS (UPDATE {leader} SET released = true,"
@@ -440,9 +471,9 @@ class ElectionQueries:
         #: The survey of several groups at once (``$1``: text[] of namespaces; ``$2``,
         #: ``$3``: text[], the halves of their claim keys), in the order given: whether
         #: each group's claim is held, its best live candidate (not counting the recorded
-        #: leader while it holds the claim) and its recorded (unreleased) leadership. The
-        #: lock table is read once for all of them. Columns: namespace, held, priority,
-        #: node, leader_priority, leader_node, leader_term.
+        #: leader while it holds the claim) and its recorded (unreleased) leadership with
+        #: its standby. The lock table is read once for all of them. Columns: namespace,
+        #: held, priority, node, leader_priority, leader_node, leader_term, leader_standby.
         self.surveys = (
             "WITH locks AS MATERIALIZED (SELECT classid::bigint AS classid,"
             "  objid::bigint AS objid FROM pg_locks WHERE locktype = 'advisory' AND granted"
@@ -452,10 +483,10 @@ class ElectionQueries:
             "  FROM unnest($1::text[], $2::text[], $3::text[])"
             "  WITH ORDINALITY AS g(namespace, classid, objid, i))"
             " SELECT g.namespace, h.held, b.priority, b.node, l.priority AS leader_priority,"
-            " l.node AS leader_node, l.term AS leader_term"
+            f" l.node AS leader_node, l.term AS leader_term, {self.standby_read} AS leader_standby"
             " FROM g CROSS JOIN LATERAL (SELECT EXISTS (SELECT FROM locks k"
             "  WHERE k.classid = g.classid AND k.objid = g.objid) AS held) h"
-            f" LEFT JOIN LATERAL (SELECT node, priority, term FROM {leader}"
+            f" LEFT JOIN LATERAL (SELECT namespace, node, priority, term, standby FROM {leader}"
             "  WHERE namespace = g.namespace AND NOT released) l ON true"
             f" LEFT JOIN LATERAL (SELECT m.priority, m.node FROM {member} m"
             f"  WHERE m.namespace = g.namespace AND {LIVE_MEMBER}"

@@ -153,9 +153,9 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     async def survey(
         self,
-    ) -> tuple[bool, tuple[int, int] | None, tuple[int, int, int] | None]:
+    ) -> tuple[bool, tuple[int, int] | None, tuple[int, int, int, int | None] | None]:
         """Whether the claim is held, the best candidate as (priority, node), and the
-        recorded leadership as (priority, node, term) while the claim is held.
+        recorded leadership as (priority, node, term, standby) while the claim is held.
 
         The best candidate is the highest-ranked live member, not counting the recorded
         leader while the claim is held: the node that should take over from it.

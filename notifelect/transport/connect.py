@@ -113,6 +113,15 @@ def one_host(connect: Connect | None) -> bool:
     return int(getattr(connect, "hosts", 2)) == 1
 
 
+#: asyncpg's statement cache keeps a prepared statement for a while from when it was
+#: prepared (five minutes by default), used or not; after that the next call prepares it
+#: again, a round trip more and a plan made anew. The election's connections prepare a
+#: few dozen statements, some used only when a leader fails (warmed once, then idle for
+#: as long as the leader lives): they keep them for good (the cache stays bounded by its
+#: size). Not for a borrowed connection, nor one made by an engine's own ``creator``.
+_STATEMENT_LIFETIME = 0  # seconds; 0: for as long as the connection lives
+
+
 def _default_name(application_name: str) -> str:
     """``$PGAPPNAME`` (which libpq honours and asyncpg does not), else ours."""
     return os.environ.get("PGAPPNAME") or application_name
@@ -202,6 +211,7 @@ class _DsnConnector:
             timeout=self._order.budget,
             target_session_attrs=SessionAttribute(self._order.target),
             ssl=self._ssl,
+            max_cached_statement_lifetime=_STATEMENT_LIFETIME,
         )
 
     async def __call__(self) -> asyncpg.Connection[Any]:
@@ -252,6 +262,8 @@ class _EngineAttempt:
 
         async def attempt(address: Address | None) -> asyncpg.Connection[Any]:
             chosen = dict(kwargs, timeout=budget, target_session_attrs=target)
+            if original is asyncpg.connect:  # (the engine's own setting, if any, stands)
+                chosen.setdefault("max_cached_statement_lifetime", _STATEMENT_LIFETIME)
             if address is not None:
                 chosen.update(host=address.host, port=address.port)
             conn: asyncpg.Connection[Any] = await original(*args, **chosen)

@@ -390,7 +390,7 @@ class MemoryTransport(Transport):
 
     async def survey(
         self,
-    ) -> tuple[bool, tuple[int, int] | None, tuple[int, int, int] | None]:
+    ) -> tuple[bool, tuple[int, int] | None, tuple[int, int, int, int | None] | None]:
         await self._awake()
         group = self._require()
         held = group.holder is not None
@@ -399,7 +399,7 @@ class MemoryTransport(Transport):
         members = [(t.member.priority, t.node) for t in self.bus.members(self.namespace) if t.node]
         recorded = None
         if record is not None and not record.released:
-            recorded = (record.priority, record.node, record.term)
+            recorded = (record.priority, record.node, record.term, record.standby)
         return held, best_candidate(members, leader), recorded
 
     async def is_member(self, node: int, priority: int) -> bool:

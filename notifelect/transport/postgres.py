@@ -602,7 +602,7 @@ class PostgresTransport(Transport):
 
     async def survey(
         self,
-    ) -> tuple[bool, tuple[int, int] | None, tuple[int, int, int] | None]:
+    ) -> tuple[bool, tuple[int, int] | None, tuple[int, int, int, int | None] | None]:
         self._require()
         assert self._session is not None
         row = await self._session.ticker.surveys((self.namespace, self._key))
@@ -610,7 +610,13 @@ class PostgresTransport(Transport):
         held = bool(row["held"])
         leader = None
         if held and row["leader_node"] is not None:
-            leader = (int(row["leader_priority"]), int(row["leader_node"]), int(row["leader_term"]))
+            standby = row["leader_standby"]
+            leader = (
+                int(row["leader_priority"]),
+                int(row["leader_node"]),
+                int(row["leader_term"]),
+                None if standby is None else int(standby),
+            )
         return held, best, leader
 
     async def is_member(self, node: int, priority: int) -> bool:

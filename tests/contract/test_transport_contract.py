@@ -151,7 +151,9 @@ async def test_survey_says_whether_held_and_who_should_lead(make: Factory) -> No
     held, best, leader = await high.transport.survey()
     assert held
     assert best == (5, high.node)  # the recorded leader itself does not count
-    assert leader == (0, low.node, granted.term)  # a newcomer follows it at once
+    # A newcomer follows it at once; the standby it names (the only other member)
+    # watches it from then on.
+    assert leader == (0, low.node, granted.term, high.node)
     await low.transport.release(granted.term, "test")
     held, best, leader = await high.transport.survey()
     assert not held

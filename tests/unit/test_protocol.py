@@ -392,6 +392,53 @@ def test_a_newcomer_follows_the_leader_the_database_names_at_once() -> None:
     assert not any(isinstance(e, p.Send | p.Claim) for e in effects)
 
 
+@pytest.mark.parametrize(("standby", "watches"), [(9, 3), (7, None), (None, None)])
+def test_a_newcomer_named_standby_by_the_survey_watches_the_leader_at_once(
+    standby: int | None, watches: int | None
+) -> None:
+    # The standby learns that it is one from the answer that names the leader, not an
+    # interval later: a crash right after a cold start is a crash like any other.
+    state = p.initial_state("x", Rank(0, 9), CONFIG)
+    state, _ = p.step(state, p.Start(), 0.0)
+    surveyed = p.Surveyed(True, Rank(0, 9), Rank(0, 3), 42, standby)
+    state, effects = p.step(state, surveyed, 0.01)
+    assert state.leader == Rank(0, 3)
+    assert state.watching == watches
+    assert [e for e in effects if isinstance(e, p.Watch)] == (
+        [] if watches is None else [p.Watch(3)]
+    )
+    # The leader row, read at the next interval, names the same standby: nothing changes.
+    seen = p.LeaderSeen(Rank(0, 3), 42, standby, renewed_at=0.4)
+    state, effects = p.step(state, seen, 0.5)
+    assert state.watching == watches
+    assert not any(isinstance(e, p.Watch) for e in effects)
+
+
+def test_a_leadership_whose_watch_saw_nothing_is_not_watched_again() -> None:
+    # The standby's watch found no anchor held (the leader was gone already, or leads on
+    # a borrowed connection): the search that follows names the same leadership, and
+    # watching it again would end at once, again and again, the leader timer never
+    # firing. It is left to its renewals (or their silence) until its term changes.
+    state = p.initial_state("x", Rank(0, 9), CONFIG)
+    state, _ = p.step(state, p.Start(), 0.0)
+    state, effects = p.step(state, p.Surveyed(True, Rank(0, 9), Rank(0, 3), 42, 9), 0.01)
+    assert p.Watch(3) in effects
+    state, effects = p.step(state, p.ClaimFreed(p.Freed.UNOBSERVED, 3), 0.02)
+    assert state.watching is None
+    assert p.Survey() in effects
+    state, effects = p.step(state, p.Surveyed(True, Rank(0, 9), Rank(0, 3), 42, 9), 0.03)
+    assert state.leader == Rank(0, 3)
+    assert state.watching is None
+    assert not any(isinstance(e, p.Watch) for e in effects)
+    timer = [e for e in effects if isinstance(e, p.SetTimer) and e.timer is p.Timer.LEADER]
+    assert timer  # the leader's silence is timed from here
+    state, effects = p.step(state, p.LeaderSeen(Rank(0, 3), 42, 9, renewed_at=0.03), 0.04)
+    assert not any(isinstance(e, p.Watch) for e in effects)
+    # A new term of that leader is watched again.
+    state, effects = p.step(state, p.LeaderSeen(Rank(0, 3), 43, 9, renewed_at=0.05), 0.06)
+    assert p.Watch(3) in effects
+
+
 def test_a_refused_fencing_claim_looks_again_soon_without_backing_off() -> None:
     state = dataclasses.replace(
         p.initial_state("x", Rank(0, 2), CONFIG),

@@ -16,7 +16,7 @@ from typing import Any
 
 import asyncpg
 
-from ...rules import Freed
+from ...rules import Freed, how_it_ended
 from ...schema import quote_ident
 from ..base import TransportError
 from ..connect import ANCHOR_NAME, APPLICATION_NAME, WATCHER_NAME, session_name
@@ -66,19 +66,31 @@ async def take_anchor(
 #: when the anchor does. (The claim tries again by itself if they are still held.)
 _CLAIMS_FREED_MS = "200"
 
+#: How long a watcher's connection stays open after its watch ended (seconds). Ending it
+#: ends a server process, and on a host with few cores that exit competes for the CPU
+#: with the claim that follows a crash (milliseconds of it): it is ended once that claim
+#: is long over.
+_RETIRE_AFTER = 1.0
 
-async def _until_free(conn: asyncpg.Connection[Any], keys: list[int]) -> None:
-    """Wait on the server, on this watcher's own connection, until no session holds the
-    claim locks ``keys`` (bounded): the claims that follow a crash then find them free
-    at their first try, rather than one poll later."""
-    with contextlib.suppress(asyncpg.LockNotAvailableError):
-        await conn.execute(
-            "WITH c AS MATERIALIZED (SELECT set_config('lock_timeout', $2, true))"
-            " SELECT pg_advisory_lock_shared(k), pg_advisory_unlock_shared(k)"
-            " FROM c, unnest($1::text[]::bigint[]) AS k",
-            [str(key) for key in keys],
-            _CLAIMS_FREED_MS,
-        )
+#: A node id that no session has (they are drawn from a sequence of positive numbers):
+#: the statement read after a leader's end, run once for it before the wait, waits for
+#: nothing.
+_NO_NODE = -1
+
+
+async def _leaders_ended(
+    conn: asyncpg.Connection[Any], s: SessionView, node: int, namespaces: list[str]
+) -> list[Any]:
+    """The leader rows of ``namespaces``, read once node ``node``'s anchor was seen to
+    end; first, on the server and bounded, until no session holds the claim locks of the
+    groups that node still led: the claims that follow a crash then find them free at
+    their first try, rather than one poll later (see ``ElectionQueries.leaders_ended``)."""
+    keys = [str(s.names.claim_key(namespace)) for namespace in namespaces]
+    try:
+        return await conn.fetch(s.queries.leaders_ended, namespaces, keys, node, _CLAIMS_FREED_MS)
+    except asyncpg.LockNotAvailableError:
+        # Still held after the bound: the rows alone (the claims try again by themselves).
+        return await conn.fetch(s.queries.leaders_released, namespaces)
 
 
 class Watchers:
@@ -87,6 +99,8 @@ class Watchers:
     def __init__(self, session: SessionView) -> None:
         self.session = session
         self._by_leader: dict[int, _Watcher] = {}
+        #: Connections of watches that ended, until they are ended (see _RETIRE_AFTER).
+        self._retiring: dict[asyncpg.Connection[Any], asyncio.TimerHandle] = {}
 
     async def watch(self, leader: int, namespace: str) -> Freed:
         """Wait until ``leader``'s session ends (one watcher per leader, for every group)."""
@@ -101,11 +115,25 @@ class Watchers:
             watcher.discard(namespace, future)
 
     def connections(self) -> list[asyncpg.Connection[Any]]:
-        return [w.conn for w in self._by_leader.values() if w.conn is not None]
+        watching = [w.conn for w in self._by_leader.values() if w.conn is not None]
+        return [*watching, *self._retiring]
 
     def cancel(self) -> None:
         for watcher in list(self._by_leader.values()):
             watcher.task.cancel()
+        for conn, handle in list(self._retiring.items()):
+            handle.cancel()
+            self._end(conn)
+
+    def retire(self, conn: asyncpg.Connection[Any]) -> None:
+        """End the connection of a watch that ended, a moment from now (see
+        ``_RETIRE_AFTER``); at once if the session ends first."""
+        loop = asyncio.get_running_loop()
+        self._retiring[conn] = loop.call_later(_RETIRE_AFTER, self._end, conn)
+
+    def _end(self, conn: asyncpg.Connection[Any]) -> None:
+        self._retiring.pop(conn, None)
+        conn.terminate()
 
     def _ended(self, watcher: _Watcher) -> None:
         if self._by_leader.get(watcher.node) is watcher:
@@ -165,6 +193,7 @@ class _Watcher:
         key = s.names.anchor_key(self.node)
         assert s.node is not None
         conn = self.conn = await s.new_connection(session_name(WATCHER_NAME, s.node))
+        ended = False
         try:
             # The wait goes on in rounds of a bounded lock wait on this one connection (so
             # what it observed still holds): a backend blocked on a lock does not notice
@@ -179,10 +208,10 @@ class _Watcher:
             if not observed:
                 await conn.execute("SELECT pg_advisory_unlock_shared($1)", key)
             else:
-                # Run the statements that follow the leader's end once on no group before
-                # the wait: they then find what they need loaded (milliseconds each).
-                await conn.fetch(s.queries.leaders_released, [])
-                await _until_free(conn, [])
+                # Run the statement that follows the leader's end once before the wait, on
+                # the groups watched for and for no node (it waits for nothing): it then
+                # finds what it needs loaded (milliseconds).
+                await _leaders_ended(conn, s, _NO_NODE, list(self.waiting))
             while observed:
                 try:
                     await conn.execute(
@@ -192,19 +221,20 @@ class _Watcher:
                 except (TimeoutError, asyncpg.LockNotAvailableError):
                     continue
             # A leader that resigns marks its term released before it lets go of anything.
-            rows = await conn.fetch(s.queries.leaders_released, list(self.waiting))
-            how: dict[str, Freed] = {}
-            for row in rows:
-                if row["node"] != self.node:
-                    how[row["namespace"]] = Freed.UNOBSERVED  # leadership moved on already
-                elif row["released"]:
-                    how[row["namespace"]] = Freed.RELEASED
-                else:
-                    how[row["namespace"]] = Freed.DIED if observed else Freed.UNOBSERVED
-            died = [s.names.claim_key(ns) for ns, freed in how.items() if freed is Freed.DIED]
-            if died:
-                await _until_free(conn, died)
+            namespaces = list(self.waiting)
+            if observed:
+                rows = await _leaders_ended(conn, s, self.node, namespaces)
+            else:
+                rows = await conn.fetch(s.queries.leaders_released, namespaces)
+            how = {
+                row["namespace"]: how_it_ended(self.node, row["node"], row["released"], observed)
+                for row in rows
+            }
+            ended = True
             return how
         finally:
             self.conn = None
-            conn.terminate()
+            if ended:
+                self.watchers.retire(conn)  # out of the way of the claim that follows
+            else:
+                conn.terminate()
