@@ -20,19 +20,21 @@ R = TypeVar("R")
 
 class Turns:
     """Whose call runs next on the election connection: urgent ones (the session's lease
-    renewal) before the groups' calls, each kind in order of arrival."""
+    renewal) before the groups' calls, and those before background ones (warming
+    statements up), each kind in order of arrival."""
 
     def __init__(self) -> None:
         self._busy = False
         self._urgent: collections.deque[asyncio.Future[None]] = collections.deque()
         self._normal: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._background: collections.deque[asyncio.Future[None]] = collections.deque()
 
-    async def acquire(self, *, urgent: bool) -> None:
+    async def acquire(self, *, urgent: bool, background: bool = False) -> None:
         if not self._busy:
             self._busy = True
             return
         turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        queue = self._urgent if urgent else self._normal
+        queue = self._urgent if urgent else self._background if background else self._normal
         queue.append(turn)
         try:
             await turn
@@ -44,7 +46,7 @@ class Turns:
             raise
 
     def release(self) -> None:
-        for queue in (self._urgent, self._normal):
+        for queue in (self._urgent, self._normal, self._background):
             while queue:
                 turn = queue.popleft()
                 if not turn.done():
@@ -87,12 +89,14 @@ class Serial:
         timeout: float | None = None,
         *,
         urgent: bool = False,
+        background: bool = False,
     ) -> T:
         """Run ``call(connection)`` alone on the connection (see the class docstring);
-        an ``urgent`` call goes before every group's call that waits."""
+        an ``urgent`` call goes before every group's call that waits, a ``background``
+        one after them all."""
         if self._broken is not None:
             raise TransportError(f"{what} refused: {self._broken}")
-        task = asyncio.ensure_future(self._run(what, call, timeout, urgent))
+        task = asyncio.ensure_future(self._run(what, call, timeout, urgent, background))
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -106,11 +110,12 @@ class Serial:
         call: Callable[[asyncpg.Connection[Any]], Awaitable[T]],
         timeout: float | None,
         urgent: bool,
+        background: bool,
     ) -> T:
         limit = self.timeout if timeout is None else timeout
         # Waiting for the calls of other groups ahead is not bounded here: each of them is
         # (the first to overrun breaks the connection, and with it every call waiting).
-        await self._turns.acquire(urgent=urgent)
+        await self._turns.acquire(urgent=urgent, background=background)
         try:
             if self._broken is not None:
                 raise TransportError(f"{what} refused: {self._broken}")

@@ -1,6 +1,6 @@
 """The path from a leader's crash to its standby's claim, on PostgreSQL: what the standby's
 watcher reads once the leader's anchor ended, the connection it leaves, the standby that
-followers read before the leader records one, and the rehearsal that warms taking a term.
+followers read before the leader records one.
 """
 
 from __future__ import annotations
@@ -228,28 +228,6 @@ async def test_followers_read_the_standby_due_while_none_is_recorded(
         if follower is not None:
             await follower.close()
         await leader.close()
-
-
-@pytest.mark.timeout(60)
-async def test_the_rehearsal_of_taking_a_term_leaves_nothing_behind(
-    dsn: str, namespace: str, admin: asyncpg.Connection[Any]
-) -> None:
-    """Warming the take-over statements takes terms in a group no one can name and rolls
-    them back: no row remains, and the session goes on (a claim follows)."""
-    transport = await joined(dsn, namespace)
-    try:
-        s = session(transport)
-        await s.ticker._warm()
-        assert s.usable
-        for table in ("notifelect_term", "notifelect_leader", "notifelect_history"):
-            count = await admin.fetchval(
-                f"SELECT count(*) FROM {table} WHERE namespace <> $1", namespace
-            )
-            assert count == 0, table
-        granted = await transport.claim(fence=False)
-        assert granted is not None
-    finally:
-        await transport.close()
 
 
 @pytest.mark.timeout(60)

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Container, Hashable, Iterable
+from collections.abc import Awaitable, Callable, Container, Hashable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,13 +24,6 @@ from ..serial import Batched
 from .common import SessionGroup, SessionView, Tick
 
 log = logging.getLogger(__name__)
-
-#: The group a session rehearses taking terms in (and rolls back): no group has a name
-#: with a control character (see ``schema.validate_namespace``).
-_NO_GROUP = "\x1fwarm"
-#: How many terms it takes there: the server plans a statement anew at each of its first
-#: five runs, then, when that plan is no better, once for all.
-_WARM_TERMS = 5
 
 _NAMESPACE = TICK_LEADER.index("namespace")
 _NODE = TICK_LEADER.index("node")
@@ -134,6 +127,14 @@ class Known:
         return records
 
 
+def _warmed(task: asyncio.Task[None]) -> None:
+    """A warm-up is worth nothing but time: a failed one changes nothing (a lost session
+    is told by the calls that matter)."""
+    exc = None if task.cancelled() else task.exception()
+    if exc is not None and not isinstance(exc, TransportError | asyncpg.PostgresError):
+        log.error("warming the take-over statements failed", exc_info=exc)
+
+
 class Ticker:
     """The periodic statement of a session, and the batched reads of its groups."""
 
@@ -142,6 +143,7 @@ class Ticker:
         self.groups = groups
         self.known = Known()
         self.task: asyncio.Task[None] | None = None
+        self._warming: asyncio.Task[None] | None = None
         self._standbys_at = 0.0
         self._wake = asyncio.Event()
         #: Surveys and member registrations of several groups at once: many groups
@@ -157,6 +159,8 @@ class Ticker:
     def wake(self) -> None:
         """End the wait for the next interval (the session is closing or lost)."""
         self._wake.set()
+        if self._warming is not None:
+            self._warming.cancel()
 
     async def _loop(self) -> None:
         s = self.session
@@ -171,7 +175,9 @@ class Ticker:
                     await self._update_standbys()
                 ticks += 1
                 if ticks == 2:  # an interval after joining, out of the way of a cold start
-                    await self._warm()
+                    # Beside the renewals, never in their way (its calls go last).
+                    self._warming = asyncio.create_task(self._warm(), name="notifelect:warm")
+                    self._warming.add_done_callback(_warmed)
             except TransportError:
                 return  # the session is lost (the serial connection broke it)
             except Exception as exc:  # a bug, or a refusal of the database: start afresh
@@ -218,36 +224,30 @@ class Ticker:
         new backend's first run of a statement loads the catalogs it reads, which costs
         milliseconds the hand-over or failover it serves would otherwise wait for.
 
-        Taking a term is run for real too, a few times, on a group that cannot exist (its
-        name has a control character), in a transaction that is rolled back: its first
-        runs that write compile the leader row's trigger and load what writing needs, and
-        after a few runs the server plans it once for all (milliseconds more, each time,
-        that the first take-over would otherwise wait for).
+        Nothing is written, not even in a transaction rolled back: rehearsing the taking
+        of terms saved the first take-over a millisecond, but with a hundred members
+        joining at once, the hundred rehearsals kept the two cores of a small host busy
+        for the very hand-over that followed (a first hand-over at N=100 went from tens
+        to hundreds of milliseconds).
         """
         s = self.session
         serial = s.serial
         if serial is None:
             return
         q, node = s.queries, s.node
-        nowhere = [f"{_NO_GROUP} {node}"]
 
-        async def warm(conn: asyncpg.Connection[Any]) -> None:
-            await conn.fetch(q.try_claims, [])
-            await conn.fetch(q.leaders_released, [])
-            await conn.fetch(q.leader_records, [])
-            await conn.fetch(q.take_terms, [], [], node, s.host, s.pid, [], "1")
-            await conn.fetchval(q.successor, "", node)
-            with contextlib.suppress(asyncpg.PostgresError):  # a warm-up, nothing more
-                rehearsal = conn.transaction()
-                await rehearsal.start()
-                try:
-                    for _ in range(_WARM_TERMS):
-                        args = (nowhere, ["0"], node, s.host, s.pid, ["1"], "1")
-                        await conn.fetch(q.take_terms, *args)
-                finally:
-                    await rehearsal.rollback()
-
-        await serial.run("warming the take-over statements", warm)
+        # One call each, after every other call that waits: a take-over that comes while
+        # the session warms up (the newest member is often the one named to succeed)
+        # waits for one step at most, not for them all.
+        steps: list[Callable[[asyncpg.Connection[Any]], Awaitable[object]]] = [
+            lambda c: c.fetch(q.try_claims, []),
+            lambda c: c.fetch(q.leaders_released, []),
+            lambda c: c.fetch(q.leader_records, []),
+            lambda c: c.fetch(q.take_terms, [], [], node, s.host, s.pid, [], "1"),
+            lambda c: c.fetchval(q.successor, "", node),
+        ]
+        for step in steps:
+            await serial.run("warming the take-over statements", step, background=True)
 
     # ------------------------------------------------------------ reads of many groups
 
