@@ -19,6 +19,7 @@ A run never starts while the previous run of the same job is still in progress a
   finish, for at most ``Settings.finish_timeout``, while the node keeps its lease, and the
   successor is elected only after it (``leader_only(finish_on_loss=True)``'s rule); when
   the leadership is *lost* (connection, lease) the run is cancelled like all leader work;
+  a run counts from its claim: a claim still on its way when either begins ends the same;
 * a new leader that finds the last run without an end waits while the process that runs
   it still has a session (for at most ``finish_timeout + callback_timeout``), then records
   the run as ``abandoned`` and goes on. A process whose session was lost while its run goes
@@ -320,13 +321,10 @@ class Periodic(Generic[R_co]):
                         plan.scheduled_at.isoformat(),
                         extra=self._extra("job_skipped", ls, skipped=plan.skipped),
                     )
-                after = self.schedule.trigger.after(plan.scheduled_at)
-                run = await store.claim(ls, self.name, plan.scheduled_at, after)
                 # This node goes on from that time, claimed by it or, already recorded,
                 # by another: on a clock stepped back it is not the store's latest.
-                self._own = (plan.scheduled_at, read_at - (state.now - plan.scheduled_at) / _SECOND)
-                if run is not None:
-                    await self._execute(ls, run, store)
+                own = (plan.scheduled_at, read_at - (state.now - plan.scheduled_at) / _SECOND)
+                await self._execute(ls, plan.scheduled_at, own, store)
             except (NotLeaderError, StaleLeaderError):
                 return  # the leadership ended: the next leader continues the schedule
             except asyncio.CancelledError:
@@ -417,12 +415,52 @@ class Periodic(Generic[R_co]):
             extra=self._extra("job_renamed", ls, recorded=gone),
         )
 
-    async def _execute(self, ls: Leadership, run: RunRecord, store: JobStore) -> None:
-        """Run the job as leader work that may finish during a hand-over; the loop waits
-        for it, and if the loop is cancelled the run goes on as tracked work."""
-        task = asyncio.ensure_future(self._run(ls, run, store))
+    async def _execute(
+        self, ls: Leadership, scheduled_at: datetime, own: tuple[datetime, float], store: JobStore
+    ) -> None:
+        """Claim the run of ``scheduled_at`` and run the job, as leader work that may finish
+        during a hand-over: the loop waits for it, and if the loop is cancelled (the
+        hand-over began) the claim and the run go on as tracked work."""
+        task = asyncio.ensure_future(self._claim_and_run(ls, scheduled_at, own, store))
         self.group._track_call(task, False)
         await asyncio.shield(task)
+
+    async def _claim_and_run(
+        self, ls: Leadership, scheduled_at: datetime, own: tuple[datetime, float], store: JobStore
+    ) -> None:
+        """A claim commits before its answer arrives: when this task is stopped while the
+        claim is in flight (the leadership was lost), the claim is waited for and a run it
+        recorded gets its end, or the next leader would wait for a run nothing runs."""
+        after = self.schedule.trigger.after(scheduled_at)
+        claiming = asyncio.ensure_future(store.claim(ls, self.name, scheduled_at, after))
+        try:
+            run = await asyncio.shield(claiming)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                if (claimed := await claiming) is not None:
+                    await self._record_end(
+                        ls, claimed, store, "cancelled", "the leadership ended as it was claimed"
+                    )
+            raise
+        self._own = own
+        if run is not None:
+            await self._run(ls, run, store)
+
+    async def _record_end(
+        self, ls: Leadership, run: RunRecord, store: JobStore, outcome: str, error: str | None
+    ) -> None:
+        try:
+            await store.finish(run, outcome, error, self.keep)
+        except Exception as exc:
+            log.warning(
+                "job %s of group %r: could not record the end of the run scheduled at %s (%s): %r",
+                self.name,
+                ls.namespace,
+                run.scheduled_at.isoformat(),
+                outcome,
+                exc,
+                extra=self._extra("job_store_failed", ls, error=repr(exc)),
+            )
 
     async def _hold(self, run: RunRecord, store: JobStore) -> None:
         """While the run goes on, keep its record naming this process's current session:
@@ -494,19 +532,7 @@ class Periodic(Generic[R_co]):
             self.ended += 1
             self.duration_total += duration
             self.lateness_total += max(0.0, run.lateness)
-            try:
-                await store.finish(run, outcome, error, self.keep)
-            except Exception as exc:
-                log.warning(
-                    "job %s of group %r: could not record the end of the run scheduled at %s "
-                    "(%s): %r",
-                    self.name,
-                    ls.namespace,
-                    run.scheduled_at.isoformat(),
-                    outcome,
-                    exc,
-                    extra=self._extra("job_store_failed", ls, error=repr(exc)),
-                )
+            await self._record_end(ls, run, store, outcome, error)
             self.last = run
             log.debug(
                 "job %s of group %r: run scheduled at %s %s in %.3fs, started %.3fs late",

@@ -149,29 +149,42 @@ class Cluster(harness.Cluster):
         """Wait until exactly one live node (``expect`` if given) reports leading, the
         database agrees, and it has committed an execution under its term; return it."""
 
+        why = "not checked yet"
+
         async def settled() -> NodeProcess | None:
+            nonlocal why
             leaders = self.reported_leaders()
             if len(leaders) != 1 or (expect is not None and leaders[0] is not expect):
+                why = f"nodes reporting leading: {[n.index for n in leaders]}"
                 return None
             node = leaders[0]
             term = node.leading_term
             # Executions in its group: a group sharing its session numbers terms on its own.
             if term is None or not node.of("exec", term=term, ns=self.namespace):
+                why = f"#{node.index} has no execution under term {term}"
                 return None
             try:
                 row = await self.db_leader()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                why = f"the database did not answer: {exc!r}"
                 return None
+            why = f"#{node.index} (node {node.node}, term {term}); the database says {row}"
             if row is None or row["released"] or row["node"] != node.node:
                 return None
             if not (row["term"] == row["current"] == term and row["status_leaders"] == 1):
                 return None
             # Reports may have arrived while the database answered.
             if self.reported_leaders() != [node] or node.leading_term != term:
+                why = "the reports changed while the database answered"
                 return None
             return node
 
-        found = await self.until_async(settled, timeout=timeout, what="exactly one acting leader")
+        try:
+            found = await self.until_async(
+                settled, timeout=timeout, what="exactly one acting leader"
+            )
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}\nlast check: {why}") from None
         assert found is not None
         return found
 

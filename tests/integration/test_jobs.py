@@ -7,6 +7,7 @@ import itertools
 import logging
 from contextlib import AsyncExitStack
 from datetime import timedelta
+from typing import Any
 
 import asyncpg
 import pytest
@@ -178,6 +179,52 @@ async def test_a_run_in_progress_at_a_hand_over_ends_before_the_next_one_starts(
     assert recorded[0].ended_at is not None
     assert recorded[1].started_at >= recorded[0].ended_at
     assert recorded[1].term > recorded[0].term
+
+
+@pytest.mark.timeout(60)
+async def test_a_claim_in_flight_when_the_hand_over_begins_still_runs_and_ends(
+    dsn: str, namespace: str
+) -> None:
+    """A claim commits before its answer reaches the node: a hand-over that begins then
+    (here a preemption; the old leader stays a member) must not leave a run recorded as
+    started that nothing runs, or the successor waits ``finish_timeout + callback_timeout``
+    for it before going on."""
+    ran: list[int] = []
+    claimed, answer = asyncio.Event(), asyncio.Event()
+    async with AsyncExitStack() as stack:
+        low, high = await engines(stack, dsn, 2)
+        first = ElectionGroup(low, namespace, FAST)
+        second = ElectionGroup(high, namespace, FAST.replace(priority=1))
+        for g in (first, second):
+
+            @g.every(0.2, name="often")
+            async def often(g: ElectionGroup = g) -> None:
+                assert g.node is not None
+                ran.append(g.node)
+
+        await stack.enter_async_context(first)
+        await until([first], lambda: len(ran) >= 1, timeout=20)
+        store = first._job_store()
+        claim = store.claim
+
+        async def slow_answer(*args: Any, **kwargs: Any) -> RunRecord | None:
+            run = await claim(*args, **kwargs)  # committed: the answer is slow to arrive
+            claimed.set()
+            await answer.wait()
+            return run
+
+        store.claim = slow_answer  # type: ignore[method-assign]
+        await asyncio.wait_for(claimed.wait(), timeout=20)
+        await stack.enter_async_context(second)  # preempts the first
+        await until([first], lambda: not first.is_leader, timeout=20)
+        answer.set()
+        await until([first, second], lambda: second.node in ran, timeout=20)
+        old = first.node
+        assert old is not None
+        assert first.leader is not None
+    recorded = await runs(dsn, namespace, "often")
+    assert all(r.ended_at is not None for r in recorded[:-1])
+    assert [r.node for r in recorded].count(old) == ran.count(old)
 
 
 def events(caplog: pytest.LogCaptureFixture, name: str) -> list[logging.LogRecord]:

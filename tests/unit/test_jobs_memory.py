@@ -10,6 +10,7 @@ import asyncio
 import itertools
 from contextlib import AsyncExitStack
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -132,6 +133,52 @@ async def test_the_run_of_a_killed_leader_is_abandoned_and_the_schedule_goes_on(
     assert runs[0].outcome in ("abandoned", "cancelled")  # whichever wrote its end first
     assert runs[0].node == first.node
     assert {r.outcome for r in runs[1:-1]} == {"succeeded"}
+
+
+async def test_a_claim_in_flight_when_the_leadership_is_lost_gets_its_end() -> None:
+    """The claim committed but its answer comes after the session was lost: the run is
+    recorded as cancelled at once, not left for the next leader to find unended."""
+    bus = MemoryBus(lease=FAST.lease, leader_timeout=FAST.leader_timeout)
+    claimed, answer = asyncio.Event(), asyncio.Event()
+    ran: list[int] = []
+    async with AsyncExitStack() as stack:
+        groups = [ElectionGroup.in_memory(bus, "g", FAST) for _ in range(2)]
+        for g in groups:
+
+            @g.every(0.2, name="often")
+            async def often(g: ElectionGroup = g) -> None:
+                assert g.node is not None
+                ran.append(g.node)
+
+        first = await join(stack, groups)
+        old = first.node
+        assert old is not None
+        store = first._job_store()
+        claim = store.claim
+
+        async def slow_answer(*args: Any, **kwargs: Any) -> RunRecord | None:
+            run = await claim(*args, **kwargs)
+            claimed.set()
+            await answer.wait()
+            return run
+
+        store.claim = slow_answer  # type: ignore[method-assign]
+        await asyncio.wait_for(claimed.wait(), timeout=10)
+        bus.disconnect(old)  # the process lives; its leadership is lost
+        await until(groups, lambda: not first.is_leader, timeout=10)
+        answer.set()
+        records = store.records  # type: ignore[attr-defined]
+        await until(
+            groups,
+            lambda: any(r.outcome == "cancelled" for r in records["g", "often"].values()),
+            timeout=10,
+        )
+    runs = await store.runs("g", "often")
+    (cancelled,) = [r for r in runs if r.outcome == "cancelled"]
+    assert cancelled.node == old
+    assert cancelled.error is not None
+    assert "claimed" in cancelled.error
+    assert [r.node for r in runs].count(old) == ran.count(old) + 1
 
 
 async def test_a_failing_job_is_recorded_and_its_schedule_goes_on() -> None:
