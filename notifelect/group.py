@@ -2,6 +2,9 @@
 
 The election itself runs in :mod:`notifelect._driver`; the decorators live in
 :mod:`notifelect.decorators` and the group's methods delegate to them.
+
+(Longer than most modules: it is the public class, and most of its lines are the
+docstrings of its public methods and properties.)
 """
 
 from __future__ import annotations

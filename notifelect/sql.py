@@ -4,6 +4,9 @@ Every builder returns the text of one statement with asyncpg's ``$n`` parameters
 each parameter is, and the columns it returns, are in its docstring. Object names come
 quoted from ``Names``, so a builder's text is safe for any valid prefix. The DDL (creating
 and dropping the objects) lives with the names in :mod:`notifelect.schema`.
+
+(Longer than most modules: one statement per builder, each with the docstring that says
+what its parameters and columns are; splitting them would only scatter the SQL.)
 """
 
 from __future__ import annotations

@@ -11,6 +11,9 @@ async group, its decorators and its leader work) keeps the semantics the same.
 
 A group started in one process is not usable in a process forked from it afterwards (its
 connections and thread stay with the parent): see :func:`_after_fork_in_child`.
+
+(Longer than most modules: it mirrors the public surface of the async group, one
+blocking method with its docstring for each.)
 """
 
 from __future__ import annotations

@@ -12,6 +12,9 @@ cleanly, as SIGTERM does.)
 What every caller shares lives here; the fault suite's database checks (the audit table,
 exactly one leader) extend :class:`Cluster` in ``tests/faults/harness.py``, and the
 many-groups helpers below serve its many-groups test and ``benchmarks/groups.py`` alike.
+
+(Longer than most modules: the one harness of the fault suite, the benchmarks and the
+demo, so each of them does not keep one of its own.)
 """
 
 from __future__ import annotations

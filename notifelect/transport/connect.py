@@ -11,6 +11,9 @@ told apart in ``pg_stat_activity``: the one the user configured (in the DSN's qu
 engine's ``connect_args``/URL, or ``$PGAPPNAME``), else :data:`APPLICATION_NAME`. A
 borrowed asyncpg connection is left as it is. Which host a connection goes to, and how
 long each may take, is :mod:`.hosts`'s business.
+
+(Longer than most modules: each kind of target, engine driver and connect argument has
+its own small translation, and they read best side by side.)
 """
 
 from __future__ import annotations
