@@ -66,10 +66,11 @@ class PostgresTransport(Transport):
 
     ``connect`` opens new dedicated connections (the election session, its anchor and its
     watchers). With ``connection`` an existing connection is used instead and never
-    closed; groups on a borrowed connection cannot reconnect, have no anchor and no
-    standby watcher, so a successor always waits out the lease. ``share`` names what the
-    connections go to (the engine, the DSN): groups with equal ``share``, names and timing
-    share a session. By default only groups given the very same ``connect`` share one.
+    closed; groups on a borrowed connection cannot replace it (a session lost while it
+    lives is opened again on it, as a new node), have no anchor and no standby watcher,
+    so a successor always waits out the lease. ``share`` names what the connections go
+    to (the engine, the DSN): groups with equal ``share``, names and timing share a
+    session. By default only groups given the very same ``connect`` share one.
 
     Every node holds an *anchor* (see :mod:`~notifelect.transport.session`); the standby
     watches it to take over from a crashed leader at once. Every other unclean end of a

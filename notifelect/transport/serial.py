@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Awaitable, Callable
+import contextlib
+import weakref
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Generic, TypeVar
 
 import asyncpg
@@ -55,6 +57,20 @@ class Turns:
         self._busy = False
 
 
+#: The turns of each borrowed connection. It outlives its sessions: one that was lost may
+#: still be letting go of it (its last calls, its listeners) while the next one opens, and
+#: the calls of both take turns as one.
+_BORROWED: weakref.WeakKeyDictionary[asyncpg.Connection[Any], Turns] = weakref.WeakKeyDictionary()
+
+
+def turns_of(conn: asyncpg.Connection[Any]) -> Turns:
+    """The turns every session on the borrowed connection ``conn`` takes."""
+    turns = _BORROWED.get(conn)
+    if turns is None:
+        turns = _BORROWED[conn] = Turns()
+    return turns
+
+
 class Serial:
     """The election connection, used by every group's driver and claims at once.
 
@@ -65,15 +81,21 @@ class Serial:
     connection, shared with every other group, in an unknown state. Every call is bounded
     by ``timeout`` once it runs (not while it waits for the calls ahead) and every failure
     of the driver comes out as a :class:`TransportError`; the first one breaks the session
-    (``on_broken``), so a black-holed path never hangs an election.
+    (``on_broken``), so a black-holed path never hangs an election. The calls of the
+    sessions that ride one borrowed connection in turn take ``turns`` of that connection
+    (:func:`turns_of`).
     """
 
     def __init__(
-        self, conn: asyncpg.Connection[Any], timeout: float, on_broken: Callable[[str], None]
+        self,
+        conn: asyncpg.Connection[Any],
+        timeout: float,
+        on_broken: Callable[[str], None],
+        turns: Turns | None = None,
     ) -> None:
         self.raw = conn
         self.timeout = timeout
-        self._turns = Turns()
+        self._turns = Turns() if turns is None else turns
         self._broken: str | None = None
         self._on_broken = on_broken
 
@@ -175,6 +197,19 @@ class Serial:
 
     async def remove_listener(self, channel: str, callback: Any) -> None:
         await self.run("UNLISTEN", lambda c: c.remove_listener(channel, callback))
+
+    async def unlisten(self, listeners: Iterable[tuple[str, Any]]) -> None:
+        """Remove ``listeners`` (channel, callback) in a turn of their own, even once
+        calls are refused: a borrowed connection outlives the session that listened on
+        it. Bounded by ``timeout``; never raises, breaks nothing."""
+        await self._turns.acquire(urgent=False)
+        try:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(self.timeout):
+                    for channel, callback in listeners:
+                        await self.raw.remove_listener(channel, callback)
+        finally:
+            self._turns.release()
 
 
 class Batched(Generic[A, R]):

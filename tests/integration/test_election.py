@@ -15,6 +15,8 @@ from notifelect import ElectionGroup, Settings, messages
 from notifelect._cluster.harness import Cluster
 from notifelect.messages import Kind
 from notifelect.schema import Names
+from notifelect.transport.postgres import PostgresTransport
+from notifelect.transport.session import Session
 from tests.support.waiting import settled, until
 
 
@@ -118,6 +120,65 @@ async def test_a_borrowed_connection_is_left_listening_on_nothing(dsn: str, name
             assert await conn.fetchval("SELECT count(*) FROM pg_listening_channels()") == 2
         assert await conn.fetchval("SELECT count(*) FROM pg_listening_channels()") == 0
     finally:
+        await conn.close()
+
+
+@pytest.mark.timeout(60)
+async def test_a_borrowed_connection_listens_only_for_its_live_session_after_losses(
+    dsn: str, namespace: str
+) -> None:
+    """A group on a borrowed connection whose session is lost while the connection lives
+    (its row deleted from the session table) comes back on the same connection as a new
+    node. What the lost session listened on goes with it: after each of three losses the
+    connection listens on the group's channel and the new node's own channel, no more,
+    and no listener callback keeps a lost session."""
+    settings = Settings(
+        namespace=namespace, election_interval=0.1, election_timeout=0.05, lease=0.5,
+        leader_timeout=0.5,
+    )  # fmt: skip
+    names = Names()
+    conn = await asyncpg.connect(dsn)
+    admin = await asyncpg.connect(dsn)
+    try:
+        async with ElectionGroup(conn, settings=settings) as group:
+            await group.wait_for_leadership(timeout=10)
+            transport = group._transport
+            assert isinstance(transport, PostgresTransport)
+            lost: list[Session] = []
+            for _ in range(3):
+                old = transport.session
+                assert old is not None
+                assert old.node is not None
+                lost.append(old)
+                await admin.execute(f"DELETE FROM {names.session} WHERE node = $1", old.node)
+                gone = {None, old.node}
+                await until(
+                    [group],
+                    lambda: group.node not in gone and transport.session is not None,  # noqa: B023
+                    timeout=10,
+                    what="the group back as a new node",
+                )
+                live = transport.session
+                assert live is not None
+                assert live is not old
+                assert live.serial is not None
+                assert live.node is not None
+                assert group.node == live.node
+                wanted = {names.group_channel(namespace), names.node_channel(live.node)}
+                # The server's view, asked through the session's own turns on the
+                # connection (never beside one of its calls).
+                rows = await live.serial.fetch("SELECT pg_listening_channels() AS c")
+                assert {row["c"] for row in rows} == wanted
+                listeners = conn._listeners  # type: ignore[attr-defined]
+                assert set(listeners) == wanted
+                owners = {id(cb.cb.__self__) for cbs in listeners.values() for cb in cbs}
+                assert owners == {id(live)}
+                assert not {id(s) for s in lost} & owners
+            # The lost sessions let go of the connection in turns with the new ones: no
+            # reconnect met a call of theirs in progress.
+            assert group.stats["reconnect_failures"] == 0
+    finally:
+        await admin.close()
         await conn.close()
 
 

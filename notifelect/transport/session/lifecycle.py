@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import asyncpg
@@ -17,7 +17,7 @@ from ...schema_check import check_schema
 from ...sql import ElectionQueries
 from ..base import TransportError
 from ..connect import APPLICATION_NAME, connect_bound, one_host
-from ..serial import Serial, retrieve
+from ..serial import Serial, retrieve, turns_of
 from . import probe
 from .claims import Claims
 from .common import Connect, SessionGroup, Timing
@@ -62,6 +62,9 @@ class Session:
         #: before the connection / the anchor of a broken session is dropped.
         self._holding: set[SessionGroup] = set()
         self._working: set[SessionGroup] = set()
+        #: What the session listens on (channel: callback), to be removed from a borrowed
+        #: connection, which outlives the session.
+        self._listening: dict[str, Callable[..., None]] = {}
         self.ticker = Ticker(self, self.groups)
         self.claims = Claims(self)
         self.watchers = Watchers(self)
@@ -119,6 +122,7 @@ class Session:
         self._holding.add(group)
         self._working.add(group)
         try:
+            self._listening[group.channel] = self._notified
             await serial.add_listener(group.channel, self._notified)
             if self.borrowed is not None:
                 namespace = group.namespace
@@ -141,6 +145,7 @@ class Session:
             self.ticker.known.forget(group.namespace)
         serial = self.serial
         if group.namespace not in self.groups and self.usable and serial is not None:
+            self._listening.pop(group.channel, None)
             with contextlib.suppress(Exception):
                 await serial.remove_listener(group.channel, self._notified)
         self.detach(group)
@@ -206,18 +211,27 @@ class Session:
         log.debug("election session could not open: %s", reason)
 
     async def _connect_all(self) -> None:
+        turns = None
         if self.borrowed is not None:
             conn = self.conn = self.borrowed
-            await probe.check_borrowed(conn)
-            await check_schema(conn, self.names)
-            await self._register(conn, rename=False)
+            # After what a lost session on the connection still does (see turns_of).
+            turns = turns_of(conn)
+            await turns.acquire(urgent=False)
+            try:
+                await probe.check_borrowed(conn)
+                await check_schema(conn, self.names)
+                await self._register(conn, rename=False)
+            finally:
+                turns.release()
         else:
             await self._connect_own()
         assert self.conn is not None
         assert self.node is not None
         self.conn.add_termination_listener(self._terminated)
-        self.serial = Serial(self.conn, self.timing.io_timeout, self.lose)
-        await self.serial.add_listener(self.names.node_channel(self.node), self._sent)
+        self.serial = Serial(self.conn, self.timing.io_timeout, self.lose, turns)
+        channel = self.names.node_channel(self.node)
+        self._listening[channel] = self._sent
+        await self.serial.add_listener(channel, self._sent)
         log.info("election session node %s opened", self.node, extra=self._extra("session_opened"))
 
     async def _connect_own(self) -> None:
@@ -401,9 +415,8 @@ class Session:
                 # After every call still in flight (of groups that stopped waiting).
                 with contextlib.suppress(Exception):
                     await serial.execute(self.queries.unregister_session, self.node)
-                if conn is self.borrowed and self.node is not None:
-                    with contextlib.suppress(Exception):
-                        await serial.remove_listener(self.names.node_channel(self.node), self._sent)
+                if conn is self.borrowed:
+                    await serial.unlisten(self._unlistened())
                 if conn is not self.borrowed and self.broken is None:
                     with contextlib.suppress(Exception):
                         await serial.run("closing", lambda c: c.close())
@@ -422,8 +435,21 @@ class Session:
         if conn is None:
             return
         conn.remove_termination_listener(self._terminated)
-        if conn is not self.borrowed and not conn.is_closed():
-            conn.terminate()
+        if conn is not self.borrowed:
+            if not conn.is_closed():
+                conn.terminate()
+            return
+        # A borrowed connection lives on (a lost session's group may come back on it as a
+        # new node): what this session listened on goes, after the calls it still makes.
+        listening, serial = self._unlistened(), self.serial
+        if listening and serial is not None and not conn.is_closed():
+            task = asyncio.ensure_future(serial.unlisten(listening))
+            task.add_done_callback(retrieve)
+
+    def _unlistened(self) -> list[tuple[str, Callable[..., None]]]:
+        """What the session listens on, forgotten (to be removed once)."""
+        listening, self._listening = self._listening, {}
+        return list(listening.items())
 
     def _drop_anchor(self) -> None:
         anchor, self.anchor = self.anchor, None
