@@ -152,3 +152,55 @@ async def test_an_end_that_could_not_be_recorded_at_once_does_not_stall_the_succ
     recorded = await runs(dsn, namespace, "often")
     unended = [r for r in recorded[:-1] if r.ended_at is None]
     assert unended == [], f"runs recorded as started that never got an end: {unended}"
+
+
+@pytest.mark.timeout(90)
+async def test_a_claim_whose_answer_was_lost_gets_an_end_before_a_hand_over(
+    dsn: str, namespace: str
+) -> None:
+    """The claim committed but its answer never came (the connection reset after the
+    COMMIT): the leadership goes on, then a higher-priority node preempts it."""
+    ran: list[tuple[int, float]] = []
+    lost = asyncio.Event()
+    async with AsyncExitStack() as stack:
+        a_engine, b_engine = await engines(stack, dsn, 2)
+        a = ElectionGroup(a_engine, namespace, FAST)
+        b = ElectionGroup(b_engine, namespace, FAST.replace(priority=1))
+        for g in (a, b):
+
+            @g.every(2.0, name="often")
+            async def often(g: ElectionGroup = g) -> None:
+                assert g.node is not None
+                ran.append((g.node, time.monotonic()))
+
+        await stack.enter_async_context(a)
+        await until([a], lambda: len(ran) >= 1, timeout=20)
+        store = a._job_store()
+        claim = store.claim
+
+        async def answer_lost(*args: Any, **kwargs: Any) -> Any:
+            run = await claim(*args, **kwargs)
+            if not lost.is_set():
+                lost.set()
+                raise ConnectionResetError("connection reset by peer")
+            return run
+
+        store.claim = answer_lost  # type: ignore[method-assign]
+        await asyncio.wait_for(lost.wait(), timeout=20)
+        began = time.monotonic()
+        await stack.enter_async_context(b)  # preempts a, which stays a member
+        try:
+            await until(
+                [a, b],
+                lambda: b.node in {n for n, _ in ran},
+                timeout=PROMPT,
+                what="a run on the successor",
+            )
+        finally:
+            print(
+                f"\nFIGURES successor's first run {time.monotonic() - began:.2f}s after it joined"
+            )
+    recorded = await runs(dsn, namespace, "often")
+    unended = [r for r in recorded[:-1] if r.ended_at is None]
+    assert unended == [], f"runs recorded as started that never got an end: {unended}"
+    assert any(r.outcome == "cancelled" for r in recorded), recorded
