@@ -45,7 +45,7 @@ from ._clock import now
 from ._gate import GateHost, admit, require_host, run_tracked, seconds
 from .errors import ConfigurationError, NotLeaderError, StaleLeaderError
 from .job_store import FOREIGN_PREFIXES
-from .leadership import Leadership, _current
+from .leadership import LeaderInfo, Leadership, _current
 from .schedule import (
     Anchor,
     CatchUp,
@@ -77,6 +77,9 @@ _SECOND = timedelta(seconds=1)
 #: what a timedelta added to a date can hold).
 _LONGEST = 1000 * 365 * 86_400.0
 
+#: Ends of runs being recorded in the background (retried until the database takes them).
+_SETTLING: set[asyncio.Task[None]] = set()
+
 _current_run: contextvars.ContextVar[JobRun | None] = contextvars.ContextVar(
     "notifelect_job_run", default=None
 )
@@ -93,6 +96,9 @@ class JobHost(GateHost, Protocol):
 
     @property
     def settings(self) -> Settings: ...
+
+    @property
+    def leader(self) -> LeaderInfo | None: ...
 
     def _job_store(self) -> JobStore: ...
 
@@ -205,6 +211,8 @@ class Periodic(Generic[R_co]):
         #: on the node's monotonic clock.
         self._own: tuple[datetime, float] | None = None
         self._behind_warned = False
+        #: (scheduled time, term) of the runs whose end is being recorded in the background.
+        self._unrecorded: set[tuple[datetime, int]] = set()
         self._rename_checked = False
         self._qualname = getattr(job, "__qualname__", repr(job))
         functools.update_wrapper(self, job)
@@ -289,6 +297,17 @@ class Periodic(Generic[R_co]):
                         else f"still unfinished after {bound:.1f}s",
                         extra=self._extra("job_abandoned", ls, other_term=last.term),
                     )
+                    continue
+                if (
+                    last is not None
+                    and last.ended_at is None
+                    and last.term == ls.term
+                    and (last.scheduled_at, last.term) not in self._unrecorded
+                ):
+                    # A run of this leadership, and none is in progress (runs follow each
+                    # other): its claim committed but the answer was lost (the claim
+                    # raised). Recorded now, or a next leader would wait for it.
+                    await store.finish(last, "cancelled", "the claim's answer was lost", self.keep)
                     continue
                 if last is None and not self._rename_checked:
                     self._rename_checked = True
@@ -433,14 +452,25 @@ class Periodic(Generic[R_co]):
         recorded gets its end, or the next leader would wait for a run nothing runs."""
         after = self.schedule.trigger.after(scheduled_at)
         claiming = asyncio.ensure_future(store.claim(ls, self.name, scheduled_at, after))
+        why = "the leadership ended as it was claimed"
         try:
             run = await asyncio.shield(claiming)
         except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                if (claimed := await claiming) is not None:
-                    await self._record_end(
-                        ls, claimed, store, "cancelled", "the leadership ended as it was claimed"
-                    )
+            try:
+                claimed = await claiming
+            except Exception:
+                # The claim's connection was dropped as the leadership ended, perhaps with
+                # its COMMIT on the server: whether it committed is not known.
+                self._settle(ls, self._unsure(ls, scheduled_at), store, "cancelled", why, True)
+            else:
+                if claimed is not None:
+                    await self._record_end(ls, claimed, store, "cancelled", why)
+            raise
+        except (NotLeaderError, StaleLeaderError):
+            # The leadership ended during the claim (a lease-bounded transaction drops its
+            # connection then, its COMMIT perhaps on the server): the loop ends, and a
+            # claim that committed is recorded cancelled here, not left to the next leader.
+            self._settle(ls, self._unsure(ls, scheduled_at), store, "cancelled", why, True)
             raise
         self._own = own
         if run is not None:
@@ -453,7 +483,8 @@ class Periodic(Generic[R_co]):
             await store.finish(run, outcome, error, self.keep)
         except Exception as exc:
             log.warning(
-                "job %s of group %r: could not record the end of the run scheduled at %s (%s): %r",
+                "job %s of group %r: could not record the end of the run scheduled at %s (%s): "
+                "%r; retrying",
                 self.name,
                 ls.namespace,
                 run.scheduled_at.isoformat(),
@@ -461,6 +492,73 @@ class Periodic(Generic[R_co]):
                 exc,
                 extra=self._extra("job_store_failed", ls, error=repr(exc)),
             )
+            # Left without an end, the run would hold up the next leader (this process is
+            # still a member) for finish_timeout + callback_timeout.
+            self._settle(ls, run, store, outcome, error, False)
+
+    @staticmethod
+    def _unsure(ls: Leadership, scheduled_at: datetime) -> RunRecord:
+        """The record a claim of ``scheduled_at`` under ``ls`` wrote if it committed (its
+        end is recorded by the key and the term alone)."""
+        from .job_store import RunRecord
+
+        return RunRecord(ls.namespace, "", scheduled_at, scheduled_at, ls.node or 0, ls.term)
+
+    def _settle(
+        self,
+        ls: Leadership,
+        run: RunRecord,
+        store: JobStore,
+        outcome: str,
+        error: str | None,
+        unsure: bool,
+    ) -> None:
+        """Record the end of ``run`` in the background, retried every interval for at most
+        ``finish_timeout + callback_timeout`` (how long a next leader waits for it).
+        ``unsure``: a claim whose outcome is not known; it settles once a newer term is
+        known, whose take-over ended every transaction of the old term."""
+        from dataclasses import replace
+
+        run = replace(run, job=self.name)
+        self._unrecorded.add((run.scheduled_at, run.term))
+        task = asyncio.ensure_future(self._settling(ls, run, store, outcome, error, unsure))
+        _SETTLING.add(task)
+        task.add_done_callback(_SETTLING.discard)
+
+    async def _settling(
+        self,
+        ls: Leadership,
+        run: RunRecord,
+        store: JobStore,
+        outcome: str,
+        error: str | None,
+        unsure: bool,
+    ) -> None:
+        settings = self.group.settings
+        deadline = now() + settings.finish_timeout + settings.callback_timeout
+        try:
+            while True:
+                await asyncio.sleep(settings.election_interval)
+                fenced = _newer_term(self.group, ls)
+                try:
+                    if await store.finish(run, outcome, error, self.keep) or not unsure or fenced:
+                        return
+                except Exception as exc:
+                    log.debug("job %s: could not record the end of a run: %r", self.name, exc)
+                if now() >= deadline:
+                    if not unsure:
+                        log.warning(
+                            "job %s of group %r: gave up recording the end of the run "
+                            "scheduled at %s (%s)",
+                            self.name,
+                            ls.namespace,
+                            run.scheduled_at.isoformat(),
+                            outcome,
+                            extra=self._extra("job_store_failed", ls, error="gave up"),
+                        )
+                    return
+        finally:
+            self._unrecorded.discard((run.scheduled_at, run.term))
 
     async def _hold(self, run: RunRecord, store: JobStore) -> None:
         """While the run goes on, keep its record naming this process's current session:
@@ -562,6 +660,13 @@ def _duration(what: str, argument: str, value: timedelta | float) -> timedelta:
 
 def _admits(ls: Leadership) -> bool:
     return ls.admits
+
+
+def _newer_term(group: JobHost, ls: Leadership) -> bool:
+    """Whether this node knows of a term newer than ``ls``'s (its take-over ended the
+    transactions that held the old term's guard)."""
+    leader = group.leader
+    return leader is not None and leader.term > ls.term
 
 
 def _describe_catch_up(schedule: Schedule) -> str:
