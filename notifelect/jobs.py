@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from ._clock import now
 from ._gate import GateHost, admit, require_host, run_tracked, seconds
-from .errors import ConfigurationError, NotLeaderError, StaleLeaderError
+from .errors import ConfigurationError, GroupStateError, NotLeaderError, StaleLeaderError
 from .job_store import FOREIGN_PREFIXES
 from .leadership import LeaderInfo, Leadership, _current
 from .schedule import (
@@ -496,13 +496,12 @@ class Periodic(Generic[R_co]):
             # still a member) for finish_timeout + callback_timeout.
             self._settle(ls, run, store, outcome, error, False)
 
-    @staticmethod
-    def _unsure(ls: Leadership, scheduled_at: datetime) -> RunRecord:
+    def _unsure(self, ls: Leadership, scheduled_at: datetime) -> RunRecord:
         """The record a claim of ``scheduled_at`` under ``ls`` wrote if it committed (its
         end is recorded by the key and the term alone)."""
         from .job_store import RunRecord
 
-        return RunRecord(ls.namespace, "", scheduled_at, scheduled_at, ls.node or 0, ls.term)
+        return RunRecord(ls.namespace, self.name, scheduled_at, scheduled_at, ls.node or 0, ls.term)
 
     def _settle(
         self,
@@ -514,12 +513,10 @@ class Periodic(Generic[R_co]):
         unsure: bool,
     ) -> None:
         """Record the end of ``run`` in the background, retried every interval for at most
-        ``finish_timeout + callback_timeout`` (how long a next leader waits for it).
-        ``unsure``: a claim whose outcome is not known; it settles once a newer term is
-        known, whose take-over ended every transaction of the old term."""
-        from dataclasses import replace
-
-        run = replace(run, job=self.name)
+        ``finish_timeout + callback_timeout`` (how long a next leader waits for it) and
+        while the group is open (once its session has ended, a next leader waits a lease
+        at most). ``unsure``: a claim whose outcome is not known; it settles once a newer
+        term is known, whose take-over ended every transaction of the old term."""
         self._unrecorded.add((run.scheduled_at, run.term))
         task = asyncio.ensure_future(self._settling(ls, run, store, outcome, error, unsure))
         _SETTLING.add(task)
@@ -539,6 +536,10 @@ class Periodic(Generic[R_co]):
         try:
             while True:
                 await asyncio.sleep(settings.election_interval)
+                try:
+                    self.group._require_open("recording the end of a run")
+                except GroupStateError:
+                    return
                 fenced = _newer_term(self.group, ls)
                 try:
                     if await store.finish(run, outcome, error, self.keep) or not unsure or fenced:

@@ -18,29 +18,30 @@ from tests.integration.test_jobs import engines, runs
 from tests.support.waiting import until
 
 FAST = Settings(election_interval=0.1, lease=1.0, leader_timeout=0.5)
-#: Well within finish_timeout + callback_timeout (40 s): what a successor may take to
-#: run again after a loss or a hand-over, election included.
-PROMPT = float(__import__("os").environ.get("ATTACK_PROMPT", "8"))
+#: Well within finish_timeout + callback_timeout (40 s, the stall these tests catch), and
+#: generous for what a successor takes to run again after a loss or a hand-over (an
+#: election, then the next scheduled time: about 2 s here).
+PROMPT = 15.0
 
 # At the COMMIT of the next claim (a deferred trigger runs there): cut the claiming node's
 # election session (the process lives on and comes back on a new session), then let the
 # COMMIT take a moment longer, so that the node sees its leadership lost and drops the
 # claim's connection while the server is still committing it.
 CUT_AT_COMMIT = """
-CREATE TABLE attack_cut (armed boolean NOT NULL);
-CREATE FUNCTION attack_cut() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE TABLE cut_at_commit (armed boolean NOT NULL);
+CREATE FUNCTION cut_at_commit() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF EXISTS (SELECT FROM attack_cut WHERE armed) THEN
-        UPDATE attack_cut SET armed = false;
+    IF EXISTS (SELECT FROM cut_at_commit WHERE armed) THEN
+        UPDATE cut_at_commit SET armed = false;
         PERFORM pg_terminate_backend(backend_pid) FROM notifelect_session
             WHERE node = NEW.node;
         PERFORM pg_sleep(0.4);
     END IF;
     RETURN NULL;
 END $$;
-CREATE CONSTRAINT TRIGGER attack_cut AFTER INSERT ON notifelect_job_run
-    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION attack_cut();
-INSERT INTO attack_cut VALUES (false);
+CREATE CONSTRAINT TRIGGER cut_at_commit AFTER INSERT ON notifelect_job_run
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION cut_at_commit();
+INSERT INTO cut_at_commit VALUES (false);
 """
 
 
@@ -67,7 +68,7 @@ async def test_a_leadership_lost_while_its_claim_commits_leaves_no_run_without_a
             await stack.enter_async_context(b)
             await until([a, b], lambda: len(ran) >= 2, timeout=20)
             old = a.node
-            await admin.execute("UPDATE attack_cut SET armed = true")
+            await admin.execute("UPDATE cut_at_commit SET armed = true")
             await until(
                 [a, b], lambda: a.node != old and a.node is not None, timeout=20, what="cut"
             )
