@@ -165,7 +165,8 @@ class LeaderWork:
                     [*finishing, *threads], self.settings.finish_timeout, "work finishing", ls
                 )
                 for task in left:
-                    task.cancel()
+                    if not (isinstance(task, asyncio.Task) and task.cancelling()):  # once
+                        task.cancel()
                 await self._wait_for(
                     [t for t in left if t in finishing], self.settings.callback_timeout, "work", ls
                 )
@@ -235,7 +236,8 @@ class LeaderWork:
             )
             ls._end("lease could not be renewed")
             for task in finishing:
-                task.cancel()
+                if not task.cancelling():  # once (see cancel)
+                    task.cancel()
 
 
 __all__ = ["LeaderWork"]

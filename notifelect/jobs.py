@@ -144,7 +144,8 @@ class JobRun:
         """The job's fenced transaction, which also records this run as succeeded.
 
         ``async with run.transaction() as conn:`` is ``leadership.transaction(engine)``
-        (fenced by the term, bounded by the lease) on the group's engine, and its commit
+        (fenced by the term, bounded by the lease) on a connection made as the election's
+        are (from the group's engine or DSN, without a pool), and its commit
         records the run's end with the outcome ``succeeded``: the job's writes and the
         record that the run happened commit together or not at all. Once it committed, the
         run *is* succeeded: should the job raise afterwards, the exception is logged
