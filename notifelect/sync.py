@@ -221,7 +221,16 @@ class SyncElectionGroup:
             _require_plain(f, "leader_only")
             gate = decorators.leader_only(self._group, raise_if_not_leader=raise_if_not_leader)
             gated: Callable[..., Any] = gate(f)
-            return gated
+            what = f"leader-only call {getattr(f, '__qualname__', f)!r}"
+
+            @functools.wraps(f)
+            def checked(*args: Any, **kwargs: Any) -> Any:
+                # In a process forked after the start the group's state is the parent's:
+                # say so, rather than return None as if another node led.
+                self._check_process(what)
+                return gated(*args, **kwargs)
+
+            return checked
 
         return decorate if fn is None else decorate(fn)
 
@@ -419,7 +428,9 @@ class SyncElectionGroup:
         try:
             started.result()
         except BaseException:
-            self._closed = True
+            # Joining failed, or this thread was interrupted (Ctrl-C) while it went on:
+            # tell the election thread to leave once it has joined, and wait for it.
+            self._request_close()
             self._thread.join(self.close_bound)
             raise
 
@@ -432,16 +443,28 @@ class SyncElectionGroup:
         ``on_deposed``, ``every``), it starts the close and returns at once: the
         hand-over waits for that very callback, so waiting here would only wait for
         itself (until ``callback_timeout``). The group is closed once the callback has
-        returned; no new leader work starts meanwhile."""
+        returned; no new leader work starts meanwhile.
+
+        Called while :meth:`start` is still joining (from another thread), it makes that
+        start raise GroupStateError once joined, and the group leaves at once. Called
+        while another thread's close is under way, it waits for that close."""
+        self._request_close()
+        thread = self._thread
+        if self._forked_from is not None or thread is None:
+            return
+        if thread is not threading.current_thread() and not is_worker_of(self):
+            thread.join(self.close_bound)
+
+    def _request_close(self) -> None:
+        """Mark the group closed and tell its election thread to leave: now if it has
+        joined, else as soon as it has (:meth:`_main` reads the mark under the lock)."""
         with self._lock:
             already, self._closed = self._closed, True
-        thread, loop, stop = self._thread, self._loop, self._stop
-        if already or self._forked_from is not None or thread is None:
+            loop, stop = self._loop, self._stop
+        if already or self._forked_from is not None:
             return
         if loop is not None and stop is not None:
             loop.call_soon_threadsafe(stop.set)
-        if thread is not threading.current_thread() and not is_worker_of(self):
-            thread.join(self.close_bound)
 
     def _run(self, started: concurrent.futures.Future[None]) -> None:
         asyncio.run(self._main(started))
@@ -453,7 +476,20 @@ class SyncElectionGroup:
         except BaseException as exc:
             started.set_exception(exc)
             return
-        self._loop = asyncio.get_running_loop()
+        with self._lock:
+            closing = self._closed  # close() came while joining: it could not tell us
+            if not closing:
+                self._loop = asyncio.get_running_loop()
+        if closing:
+            try:
+                await self._group.close()
+            finally:
+                started.set_exception(
+                    GroupStateError(
+                        f"group {self.name!r} was closed while it was starting; it has left"
+                    )
+                )
+            return
         started.set_result(None)
         try:
             await self._stop.wait()

@@ -87,10 +87,23 @@ class LeaderScheduler:
     scheduler down: when the bound passed, coroutine jobs (``AsyncIOExecutor``) are
     cancelled, while jobs in a thread or process pool cannot be interrupted and run on,
     outside any leadership. Works with any APScheduler 3 scheduler; for a thread-based one
-    (``BackgroundScheduler``) enter it from the event loop that runs the group.
+    (``BackgroundScheduler``) enter it from the event loop that runs the group. ``group``
+    is the asyncio :class:`~notifelect.ElectionGroup`: a ``SyncElectionGroup`` is refused
+    with a ConfigurationError (gate the jobs with ``@group.leader_only`` there).
     """
 
     def __init__(self, group: ElectionGroup, scheduler: BaseScheduler) -> None:
+        from ..sync import SyncElectionGroup
+
+        given: object = group  # a caller without a type checker may hand a sync group
+        if isinstance(given, SyncElectionGroup):
+            raise ConfigurationError(
+                f"LeaderScheduler binds a scheduler to an asyncio ElectionGroup (entered with "
+                f"'async with'), got the SyncElectionGroup {given.name!r}; in threaded code "
+                "gate the scheduler's jobs with @group.leader_only (as "
+                "examples/flask_gunicorn does), or schedule them with @group.every or "
+                "@group.cron, which keep their schedule in the database"
+            )
         if not isinstance(scheduler, BaseScheduler):
             raise ConfigurationError(
                 f"LeaderScheduler needs an APScheduler 3 scheduler, got {scheduler!r}"

@@ -134,13 +134,35 @@ class SplitDsn:
     query: dict[str, str]
 
 
+#: libpq's client-side connection knobs, which a DSN written for psycopg may carry and
+#: asyncpg does not read: it would send them to the server as settings, which refuses
+#: them ("unrecognized configuration parameter"). Dropped, as for an engine on psycopg
+#: (``connect_timeout`` gives way to ``Settings.connect_timeout``).
+LIBPQ_CLIENT_ONLY = frozenset(
+    {
+        "connect_timeout",
+        "keepalives",
+        "keepalives_idle",
+        "keepalives_interval",
+        "keepalives_count",
+        "tcp_user_timeout",
+        "gssencmode",
+        "channel_binding",
+        "sslcompression",
+        "sslsni",
+        "requiressl",
+    }
+)
+
+
 def split_dsn(dsn: str) -> SplitDsn:
     """Take the hosts out of a ``postgresql://`` DSN (scheme already checked).
 
     Hosts may be listed in the address part (``u@a:1,b:2/db``), as repeated ``host``
     parameters (``?host=a:1&host=b:2``, as SQLAlchemy writes them) or as comma-separated
     ``host`` and ``port`` parameters (``?host=a,b&port=1,2``), but not in both the
-    address part and the parameters.
+    address part and the parameters. libpq's client-side knobs asyncpg does not read
+    (:data:`LIBPQ_CLIENT_ONLY`) are dropped.
     """
     where = "the DSN"
     _, _, rest = dsn.partition("://")
@@ -152,7 +174,11 @@ def split_dsn(dsn: str) -> SplitDsn:
     query_hosts = [v for k, v in params if k == "host"]
     query_ports = [v for k, v in params if k == "port"]
     targets = [v for k, v in params if k == "target_session_attrs"]
-    others = [(k, v) for k, v in params if k not in ("host", "port", "target_session_attrs")]
+    others = [
+        (k, v)
+        for k, v in params
+        if k not in ("host", "port", "target_session_attrs") and k not in LIBPQ_CLIENT_ONLY
+    ]
     hosts = parse_hostspec(hostspec, where)
     if hosts and any(h for h in query_hosts):
         raise ConfigurationError(
