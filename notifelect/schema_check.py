@@ -10,6 +10,7 @@ this release needs, and the next step for each way of installing the schema.
 from __future__ import annotations
 
 import enum
+import shlex
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,7 +113,7 @@ def schema_problem(found: FoundSchema, names: Names) -> str | None:
         return (
             f"the notifelect schema in {where} is incomplete: it records {recorded} but "
             f"{lacking} cannot be found; {need}. Something removed part of it: "
-            f"{_install(names)} recreates what is missing and keeps the rest (every "
+            f"{_install(names, found)} recreates what is missing and keeps the rest (every "
             f"statement is idempotent); see {GUIDE}"
         )
     if state is SchemaState.ABSENT:
@@ -133,10 +134,10 @@ def schema_problem(found: FoundSchema, names: Names) -> str | None:
     else:
         what = f"the notifelect schema in {where} is at version {found.version}"
         hint = ""
-    return f"{what}; {need}.{hint}\n{_steps(names, found.database)}"
+    return f"{what}; {need}.{hint}\n{_steps(names, found)}"
 
 
-def _steps(names: Names, database: str) -> str:
+def _steps(names: Names, found: FoundSchema) -> str:
     """The next step of each way to install the schema, one line each."""
     x = f" -x notifelect_prefix={names.prefix}" if names.prefix else ""
     return (
@@ -147,14 +148,20 @@ def _steps(names: Names, database: str) -> str:
         "upgrade head'\n"
         "  (b) notifelect's revisions in the application's Alembic version_locations: "
         f"'alembic{x} upgrade heads'\n"
-        f"  (c) the command line: {_install(names)} against database {database!r}\n"
+        f"  (c) the command line: {_install(names, found)} against database {found.database!r}\n"
         f"See {GUIDE}."
     )
 
 
-def _install(names: Names) -> str:
+def _install(names: Names, found: FoundSchema) -> str:
+    """The install command, with the prefix and, when the service looks in a schema other
+    than ``public``, its search_path: without it the command would install into the
+    schema its own connection looks in, usually ``public``."""
     prefix = f" --prefix {names.prefix}" if names.prefix else ""
-    return f"'python -m notifelect install{prefix}'"
+    where = ""
+    if found.schema is not None and found.schema != "public":
+        where = f" --search-path {shlex.quote(found.search_path)}"
+    return f"'python -m notifelect install{prefix}{where}'"
 
 
 def _where(found: FoundSchema, names: Names) -> str:

@@ -3,7 +3,8 @@
 The connection comes from ``--dsn``, else from ``--pg-host``/``--pg-port``/``--pg-user``/
 ``--pg-password``/``--pg-database``, else from the standard ``PG*`` environment variables
 (``PGHOST``, ``PGPORT``, ``PGUSER``, ``PGPASSWORD``, ``PGDATABASE``) as libpq reads them.
-The prefix comes from ``--prefix``, else from ``$NOTIFELECT_PREFIX``, else none.
+``--search-path`` sets the connection's ``search_path`` (where the schema is looked for and
+created). The prefix comes from ``--prefix``, else from ``$NOTIFELECT_PREFIX``, else none.
 
 The command modules import this one; it imports none of them.
 """
@@ -44,6 +45,11 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--pg-user", help="role name ($PGUSER)")
     group.add_argument("--pg-password", help="password ($PGPASSWORD)")
     group.add_argument("--pg-database", help="database name ($PGDATABASE)")
+    group.add_argument(
+        "--search-path",
+        help="the schemas to look in (and install into), as PostgreSQL's search_path "
+        "(default: the one the role and database set)",
+    )
 
 
 def add_prefix_argument(parser: argparse.ArgumentParser) -> None:
@@ -95,6 +101,9 @@ def connection_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, option, None)
         if value is not None:
             kwargs[key] = value
+    search_path = getattr(args, "search_path", None)
+    if search_path is not None:
+        kwargs["server_settings"] = {"search_path": search_path}
     return kwargs
 
 
@@ -113,7 +122,9 @@ def describe_target(args: argparse.Namespace) -> str:
     parts = []
     if dsn:
         parts.append(redact(dsn))
+    settings = kwargs.pop("server_settings", {})
     parts += [f"{k}={v}" for k, v in kwargs.items() if k != "password"]
+    parts += [f"{k}={v}" for k, v in settings.items()]
     env = [
         f"{k}={os.environ[k]}"
         for k in ("PGHOST", "PGPORT", "PGUSER", "PGDATABASE")

@@ -20,6 +20,7 @@ import asyncpg
 from .. import messages, sql
 from ..messages import Message, Rejected
 from ..schema import Names
+from ..schema_check import check_schema
 from ._common import (
     Subparsers,
     add_connection_arguments,
@@ -136,7 +137,8 @@ async def listen(
     seconds for groups that start later. The copies of the messages sent to one node
     alone (``Names.changes_channel``) are heard too, filtered by ``printer``. ``ready``
     is called once LISTEN is active (with the number of group channels); nothing sent
-    before that is seen. The connection is checked
+    before that is seen. A schema other than this release's raises
+    :class:`~notifelect.errors.SchemaError` first. The connection is checked
     every ``rescan`` seconds too: if it is lost, :class:`ConnectionLost` (or the error of
     the check) is raised.
     """
@@ -164,6 +166,8 @@ async def listen(
                 await conn.add_listener(channel, on_notify)
                 channels.add(channel)
 
+    # As status: a missing or outdated schema is named, with its fix, before anything.
+    await check_schema(conn, names)
     conn.add_termination_listener(on_closed)
     try:
         # Messages sent to one node alone (a hand-over's RESIGN) are copied there.

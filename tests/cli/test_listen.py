@@ -15,7 +15,7 @@ import pytest
 from notifelect import ElectionGroup, Names, Settings
 from notifelect.cli.listen import Printer, decode_any, describe, listen
 from notifelect.messages import Kind, Message, Rank, Rejected, encode
-from tests.cli.running import cli_argv, spawn
+from tests.cli.running import cli_argv, run_cli, spawn
 from tests.support.waiting import until
 
 FAST = Settings(election_interval=0.1, lease=1.0, leader_timeout=0.5)
@@ -96,6 +96,15 @@ async def test_listen_prints_junk_as_rejected_and_filters_namespaces(dsn: str) -
     assert "'reports'  election" in lines[1]
     assert "node 42 (priority 5)" in lines[1]
     assert "rejected (no namespace)" in lines[2]
+
+
+@pytest.mark.timeout(60)
+async def test_listen_without_the_schema_exits_2_naming_the_fix(empty_dsn: str) -> None:
+    """As ``status`` does: the schema error with its steps, not a driver error."""
+    result = await run_cli("listen", "--dsn", empty_dsn, "--for", "1")
+    assert result.rc == 2, result.stderr
+    assert "the notifelect schema is not installed" in result.stderr
+    assert "python -m notifelect install" in result.stderr
 
 
 def test_decode_any_reads_every_namespace_and_never_raises() -> None:

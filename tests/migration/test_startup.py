@@ -7,12 +7,14 @@ version found and needed, and the next step: these tests make each condition for
 from __future__ import annotations
 
 import asyncio
+import re
+import shlex
 from urllib.parse import urlsplit
 
 import pytest
 
-from notifelect import ElectionGroup, SchemaError, Settings, __version__
-from notifelect.schema import SCHEMA_VERSION, Names, install_statements
+from notifelect import ElectionGroup, SchemaError, Settings, __version__, cli
+from notifelect.schema import SCHEMA_VERSION, Names, install_statements, statements_for_version
 from tests.migration.conftest import execute
 
 #: Generous bound: the error must come from the first connection, not after retries.
@@ -123,3 +125,24 @@ async def test_the_0_0_3_sequence_alone_is_named_as_such(empty_dsn: str) -> None
     )
     assert "not installed" not in message
     assert_names_every_step(message)
+
+
+@pytest.mark.timeout(60)
+async def test_the_install_step_for_a_service_in_another_schema_installs_it_there(
+    empty_dsn: str,
+) -> None:
+    """The service looks in schema 'app' (its search_path): running step (c) as the message
+    writes it, against the database it names, gives the service the schema it needs."""
+    await execute(empty_dsn, "CREATE SCHEMA app")
+    joiner = "&" if "?" in empty_dsn else "?"
+    service = f"{empty_dsn}{joiner}options=-csearch_path%3Dapp"
+    await execute(service, *statements_for_version(Names(), 1))
+    message = str(await start(service))
+    assert "(schema 'app' from search_path app; no object prefix) is at version 1" in message
+    step = re.search(r"\(c\) the command line: '(python -m notifelect install[^']*)'", message)
+    assert step is not None, message
+    argv = shlex.split(step.group(1))[3:]  # what follows 'python -m notifelect'
+    code = await asyncio.to_thread(cli.main, [*argv, "--dsn", empty_dsn])
+    assert code == 0
+    async with ElectionGroup(service, "reports", Settings(election_interval=0.1)) as group:
+        await group.wait_for_leadership(timeout=20)
