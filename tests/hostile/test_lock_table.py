@@ -10,6 +10,7 @@ client of the server) fail over and over.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterator
 
 import asyncpg
@@ -17,6 +18,7 @@ import pytest
 
 from notifelect import ElectionGroup, Leadership, Settings
 from notifelect.schema import Names, install_statements
+from notifelect.transport.session.claims import CLAIM_SHARE
 from tests.support.servers import ThrowawayPostgres
 from tests.support.waiting import until
 
@@ -26,6 +28,9 @@ _SMALL_LOCK_TABLE = (
     "\nmax_locks_per_transaction = 10\nmax_connections = 8\nmax_wal_senders = 0\n"
     "max_worker_processes = 0\nautovacuum_max_workers = 1\n"
 )
+#: The entries that table is made for: max_locks_per_transaction for each process slot
+#: (max_connections, the autovacuum workers and their launcher).
+_LOCK_TABLE = 10 * (8 + 1 + 1)
 #: More groups than such a table holds locks.
 _GROUPS = 600
 
@@ -42,6 +47,16 @@ def small_lock_table() -> Iterator[ThrowawayPostgres]:
         server.destroy()
 
 
+async def _plain_client(dsn: str) -> None:
+    """Another client of the server runs a statement that needs an entry of the lock
+    table (an advisory lock never takes the fast path)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("SELECT pg_advisory_xact_lock(1)")
+    finally:
+        await conn.close()
+
+
 async def _install(dsn: str) -> None:
     conn = await asyncpg.connect(dsn)
     try:
@@ -53,10 +68,12 @@ async def _install(dsn: str) -> None:
 
 @pytest.mark.timeout(120)
 async def test_leaderships_are_kept_when_the_groups_outnumber_the_lock_table(
-    small_lock_table: ThrowawayPostgres,
+    small_lock_table: ThrowawayPostgres, caplog: pytest.LogCaptureFixture
 ) -> None:
     """One process joins more groups than the server's lock table holds: the groups it
-    came to lead stay led (none is deposed), the others wait."""
+    came to lead stay led (none is deposed), at most its share of the lock table; the
+    others wait, it says so once, and other clients of the server are not refused."""
+    caplog.set_level(logging.ERROR, logger="notifelect")
     await _install(small_lock_table.dsn)
     settings = Settings(election_interval=0.5)
     deposed = asyncio.Event()
@@ -71,8 +88,16 @@ async def test_leaderships_are_kept_when_the_groups_outnumber_the_lock_table(
         await asyncio.gather(*(group.__aenter__() for group in groups))
         await until(groups, lambda: any(g.is_leader for g in groups), timeout=30, what="a leader")
         # No leadership may end while the process runs: wait for one to, in vain.
+        await _plain_client(small_lock_table.dsn)
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(deposed.wait(), timeout=20)
-        assert any(group.is_leader for group in groups)
+        led = sum(group.is_leader for group in groups)
+        assert 0 < led <= _LOCK_TABLE // CLAIM_SHARE
+        await _plain_client(small_lock_table.dsn)
+        said = [
+            r for r in caplog.records if getattr(r, "notifelect_event", None) == "lock_table_full"
+        ]
+        assert len(said) == 1, said
+        assert "max_locks_per_transaction" in said[0].getMessage()
     finally:
         await asyncio.gather(*(group.close() for group in groups), return_exceptions=True)
