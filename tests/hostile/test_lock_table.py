@@ -12,13 +12,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterator
+from typing import cast
 
 import asyncpg
 import pytest
 
 from notifelect import ElectionGroup, Leadership, Settings
 from notifelect.schema import Names, install_statements
-from notifelect.transport.session.claims import CLAIM_SHARE
+from notifelect.sql import ElectionQueries
+from notifelect.transport.session.claims import CLAIM_SHARE, Claims
+from notifelect.transport.session.common import NEVER_LED, SessionView
 from tests.support.servers import ThrowawayPostgres
 from tests.support.waiting import until
 
@@ -101,3 +104,54 @@ async def test_leaderships_are_kept_when_the_groups_outnumber_the_lock_table(
         assert "max_locks_per_transaction" in said[0].getMessage()
     finally:
         await asyncio.gather(*(group.close() for group in groups), return_exceptions=True)
+
+
+class _View:
+    """What a session's claims use of it."""
+
+    def __init__(self) -> None:
+        self.names = Names()
+        self.queries = ElectionQueries(self.names)
+        self.node = 1
+        self.lost: list[str] = []
+
+    def lose(self, reason: str) -> None:
+        self.lost.append(reason)
+
+
+@pytest.mark.timeout(60)
+async def test_a_claim_met_by_a_full_lock_table_takes_nothing_and_keeps_the_session(
+    small_lock_table: ThrowawayPostgres, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another client filled the lock table (one entry left): a claim of several groups
+    takes the first lock and fails on the next; the lock it took is given back, the
+    groups are answered as not taken, it is said once, and the session is not lost.
+    Once there is room, the same claim takes them all."""
+    caplog.set_level(logging.ERROR, logger="notifelect")
+    await _install(small_lock_table.dsn)
+    view = _View()
+    claims = Claims(cast(SessionView, view))
+    asks = [(view.names.claim_key(f"g{i}"), f"g{i}") for i in range(3)]
+    conn = await asyncpg.connect(small_lock_table.dsn)
+    filler = await asyncpg.connect(small_lock_table.dsn)
+    try:
+        with pytest.raises(asyncpg.OutOfMemoryError):
+            await filler.execute("SELECT pg_advisory_lock(k) FROM generate_series(1, 1000000) k")
+        assert await filler.fetchval("SELECT pg_advisory_unlock(1)") is True
+        for _ in range(2):
+            assert await claims._try_claims(conn, asks) == [None, None, None]
+        assert claims.held == set()
+        assert view.lost == []
+        await filler.close()
+        mine = (
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+        )
+        assert await conn.fetchval(mine) == 0
+        assert await claims._try_claims(conn, asks) == [NEVER_LED] * 3
+        assert await conn.fetchval(mine) == 3
+    finally:
+        await conn.close()
+        await filler.close()
+    said = [r for r in caplog.records if getattr(r, "notifelect_event", None) == "lock_table_full"]
+    assert len(said) == 1, said
+    assert "lock table is full" in said[0].getMessage()
