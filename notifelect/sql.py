@@ -411,15 +411,6 @@ class ElectionQueries:
             " AND pid = pg_backend_pid() AND classid = $1 AND objid = $2 AND objsubid = 1"
             " AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))"
         )
-        #: The claim locks (one-key advisory locks) this backend holds. Columns: classid,
-        #: objid (the key's halves, as :func:`lock_halves` gives them).
-        #: (A backend's locks are all in its own database; no catalog is read, so this
-        #: works even when the shared lock table is full.)
-        self.held_claims = (
-            "SELECT classid::bigint AS classid, objid::bigint AS objid FROM pg_locks"
-            " WHERE locktype = 'advisory' AND granted AND pid = pg_backend_pid()"
-            " AND objsubid = 1"
-        )
         #: Open a session: draw its node id, register it (host ``$1``, pid ``$2``),
         #: dropping sessions whose backends are gone, and unless ``$3`` is false, name the
         #: connection ``$5`` followed by the node id if it still has the name ``$4`` (the

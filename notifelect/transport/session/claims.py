@@ -7,6 +7,7 @@ back once, whatever happens to the statement that took it.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import asyncpg
@@ -16,9 +17,29 @@ from ..base import TransportError
 from ..serial import Batched
 from .common import NEVER_LED, Claimed, SessionView
 
+log = logging.getLogger(__name__)
+
 #: How long taking terms waits on the server for a row (milliseconds): a guarded
 #: transaction's rows are skipped, not waited for; this bounds any other wait.
 _ROW_LOCK_WAIT_MS = 20
+#: A session holds claim locks in at most 1/CLAIM_SHARE of the server's shared lock
+#: table. A session lock takes an entry of that table for as long as it is held, and the
+#: rest of the table is what every other statement of every session on the server needs
+#: (their table locks, other processes' claims, the standbys' watchers' waits): a full
+#: table fails them all with "out of shared memory". A quarter leaves room for three
+#: more such processes and everything else.
+CLAIM_SHARE = 4
+#: SQLSTATE of "out of shared memory": the lock table is full.
+_OUT_OF_SHARED_MEMORY = "53200"
+#: The lock table of a server with PostgreSQL's default settings (64 for each of 122 slots), until
+#: the session has read its own.
+_DEFAULT_LOCK_TABLE = 64 * 122
+
+
+def claim_budget(lock_table: int) -> int:
+    """How many claim locks a session may hold on a server whose lock table has
+    ``lock_table`` entries (at least one)."""
+    return max(1, lock_table // CLAIM_SHARE)
 
 
 class Claims:
@@ -29,9 +50,17 @@ class Claims:
         #: The claim locks the election connection holds (each taken once: a lock taken
         #: twice would need two unlocks).
         self.held: set[int] = set()
+        #: The entries of the server's lock table (set once the session has read it).
+        self.lock_table = _DEFAULT_LOCK_TABLE
+        self._said_refused = False
         #: Claim locks to try, and terms to take, for several groups at once.
         self.tries = Batched(lambda: session.serial, "claiming", self._try_claims)
         self.terms = Batched(lambda: session.serial, "taking terms", self._take_terms)
+
+    @property
+    def budget(self) -> int:
+        """How many claim locks the connection may hold (see :data:`CLAIM_SHARE`)."""
+        return claim_budget(self.lock_table)
 
     async def inherit(self, conn: asyncpg.Connection[Any], namespace: str) -> None:
         """On a borrowed connection, give back what a lost session left of ``namespace``'s
@@ -52,22 +81,18 @@ class Claims:
     ) -> list[Claimed | None]:
         """Try the claim locks ``asks`` (key, namespace); read what is recorded of the
         groups whose lock was taken (after taking it, so that it is not older). A lock
-        the connection holds already counts as taken."""
+        the connection holds already counts as taken; beyond the session's budget (see
+        :data:`CLAIM_SHARE`), or if the server's lock table is full, a lock is not taken,
+        as if another session held it."""
         queries = self.session.queries
-        unique = [ask for ask in dict.fromkeys(asks) if ask[0] not in self.held]
-        keys = [key for key, _ in unique]
-        try:
-            rows = await conn.fetch(queries.try_claims, [str(key) for key in keys])
-        except asyncpg.PostgresError:
-            # A statement that failed on the server (a full lock table, a statement
-            # timeout, a cancel) may have taken some of the locks first, and a session
-            # lock outlives the statement that took it: learn from the server which ones
-            # are held, so that they are given back like any claim cut short.
-            await self._reconcile(conn, keys)
-            raise
-        for (key, _), row in zip(unique, rows, strict=True):
-            if row["got"]:
-                self.held.add(key)
+        # Each key once: a lock taken twice would need two unlocks.
+        keys = list(dict.fromkeys(key for key, _ in asks if key not in self.held))
+        room = max(0, self.budget - len(self.held))
+        if len(keys) > room:
+            self._refused(len(keys) - room, None)
+            keys = keys[:room]
+        if keys:
+            await self._lock(conn, keys)
         taken = {namespace for key, namespace in asks if key in self.held}
         recorded = dict.fromkeys(taken, NEVER_LED)
         if taken:
@@ -77,18 +102,64 @@ class Claims:
                 )
         return [recorded.get(namespace) for _, namespace in asks]
 
-    async def _reconcile(self, conn: asyncpg.Connection[Any], keys: list[int]) -> None:
-        """Count among the held claims those of ``keys`` that this backend holds. If the
-        server cannot say, the session is lost: its end frees every lock."""
+    async def _lock(self, conn: asyncpg.Connection[Any], keys: list[int]) -> None:
+        """Try the claim locks ``keys`` (none of them held), counting those taken."""
         try:
-            rows = await conn.fetch(self.session.queries.held_claims)
+            rows = await conn.fetch(self.session.queries.try_claims, [str(key) for key in keys])
         except asyncpg.PostgresError as exc:
-            self.session.lose(
-                f"the claim locks held could not be read after a failed claim: {exc!r}"
-            )
-            raise TransportError(f"reading the claim locks held failed: {exc!r}") from exc
-        held = {(row["classid"], row["objid"]) for row in rows}
-        self.held.update(key for key in keys if lock_halves(key) in held)
+            # A statement that failed on the server (a full lock table, a statement
+            # timeout, a cancel) may have taken some of the locks first, and a session
+            # lock outlives the statement that took it. None of them was held before, so
+            # each is given back by one unlock (false, with a warning, where it was not
+            # taken), without asking which are held: with a full lock table, reading
+            # pg_locks fails too, while an unlock needs no room. If even that fails, the
+            # session is lost: its end frees every lock.
+            try:
+                await conn.execute(
+                    "SELECT pg_advisory_unlock(u.k) FROM unnest($1::text[]::bigint[]) AS u(k)",
+                    [str(key) for key in keys],
+                )
+            except asyncpg.PostgresError as again:
+                self.session.lose(
+                    f"the claim locks of a failed claim could not be given back: {again!r}"
+                )
+                raise TransportError(
+                    f"giving back the locks of a failed claim failed: {again!r}"
+                ) from exc
+            if exc.sqlstate != _OUT_OF_SHARED_MEMORY:
+                raise
+            # Another client filled the lock table: these groups get no leader from this
+            # session for now, and nothing else of it fails.
+            self._refused(len(keys), exc)
+            return
+        for key, row in zip(keys, rows, strict=True):
+            if row["got"]:
+                self.held.add(key)
+
+    def _refused(self, groups: int, exc: asyncpg.PostgresError | None) -> None:
+        """Say once per session that ``groups`` claims were not tried (beyond the budget,
+        or the lock table was full: ``exc``) and which server setting to raise."""
+        if self._said_refused:
+            return
+        self._said_refused = True
+        s = self.session
+        why = (
+            f"this session may hold at most {self.budget} claim lock(s), its share"
+            f" (1/{CLAIM_SHARE}) of the server's lock table of about"
+            f" {self.lock_table} entries"
+            if exc is None
+            else f"the server's lock table is full ({exc.__class__.__name__}: {exc})"
+        )
+        log.error(
+            "election session node %s could not claim %d group(s): %s; such groups get no"
+            " leader from this session while there is no room (said once per session)."
+            " Raise max_locks_per_transaction on the server (it takes a restart) or spread"
+            " the groups over more processes",
+            s.node,
+            groups,
+            why,
+            extra={"notifelect_event": "lock_table_full", "notifelect_node": s.node},
+        )
 
     async def _take_terms(
         self, conn: asyncpg.Connection[Any], asks: list[tuple[str, int, float]]

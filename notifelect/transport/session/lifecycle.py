@@ -218,13 +218,14 @@ class Session:
             turns = turns_of(conn)
             await turns.acquire(urgent=False)
             try:
-                await probe.check_borrowed(conn)
+                lock_table = await probe.check_borrowed(conn)
                 await check_schema(conn, self.names)
                 await self._register(conn, rename=False)
             finally:
                 turns.release()
         else:
-            await self._connect_own()
+            lock_table = await self._connect_own()
+        self.claims.lock_table = lock_table
         assert self.conn is not None
         assert self.node is not None
         self.conn.add_termination_listener(self._terminated)
@@ -234,13 +235,14 @@ class Session:
         await self.serial.add_listener(channel, self._sent)
         log.info("election session node %s opened", self.node, extra=self._extra("session_opened"))
 
-    async def _connect_own(self) -> None:
+    async def _connect_own(self) -> int:
         """Open the election connection and the anchor side by side, each doing its part
         while the other waits on the server: the anchor is the environment probe's
         second session before it takes its lock; the election connection checks the
         schema meanwhile, then settles its settings (sending the probe's notification)
         and registers the session. Where there are several hosts to try, the anchor is
-        connected once the election connection has found the one that answers."""
+        connected once the election connection has found the one that answers. Returns
+        the size of the server's lock table."""
         pooler = probe.PoolerProbe()
         anchor: asyncio.Future[asyncpg.Connection[Any]] | None = None
         if one_host(self._connect):
@@ -255,13 +257,13 @@ class Session:
                 await check_schema(conn, self.names)
                 other = await anchor
                 anchored = asyncio.ensure_future(self._anchor(other, node, pooler.channel))
-                pid = await probe.settle(
+                settled = await probe.settle(
                     conn, io_timeout=self.timing.io_timeout, notify=pooler.channel
                 )
                 node.set_result(await self._register(conn, rename=True))
                 other_pid = await anchored
-            await pooler.verdict(other, (pid, other_pid))
-            await probe.same_sessions(conn, other, (pid, other_pid))
+            await pooler.verdict(other, (settled.pid, other_pid))
+            await probe.same_sessions(conn, other, (settled.pid, other_pid))
         except BaseException:
             for task in (anchor, anchored):
                 if task is not None and not task.done():
@@ -272,6 +274,7 @@ class Session:
             raise
         other.add_termination_listener(self._anchor_terminated)
         self.anchor = other
+        return settled.lock_table
 
     async def _second_session(self, pooler: probe.PoolerProbe) -> asyncpg.Connection[Any]:
         """A connection that listens on the probe's channel (the anchor-to-be)."""

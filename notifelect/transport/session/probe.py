@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import secrets
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 
@@ -37,6 +37,21 @@ _ROLE_FIX = (
 )
 #: Under these ordinary triggers fire.
 _FIRING = ("origin", "local")
+#: The number of entries the server's shared lock table is made for (every lock a session
+#: holds, a session advisory lock too, takes one): max_locks_per_transaction per server
+#: process slot or prepared transaction. The slots are the backends
+#: (max_connections), the autovacuum workers (autovacuum_worker_slots from PostgreSQL 18,
+#: autovacuum_max_workers before) and their launcher, the background workers and the WAL
+#: senders. The server may find room for more in spare shared memory: this is a floor.
+LOCK_TABLE = (
+    "current_setting('max_locks_per_transaction')::bigint"
+    " * (current_setting('max_connections')::bigint"
+    " + current_setting('max_prepared_transactions')::bigint"
+    " + coalesce(current_setting('autovacuum_worker_slots', true),"
+    "   current_setting('autovacuum_max_workers'))::bigint + 1"
+    " + current_setting('max_worker_processes')::bigint"
+    " + current_setting('max_wal_senders')::bigint)"
+)
 
 
 def literal(text: str) -> str:
@@ -77,8 +92,16 @@ def pooler_errors() -> Iterator[None]:
         ) from exc
 
 
-async def settle(conn: asyncpg.Connection[Any], *, io_timeout: float, notify: str) -> int:
-    """Set up an election connection of our own in one statement; its backend pid.
+class Settled(NamedTuple):
+    """What :func:`settle` learnt of the election connection's server."""
+
+    pid: int  # the backend pid
+    lock_table: int  # the entries of its shared lock table (see LOCK_TABLE)
+
+
+async def settle(conn: asyncpg.Connection[Any], *, io_timeout: float, notify: str) -> Settled:
+    """Set up an election connection of our own in one statement; its backend pid and
+    the size of the server's lock table.
 
     The election's writes must fire the trigger that stamps each change of a leader row
     (the other sessions read only what changed): a ``session_replication_role`` other than
@@ -94,7 +117,7 @@ async def settle(conn: asyncpg.Connection[Any], *, io_timeout: float, notify: st
     """
     check = ", set_config('client_connection_check_interval', '1000', false)"
     query = (
-        "SELECT pg_backend_pid() AS pid,"
+        f"SELECT pg_backend_pid() AS pid, {LOCK_TABLE} AS lock_table,"
         f" CASE WHEN r.role NOT IN {_FIRING!r}"
         "  THEN set_config('session_replication_role', 'origin', false) END AS reset,"
         " set_config('lock_timeout', $1, false), set_config('synchronous_commit', 'off', false)"
@@ -107,18 +130,24 @@ async def settle(conn: asyncpg.Connection[Any], *, io_timeout: float, notify: st
         role = await conn.fetchval("SELECT current_setting('session_replication_role')")
         raise ConfigurationError(_ROLE_FIX.format(role=role)) from exc
     assert row is not None
-    return int(row["pid"])
+    return Settled(int(row["pid"]), int(row["lock_table"]))
 
 
-async def check_borrowed(conn: asyncpg.Connection[Any]) -> None:
+async def check_borrowed(conn: asyncpg.Connection[Any]) -> int:
     """The checks a borrowed connection gets: its settings are its owner's, so a
     replication role under which triggers do not fire is refused, not set back; and it
     has no second session to compare with, only the prepared-statement check that
-    transaction-pooling proxies usually trip."""
+    transaction-pooling proxies usually trip. Returns the size of the server's lock table
+    (read in the same statement)."""
     with pooler_errors():
-        role = await conn.fetchval("SELECT current_setting('session_replication_role')")
-    if role not in _FIRING:
-        raise ConfigurationError(_ROLE_FIX.format(role=role))
+        row = await conn.fetchrow(
+            "SELECT current_setting('session_replication_role') AS role,"
+            f" {LOCK_TABLE} AS lock_table"
+        )
+    assert row is not None
+    if row["role"] not in _FIRING:
+        raise ConfigurationError(_ROLE_FIX.format(role=row["role"]))
+    return int(row["lock_table"])
 
 
 async def same_sessions(
