@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from notifelect import ElectionGroup, Settings
+from notifelect import ElectionGroup, RunRecord, Settings
 from tests.integration.test_jobs import engines, runs
 from tests.support.waiting import until
 
@@ -22,6 +22,40 @@ FAST = Settings(election_interval=0.1, lease=1.0, leader_timeout=0.5)
 #: generous for what a successor takes to run again after a loss or a hand-over (an
 #: election, then the next scheduled time: about 2 s here).
 PROMPT = 15.0
+
+
+async def scheduled_pair(
+    stack: AsyncExitStack,
+    dsn: str,
+    namespace: str,
+    ran: list[tuple[int, float]],
+    period: float,
+    priorities: tuple[int, int],
+) -> tuple[ElectionGroup, ElectionGroup]:
+    """Two groups (not entered) on engines of their own, each with the job ``often``
+    every ``period`` seconds, which records (node, when) in ``ran``."""
+    made = await engines(stack, dsn, 2)
+    pair = [
+        ElectionGroup(e, namespace, FAST.replace(priority=p))
+        for e, p in zip(made, priorities, strict=True)
+    ]
+    for g in pair:
+
+        @g.every(period, name="often")
+        async def often(g: ElectionGroup = g) -> None:
+            assert g.node is not None
+            ran.append((g.node, time.monotonic()))
+
+    return pair[0], pair[1]
+
+
+async def every_run_ended(dsn: str, namespace: str) -> list[RunRecord]:
+    """The runs of ``often``, once checked that each but the last has an end."""
+    recorded = await runs(dsn, namespace, "often")
+    unended = [r for r in recorded[:-1] if r.ended_at is None]
+    assert unended == [], f"runs recorded as started that never got an end: {unended}"
+    return recorded
+
 
 # At the COMMIT of the next claim (a deferred trigger runs there): cut the claiming node's
 # election session (the process lives on and comes back on a new session), then let the
@@ -54,16 +88,7 @@ async def test_a_leadership_lost_while_its_claim_commits_leaves_no_run_without_a
         await admin.execute(CUT_AT_COMMIT)
         ran: list[tuple[int, float]] = []
         async with AsyncExitStack() as stack:
-            a_engine, b_engine = await engines(stack, dsn, 2)
-            a = ElectionGroup(a_engine, namespace, FAST.replace(priority=1))
-            b = ElectionGroup(b_engine, namespace, FAST)
-            for g in (a, b):
-
-                @g.every(0.3, name="often")
-                async def often(g: ElectionGroup = g) -> None:
-                    assert g.node is not None
-                    ran.append((g.node, time.monotonic()))
-
+            a, b = await scheduled_pair(stack, dsn, namespace, ran, 0.3, (1, 0))
             await stack.enter_async_context(a)
             await stack.enter_async_context(b)
             await until([a, b], lambda: len(ran) >= 2, timeout=20)
@@ -87,9 +112,7 @@ async def test_a_leadership_lost_while_its_claim_commits_leaves_no_run_without_a
                         f"  {r.scheduled_at.time()} node {r.node} term {r.term} {r.outcome}"
                         f" ended={r.ended_at is not None} error={r.error}"
                     )
-        recorded = await runs(dsn, namespace, "often")
-        unended = [r for r in recorded[:-1] if r.ended_at is None]
-        assert unended == [], f"runs recorded as started that never got an end: {unended}"
+        recorded = await every_run_ended(dsn, namespace)
         # docs/guides/jobs.md: a run whose claim committed as the leadership was lost is
         # cancelled (by its node), not left for the next leader to abandon.
         last_of_old = [r for r in recorded if r.node == old][-1]
@@ -108,16 +131,7 @@ async def test_an_end_that_could_not_be_recorded_at_once_does_not_stall_the_succ
     ran: list[tuple[int, float]] = []
     failed = asyncio.Event()
     async with AsyncExitStack() as stack:
-        a_engine, b_engine = await engines(stack, dsn, 2)
-        a = ElectionGroup(a_engine, namespace, FAST)
-        b = ElectionGroup(b_engine, namespace, FAST.replace(priority=1))
-        for g in (a, b):
-
-            @g.every(2.0, name="often")
-            async def often(g: ElectionGroup = g) -> None:
-                assert g.node is not None
-                ran.append((g.node, time.monotonic()))
-
+        a, b = await scheduled_pair(stack, dsn, namespace, ran, 2.0, (0, 1))
         await stack.enter_async_context(a)
         await until([a], lambda: len(ran) >= 1, timeout=20)
         store = a._job_store()
@@ -150,9 +164,7 @@ async def test_an_end_that_could_not_be_recorded_at_once_does_not_stall_the_succ
                     f"  {r.scheduled_at.time()} node {r.node} term {r.term} {r.outcome}"
                     f" ended={r.ended_at is not None}"
                 )
-    recorded = await runs(dsn, namespace, "often")
-    unended = [r for r in recorded[:-1] if r.ended_at is None]
-    assert unended == [], f"runs recorded as started that never got an end: {unended}"
+    await every_run_ended(dsn, namespace)
 
 
 @pytest.mark.timeout(90)
@@ -164,16 +176,7 @@ async def test_a_claim_whose_answer_was_lost_gets_an_end_before_a_hand_over(
     ran: list[tuple[int, float]] = []
     lost = asyncio.Event()
     async with AsyncExitStack() as stack:
-        a_engine, b_engine = await engines(stack, dsn, 2)
-        a = ElectionGroup(a_engine, namespace, FAST)
-        b = ElectionGroup(b_engine, namespace, FAST.replace(priority=1))
-        for g in (a, b):
-
-            @g.every(2.0, name="often")
-            async def often(g: ElectionGroup = g) -> None:
-                assert g.node is not None
-                ran.append((g.node, time.monotonic()))
-
+        a, b = await scheduled_pair(stack, dsn, namespace, ran, 2.0, (0, 1))
         await stack.enter_async_context(a)
         await until([a], lambda: len(ran) >= 1, timeout=20)
         store = a._job_store()
@@ -201,7 +204,5 @@ async def test_a_claim_whose_answer_was_lost_gets_an_end_before_a_hand_over(
             print(
                 f"\nFIGURES successor's first run {time.monotonic() - began:.2f}s after it joined"
             )
-    recorded = await runs(dsn, namespace, "often")
-    unended = [r for r in recorded[:-1] if r.ended_at is None]
-    assert unended == [], f"runs recorded as started that never got an end: {unended}"
+    recorded = await every_run_ended(dsn, namespace)
     assert any(r.outcome == "cancelled" for r in recorded), recorded

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,13 +23,6 @@ from notifelect.sync import ElectionGroup, SyncElectionGroup
 
 FAST = Settings(election_interval=0.2, lease=2.0, leader_timeout=1.0)
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def sync_engine(dsn: str) -> Iterator[sa.Engine]:
-    engine = sa.create_engine(dsn.replace("postgresql://", "postgresql+psycopg://", 1))
-    yield engine
-    engine.dispose()
 
 
 def wait_for(predicate: object, timeout: float, what: str) -> None:

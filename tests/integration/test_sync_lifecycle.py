@@ -11,8 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -20,19 +18,10 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import event
 
-from notifelect import GroupStateError, Leadership, Settings
+from notifelect import GroupStateError, Leadership
 from notifelect.errors import ConfigurationError
 from notifelect.sync import ElectionGroup
-
-FAST = Settings(election_interval=0.2, lease=2.0, leader_timeout=1.0)
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def sync_engine(dsn: str) -> Iterator[sa.Engine]:
-    engine = sa.create_engine(dsn.replace("postgresql://", "postgresql+psycopg://", 1))
-    yield engine
-    engine.dispose()
+from tests.integration.test_sync_facade import FAST, ROOT
 
 
 def election_sessions(dsn: str) -> list[str]:
