@@ -49,6 +49,20 @@ async def scheduled_pair(
     return pair[0], pair[1]
 
 
+async def preempted(
+    stack: AsyncExitStack, a: ElectionGroup, b: ElectionGroup, ran: list[tuple[int, float]]
+) -> None:
+    """``b`` joins and preempts ``a`` (which stays a member): wait for ``b``'s first run."""
+    began = time.monotonic()
+    await stack.enter_async_context(b)
+    try:
+        await until(
+            [a, b], lambda: b.node in {n for n, _ in ran}, timeout=PROMPT, what="a run on b"
+        )
+    finally:
+        print(f"\nFIGURES successor's first run {time.monotonic() - began:.2f}s after it joined")
+
+
 async def every_run_ended(dsn: str, namespace: str) -> list[RunRecord]:
     """The runs of ``often``, once checked that each but the last has an end."""
     recorded = await runs(dsn, namespace, "often")
@@ -145,25 +159,7 @@ async def test_an_end_that_could_not_be_recorded_at_once_does_not_stall_the_succ
 
         store.finish = refused_once  # type: ignore[method-assign]
         await asyncio.wait_for(failed.wait(), timeout=20)
-        began = time.monotonic()
-        await stack.enter_async_context(b)  # preempts a, which stays a member
-        try:
-            await until(
-                [a, b],
-                lambda: b.node in {n for n, _ in ran},
-                timeout=PROMPT,
-                what="a run on the successor",
-            )
-        finally:
-            recorded = await runs(dsn, namespace, "often")
-            print(
-                f"\nFIGURES successor's first run {time.monotonic() - began:.2f}s after it joined"
-            )
-            for r in recorded[-4:]:
-                print(
-                    f"  {r.scheduled_at.time()} node {r.node} term {r.term} {r.outcome}"
-                    f" ended={r.ended_at is not None}"
-                )
+        await preempted(stack, a, b, ran)
     await every_run_ended(dsn, namespace)
 
 
@@ -191,18 +187,6 @@ async def test_a_claim_whose_answer_was_lost_gets_an_end_before_a_hand_over(
 
         store.claim = answer_lost  # type: ignore[method-assign]
         await asyncio.wait_for(lost.wait(), timeout=20)
-        began = time.monotonic()
-        await stack.enter_async_context(b)  # preempts a, which stays a member
-        try:
-            await until(
-                [a, b],
-                lambda: b.node in {n for n, _ in ran},
-                timeout=PROMPT,
-                what="a run on the successor",
-            )
-        finally:
-            print(
-                f"\nFIGURES successor's first run {time.monotonic() - began:.2f}s after it joined"
-            )
+        await preempted(stack, a, b, ran)
     recorded = await every_run_ended(dsn, namespace)
     assert any(r.outcome == "cancelled" for r in recorded), recorded
