@@ -244,6 +244,7 @@ def test_a_dsn_with_libpq_client_parameters_joins(dsn: str, namespace: str) -> N
     """A DATABASE_URL written for psycopg (connect_timeout, keepalives, ...) given as the
     group's DSN: those are libpq's client-side knobs, not server settings, and must not
     make the server refuse the election's connection."""
-    url = f"{dsn}?connect_timeout=5&keepalives=1&keepalives_idle=30&gssencmode=disable"
+    knobs = "connect_timeout=5&keepalives=1&keepalives_idle=30&gssencmode=disable"
+    url = f"{dsn}{'&' if '?' in dsn else '?'}{knobs}"  # the embedded server's has ?host=
     with ElectionGroup(url, namespace, FAST) as group:
         assert group.wait_for_leadership(10).term > 0
