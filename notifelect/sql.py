@@ -148,13 +148,29 @@ RANK_ORDER = "m.priority DESC, m.node DESC"
 STANDBY_ORDER = "m.priority DESC, (m.node > {leader}) DESC, m.node"
 
 
-def _standby(member: str, namespace: str, leader: str) -> str:
+def first_live(member: str, where: str, order: str, columns: str = "m.node") -> str:
+    """The first live member (``m``) of table ``member`` that matches ``where`` in
+    ``order``: the members are sorted first and checked in that order until one is live
+    (``OFFSET 0`` keeps the check out of the sort's input), so a group of a hundred costs
+    one or two checks of a backend, not a hundred. Columns: ``columns`` (of ``m``)."""
+    return (
+        f"SELECT {columns} FROM (SELECT m.node, m.priority, m.backend_pid, m.backend_start"
+        f" FROM {member} m WHERE {where} ORDER BY {order} OFFSET 0) m"
+        f" WHERE {LIVE_MEMBER} LIMIT 1"
+    )
+
+
+def standby_of(member: str, namespace: str, leader: str) -> str:
     """The live member of group ``namespace`` that watches ``leader`` (SQL expressions)
     while it leads: the first in :data:`STANDBY_ORDER`. Column: node."""
-    return (
-        f"SELECT m.node FROM {member} m WHERE m.namespace = {namespace} AND m.node <> {leader}"
-        f" AND {LIVE_MEMBER} ORDER BY {STANDBY_ORDER.format(leader=leader)} LIMIT 1"
-    )
+    where = f"m.namespace = {namespace} AND m.node <> {leader}"
+    return first_live(member, where, STANDBY_ORDER.format(leader=leader))
+
+
+def successor_of(member: str, namespace: str, leaving: str) -> str:
+    """The live member of group ``namespace`` that a leaving leader ``leaving`` names as
+    its successor: the first in :data:`RANK_ORDER`. Column: node."""
+    return first_live(member, f"m.namespace = {namespace} AND m.node <> {leaving}", RANK_ORDER)
 
 
 #: The wall-clock time in milliseconds: the floor of every new term (see ``take_term``).
@@ -193,10 +209,7 @@ class ElectionQueries:
         term, history = q(names.term), q(names.history)
         session = q(names.session)
         #: The best other live member (``$2``: this node). Column: node.
-        self.successor = (
-            f"SELECT m.node FROM {member} m WHERE m.namespace = $1 AND m.node <> $2"
-            f" AND {LIVE_MEMBER} ORDER BY {RANK_ORDER} LIMIT 1"
-        )
+        self.successor = successor_of(member, "$1", "$2")
         #: Give back claim lock ``$3`` (after its term was released, committed) and read
         #: the best other live member (``$2``: this node) to name as successor, in one
         #: statement. Columns: unlocked, successor.
@@ -215,7 +228,7 @@ class ElectionQueries:
         #: leader's process from its first reading of the row, not only once the leader
         #: records it (within a ``leader_timeout``); two watchers of one leader are
         #: harmless, a claim decides. Evaluated only where none is recorded.
-        self.standby_read = f"coalesce(l.standby, ({_standby(member, 'l.namespace', 'l.node')}))"
+        self.standby_read = f"coalesce(l.standby, ({standby_of(member, 'l.namespace', 'l.node')}))"
         #: The whole leader record. Columns as :class:`~notifelect.transport.LeaderRecord`.
         #: Also the renewal's mark (see :data:`RENEWAL_MARK`): renewed_at, session_renewed_at.
         #: Of several groups at once (``$1``: text[]), with a first column namespace.
@@ -285,7 +298,7 @@ class ElectionQueries:
             "           backend_pid, since, renewed_at, released, standby, lease)"
             "           SELECT n.namespace, n.term, $3, ok.priority, $4, $5, pg_backend_pid(),"
             "           clock_timestamp(), clock_timestamp(), false,"
-            f"           ({_standby(member, 'n.namespace', '$3')}), ok.lease"
+            f"           ({standby_of(member, 'n.namespace', '$3')}), ok.lease"
             "           FROM n JOIN ok USING (namespace)"
             "           ON CONFLICT (namespace) DO UPDATE SET term = EXCLUDED.term,"
             "           node = EXCLUDED.node, priority = EXCLUDED.priority,"
@@ -296,7 +309,7 @@ class ElectionQueries:
             " SELECT namespace, term FROM n"
         )
         #: The live member of group ``$1`` that watches leader ``$2``. Column: node.
-        self.standby = _standby(member, "$1", "$2")
+        self.standby = standby_of(member, "$1", "$2")
         #: Who holds the claim (``$2``, ``$3``: key halves), when its session last changed
         #: state and for how long it has been idle (database clock: dates only a first
         #: sighting, see :func:`notifelect.rules.sight`), and the recorded (unreleased)
@@ -374,7 +387,7 @@ class ElectionQueries:
         #: Record the standby of every group (``$2``: text[]) that session ``$1`` leads,
         #: where it changed. Columns: namespace, standby (the changed ones).
         self.update_standbys = (
-            f"WITH b AS (SELECT g.namespace, ({_standby(member, 'g.namespace', '$1')}) AS standby"
+            f"WITH b AS (SELECT g.namespace, ({standby_of(member, 'g.namespace', '$1')}) AS standby"
             "   FROM unnest($2::text[]) AS g(namespace))"
             f" UPDATE {leader} l SET standby = b.standby FROM b"
             " WHERE l.namespace = b.namespace AND l.node = $1 AND NOT l.released"
@@ -482,10 +495,14 @@ class ElectionQueries:
             "  WHERE k.classid = g.classid AND k.objid = g.objid) AS held) h"
             f" LEFT JOIN LATERAL (SELECT namespace, node, priority, term, standby FROM {leader}"
             "  WHERE namespace = g.namespace AND NOT released) l ON true"
-            f" LEFT JOIN LATERAL (SELECT m.priority, m.node FROM {member} m"
-            f"  WHERE m.namespace = g.namespace AND {LIVE_MEMBER}"
-            "  AND NOT (h.held AND m.node IS NOT DISTINCT FROM l.node)"
-            f"  ORDER BY {RANK_ORDER} LIMIT 1) b ON true"
+            " LEFT JOIN LATERAL ("
+            + first_live(
+                member,
+                "m.namespace = g.namespace AND NOT (h.held AND m.node IS NOT DISTINCT FROM l.node)",
+                RANK_ORDER,
+                columns="m.priority, m.node",
+            )
+            + ") b ON true"
             " ORDER BY g.i"
         )
         #: Register this session as member ``$2`` of several groups at once (``$1``:
