@@ -13,7 +13,7 @@ from typing import Any
 
 from notifelect import Settings
 
-from .scenarios import SETTLE, STEPS, Sample
+from .scenarios import JOIN_CPU, SETTLE, STEPS, Sample
 
 FAILOVER = ["cold start", *STEPS.values()]
 #: Every timed scenario of a chain, in the order of the tables.
@@ -131,6 +131,37 @@ def scale_rows(samples: Sequence[Sample], ns: Sequence[int]) -> list[str]:
     """Each timed scenario at each N (ours, default settings)."""
     found = [(sc, n, ours(samples, n=n, scenario=sc)) for sc in TIMED for n in ns]
     return [f"{sc} | {n} | {s.cells()}" for sc, n, s in found if s is not None]
+
+
+def join_cost_rows(samples: Sequence[Sample], cores: int) -> list[str]:
+    """Per system, settings and N: the machine's CPU time per joining node, and what that
+    makes of a join of N nodes at once on these cores. Phases that ran beside others (the
+    seed at its defaults, ours at the other take-over) are left out: their CPU is shared."""
+    rows = []
+    for system, settings in (("ours", "default"), ("ours", "fast"), ("seed", "fast")):
+        for n in sorted({s.n for s in select(samples, system=system, settings=settings)}):
+            where = {"system": system, "settings": settings, "n": n}
+            cpu = Summary.of(samples, scenario=JOIN_CPU, **where)
+            join = Summary.of(samples, scenario="join (enter returns)", **where)
+            if cpu is None or cpu.p50 is None or join is None:
+                continue
+            rows.append(
+                f"{SYSTEM_NAMES[system]} | {settings} | {n} | {cpu.n} | {fmt_seconds(cpu.p50)}"
+                f" | {fmt_seconds(cpu.max)} | {fmt_seconds(cpu.p50 * n / cores)}"
+                f" | {fmt_seconds(join.p50)} | {fmt_seconds(join.max)}"
+            )
+    return rows
+
+
+JOIN_COST = (
+    "CPU time of the whole machine (every core, every process: the nodes, their server "
+    "sessions, the server's forks) from the join instant until every node has joined, per "
+    "node, p50 and max over trials (`/proc/stat`, 10 ms ticks over the whole window). "
+    "N x p50 ÷ cores is how long the cores were busy: where it is about as long as the "
+    "joins themselves, the cores were busy throughout and N joins at once cannot end "
+    "sooner than that CPU time allows (no ordering of the work helps, only a join that "
+    "costs less)."
+)
 
 
 def _messages(found: Sequence[Sample]) -> str:
@@ -325,6 +356,9 @@ def render(
         (f"Failover, N={n} (p50 / p99 / max, nearest rank)", "",
          "scenario | settings | system | n | p50 | p99 | max | seed ÷ ours (p50)",
          failover_rows(samples, n)),
+        ("What a join costs", JOIN_COST,
+         "system | settings | N | trials | CPU per node p50 | max | N x p50 ÷ cores | "
+         "join p50 | join max", join_cost_rows(samples, int(m["cores"]))),
         ("Steady state (idle group, leader elected)", "",
          "system | settings | N | notifications | per interval | CPU/follower p50 | "
          "CPU/follower max | CPU leader | RSS/node p50 | DB connections", steady_rows(samples)),

@@ -343,14 +343,52 @@ async def chain(setup: Setup, n: int, trial: int, steps: Sequence[str]) -> None:
             leader = await _step(group, step, leader)
 
 
+JOIN_CPU = "join CPU per node"
+
+
+def busy_cpu_seconds() -> float:
+    """CPU time the machine's cores have spent busy so far, all processes (``/proc/stat``)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]
+    user, nice, system, _idle, _iowait, irq, softirq = (int(x) for x in fields)
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+async def _join_cpu(group: Membership, at: float, limit: float) -> float | None:
+    """The machine's CPU time from the join instant until every node has joined, per
+    node: the nodes' processes, their server sessions and the server's forks. ``n`` joins
+    at once on ``c`` cores take at least ``n`` times this over ``c``."""
+
+    def joined() -> bool:
+        return all((e := n.last("ready")) is not None and e["m"] >= at for n in group.nodes)
+
+    await asyncio.sleep(max(0.0, at - time.monotonic()))
+    before = busy_cpu_seconds()
+    try:
+        await group.cluster.until(joined, timeout=limit, what="every node joined")
+    except TimeoutError:
+        return None
+    return (busy_cpu_seconds() - before) / len(group.nodes)
+
+
 async def _cold_start(group: Membership) -> NodeProcess:
     cfg, n = group.cfg, len(group.nodes)
     at = time.monotonic() + GO_DELAY
+    # Many nodes joining at once on few cores take a while to all get connected.
+    limit = cfg.limit + 0.1 * n
+    cpu = asyncio.create_task(_join_cpu(group, at, limit + GO_DELAY))
+    try:
+        return await _started(group, at, limit, cpu)
+    finally:
+        cpu.cancel()  # (done by then, unless the trial failed first)
+
+
+async def _started(
+    group: Membership, at: float, limit: float, cpu: asyncio.Task[float | None]
+) -> NodeProcess:
+    cfg = group.cfg
     await group.join(group.nodes, at)
     first = await group.first("elected", 0.0, group.start, group.pids)
     group.add("cold start", None if first is None else first["m"] - at, cfg.limit)
-    # Many nodes joining at once on few cores take a while to all get connected.
-    limit = cfg.limit + 0.1 * n
     agreed = None if first is None else await group.settle(limit)
     # Settled: one leader, known to every node (ours; the seed reports no beliefs), held
     # for SETTLE seconds. The seed's "all agree" would only repeat its cold start.
@@ -358,6 +396,7 @@ async def _cold_start(group: Membership) -> NodeProcess:
     for node in group.nodes:  # every node has joined by now, or never will
         for e in node.of("ready"):
             group.add("join (enter returns)", e["m"] - at)
+    group.add(JOIN_CPU, await cpu)
     if cfg.system == "ours":
         since = group.stable_since
         group.add("all agree on the leader", None if since is None else since - at, limit)
