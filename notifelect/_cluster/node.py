@@ -81,6 +81,10 @@ from ..fencing import check_term
 from ..transport.hosts import Address, HostOrder, split_dsn, target_of
 from ..transport.session import open_sessions
 
+# A group imports its transport when it is made (on the join command): imported here, before
+# ``started``, as everything else, so that no join of a fresh process compiles it on the clock.
+from ..transport import postgres as _postgres  # noqa: F401  # isort: skip
+
 if TYPE_CHECKING:  # SQLAlchemy is imported only by nodes that use an engine: a node on a
     # DSN weighs what an application's election does (the benchmarks measure its memory)
     from sqlalchemy.ext.asyncio import AsyncEngine
