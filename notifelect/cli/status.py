@@ -139,7 +139,8 @@ async def watch(
     """Call ``show`` with a fresh snapshot every ``interval`` and at once on every change.
 
     Runs until ``stop`` is set or the task is cancelled; raises :class:`ConnectionLost`
-    (or the error of a read, which is bounded in time) when the connection is lost.
+    (or the error of a read, which is bounded in time) when the connection is lost, and
+    :class:`~notifelect.errors.SchemaError` when the schema is removed meanwhile.
     """
     await check_schema(conn, names)
     reader = StatusReader(conn, names, namespace=namespace, transitions=transitions)
@@ -149,7 +150,13 @@ async def watch(
     try:
         while not stop.is_set():
             async with asyncio.timeout(max(interval, _READ_TIMEOUT)):
-                snap = await reader.read()
+                try:
+                    snap = await reader.read()
+                except asyncpg.UndefinedTableError:
+                    # Removed (or moved) while watched: say so as at the start, and how
+                    # to fix it, rather than as a database that cannot be used.
+                    await check_schema(conn, names)
+                    raise
             await turnovers.follow(g.namespace for g in snap.groups)
             show(snap)
             vacant = any(g.leader is None and g.members for g in snap.groups)

@@ -13,6 +13,7 @@ from notifelect import ElectionGroup, Names, Settings
 from notifelect.cli.render import render_text
 from notifelect.cli.status import snapshot
 from notifelect.errors import SchemaError
+from notifelect.schema import uninstall_statements
 from tests.cli.running import cli_argv, run_cli, spawn
 from tests.support.servers import free_port
 from tests.support.waiting import until
@@ -187,3 +188,26 @@ async def test_status_watch_refreshes_on_a_hand_over(dsn: str, namespace: str) -
                 lambda: new.node in leaders(watcher.stdout), timeout=10, what="the new leader"
             )
             assert await watcher.stop() == 0
+
+
+@pytest.mark.timeout(60)
+async def test_status_watch_exits_2_naming_the_fix_when_the_schema_is_removed(
+    dsn: str, namespace: str
+) -> None:
+    async with AsyncExitStack() as stack:
+        members = await join(stack, dsn, namespace, 1)
+        await until(members, lambda: the_leader(members), timeout=10)
+        argv = cli_argv("status", "--watch", "--json", "--interval", "0.2", "--dsn", dsn)
+        async with spawn(*argv) as watcher:
+            await watcher.wait_for(lambda: watcher.stdout, timeout=20, what="first view")
+            await members[0].close()
+            conn = await asyncpg.connect(dsn)
+            try:
+                for statement in uninstall_statements(Names()):
+                    await conn.execute(statement)
+            finally:
+                await conn.close()
+            rc = await watcher.wait(timeout=20)
+        assert rc == 2, watcher.output
+        assert "not installed" in "\n".join(watcher.stderr)
+        assert "python -m notifelect install" in "\n".join(watcher.stderr)
