@@ -7,7 +7,6 @@ schema-change lock, or print it with ``--dry-run``.
 from __future__ import annotations
 
 import argparse
-import asyncio
 from typing import Any
 
 import asyncpg
@@ -17,8 +16,9 @@ from ._common import (
     Subparsers,
     add_connection_arguments,
     add_prefix_argument,
-    connect,
     names_from,
+    open_connection,
+    run,
 )
 
 _INSTALL = "create the schema (idempotent; upgrades a 0.0.3 database in place)"
@@ -68,14 +68,14 @@ def _run(statements: list[str], args: argparse.Namespace, done: str) -> int:
             print(statement + ";\n")
         return 0
 
-    async def run() -> None:
-        conn = await connect(args)
+    async def apply_all() -> int:
+        conn = await open_connection(args)  # unreachable: exits 1 naming the target and fix
         try:
             await apply(conn, statements)
         finally:
             await conn.close()
+        names = names_from(args)
+        print(f"notifelect: {done} (sequence {names.sequence}, channel {names.channel})")
+        return 0
 
-    asyncio.run(run())
-    names = names_from(args)
-    print(f"notifelect: {done} (sequence {names.sequence}, channel {names.channel})")
-    return 0
+    return run(apply_all())
