@@ -355,8 +355,8 @@ def busy_cpu_seconds() -> float:
 
 async def _join_cpu(group: Membership, at: float, limit: float) -> float | None:
     """The machine's CPU time from the join instant until every node has joined, per
-    node: the nodes' processes, their server sessions and the server's forks. ``n`` joins
-    at once on ``c`` cores take at least ``n`` times this over ``c``."""
+    node: the nodes' processes, their server sessions and the server's forks (and
+    whatever else ran meanwhile: the first elections, this process)."""
 
     def joined() -> bool:
         return all((e := n.last("ready")) is not None and e["m"] >= at for n in group.nodes)

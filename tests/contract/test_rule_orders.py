@@ -49,15 +49,15 @@ async def test_the_sql_orders_members_as_the_rules_do(dsn: str) -> None:
         successor = successor_of("pg_temp.m", "'g'", "$1")
         for members, leader, live in _cases():
             await conn.execute("TRUNCATE pg_temp.m")
-            # A gone session: no backend with its pid, or its pid now serves another session.
+            # A gone session: no backend with its pid (odd nodes), or its pid now serves
+            # another session (even nodes).
+            gone = {1: (0, me["backend_start"]), 0: (me["pid"], None)}
             rows = [
-                ("g", node, priority, me["pid"], me["backend_start"])
-                if node in live
-                else (
+                (
                     "g",
                     node,
                     priority,
-                    *random.choice([(0, me["backend_start"]), (me["pid"], None)]),
+                    *((me["pid"], me["backend_start"]) if node in live else gone[node % 2]),
                 )
                 for priority, node in members
             ]
