@@ -587,7 +587,11 @@ def _postgres_transport(engine: Any, settings: Settings, member: Member) -> Tran
     from .transport.connect import connector_for
     from .transport.postgres import PostgresTransport
 
-    connect, borrowed = connector_for(engine, host_timeout=settings.host_timeout)
+    connect, borrowed = connector_for(
+        engine,
+        host_timeout=settings.host_timeout,
+        lone_host_timeout=settings.lone_host_timeout,
+    )
     return PostgresTransport(
         namespace=settings.namespace,
         names=settings.names,

@@ -854,7 +854,11 @@ def job_store_for(engine: Any, transport: Any, settings: Settings) -> JobStore:
     # so a database failover with a silent old primary reaches the jobs too (an engine's
     # own pool would spend its whole connect timeout on the silent host). No pool: each
     # short transaction connects to the host that accepted last.
-    connect, borrowed = connector_for(engine, host_timeout=settings.host_timeout)
+    connect, borrowed = connector_for(
+        engine,
+        host_timeout=settings.host_timeout,
+        lone_host_timeout=settings.lone_host_timeout,
+    )
     if connect is None or borrowed is not None:
         raise ConfigurationError(
             f"scheduled jobs of group {settings.namespace!r} keep their schedule in the "

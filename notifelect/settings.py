@@ -103,9 +103,11 @@ class Settings:
     - ``connect_timeout``: how long connecting to one host may take (TCP, TLS, login and
       the ``target_session_attrs`` check), per host of a multi-host URL, so that a host
       that does not answer at all costs at most this before the next one is tried.
-      Default (None): half of :attr:`io_timeout` (1 s at the defaults). Raise it for a
-      slow path to the database (TLS over a long distance); a host that cannot be reached
-      within it is never used.
+      Default (None): half of :attr:`io_timeout` (1 s at the defaults) per host of a
+      multi-host URL, and the whole :attr:`io_timeout` (2 s) for a URL with one host,
+      which has no other host to leave time for. Raise it for a slow path to the
+      database (TLS over a long distance); a host that cannot be reached within it is
+      never used.
     - ``prefix``: prefix of every database object name (default ``$NOTIFELECT_PREFIX``).
     - ``retry``: reconnect policy.
     - ``secret``: optional shared secret (at least 16 bytes; str is encoded as UTF-8). When
@@ -213,6 +215,13 @@ class Settings:
         :attr:`io_timeout`: a server that needs longer only to let the election in could
         not answer its calls in time either, and two hosts fit in one ``io_timeout``)."""
         return self.io_timeout / 2 if self.connect_timeout is None else self.connect_timeout
+
+    @property
+    def lone_host_timeout(self) -> float:
+        """How long connecting may take when the URL names one host (``connect_timeout``,
+        or :attr:`io_timeout`: with nothing else to try, a server slow to let a new session
+        in, as when many processes start at once, is waited for as long as any call)."""
+        return self.io_timeout if self.connect_timeout is None else self.connect_timeout
 
     @property
     def coordinator_wait(self) -> float:

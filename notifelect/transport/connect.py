@@ -31,7 +31,7 @@ from asyncpg.connect_utils import SessionAttribute
 
 from .._threads import in_thread
 from ..errors import ConfigurationError, ConnectionLimitError
-from .hosts import Address, HostOrder, addresses, parse_hostspec, split_dsn, target_of
+from .hosts import Address, Budgets, HostOrder, addresses, parse_hostspec, split_dsn, target_of
 
 Connect = Callable[[], Awaitable["asyncpg.Connection[Any]"]]
 
@@ -71,19 +71,22 @@ def connector_for(
     *,
     application_name: str = APPLICATION_NAME,
     host_timeout: float = DEFAULT_HOST_TIMEOUT,
+    lone_host_timeout: float | None = None,
 ) -> tuple[Connect | None, asyncpg.Connection[Any] | None]:
     """Return (connect, borrowed): a factory of dedicated connections, or a borrowed one.
 
     Dedicated connections get ``application_name`` when neither the DSN or engine nor
     ``$PGAPPNAME`` sets one. They go to the hosts of the DSN or engine one at a time, each
-    within ``host_timeout`` seconds, skipping a host that is not what
+    within ``host_timeout`` seconds (``lone_host_timeout``, if given, when there is only
+    one host: nothing else to try), skipping a host that is not what
     ``target_session_attrs`` asks for (default ``read-write``): see :mod:`.hosts`. A
     connection being opened is given up at once if its caller is cancelled.
     """
+    budgets = Budgets(host_timeout, lone_host_timeout)
     if isinstance(engine, asyncpg.Connection):
         return None, engine
     if isinstance(engine, str):
-        return _DsnConnector(engine, application_name, host_timeout), None
+        return _DsnConnector(engine, application_name, budgets), None
     try:
         from sqlalchemy.engine import Engine
         from sqlalchemy.ext.asyncio import AsyncEngine
@@ -93,14 +96,14 @@ def connector_for(
         dialect = engine.dialect
         if dialect.name == "postgresql" and dialect.driver == "asyncpg":
             if isinstance(engine, AsyncEngine):
-                return _EngineConnector(engine, application_name, host_timeout), None
+                return _EngineConnector(engine, application_name, budgets), None
         elif dialect.name != "postgresql" or dialect.driver not in _LIBPQ_DRIVERS:
             kind = "an AsyncEngine" if isinstance(engine, AsyncEngine) else "an Engine"
             raise ConfigurationError(
                 f"ElectionGroup needs PostgreSQL through asyncpg, psycopg or psycopg2, got "
                 f"{kind} for {engine.url.drivername!r}; {_ASYNC_HINT}"
             )
-        return _ForeignEngineConnector(engine, application_name, host_timeout), None
+        return _ForeignEngineConnector(engine, application_name, budgets), None
     raise ConfigurationError(f"ElectionGroup cannot use a {type(engine).__name__}; {_ASYNC_HINT}")
 
 
@@ -170,7 +173,7 @@ class _DsnConnector:
         self,
         dsn: str,
         application_name: str,
-        host_timeout: float,
+        budgets: Budgets,
         order: HostOrder | None = None,
         *,
         ssl: Any = None,
@@ -190,8 +193,10 @@ class _DsnConnector:
         split = split_dsn(dsn)
         self._rest = split.rest
         self._hosts = split.hosts
+        #: How many hosts a call may try (1: connections may be opened side by side).
+        self.hosts = max(1, len(self._hosts))
         if order is None:
-            order = HostOrder(host_timeout, target_of(split.target))
+            order = HostOrder(budgets.per_host(self.hosts), target_of(split.target))
         else:
             order.target = target_of(split.target)
         self._order = order
@@ -201,9 +206,7 @@ class _DsnConnector:
             else {"application_name": _default_name(application_name)}
         )
         #: The longest one call takes: every host tried, each within its budget.
-        self.bound = max(1, len(self._hosts)) * host_timeout
-        #: How many hosts a call may try (1: connections may be opened side by side).
-        self.hosts = max(1, len(self._hosts))
+        self.bound = self.hosts * order.budget
 
     async def _attempt(self, address: Address | None) -> asyncpg.Connection[Any]:
         return await asyncpg.connect(
@@ -310,20 +313,20 @@ class _EngineConnector:
     hosts the election cannot see), bounded only by the session's own open timeout.
     """
 
-    def __init__(self, engine: Any, application_name: str, host_timeout: float) -> None:
+    def __init__(self, engine: Any, application_name: str, budgets: Budgets) -> None:
         from sqlalchemy import event
 
         self._engine = engine
         self._name = application_name
-        target = target_of(engine.url.query.get("target_session_attrs"))
-        self._order = HostOrder(host_timeout, target)
         sync = engine.sync_engine
         if not event.contains(sync, "do_connect", _on_do_connect):
             event.listen(sync, "do_connect", _on_do_connect)
         _, cparams = engine.dialect.create_connect_args(engine.url)
         #: The longest one call takes, as far as the URL shows its hosts.
         self.hosts = max(1, len(_listed(cparams.get("host"))))
-        self.bound = self.hosts * host_timeout
+        target = target_of(engine.url.query.get("target_session_attrs"))
+        self._order = HostOrder(budgets.per_host(self.hosts), target)
+        self.bound = self.hosts * self._order.budget
 
     async def __call__(self) -> asyncpg.Connection[Any]:
         from sqlalchemy.util import greenlet_spawn
@@ -481,7 +484,7 @@ class _ForeignEngineConnector:
     refused on the first connect, with the fix.
     """
 
-    def __init__(self, engine: Any, application_name: str, host_timeout: float) -> None:
+    def __init__(self, engine: Any, application_name: str, budgets: Budgets) -> None:
         from sqlalchemy import event
         from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -489,17 +492,17 @@ class _ForeignEngineConnector:
         self._sync = engine.sync_engine if self._is_async else engine
         self._url = engine.url
         self._name = application_name
-        self._timeout = host_timeout
-        self._order = HostOrder(
-            host_timeout, target_of(engine.url.query.get("target_session_attrs"))
-        )
+        self._budgets = budgets
         if not event.contains(self._sync, "do_connect", _on_read_arguments):
             event.listen(self._sync, "do_connect", _on_read_arguments)
         _, cparams = engine.dialect.create_connect_args(engine.url)
         hosts = str(cparams.get("host") or "").split(",")
         #: The longest one call takes, as far as the URL shows its hosts.
         self.hosts = max(1, len([h for h in hosts if h]))
-        self.bound = self.hosts * host_timeout
+        self._order = HostOrder(
+            budgets.per_host(self.hosts), target_of(engine.url.query.get("target_session_attrs"))
+        )
+        self.bound = self.hosts * self._order.budget
 
     async def arguments(self) -> dict[str, Any]:
         """The arguments the engine would connect with now (its listeners run: a token
@@ -534,7 +537,7 @@ class _ForeignEngineConnector:
         # An engine on asyncpg (a sync Engine) may give asyncpg's own ``ssl`` argument in
         # connect_args: an SSLContext, a mode or a bool, which no DSN can carry.
         chosen = cparams.get("ssl")
-        connect = _DsnConnector(dsn, self._name, self._timeout, self._order, ssl=chosen)
+        connect = _DsnConnector(dsn, self._name, self._budgets, self._order, ssl=chosen)
         try:
             return await connect()
         except Exception as exc:

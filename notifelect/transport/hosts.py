@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, unquote, urlencode
 
 import asyncpg
@@ -206,6 +206,19 @@ def _why(exc: BaseException, budget: float, target: str) -> str:
     if isinstance(exc, asyncpg.exceptions.TargetServerAttributeNotMatched):
         return f"not {target} (a standby, or read-only)"
     return repr(exc)
+
+
+class Budgets(NamedTuple):
+    """How long connecting to one host may take: ``several`` seconds per host when the
+    target lists several (a silent one must leave time for the next), ``alone`` (if set)
+    when it lists one, which has nothing after it to leave time for."""
+
+    several: float
+    alone: float | None = None
+
+    def per_host(self, hosts: int) -> float:
+        """The budget of each host of a target listing ``hosts`` hosts."""
+        return self.alone if hosts <= 1 and self.alone is not None else self.several
 
 
 class HostOrder:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from notifelect import ConfigurationError, Settings
-from notifelect.transport.connect import connector_for
+from notifelect.transport.connect import connect_bound, connector_for
 from notifelect.transport.hosts import Address, HostOrder, split_dsn, target_of
 
 A, B = Address("a.example", 5432), Address("b.example", 5433)
@@ -101,6 +101,26 @@ def test_the_per_host_budget_follows_the_settings() -> None:
     assert Settings(connect_timeout=3).host_timeout == 3
     with pytest.raises(ConfigurationError, match="connect_timeout must be > 0"):
         Settings(connect_timeout=0)
+
+
+def test_a_lone_host_gets_the_whole_io_timeout() -> None:
+    # With nothing else to try, a server slow to let a session in (many processes
+    # starting at once) is waited for as long as any call of the election.
+    assert Settings().lone_host_timeout == 2.0
+    assert Settings(connect_timeout=3).lone_host_timeout == 3
+    settings = Settings()
+    lone, _ = connector_for(
+        "postgresql://app@a.example/db",
+        host_timeout=settings.host_timeout,
+        lone_host_timeout=settings.lone_host_timeout,
+    )
+    several, _ = connector_for(
+        "postgresql://app@/db?host=a.example,b.example,c.example",
+        host_timeout=settings.host_timeout,
+        lone_host_timeout=settings.lone_host_timeout,
+    )
+    assert connect_bound(lone) == 2.0
+    assert connect_bound(several) == 3 * 1.0
 
 
 @pytest.mark.parametrize(
