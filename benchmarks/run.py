@@ -62,7 +62,7 @@ class Plan:
     seed_repeats: int = 8
     seed_default_trials: int = 4  # in parallel (its rounds take 25 s)
     steady_seconds: float = 60.0
-    scale: list[tuple[int, int]] = dataclasses.field(default_factory=lambda: [(2, 6), (100, 3)])
+    scale: list[tuple[int, int]] = dataclasses.field(default_factory=lambda: [(2, 6), (100, 5)])
     scale_steady_seconds: float = 15.0
     takeover: tuple[int, int] = (4, 3)  # ours at the other take-over: trials, SIGKILLs each
     rolling: list[tuple[int, int]] = dataclasses.field(default_factory=lambda: [(5, 3), (10, 3)])
@@ -422,7 +422,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tune.add_argument("--n", type=int, help="group size of the failover runs (10)")
     tune.add_argument("--repeats", type=int, help="trials per system and settings (10 / 8)")
     tune.add_argument("--steady-seconds", type=float, help="steady-state window (60)")
-    tune.add_argument("--scale", type=_sizes, help="extra group sizes as N:trials,... (2:6,100:3)")
+    tune.add_argument("--scale", type=_sizes, help="extra group sizes as N:trials,... (2:6,100:5)")
     tune.add_argument(
         "--rolling",
         type=_sizes,
