@@ -213,3 +213,24 @@ async def test_failing_reconnects_are_said_once_per_interval_per_group(
     took = time.monotonic() - started
     assert took < CLOSE_BOUND, f"closing three groups took {took:.2f}s"
     await asyncio.sleep(0)  # let the loop run the done callbacks of what was cancelled
+
+
+@pytest.mark.timeout(60)
+async def test_a_lone_host_slow_to_let_sessions_in_gets_the_whole_io_timeout(
+    dsn: str, namespace: str
+) -> None:
+    # One host, at the default settings: the server lets new sessions in only after
+    # 1.4 s (as when a hundred processes start at once on a busy server). That is beyond
+    # half of io_timeout, the budget of each host of a multi-host URL, and within the
+    # whole of it, which a lone host gets: the join waits rather than failing.
+    settings = Settings()
+    assert settings.host_timeout < 1.4 < settings.lone_host_timeout
+    async with FaultProxy("127.0.0.1", _port(dsn)) as slow:
+        slow.set_mode(Mode.BLACKHOLE)
+        asyncio.get_running_loop().call_later(1.4, slow.set_mode, Mode.PASS)
+        lone = urlsplit(dsn)._replace(netloc=f"{urlsplit(dsn).username}@127.0.0.1:{slow.port}")
+        started = time.monotonic()
+        async with ElectionGroup(lone.geturl(), namespace, settings) as group:
+            assert time.monotonic() - started >= 1.4  # it did wait for the slow host
+            assert group.node is not None
+        assert slow.stats.connections >= 2  # the election connection and the anchor
