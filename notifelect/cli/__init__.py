@@ -8,6 +8,8 @@ The options every command shares are in :mod:`._common`, which imports no comman
 from __future__ import annotations
 
 import argparse
+import os
+import select
 import sys
 from collections.abc import Callable, Sequence
 
@@ -59,8 +61,31 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
     except NotifelectError as exc:
         print(f"notifelect: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError as exc:
+        if _stdout_gone():  # its reader stopped reading (``... --dry-run | head``)
+            return 0
+        print(f"notifelect: error: cannot use the database: {exc}", file=sys.stderr)
+        return 1
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         print(f"notifelect: error: cannot use the database: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _stdout_gone() -> bool:
+    """Whether standard output can no longer be written (its reader has closed the pipe);
+    if so, it is pointed at the null device, so that the interpreter's own flush at exit
+    fails no more."""
+    try:
+        fd = sys.stdout.fileno()
+        poll = select.poll()
+        poll.register(fd, select.POLLOUT)
+        gone = any(events & select.POLLERR for _, events in poll.poll(0))
+    except (OSError, ValueError, AttributeError):  # no such descriptor (a replaced stdout)
+        return False
+    if gone:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, fd)
+        os.close(null)
+    return gone

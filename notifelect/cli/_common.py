@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import re
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeAlias
@@ -22,6 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from ..errors import ConfigurationError
 from ..schema import PREFIX_ENV, Names, validate_namespace
 
 #: What ``set_defaults(func=...)`` names: runs the parsed command, returns the exit status.
@@ -107,11 +109,29 @@ def connection_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return kwargs
 
 
+#: The parameters of a DSN that hold a secret.
+_SECRETS = frozenset({"password", "sslpassword"})
+#: A secret in libpq's key/value form (``host=db password='x y'``).
+_KEYWORD_SECRET = re.compile(r"\b(password|sslpassword)(\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.I)
+
+
 def redact(dsn: str) -> str:
-    """``dsn`` with its password, if any, replaced by ``***``."""
+    """``dsn`` with every password in it replaced by ``***``: the user's in a URL, and
+    ``password`` and ``sslpassword`` parameters, in a URL's query or in libpq's
+    key/value form."""
+    if "://" not in dsn:
+        return _KEYWORD_SECRET.sub(r"\1\2***", dsn)
     url = urlsplit(dsn)
     if url.password:
         url = url._replace(netloc=url.netloc.replace(f":{url.password}@", ":***@", 1))
+    if url.query:
+        pairs = (part.partition("=") for part in url.query.split("&"))
+        url = url._replace(
+            query="&".join(
+                f"{key}{eq}***" if eq and key.lower() in _SECRETS else f"{key}{eq}{value}"
+                for key, eq, value in pairs
+            )
+        )
     return urlunsplit(url)
 
 
@@ -140,18 +160,35 @@ def describe_target(args: argparse.Namespace) -> str:
 # ---------------------------------------------------------------- connecting and running
 
 
+#: How long a command waits for the server to let it in (seconds).
+CONNECT_TIMEOUT = 10.0
+
+
 async def connect(args: argparse.Namespace) -> asyncpg.Connection[Any]:
-    conn: asyncpg.Connection[Any] = await asyncpg.connect(**connection_kwargs(args), timeout=10)
+    conn: asyncpg.Connection[Any] = await asyncpg.connect(
+        **connection_kwargs(args), timeout=CONNECT_TIMEOUT
+    )
     return conn
 
 
 async def open_connection(args: argparse.Namespace) -> asyncpg.Connection[Any]:
-    """:func:`connect`, with a failure turned into Unreachable naming the target and the fix."""
+    """:func:`connect`, with a failure turned into Unreachable naming the target and the
+    fix (or, for connection options that cannot be read, a ConfigurationError)."""
     try:
         return await connect(args)
+    except asyncpg.ClientConfigurationError as exc:
+        raise ConfigurationError(
+            f"cannot read the connection options {describe_target(args)}: {exc}. Give --dsn"
+            " as a URL, postgresql://user:password@host:port/database, or use --pg-host,"
+            " --pg-port, ... (libpq's key/value form, host=... dbname=..., is not read)"
+        ) from exc
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        if isinstance(exc, TimeoutError):
+            why = str(exc) or f"no answer within {CONNECT_TIMEOUT:g}s"
+        else:
+            why = str(exc) or type(exc).__name__
         raise Unreachable(
-            f"cannot connect to PostgreSQL at {describe_target(args)}: {exc or type(exc).__name__}."
+            f"cannot connect to PostgreSQL at {describe_target(args)}: {why}."
             " Check that the server runs and pass --dsn, --pg-host/--pg-port/... or set"
             " PGHOST/PGPORT/PGUSER/PGDATABASE."
         ) from exc
