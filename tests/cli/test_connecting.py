@@ -111,4 +111,3 @@ def test_a_reader_that_stops_reading_is_not_blamed_on_the_database() -> None:
         os.close(write)
     assert result.stderr == ""
     assert result.returncode == 0
-
