@@ -78,7 +78,7 @@ from .. import (
     current_run,
 )
 from ..fencing import check_term
-from ..transport.hosts import Address, HostOrder, split_dsn, target_of
+from ..transport.hosts import Address, Budgets, HostOrder, split_dsn, target_of
 from ..transport.session import open_sessions
 
 # A group imports its transport when it is made (on the join command): imported here, before
@@ -213,10 +213,10 @@ def engines(args: argparse.Namespace) -> tuple[AsyncEngine, AsyncEngine]:
     split = split_dsn(args.dsn)
     if len(split.hosts) < 2:
         return election, election
-    order = HostOrder(CONNECT_TIMEOUT, target_of(split.target))
+    order = HostOrder(Budgets(CONNECT_TIMEOUT), target_of(split.target))
 
     async def each_host() -> Any:
-        async def attempt(address: Address | None) -> Any:
+        async def attempt(address: Address | None, budget: float) -> Any:
             assert address is not None
             target = SessionAttribute(order.target)
             return await asyncpg.connect(

@@ -31,7 +31,16 @@ from asyncpg.connect_utils import SessionAttribute
 
 from .._threads import in_thread
 from ..errors import ConfigurationError, ConnectionLimitError
-from .hosts import Address, Budgets, HostOrder, addresses, parse_hostspec, split_dsn, target_of
+from .hosts import (
+    Address,
+    Budgets,
+    HostOrder,
+    addresses,
+    env_addresses,
+    parse_hostspec,
+    split_dsn,
+    target_of,
+)
 
 Connect = Callable[[], Awaitable["asyncpg.Connection[Any]"]]
 
@@ -196,7 +205,7 @@ class _DsnConnector:
         #: How many hosts a call may try (1: connections may be opened side by side).
         self.hosts = max(1, len(self._hosts))
         if order is None:
-            order = HostOrder(budgets.per_host(self.hosts), target_of(split.target))
+            order = HostOrder(budgets, target_of(split.target))
         else:
             order.target = target_of(split.target)
         self._order = order
@@ -206,15 +215,15 @@ class _DsnConnector:
             else {"application_name": _default_name(application_name)}
         )
         #: The longest one call takes: every host tried, each within its budget.
-        self.bound = self.hosts * order.budget
+        self.bound = order.bound(self.hosts)
 
-    async def _attempt(self, address: Address | None) -> asyncpg.Connection[Any]:
+    async def _attempt(self, address: Address | None, budget: float) -> asyncpg.Connection[Any]:
         return await asyncpg.connect(
             self._rest,
             host=None if address is None else address.host,
             port=None if address is None else address.port,
             server_settings=self._settings,
-            timeout=self._order.budget,
+            timeout=budget,
             target_session_attrs=SessionAttribute(self._order.target),
             ssl=self._ssl,
             max_cached_statement_lifetime=_STATEMENT_LIFETIME,
@@ -263,10 +272,15 @@ class _EngineAttempt:
             [int(p) for spec in _listed(kwargs.get("port")) for p in spec.split(",") if p],
             where,
         )
+        if not kwargs.get("host"):
+            # asyncpg would read $PGHOST itself, trying every host it lists within one
+            # timeout: a silent first host would use all of it.
+            hosts = env_addresses()
         timeout = kwargs.get("timeout")
-        budget = order.budget if timeout is None else min(float(timeout), order.budget)
 
-        async def attempt(address: Address | None) -> asyncpg.Connection[Any]:
+        async def attempt(address: Address | None, budget: float) -> asyncpg.Connection[Any]:
+            if timeout is not None:
+                budget = min(float(timeout), budget)
             chosen = dict(kwargs, timeout=budget, target_session_attrs=target)
             if original is asyncpg.connect:  # (the engine's own setting, if any, stands)
                 chosen.setdefault("max_cached_statement_lifetime", _STATEMENT_LIFETIME)
@@ -322,11 +336,11 @@ class _EngineConnector:
         if not event.contains(sync, "do_connect", _on_do_connect):
             event.listen(sync, "do_connect", _on_do_connect)
         _, cparams = engine.dialect.create_connect_args(engine.url)
-        #: The longest one call takes, as far as the URL shows its hosts.
-        self.hosts = max(1, len(_listed(cparams.get("host"))))
+        #: How many hosts a call tries, as far as the URL (else $PGHOST) shows them.
+        self.hosts = max(1, len(_listed(cparams.get("host"))) or len(env_addresses()))
         target = target_of(engine.url.query.get("target_session_attrs"))
-        self._order = HostOrder(budgets.per_host(self.hosts), target)
-        self.bound = self.hosts * self._order.budget
+        self._order = HostOrder(budgets, target)
+        self.bound = self._order.bound(self.hosts)
 
     async def __call__(self) -> asyncpg.Connection[Any]:
         from sqlalchemy.util import greenlet_spawn
@@ -350,7 +364,7 @@ class _EngineConnector:
                 # The engine's URL and connect_args named none: a plain SET (no prepared
                 # statement), once per dedicated connection.
                 name = _default_name(self._name).replace("'", "''")
-                async with asyncio.timeout(self._order.budget):
+                async with asyncio.timeout(self._order.budgets.per_host(1)):
                     await conn.execute(f"SET application_name = '{name}'")
         except BaseException:
             conn.terminate()
@@ -497,12 +511,10 @@ class _ForeignEngineConnector:
             event.listen(self._sync, "do_connect", _on_read_arguments)
         _, cparams = engine.dialect.create_connect_args(engine.url)
         hosts = str(cparams.get("host") or "").split(",")
-        #: The longest one call takes, as far as the URL shows its hosts.
-        self.hosts = max(1, len([h for h in hosts if h]))
-        self._order = HostOrder(
-            budgets.per_host(self.hosts), target_of(engine.url.query.get("target_session_attrs"))
-        )
-        self.bound = self.hosts * self._order.budget
+        #: How many hosts a call tries, as far as the URL (else $PGHOST) shows them.
+        self.hosts = max(1, len([h for h in hosts if h]) or len(env_addresses()))
+        self._order = HostOrder(budgets, target_of(engine.url.query.get("target_session_attrs")))
+        self.bound = self._order.bound(self.hosts)
 
     async def arguments(self) -> dict[str, Any]:
         """The arguments the engine would connect with now (its listeners run: a token

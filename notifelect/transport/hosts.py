@@ -197,7 +197,8 @@ def split_dsn(dsn: str) -> SplitDsn:
     return SplitDsn(plain, found, targets[-1] if targets else None, dict(others))
 
 
-Attempt = Callable[[Address | None], Awaitable["asyncpg.Connection[Any]"]]
+#: Connecting to one host (None: the driver's own defaults) within a budget (seconds).
+Attempt = Callable[[Address | None, float], Awaitable["asyncpg.Connection[Any]"]]
 
 
 def _why(exc: BaseException, budget: float, target: str) -> str:
@@ -222,11 +223,12 @@ class Budgets(NamedTuple):
 
 
 class HostOrder:
-    """Tries the hosts of one connection target in turn, each within ``budget`` seconds;
-    the host that last accepted a connection goes first."""
+    """Tries the hosts of one connection target in turn, each within its budget (of
+    ``budgets``, by how many hosts the call has); the host that last accepted a
+    connection goes first."""
 
-    def __init__(self, budget: float, target: str) -> None:
-        self.budget = budget
+    def __init__(self, budgets: Budgets, target: str) -> None:
+        self.budgets = budgets
         self.target = target
         self._good: Address | None = None
 
@@ -236,16 +238,21 @@ class HostOrder:
             return list(hosts)
         return [good, *(h for h in hosts if h != good)]
 
+    def bound(self, hosts: int) -> float:
+        """The longest a call with ``hosts`` hosts takes: each tried within its budget."""
+        return max(1, hosts) * self.budgets.per_host(hosts)
+
     async def connect(self, hosts: Sequence[Address], attempt: Attempt) -> asyncpg.Connection[Any]:
-        """The first connection one of ``hosts`` accepts (``attempt(None)`` once if there
-        are none: the driver's own defaults). Raises the error of a single host, or a
+        """The first connection one of ``hosts`` accepts (``attempt(None, budget)`` once if
+        there are none: the driver's own defaults). Raises the error of a single host, or a
         :class:`TransportError` naming what each host said; a cancellation at once."""
+        budget = self.budgets.per_host(len(hosts))
         if not hosts:
-            return await attempt(None)
+            return await attempt(None, budget)
         failures: list[tuple[Address, Exception]] = []
         for address in self.order(hosts):
             try:
-                conn = await attempt(address)
+                conn = await attempt(address, budget)
             except asyncpg.exceptions.ClientConfigurationError:
                 raise  # the same for every host
             except Exception as exc:
@@ -256,16 +263,16 @@ class HostOrder:
         if len(failures) == 1:
             address, error = failures[0]
             if isinstance(error, TimeoutError):
-                why = _why(error, self.budget, self.target)
+                why = _why(error, budget, self.target)
                 raise TimeoutError(f"{address}: {why}") from error
             if isinstance(error, asyncpg.exceptions.TargetServerAttributeNotMatched):
-                why = _why(error, self.budget, self.target)
+                why = _why(error, budget, self.target)
                 raise TransportError(
                     f"{address}: {why}; target_session_attrs={self.target}"
                 ) from error
             raise error
-        said = "; ".join(f"{a}: {_why(e, self.budget, self.target)}" for a, e in failures)
+        said = "; ".join(f"{a}: {_why(e, budget, self.target)}" for a, e in failures)
         raise TransportError(
-            f"no host accepted the election connection ({self.budget:g}s each, "
+            f"no host accepted the election connection ({budget:g}s each, "
             f"target_session_attrs={self.target}): {said}"
         ) from failures[-1][1]

@@ -123,6 +123,24 @@ async def test_an_engine_with_several_hosts_keeps_its_settings(
 
 
 @pytest.mark.timeout(60)
+async def test_an_engine_whose_hosts_come_from_pghost_tries_them_in_turn(
+    dsn: str, namespace: str, silent: FaultProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An engine URL without a host: asyncpg reads $PGHOST itself and would spend its
+    # whole timeout on a silent first host; the election tries each host in turn.
+    monkeypatch.setenv("PGHOST", "127.0.0.1,127.0.0.1")
+    monkeypatch.setenv("PGPORT", f"{silent.port},{_port(dsn)}")
+    parts = urlsplit(dsn)
+    engine = create_async_engine(f"postgresql+asyncpg://{parts.username}@{parts.path}")
+    try:
+        async with ElectionGroup(engine, namespace, FAST) as group:
+            await group.wait_for_leadership(timeout=10)
+            assert silent.stats.connections == 1  # tried first, given up, then last
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.timeout(60)
 async def test_closing_cuts_a_hanging_connect_attempt_short(dsn: str, namespace: str) -> None:
     settings = FAST.replace(connect_timeout=5.0)
     async with FaultProxy("127.0.0.1", _port(dsn)) as proxy:

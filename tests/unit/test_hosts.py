@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from notifelect import ConfigurationError, Settings
+from notifelect.transport.base import TransportError
 from notifelect.transport.connect import connect_bound, connector_for
-from notifelect.transport.hosts import Address, HostOrder, split_dsn, target_of
+from notifelect.transport.hosts import Address, Budgets, HostOrder, split_dsn, target_of
 
 A, B = Address("a.example", 5432), Address("b.example", 5433)
 
@@ -88,11 +91,32 @@ def test_targets(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_the_host_that_accepted_last_goes_first() -> None:
-    order = HostOrder(1.0, "read-write")
+    order = HostOrder(Budgets(1.0), "read-write")
     assert order.order([A, B]) == [A, B]
     order._good = B
     assert order.order([A, B]) == [B, A]
     assert order.order([A]) == [A]  # a host no longer listed is forgotten
+
+
+async def test_each_host_gets_the_budget_of_a_call_with_that_many_hosts() -> None:
+    # Decided per call, from the hosts the call has: an engine's connect_args or $PGHOST
+    # may list several where its URL shows one.
+    order = HostOrder(Budgets(1.0, 2.0), "read-write")
+    given: list[tuple[Address | None, float]] = []
+
+    async def refuse(address: Address | None, budget: float) -> Any:
+        given.append((address, budget))
+        raise ConnectionRefusedError
+
+    with pytest.raises(TransportError, match=r"1s each"):
+        await order.connect([A, B], refuse)
+    assert given == [(A, 1.0), (B, 1.0)]
+    given.clear()
+    with pytest.raises(ConnectionRefusedError):
+        await order.connect([A], refuse)
+    assert given == [(A, 2.0)]
+    assert order.bound(1) == 2.0
+    assert order.bound(3) == 3.0
 
 
 def test_the_per_host_budget_follows_the_settings() -> None:

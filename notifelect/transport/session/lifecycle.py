@@ -194,7 +194,8 @@ class Session:
         except TimeoutError as exc:
             if not deadline.expired():  # a host's own budget: its message names the host
                 self._fail(repr(exc))
-                raise TransportError(f"connecting the election session failed: {exc}") from exc
+                why = str(exc) or "no answer within the connect timeout"
+                raise TransportError(f"connecting the election session failed: {why}") from exc
             self._fail(f"connecting took over {bound:g}s")
             raise TransportError(f"connecting the election session took over {bound:g}s") from exc
         except BaseException as exc:
