@@ -353,7 +353,7 @@ class Driver:
                 await self._perform(effect)
         except Exception as exc:
             # Whatever failed, the node cannot vouch for its state: start afresh.
-            if not isinstance(exc, ConnectionError | OSError | LeaseLostError):
+            if not _expected(exc):
                 log.exception("unexpected error in the election of %r", self.name)
             self._lost_during_io(exc)
         after = (self.proto.role, self.proto.leader, self.proto.leader_term)
@@ -362,10 +362,12 @@ class Driver:
 
     def _lost_during_io(self, exc: BaseException) -> None:
         if self.connected:
+            hint = getattr(exc, "hint", None)  # the server's advice, with its error
             log.warning(
-                "node %s lost its election connection: %r",
+                "node %s lost its election connection: %r%s",
                 self.node,
                 exc,
+                f" (hint: {hint})" if isinstance(hint, str) and hint else "",
                 extra=self._extra("lost", error=repr(exc)),
             )
         # Gates close now; the connection (and the claim on it) is dropped only after the
@@ -427,7 +429,7 @@ class Driver:
         try:
             return await aw
         except Exception as exc:
-            if not isinstance(exc, ConnectionError | OSError):
+            if not _expected(exc):
                 log.exception("unexpected error in the election of %r", self.name)
             self._lost_during_io(exc)
             return None
@@ -652,3 +654,12 @@ class Driver:
 
     def track_thread(self) -> contextlib.AbstractContextManager[None]:
         return self.work.track_thread()
+
+
+def _expected(exc: BaseException) -> bool:
+    """Whether ``exc`` is a condition of the environment, said without a traceback: a
+    lost connection or lease, or an error the database reported (it carries an SQLSTATE:
+    a full lock table, a statement timeout). Anything else is a bug."""
+    if isinstance(exc, ConnectionError | OSError | LeaseLostError):
+        return True
+    return isinstance(getattr(exc, "sqlstate", None), str)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from contextlib import AsyncExitStack
+from typing import Any
 
 import pytest
 
@@ -364,3 +366,35 @@ async def test_followers_let_a_leader_go_once_its_row_shows_the_term_released() 
         )
         # Someone leads well within the followers' patience.
         await until(rest, lambda: any(g.is_leader for g in rest), timeout=4.0)
+
+
+class _Refused(Exception):
+    """What a database driver raises for an error the server reported: it carries an
+    SQLSTATE (53200: out of shared memory, a lock table another client filled)."""
+
+    sqlstate = "53200"
+
+
+@pytest.mark.timeout(30)
+async def test_an_error_the_database_reported_is_said_without_a_traceback(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    caplog.set_level(logging.WARNING, logger="notifelect")
+    group = ElectionGroup.in_memory(MemoryBus(), "g", FAST)
+    transport = group._transport
+    survey = transport.survey
+    refused = asyncio.Event()
+
+    async def survey_refused_once() -> Any:
+        if not refused.is_set():
+            refused.set()
+            raise _Refused("out of shared memory")
+        return await survey()
+
+    monkeypatch.setattr(transport, "survey", survey_refused_once)
+    async with group:
+        await asyncio.wait_for(refused.wait(), timeout=10)
+        await until([group], lambda: group.is_leader, what="a leader after the refusal")
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == []  # no traceback
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("out of shared memory" in m for m in said), said
