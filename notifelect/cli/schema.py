@@ -62,9 +62,19 @@ async def apply(conn: asyncpg.Connection[Any], statements: list[str]) -> None:
             await conn.execute(statement)
 
 
+def script(statements: list[str], search_path: str | None) -> list[str]:
+    """What a run applies, as one script for ``psql``: one transaction under the
+    schema-change lock, after setting ``search_path`` (``--search-path``) for it."""
+    where = []
+    if search_path is not None:
+        literal = "'" + search_path.replace("'", "''") + "'"
+        where = [f"SELECT pg_catalog.set_config('search_path', {literal}, true)"]
+    return ["BEGIN", *where, ddl_lock_statement(), *statements, "COMMIT"]
+
+
 def _run(statements: list[str], args: argparse.Namespace, done: str) -> int:
     if args.dry_run:
-        for statement in statements:
+        for statement in script(statements, getattr(args, "search_path", None)):
             print(statement + ";\n")
         return 0
 

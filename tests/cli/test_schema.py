@@ -88,6 +88,31 @@ async def test_dry_run_prints_the_sql_and_changes_nothing(empty_dsn: str) -> Non
     assert not schema_relations("dry_") & await relations(empty_dsn)
 
 
+async def test_a_dry_run_is_the_script_a_run_applies_search_path_included(
+    empty_dsn: str,
+) -> None:
+    # Piped into psql, it installs where install would: one transaction, under the
+    # schema-change lock, in the --search-path schema (not in public).
+    done = cli("install", "--dry-run", "--search-path", "elect", "--prefix", "dry_")
+    assert done.returncode == 0
+    assert done.stdout.startswith("BEGIN;")
+    assert done.stdout.rstrip().endswith("COMMIT;")
+    conn = await asyncpg.connect(empty_dsn)
+    try:
+        await conn.execute("CREATE SCHEMA IF NOT EXISTS elect")
+        await conn.execute(done.stdout)  # what psql would send
+        where = await conn.fetch(
+            "SELECT DISTINCT table_schema FROM information_schema.tables"
+            " WHERE table_name LIKE 'dry\\_%'"
+        )
+        assert [r["table_schema"] for r in where] == ["elect"]
+        status = cli("status", "--dsn", empty_dsn, "--search-path", "elect", "--prefix", "dry_")
+        assert status.returncode == 0, status.stderr
+        await conn.execute("DROP SCHEMA elect CASCADE")
+    finally:
+        await conn.close()
+
+
 async def test_injection_in_a_prefix_is_refused_and_drops_nothing(empty_dsn: str) -> None:
     conn = await asyncpg.connect(empty_dsn)
     try:
