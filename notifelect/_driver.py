@@ -463,7 +463,10 @@ class Driver:
                 if generation == self._generation:
                     self._lost_during_io(exc)
                 return
-            log.exception("claim failed on group %r", self.name)
+            if _expected(exc):  # refused by the database: try again later, no traceback
+                log.warning("claim failed on group %r: %r", self.name, exc)
+            else:
+                log.exception("claim failed on group %r", self.name)
             self._inbox.put(protocol.ClaimRefused())
             return
         if generation != self._generation:

@@ -155,3 +155,35 @@ async def test_a_claim_met_by_a_full_lock_table_takes_nothing_and_keeps_the_sess
     said = [r for r in caplog.records if getattr(r, "notifelect_event", None) == "lock_table_full"]
     assert len(said) == 1, said
     assert "lock table is full" in said[0].getMessage()
+
+
+@pytest.mark.timeout(120)
+async def test_a_lock_table_another_client_filled_is_said_without_a_traceback(
+    small_lock_table: ThrowawayPostgres, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another client fills the lock table while a node leads: the election's statements
+    are refused ("out of shared memory"). That is no bug: it is said in warnings, with
+    the server's hint and no traceback, and the group leads again once there is room."""
+    caplog.set_level(logging.WARNING, logger="notifelect")
+    await _install(small_lock_table.dsn)
+    async with ElectionGroup(small_lock_table.dsn, "g", Settings()) as group:
+        await group.wait_for_leadership(timeout=20)
+        filler = await asyncpg.connect(small_lock_table.dsn)
+        try:
+            with pytest.raises(asyncpg.OutOfMemoryError):
+                await filler.execute(
+                    "SELECT pg_advisory_lock(k) FROM generate_series(1, 1000000) k"
+                )
+            await until(
+                [group],
+                lambda: any("out of shared memory" in r.getMessage() for r in caplog.records),
+                timeout=20,
+                what="the refusal said",
+            )
+        finally:
+            await filler.close()  # its session locks go with it: room again
+        await group.wait_for_leadership(timeout=60)
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == []  # no traceback
+    said = [r.getMessage() for r in caplog.records if "out of shared memory" in r.getMessage()]
+    assert all(r.levelno == logging.WARNING for r in caplog.records if r.getMessage() in said)
+    assert any("max_locks_per_transaction" in m for m in said), said  # the server's hint

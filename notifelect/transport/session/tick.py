@@ -180,7 +180,12 @@ class Ticker:
                     self._warming.add_done_callback(_warmed)
             except TransportError:
                 return  # the session is lost (the serial connection broke it)
-            except Exception as exc:  # a bug, or a refusal of the database: start afresh
+            except asyncpg.PostgresError as exc:  # the database refused it: start afresh
+                # Not a bug: the session's loss says it (a warning), with the server's hint.
+                hint = f" (hint: {exc.hint})" if getattr(exc, "hint", None) else ""
+                s.lose(f"the database refused the periodic statement: {exc!r}{hint}")
+                return
+            except Exception as exc:  # a bug: start afresh
                 log.exception("election session node %s: periodic statement failed", s.node)
                 s.lose(f"the periodic statement failed: {exc!r}")
                 return
