@@ -19,7 +19,7 @@ import re
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeAlias
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 import asyncpg
 
@@ -112,6 +112,8 @@ def connection_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 #: The parameters of a DSN that hold a secret.
 _SECRETS = frozenset({"password", "sslpassword"})
 #: A secret in libpq's key/value form (``host=db password='x y'``).
+_USERINFO_SECRET = re.compile(r"(://[^/@]*?:)[^@/]*@")
+_QUERY_SECRET = re.compile(r"([?&](?:ssl)?password=)[^&]*", re.I)
 _KEYWORD_SECRET = re.compile(r"\b(password|sslpassword)(\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.I)
 
 
@@ -121,14 +123,20 @@ def redact(dsn: str) -> str:
     key/value form."""
     if "://" not in dsn:
         return _KEYWORD_SECRET.sub(r"\1\2***", dsn)
-    url = urlsplit(dsn)
+    try:
+        url = urlsplit(dsn)
+    except ValueError:  # not readable as a URL (a broken IPv6 address): mask by its shape
+        dsn = _USERINFO_SECRET.sub(r"\1***@", dsn, count=1)
+        return _QUERY_SECRET.sub(r"\1***", dsn)
     if url.password:
         url = url._replace(netloc=url.netloc.replace(f":{url.password}@", ":***@", 1))
     if url.query:
         pairs = (part.partition("=") for part in url.query.split("&"))
         url = url._replace(
             query="&".join(
-                f"{key}{eq}***" if eq and key.lower() in _SECRETS else f"{key}{eq}{value}"
+                f"{key}{eq}***"
+                if eq and unquote_plus(key).lower() in _SECRETS  # as the driver reads it
+                else f"{key}{eq}{value}"
                 for key, eq, value in pairs
             )
         )
@@ -176,9 +184,12 @@ async def open_connection(args: argparse.Namespace) -> asyncpg.Connection[Any]:
     fix (or, for connection options that cannot be read, a ConfigurationError)."""
     try:
         return await connect(args)
-    except asyncpg.ClientConfigurationError as exc:
+    except (asyncpg.ClientConfigurationError, ValueError, OverflowError) as exc:
+        # A DSN in another form, a port that is no number or out of range, a broken IPv6
+        # address: what the driver could not read (ClientConfigurationError is one).
         raise ConfigurationError(
-            f"cannot read the connection options {describe_target(args)}: {exc}. Give --dsn"
+            f"cannot read the connection options {describe_target(args)}:"
+            f" {str(exc).rstrip('.')}. Give --dsn"
             " as a URL, postgresql://user:password@host:port/database, or use --pg-host,"
             " --pg-port, ... (libpq's key/value form, host=... dbname=..., is not read)"
         ) from exc

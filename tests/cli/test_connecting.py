@@ -33,6 +33,12 @@ from tests.support.servers import free_port
         ("host=db password=s3cret dbname=app", "host=db password=*** dbname=app"),
         ("host=db password = 's3 cret' dbname=app", "host=db password = *** dbname=app"),
         ("host=db sslpassword=s3cret", "host=db sslpassword=***"),
+        # A key the driver decodes (pass%77ord is password), and a URL no parser reads.
+        ("postgresql://app@db/app?pass%77ord=s3cret", "postgresql://app@db/app?pass%77ord=***"),
+        (
+            "postgresql://app:s3cret@[::1:5432/app?password=s3cret&x=1",
+            "postgresql://app:***@[::1:5432/app?password=***&x=1",
+        ),
     ],
 )
 def test_every_password_of_a_dsn_is_masked(dsn: str, shown: str) -> None:
@@ -51,6 +57,28 @@ async def test_a_password_in_the_query_is_not_echoed() -> None:
         in (result.stderr)
     )
     assert "s3cret" not in result.stderr
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("command", ["status", "listen"])
+@pytest.mark.parametrize(
+    ("where", "why"),
+    [
+        ("127.0.0.1:notaport", "invalid literal for int()"),
+        ("127.0.0.1:99999", "connect(): port must be 0-65535"),
+        ("[::1:5432", "Invalid IPv6 URL"),
+    ],
+)
+async def test_a_url_that_cannot_be_read_is_named_as_such(
+    command: str, where: str, why: str
+) -> None:
+    result = await run_cli(command, "--dsn", f"postgresql://app:s3cret@{where}/db")
+    assert result.rc == 2, result.stderr
+    assert f"cannot read the connection options postgresql://app:***@{where}/db: {why}" in (
+        result.stderr
+    )
+    assert "s3cret" not in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.timeout(60)
