@@ -111,9 +111,11 @@ def connection_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 #: The parameters of a DSN that hold a secret.
 _SECRETS = frozenset({"password", "sslpassword"})
-#: A secret in libpq's key/value form (``host=db password='x y'``).
+#: The password of a URL's user, and a secret parameter of its query, found by their
+#: shape in a URL no parser reads.
 _USERINFO_SECRET = re.compile(r"(://[^/@]*?:)[^@/]*@")
 _QUERY_SECRET = re.compile(r"([?&](?:ssl)?password=)[^&]*", re.I)
+#: A secret in libpq's key/value form (``host=db password='x y'``).
 _KEYWORD_SECRET = re.compile(r"\b(password|sslpassword)(\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.I)
 
 
