@@ -32,6 +32,7 @@ from asyncpg.connect_utils import SessionAttribute
 from .._threads import in_thread
 from ..errors import ConfigurationError, ConnectionLimitError
 from .hosts import (
+    DEFAULT_TARGET,
     Address,
     Budgets,
     HostOrder,
@@ -95,7 +96,7 @@ def connector_for(
     if isinstance(engine, asyncpg.Connection):
         return None, engine
     if isinstance(engine, str):
-        return _DsnConnector(engine, application_name, budgets), None
+        return _DsnConnector(engine, application_name, HostOrder(budgets, DEFAULT_TARGET)), None
     try:
         from sqlalchemy.engine import Engine
         from sqlalchemy.ext.asyncio import AsyncEngine
@@ -182,8 +183,7 @@ class _DsnConnector:
         self,
         dsn: str,
         application_name: str,
-        budgets: Budgets,
-        order: HostOrder | None = None,
+        order: HostOrder,
         *,
         ssl: Any = None,
     ) -> None:
@@ -204,10 +204,7 @@ class _DsnConnector:
         self._hosts = split.hosts
         #: How many hosts a call may try (1: connections may be opened side by side).
         self.hosts = max(1, len(self._hosts))
-        if order is None:
-            order = HostOrder(budgets, target_of(split.target))
-        else:
-            order.target = target_of(split.target)
+        order.target = target_of(split.target)  # the DSN's own, read when it is
         self._order = order
         self._settings = (
             None
@@ -506,7 +503,6 @@ class _ForeignEngineConnector:
         self._sync = engine.sync_engine if self._is_async else engine
         self._url = engine.url
         self._name = application_name
-        self._budgets = budgets
         if not event.contains(self._sync, "do_connect", _on_read_arguments):
             event.listen(self._sync, "do_connect", _on_read_arguments)
         _, cparams = engine.dialect.create_connect_args(engine.url)
@@ -549,7 +545,7 @@ class _ForeignEngineConnector:
         # An engine on asyncpg (a sync Engine) may give asyncpg's own ``ssl`` argument in
         # connect_args: an SSLContext, a mode or a bool, which no DSN can carry.
         chosen = cparams.get("ssl")
-        connect = _DsnConnector(dsn, self._name, self._budgets, self._order, ssl=chosen)
+        connect = _DsnConnector(dsn, self._name, self._order, ssl=chosen)
         try:
             return await connect()
         except Exception as exc:
